@@ -1,0 +1,57 @@
+"Shared fixtures: tiny synthetic image data and models that train in well under a second on a CPU."
+import inspect
+import pytest, torch
+from fastai.vision.all import *
+from fastai_softlabel.data import synthetic_class_images, array_image_dls
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available(): return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if 'cuda' in item.keywords: item.add_marker(skip)
+
+def pytest_pycollect_makeitem(collector, name, obj):
+    "Collect only tests defined in the test module, not fastcore's `test_eq`, `test_close`... brought in by star imports"
+    if inspect.isfunction(obj) and name.startswith('test') and obj.__module__ != getattr(collector, 'module', collector).__name__:
+        return []
+
+def tiny_cnn(n_out, c=16, extra=()):
+    "Conv-BN-ReLU ×2, pooling, then the classifier Linear (whose input are the pooled features)"
+    return nn.Sequential(ConvLayer(3, c, stride=2), ConvLayer(c, c, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         *extra, nn.Linear(c, n_out))
+
+def make_dls(n_per_class=16, size=16, n_classes=4, bs=16, seed=0, **kwargs):
+    d = synthetic_class_images(n_per_class=n_per_class, size=size, n_classes=n_classes, seed=seed)
+    return array_image_dls(d['images'], d['labels'], d['class_names'], bs=bs, num_workers=0, **kwargs)
+
+@pytest.fixture
+def dls(): return make_dls()
+
+def params_of(module):
+    "Detached copies of all parameters and buffers, by name"
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+def assert_same(a, b, msg=''):
+    assert a.keys() == b.keys(), msg
+    for k in a: assert torch.equal(a[k], b[k]), f"{msg}: {k} differs"
+
+def snapshot(o):
+    "Deep copy of nested dicts/lists/tuples of tensors and plain values"
+    if isinstance(o, Tensor): return o.detach().clone()
+    if isinstance(o, dict): return {k: snapshot(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, L)): return [snapshot(v) for v in o]
+    return o
+
+def assert_nested_equal(a, b, path='state'):
+    "Bitwise equality of two `snapshot`s"
+    if isinstance(a, Tensor):
+        assert isinstance(b, Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"{path} differs"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{path}: keys {list(a)} vs {list(b)}"
+        for k in a: assert_nested_equal(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), f"{path}: lengths differ"
+        for i, (x, y) in enumerate(zip(a, b)): assert_nested_equal(x, y, f"{path}[{i}]")
+    else: assert a == b or (a != a and b != b), f"{path}: {a!r} vs {b!r}"

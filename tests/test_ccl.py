@@ -1,0 +1,342 @@
+"CCL in fastai's life cycle: the alternating step, lr_find, freezing, inference, export, save/resume, precision, bad input."
+import warnings
+import pytest, timm, torch
+from fastai.vision.all import *
+from fastai.callback.training import GradientClip
+from fastai_softlabel.ccl import CCL, CCLHead
+from fastai_softlabel.data import IndexInto, synthetic_class_images
+from fastai_softlabel.losses import class_orthogonality_loss
+from conftest import tiny_cnn, make_dls, params_of, assert_same, snapshot, assert_nested_equal
+
+def ccl_learner(dls, path, model=None, cbs=(), seed=0, **ccl_kwargs):
+    set_seed(seed)
+    kw = dict(widths=(32, 16), lr_ccl=0.05); kw.update(ccl_kwargs)
+    return Learner(dls, model if model is not None else tiny_cnn(dls.c), path=path, metrics=accuracy, cbs=[CCL(**kw), *L(cbs)])
+
+class StopAfterBatches(Callback):
+    order = 99
+    def __init__(self, n): self.n = n
+    def after_batch(self):
+        if self.training and self.train_iter >= self.n: raise CancelFitException
+
+class StopAfterEpoch(Callback):
+    order = 99
+    def __init__(self, epoch): self.stop_epoch = epoch
+    def after_epoch(self):
+        if self.epoch == self.stop_epoch: raise CancelFitException
+
+def full_state(learn):
+    c = learn.ccl
+    opt = learn.opt.state_dict()
+    # fastai's own `fit` (inside lr_find) sets the lr hyper-parameter to `learn.lr` before anything is saved, with or
+    # without CCL; every fit sets it again. Compare everything else.
+    for h in opt['hypers']: h.pop('lr')
+    return snapshot(dict(model=learn.model.state_dict(), opt=opt,
+                         head=c.ccl_head.state_dict() if c.ccl_head else None,
+                         head_opt=c.ccl_opt.state_dict() if c.ccl_opt else None,
+                         frozen_at=c.frozen_at, best_pbar=c.best_pbar, wait=c.wait, history=c.history))
+
+def no_hooks(model): return all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+
+# ---------------------------------------------------------------- the alternating step
+
+class _SnapBeforeHeadStep(Callback):
+    "After the backbone's step, before CCL's head step (order 51)"
+    order = 50.5
+    def before_batch(self): self.model_before = params_of(self.learn.model)
+    def after_loss(self):
+        if self.training: self.head_at_loss = params_of(self.learn.ccl.ccl_head)
+    def after_step(self):
+        h = self.learn.ccl.ccl_head
+        self.head_grads = [p.grad for p in h.parameters()]
+        self.head = params_of(h)
+        self.model_p = params_of(self.learn.model)
+        self.model_grads = [p.grad.clone() for p in self.learn.model.parameters()]
+
+class _SnapAfterHeadStep(Callback):
+    order = 52
+    def after_step(self):
+        self.head = params_of(self.learn.ccl.ccl_head)
+        self.model_p = params_of(self.learn.model)
+        self.model_grads = [p.grad.clone() for p in self.learn.model.parameters()]
+
+def test_one_batch_separates_backbone_and_head(dls, tmp_path):
+    pre, post = _SnapBeforeHeadStep(), _SnapAfterHeadStep()
+    learn = ccl_learner(dls, tmp_path, cbs=[pre, post, StopAfterBatches(1)])
+    learn.fit(1, 1e-2)
+    # the backbone's loss (CE + KL) changed no head parameter and gave it no gradient
+    assert_same(pre.head_at_loss, pre.head, "head changed by the backbone's step")
+    assert all(g is None for g in pre.head_grads)
+    # the head's loss changed no backbone parameter and added nothing to the backbone's gradients
+    assert_same(pre.model_p, post.model_p, "backbone changed by the head's step")
+    for a, b in zip(pre.model_grads, post.model_grads): assert torch.equal(a, b)
+    # ...while each step did move its own parameters
+    assert any(not torch.equal(pre.model_before[k], pre.model_p[k]) for k in pre.model_p)
+    assert any(not torch.equal(pre.head[k], post.head[k]) for k in pre.head if 'running' not in k and 'num_batches' not in k)
+
+def test_l_cc_gradient_reaches_only_the_dictionary():
+    head = CCLHead(8, 3, widths=(6, 4))
+    with torch.no_grad(): head.dictionary.copy_(tensor([[1., 0, 0, 0], [-1., .5, 0, 0], [0, 0, 1., 0]]))  # one pair with cos < 0
+    class_orthogonality_loss(head.dictionary).backward()
+    assert all(p.grad is None for p in head.embed.parameters())
+    assert head.dictionary.grad.abs().sum() > 0
+    head.dictionary.grad = None
+    with torch.no_grad(): head.dictionary.copy_(torch.eye(3, 4))
+    loss = class_orthogonality_loss(head.dictionary)
+    loss.backward()
+    assert loss == 0 and torch.equal(head.dictionary.grad, torch.zeros(3, 4))
+
+def test_backbone_loss_is_learner_loss_plus_kl(dls, tmp_path):
+    "During training learn.loss = CE + KL(P[y] || softmax(pred)); the Learner's loss function is never swapped."
+    class Check(Callback):
+        order = 52
+        def after_loss(self):
+            if not self.training: return
+            P = self.learn.ccl.soft_labels.to(self.pred.device)
+            y = self.yb[0].as_subclass(Tensor)
+            expected = F.cross_entropy(self.pred, y) + F.kl_div(F.log_softmax(self.pred, 1), P[y], reduction='batchmean')
+            self.diffs.append((self.learn.loss_grad - expected).abs().item())
+    chk = Check(); chk.diffs = []
+    learn = ccl_learner(dls, tmp_path, cbs=chk)
+    lf = learn.loss_func
+    learn.fit(1, 1e-2)
+    assert learn.loss_func is lf and chk.diffs and max(chk.diffs) < 1e-5
+
+# ---------------------------------------------------------------- lr_find
+
+@pytest.mark.parametrize('trained_first', [True, False])
+def test_lr_find_leaves_everything_bit_identical(dls, tmp_path, trained_first):
+    learn = ccl_learner(dls, tmp_path)
+    if trained_first: learn.fit(2, 1e-2)
+    else: learn.create_opt()
+    before, lf = full_state(learn), learn.loss_func
+    learn.lr_find(num_it=8, show_plot=False)
+    assert_nested_equal(before, full_state(learn))
+    assert learn.loss_func is lf and no_hooks(learn.model)
+    assert not list((tmp_path/'models').rglob('*.pth'))
+
+# ---------------------------------------------------------------- freezing
+
+def test_freeze_rule_counts_epochs_without_a_drop(capsys):
+    cb = CCL(patience=3)
+    cb.ccl_head = CCLHead(8, 3, widths=(4,))
+    for i, p in enumerate([.5, .4, .45, .41, .42, .39]):
+        cb._update_freeze(p)
+        assert cb.frozen == (i >= 4), i   # 0.45, 0.41, 0.42: three epochs without a new minimum
+    assert 'frozen' in capsys.readouterr().out
+    cb = CCL(patience=2, min_delta=0.05)
+    cb.ccl_head = CCLHead(8, 3, widths=(4,))
+    for p in [.5, .4, .37]: cb._update_freeze(p)   # 0.37 drops by less than min_delta
+    assert not cb.frozen and cb.wait == 1
+
+class _DictionaryAt(Callback):
+    order = 60
+    def after_epoch(self): self.dicts.append(self.learn.ccl.ccl_head.dictionary.detach().clone()); self.embeds.append(params_of(self.learn.ccl.ccl_head.embed))
+
+def test_frozen_dictionary_never_changes_while_f2_learns(dls, tmp_path, capsys):
+    snap = _DictionaryAt(); snap.dicts, snap.embeds = [], []
+    # min_delta larger than any change: epoch 0 sets the best p_bar, epoch 1 is one epoch without a drop -> frozen
+    learn = ccl_learner(dls, tmp_path, cbs=snap, patience=1, min_delta=10.)
+    learn.fit(4, 1e-2)
+    c = learn.ccl
+    assert c.frozen and c.frozen_at == 1 and 'dictionary frozen after epoch 1' in capsys.readouterr().out
+    assert not torch.equal(snap.dicts[0], snap.dicts[1])           # it learned before
+    for d in snap.dicts[2:]: assert torch.equal(d, snap.dicts[1])   # not after, despite momentum and weight decay
+    assert not c.ccl_head.dictionary.requires_grad
+    assert all(p is not c.ccl_head.dictionary for g in c.ccl_opt.param_groups for p in g['params'])
+    assert any(not torch.equal(snap.embeds[1][k], snap.embeds[3][k]) for k in snap.embeds[1] if 'weight' in k)
+
+# ---------------------------------------------------------------- inference is untouched
+
+def test_inference_identical_to_model_without_ccl(dls, tmp_path):
+    learn = ccl_learner(dls, tmp_path)
+    learn.fit_one_cycle(2, 1e-2)
+    head_state = params_of(learn.ccl.ccl_head)
+    plain = Learner(dls, learn.model, loss_func=learn.loss_func, metrics=accuracy, path=tmp_path)
+    for a, b in zip(learn.get_preds(with_loss=True, with_decoded=True, with_input=True),
+                    plain.get_preds(with_loss=True, with_decoded=True, with_input=True)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert learn.validate() == plain.validate()
+    assert learn.recorder.metric_names == plain.recorder.metric_names
+    item = dls.valid_ds.items[0]
+    p1, p2 = learn.predict(item), plain.predict(item)
+    assert p1[0] == p2[0] and torch.equal(p1[2], p2[2])
+    assert np.array_equal(ClassificationInterpretation.from_learner(learn).confusion_matrix(),
+                          ClassificationInterpretation.from_learner(plain).confusion_matrix())
+    assert_same(head_state, params_of(learn.ccl.ccl_head), "validation changed the head (BatchNorm statistics)")
+    assert not learn.ccl.ccl_head.training and no_hooks(learn.model)
+
+def test_head_follows_train_and_eval(dls, tmp_path):
+    class Modes(Callback):
+        order = 52
+        def after_batch(self): self.seen.append((self.training, self.learn.ccl.ccl_head.training))
+    m = Modes(); m.seen = []
+    learn = ccl_learner(dls, tmp_path, cbs=m)
+    learn.fit(2, 1e-2)
+    assert {t for t, _ in m.seen} == {True, False}
+    assert all(t == h for t, h in m.seen)
+
+def test_recorder_columns_match_history(dls, tmp_path):
+    learn = ccl_learner(dls, tmp_path)
+    learn.fit(2, 1e-2)
+    names = list(learn.recorder.metric_names)
+    assert names[-6:] == ['ce', 'kl', 'head_ce', 'l_cc', 'p_bar', 'time']
+    for row, h in zip(learn.recorder.values, learn.ccl.history):
+        assert row[-5:] == [h[c] for c in CCL.columns]
+    test_close(learn.ccl.soft_labels.diagonal().mean(), learn.ccl.history[-1]['p_bar'])
+    assert len(learn.validate()) == 2   # valid_loss, accuracy: no CCL columns outside training
+
+# ---------------------------------------------------------------- the head's learning rate
+
+class _Lrs(Callback):
+    order = 52
+    def after_step(self): self.lrs.append((self.opt.hypers[-1]['lr'], self.learn.ccl.ccl_opt.param_groups[0]['lr']))
+
+@pytest.mark.parametrize('how', ['one_cycle', 'flat_cos', 'constant', 'steps'])
+def test_head_lr_follows_backbone_schedule(dls, tmp_path, how):
+    rec = _Lrs(); rec.lrs = []
+    learn = ccl_learner(dls, tmp_path, cbs=rec, lr_ccl=0.05)
+    if how == 'one_cycle': learn.fit_one_cycle(2, 1e-2)
+    elif how == 'flat_cos': learn.fit_flat_cos(2, 1e-2)
+    elif how == 'constant': learn.fit(2, 3e-3)
+    else:  # the paper's schedule: x0.1 twice
+        sched = combine_scheds([1/3, 1/3, 1/3], [SchedNo(1e-2, 1e-2), SchedNo(1e-3, 1e-3), SchedNo(1e-4, 1e-4)])
+        learn.fit(3, 1e-2, cbs=ParamScheduler({'lr': sched}))
+    lrs = tensor(rec.lrs)
+    peak = 3e-3 if how == 'constant' else 1e-2
+    test_close(lrs[:, 1], 0.05*lrs[:, 0]/peak)
+    if how == 'steps': test_eq(sorted({round(v, 8) for v in lrs[:, 1].tolist()}), [5e-4, 5e-3, 5e-2])
+
+# ---------------------------------------------------------------- export, save, resume
+
+def test_export_and_load_learner(dls, tmp_path):
+    learn = ccl_learner(dls, tmp_path)
+    learn.fit(1, 1e-2)
+    dl = dls.test_dl(list(range(10)))
+    preds = learn.get_preds(dl=dl)[0]
+    learn.export('export.pkl')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        loaded = load_learner(tmp_path/'export.pkl')
+    assert no_hooks(loaded.model) and loaded.ccl.ccl_opt is None
+    assert torch.equal(loaded.ccl.soft_labels, learn.ccl.soft_labels)
+    assert torch.equal(loaded.get_preds(dl=loaded.dls.test_dl(list(range(10))))[0], preds)
+    loaded.remove_cb(loaded.ccl)      # the model alone predicts: the head is not needed
+    assert torch.equal(loaded.get_preds(dl=loaded.dls.test_dl(list(range(10))))[0], preds)
+    assert loaded.predict(3)[0] == learn.predict(3)[0]
+
+def test_save_load_resume_continues_as_if_uninterrupted(tmp_path):
+    kw = dict(patience=2, min_delta=10.)   # the dictionary freezes after epoch 2: the resumed run must get there too
+    dls = make_dls(shuffle=False)
+    full = ccl_learner(dls, tmp_path, **kw)
+    full.fit_one_cycle(4, 1e-2)
+    part = ccl_learner(make_dls(shuffle=False), tmp_path, **kw)
+    part.fit_one_cycle(4, 1e-2, cbs=StopAfterEpoch(1))
+    part.save('ckpt')
+    resumed = ccl_learner(make_dls(shuffle=False), tmp_path, seed=123, **kw)
+    resumed.load('ckpt')
+    assert resumed.ccl.history == part.ccl.history and not resumed.ccl.frozen
+    resumed.fit_one_cycle(4, 1e-2, start_epoch=2)
+    a, b = full_state(full), full_state(resumed)
+    assert full.ccl.frozen_at == resumed.ccl.frozen_at == 2
+    for k in ('model', 'head'):
+        for n in a[k]: test_close(a[k][n].float(), b[k][n].float(), eps=1e-5)
+    test_close(tensor([h['p_bar'] for h in a['history']]), tensor([h['p_bar'] for h in b['history']]), eps=1e-5)
+
+def test_load_without_saved_state_warns(dls, tmp_path):
+    plain = Learner(dls, tiny_cnn(dls.c), path=tmp_path)
+    plain.save('plain')
+    learn = ccl_learner(dls, tmp_path)
+    with pytest.warns(UserWarning, match='no state for callback `ccl`'): learn.load('plain')
+
+# ---------------------------------------------------------------- fastai and timm models, precision
+
+def test_vision_learner_and_timm_models():
+    dls = make_dls(n_per_class=8, size=32, n_classes=3, bs=8)
+    learn = vision_learner(dls, 'resnet18', pretrained=False, metrics=accuracy, cbs=CCL())
+    learn.fit_one_cycle(1, 1e-3)
+    assert learn.ccl._module_name == '1.8' and learn.ccl.ccl_head.embed[0].in_features == 512
+    assert learn.ccl.ccl_head.dictionary.shape == (3, 512) and len(learn.ccl.history) == 1
+    learn = Learner(dls, timm.create_model('resnet18', pretrained=False, num_classes=3), cbs=CCL(widths=(64, 32)))
+    learn.fit_one_cycle(1, 1e-3)
+    assert learn.ccl._module_name == 'fc' and learn.ccl.ccl_head.embed[0].in_features == 512
+
+def test_named_feature_module_reads_its_input(dls, tmp_path):
+    model = tiny_cnn(dls.c, c=12, extra=[nn.Dropout(0.)])  # '4' is the Dropout, whose input are the pooled features
+    learn = ccl_learner(dls, tmp_path, model=model, features='4')
+    learn.fit(1, 1e-2)
+    assert learn.ccl.ccl_head.embed[0].in_features == 12 and learn.ccl._module is model[4]
+
+class _CPUAutocast(Callback):
+    "bf16 autocast on the CPU, the way fastai's MixedPrecision does it on a GPU"
+    order = 10
+    def before_batch(self): self.ac = torch.autocast('cpu', dtype=torch.bfloat16); self.ac.__enter__()
+    def after_pred(self): self.learn.pred = self.pred.float()
+    def after_loss(self): self.ac.__exit__(None, None, None)
+
+def test_head_steps_in_fp32_under_autocast(dls, tmp_path):
+    seen = []
+    class Feats(Callback):
+        order = 50.5
+        def after_loss(self):
+            if self.training: seen.append(self.learn.ccl._feats.dtype)
+    learn = ccl_learner(dls, tmp_path, cbs=[_CPUAutocast(), Feats(), GradientClip(0.5)])
+    learn.fit(1, 1e-2)   # creates the head
+    out_dtypes = []
+    learn.ccl.ccl_head.embed.register_forward_hook(lambda m, i, o: out_dtypes.append((i[0].dtype, o.dtype)))
+    learn.fit(1, 1e-2)
+    assert torch.bfloat16 in seen                               # the backbone's features were bf16...
+    assert out_dtypes and set(out_dtypes) == {(torch.float32, torch.float32)}   # ...the head ran in fp32
+    assert all(p.dtype == torch.float32 for p in learn.ccl.ccl_head.parameters())
+    assert all(np.isfinite(h['head_ce']) and np.isfinite(h['kl']) for h in learn.ccl.history)
+
+def test_to_fp16_and_gradient_clip_run(dls, tmp_path):
+    learn = ccl_learner(dls, tmp_path, cbs=GradientClip(0.1)).to_fp16()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')   # without CUDA, fastai's MixedPrecision autocast is disabled (and says so)
+        learn.fit_one_cycle(1, 1e-2)
+    assert len(learn.ccl.history) == 1 and np.isfinite(learn.ccl.history[0]['ce'])
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('amp', ['fp16', 'bf16'])
+def test_mixed_precision_on_gpu(amp, tmp_path):
+    dls = make_dls(n_per_class=16, size=32, n_classes=4, bs=16, device='cuda')
+    learn = Learner(dls, timm.create_model('resnet18', pretrained=False, num_classes=4), path=tmp_path, cbs=[CCL(), GradientClip(1.)])
+    learn = learn.to_fp16() if amp == 'fp16' else learn.to_bf16()
+    learn.fit_one_cycle(2, 1e-3)
+    assert all(p.dtype == torch.float32 and p.is_cuda for p in learn.ccl.ccl_head.parameters())
+    assert all(np.isfinite(h['head_ce']) and np.isfinite(h['kl']) for h in learn.ccl.history)
+
+# ---------------------------------------------------------------- bad input
+
+def multilabel_dls():
+    d = synthetic_class_images(n_per_class=8, size=16, n_classes=3)
+    names = d['class_names'][d['labels']]
+    block = DataBlock(blocks=(ImageBlock, MultiCategoryBlock), get_x=IndexInto(d['images']),
+                      get_y=IndexInto([[n] for n in names]), splitter=RandomSplitter(seed=0))
+    return block.dataloaders(np.arange(len(names)), bs=8, num_workers=0)
+
+def untouched_after_failed_fit(learn, ccl, match):
+    "A fit with `ccl` fails with `match` before any step, and leaves the Learner as it was"
+    state, lf, cbs = params_of(learn.model), learn.loss_func, list(learn.cbs)
+    with pytest.raises(ValueError, match=match): learn.fit(1, 1e-2, cbs=ccl)
+    assert_same(state, params_of(learn.model), 'model changed')
+    assert learn.loss_func is lf and list(learn.cbs) == cbs and no_hooks(learn.model)
+
+@pytest.mark.parametrize('case', ['multilabel', 'n_classes', 'model_outputs', 'no_linear', 'unknown_module', 'unpooled_module'])
+def test_bad_input_is_refused_before_training(dls, tmp_path, case):
+    model = tiny_cnn(dls.c)
+    if case == 'multilabel':
+        dls = multilabel_dls(); model = tiny_cnn(dls.c)
+        ccl, match = CCL, 'single-label targets'
+    elif case == 'n_classes': ccl, match = partial(CCL, n_classes=5), r'n_classes=5\) but the data has 4 classes'
+    elif case == 'model_outputs': model, ccl, match = tiny_cnn(3), CCL, 'has 3 outputs but the data has 4 classes'
+    elif case == 'no_linear':
+        model = nn.Sequential(ConvLayer(3, 8, stride=2), nn.Conv2d(8, dls.c, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        ccl, match = CCL, 'has no nn.Linear'
+    elif case == 'unknown_module': ccl, match = partial(CCL, features='44'), "no module named '44'.*Close matches: '4'"
+    else: ccl, match = partial(CCL, features='3'), r'shape \(\d+, 16, 1, 1\).*pooled features'
+    if case != 'unpooled_module':   # found when the Learner is created...
+        with pytest.raises(ValueError, match=match): Learner(dls, model, cbs=ccl(), path=tmp_path)
+    learn = Learner(dls, model, path=tmp_path)   # ...and when it is added to a fit
+    untouched_after_failed_fit(learn, ccl(), match)
