@@ -9,6 +9,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'fastai_softlabel.ccl.CCL._head_to': ('ccl.html#ccl._head_to', 'fastai_softlabel/ccl.py'),
                                       'fastai_softlabel.ccl.CCL._init_state': ('ccl.html#ccl._init_state', 'fastai_softlabel/ccl.py'),
                                       'fastai_softlabel.ccl.CCL._make_head_opt': ('ccl.html#ccl._make_head_opt', 'fastai_softlabel/ccl.py'),
+                                      'fastai_softlabel.ccl.CCL._remove_columns': ( 'ccl.html#ccl._remove_columns',
+                                                                                    'fastai_softlabel/ccl.py'),
                                       'fastai_softlabel.ccl.CCL._remove_hook': ('ccl.html#ccl._remove_hook', 'fastai_softlabel/ccl.py'),
                                       'fastai_softlabel.ccl.CCL._scheduled_peak_lr': ( 'ccl.html#ccl._scheduled_peak_lr',
                                                                                        'fastai_softlabel/ccl.py'),

@@ -322,6 +322,7 @@ def untouched_after_failed_fit(learn, ccl, match):
     with pytest.raises(ValueError, match=match): learn.fit(1, 1e-2, cbs=ccl)
     assert_same(state, params_of(learn.model), 'model changed')
     assert learn.loss_func is lf and list(learn.cbs) == cbs and no_hooks(learn.model)
+    assert not set(CCL.columns) & set(getattr(learn.recorder, 'metric_names', []))
 
 @pytest.mark.parametrize('case', ['multilabel', 'n_classes', 'model_outputs', 'no_linear', 'unknown_module', 'unpooled_module'])
 def test_bad_input_is_refused_before_training(dls, tmp_path, case):
