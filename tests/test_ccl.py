@@ -341,3 +341,17 @@ def test_bad_input_is_refused_before_training(dls, tmp_path, case):
         with pytest.raises(ValueError, match=match): Learner(dls, model, cbs=ccl(), path=tmp_path)
     learn = Learner(dls, model, path=tmp_path)   # ...and when it is added to a fit
     untouched_after_failed_fit(learn, ccl(), match)
+
+# ---------------------------------------------------------------- label-smoothing baselines in a Learner
+
+@pytest.mark.parametrize('prior', [False, True])
+def test_label_smoothing_baseline_trains_and_predicts(dls, tmp_path, prior):
+    from fastai_softlabel.losses import LabelSmoothingCE, class_prior
+    labels = [int(y) for _, y in dls.train_ds]
+    u = class_prior(labels, dls.c) if prior else None
+    learn = Learner(dls, tiny_cnn(dls.c), loss_func=LabelSmoothingCE(0.2, u), metrics=accuracy, path=tmp_path)
+    learn.fit(1, 1e-2)
+    preds, targs, decoded = learn.get_preds(with_decoded=True)
+    test_close(preds.sum(1), torch.ones(len(preds)))        # `activation` gives probabilities...
+    assert torch.equal(decoded, preds.argmax(1))            # ...and `decodes` the class
+    assert learn.predict(0)[0] in dls.vocab
