@@ -55,6 +55,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                       'fastai_softlabel/core.py'),
                                        'fastai_softlabel.core.is_multilabel': ('core.html#is_multilabel', 'fastai_softlabel/core.py'),
                                        'fastai_softlabel.core.named_module': ('core.html#named_module', 'fastai_softlabel/core.py'),
+                                       'fastai_softlabel.core.one_batch_inputs': ('core.html#one_batch_inputs', 'fastai_softlabel/core.py'),
                                        'fastai_softlabel.core.stateful_callbacks': ( 'core.html#stateful_callbacks',
                                                                                      'fastai_softlabel/core.py')},
             'fastai_softlabel.data': { 'fastai_softlabel.data.IndexInto': ('data.html#indexinto', 'fastai_softlabel/data.py'),

@@ -1,0 +1,244 @@
+"FlowMixup: the p = 1 equivalence, flow shapes, target mixing, fastai life cycle, interrupted fits, 1-D models, bad input."
+import pytest, torch
+from fastai.vision.all import *
+from copy import deepcopy
+from fastai.vision.models.xresnet import xresnet18
+from fastai_softlabel.flowmixup import FlowMixup, Mixup, ManifoldMixup, flow_mix
+from fastai_softlabel.data import IndexInto, synthetic_class_images
+from conftest import make_dls, params_of, assert_same
+
+def small_cnn(n_out, c=8):
+    return nn.Sequential(ConvLayer(3, c, stride=2), ConvLayer(c, c, stride=2), ConvLayer(c, c), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(c, n_out))
+
+def multilabel_dls(shuffle=True, bs=8):
+    d = synthetic_class_images(n_per_class=8, size=16, n_classes=4)
+    names, lab = d['class_names'], d['labels']
+    # multi-hot: each image has its class and, for odd classes, also the class before it
+    tags = [[names[k]] + ([names[k-1]] if k % 2 else []) for k in lab]
+    block = DataBlock(blocks=(ImageBlock, MultiCategoryBlock(vocab=list(names))), get_x=IndexInto(d['images']),
+                      get_y=IndexInto(tags), splitter=RandomSplitter(seed=0))
+    return block.dataloaders(list(range(len(lab))), bs=bs, num_workers=0, shuffle=shuffle)
+
+def no_hooks(model): return all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+
+class StopAfterBatches(Callback):
+    order = 99
+    def __init__(self, n): self.n = n
+    def after_batch(self):
+        if self.training and self.train_iter >= self.n: raise CancelFitException
+
+class Grads(Callback):
+    "Loss and parameter gradients of the first training batch"
+    order = 90
+    def after_backward(self):
+        if not hasattr(self, 'loss_value'):
+            self.loss_value = self.learn.loss_grad.detach().clone()
+            self.grads = {n: p.grad.detach().clone() for n, p in self.learn.model.named_parameters()}
+
+class Shapes(Callback):
+    order = 1   # after FlowMixup (0)
+    def __init__(self): self.seen = []
+    def after_pred(self):
+        if self.training: self.seen.append((self.pred.shape[0], tuple(self.yb[0].shape)))
+
+POINTS = {1: ['1'], 2: ['1', '2'], 3: ['1', '2', '5']}
+
+def one_batch(dls, model, cbs, loss_func=None):
+    g = Grads()
+    Learner(dls, model, loss_func=loss_func, cbs=L(cbs) + [g, StopAfterBatches(1)]).fit(1, 0.)
+    return g
+
+@pytest.mark.parametrize('op', [True, False])
+@pytest.mark.parametrize('m', [1, 2, 3])
+def test_no_mixing_gives_plain_loss_and_gradients(op, m):
+    dls = make_dls(shuffle=False)
+    set_seed(0); model = small_cnn(dls.c)
+    plain = one_batch(dls, deepcopy(model), [])
+    flow = one_batch(dls, deepcopy(model), FlowMixup(POINTS[m], alpha=0., op=op))
+    test_close(flow.loss_value, plain.loss_value, eps=1e-6)
+    assert plain.grads.keys() == flow.grads.keys()
+    for n in plain.grads: test_close(flow.grads[n], plain.grads[n], eps=1e-5)
+    mixed = one_batch(dls, deepcopy(model), FlowMixup(POINTS[m], alpha=3., op=op))   # the check can fail:
+    assert not torch.allclose(mixed.loss_value, plain.loss_value)                          # mixing changes the loss
+
+def test_no_mixing_multilabel_equals_plain_bce():
+    dls = multilabel_dls(shuffle=False)
+    set_seed(0); model = small_cnn(dls.c)
+    plain = one_batch(dls, deepcopy(model), [])
+    flow = one_batch(dls, deepcopy(model), FlowMixup(POINTS[2], alpha=0.))
+    test_close(flow.loss_value, plain.loss_value, eps=1e-6)
+    for n in plain.grads: test_close(flow.grads[n], plain.grads[n], eps=1e-5)
+
+@pytest.mark.parametrize('make,flow', [(lambda: FlowMixup(['1']), 2), (lambda: FlowMixup(['1', '2']), 4),
+                                       (lambda: FlowMixup(['1', '2', '5']), 8), (lambda: FlowMixup(['1', '2'], op=False), 2),
+                                       (lambda: FlowMixup(['1', '2', '5'], op=False), 4),
+                                       (lambda: Mixup(), 1), (lambda: ManifoldMixup(['1', '2', '5']), 1),
+                                       (lambda: FlowMixup(['1', '2'], at='output'), 4)])
+def test_flow_sizes_and_target_shapes(make, flow):
+    dls = make_dls(bs=8)
+    s = Shapes()
+    learn = Learner(dls, small_cnn(dls.c), cbs=[make(), s])
+    learn.fit(1, 1e-3)
+    assert s.seen and all(rows == 8*flow and y == (8*flow, dls.c) for rows, y in s.seen[:-1])
+
+class _Capture(Callback):
+    "The batch, the features reaching the classifier, and FlowMixup's recorded (p, perm) before it mixes the targets"
+    order = -1
+    def before_fit(self): self.h = self.learn.model[2].register_forward_hook(lambda m, a, o: setattr(self, 'feats', a[0]))
+    def after_fit(self): self.h.remove()
+    def before_batch(self): self.x0, self.y0 = self.learn.xb[0].flatten(1).clone(), self.learn.yb[0].clone()
+    def after_pred(self): self.ops = list(self.learn.flow_mixup._ops)
+    def after_loss(self): self.y = self.learn.yb[0].clone(); raise CancelFitException
+
+@pytest.mark.parametrize('per_sample', [False, True])
+def test_targets_mixed_with_the_features_permutation_and_weights(per_sample):
+    dls = make_dls(bs=8)
+    model = nn.Sequential(nn.Identity(), nn.Flatten(), nn.Linear(3*16*16, dls.c))
+    cap = _Capture()
+    Learner(dls, model, cbs=[FlowMixup(['1', '2'], alpha=1., per_sample=per_sample), cap]).fit(1, 1e-3)
+    (p1, perm1, keep1), (p2, perm2, keep2) = cap.ops
+    assert keep1 and keep2 and len(perm1) == 8 and len(perm2) == 16
+    col = lambda p: p.reshape(-1, 1) if p.ndim else p
+    x1 = torch.cat([cap.x0, col(p1)*cap.x0 + (1-col(p1))*cap.x0[perm1]])
+    x2 = torch.cat([x1, col(p2)*x1 + (1-col(p2))*x1[perm2]])
+    test_close(cap.feats, x2, eps=1e-4)
+    t0 = F.one_hot(cap.y0.as_subclass(Tensor).long(), dls.c).float()
+    t1 = torch.cat([t0, col(p1)*t0 + (1-col(p1))*t0[perm1]])
+    t2 = torch.cat([t1, col(p2)*t1 + (1-col(p2))*t1[perm2]])
+    test_close(cap.y, t2, eps=1e-6)
+    assert (p1.ndim == 1) == per_sample and (p1 >= 0.5).all()
+
+def test_eval_and_inference_are_the_plain_model(tmp_path):
+    dls = make_dls()
+    learn = Learner(dls, small_cnn(dls.c), metrics=accuracy, path=tmp_path, cbs=FlowMixup(['1', '2']))
+    learn.fit_one_cycle(2, 1e-2)
+    plain = Learner(dls, learn.model, metrics=accuracy, path=tmp_path)
+    for a, b in zip(learn.get_preds(with_loss=True), plain.get_preds(with_loss=True)): assert torch.equal(a, b)
+    assert learn.validate() == plain.validate()
+    p1, p2 = learn.predict(0), plain.predict(0)
+    assert p1[0] == p2[0] and torch.equal(p1[2], p2[2])
+    # during a fit, validation batches are not mixed either
+    s = Shapes(); s.after_pred = lambda: s.seen.append((learn.training, learn.pred.shape[0], learn.xb[0].shape[0]))
+    learn.fit(1, 1e-3, cbs=s)
+    assert {(rows == 2*2*n) for t, rows, n in s.seen if t} == {True} and {(rows == n) for t, rows, n in s.seen if not t} == {True}
+
+def model_snapshot(learn, x):
+    learn.model.eval()
+    with torch.no_grad(): out = learn.model(x)
+    return list(learn.model.state_dict()), out
+
+@pytest.mark.parametrize('how', ['fit', 'lr_find', 'fit_one_cycle'])
+def test_model_and_loss_restored(tmp_path, how):
+    dls = make_dls()
+    learn = Learner(dls, small_cnn(dls.c), path=tmp_path, cbs=FlowMixup(['1', '2'], op=False))
+    lf, x = learn.loss_func, dls.one_batch()[0]
+    keys, _ = model_snapshot(learn, x)
+    if how == 'fit': learn.fit(1, 1e-3)
+    elif how == 'lr_find': learn.lr_find(num_it=8, show_plot=False)
+    else: learn.fit_one_cycle(1, 1e-3)
+    assert learn.loss_func is lf and no_hooks(learn.model)
+    keys2, out = model_snapshot(learn, x)
+    assert keys == keys2
+    learn.remove_cb(learn.flow_mixup)
+    test_eq(model_snapshot(learn, x)[1], out)
+
+class Boom(Exception): pass
+
+class RaiseAt(Callback):
+    order = 50
+    def __init__(self, event, it=2): self.event, self.it = event, it
+    def after_pred(self):
+        if self.event == 'after_pred' and self.training and self.train_iter == self.it: raise Boom('interrupted')
+    def before_step(self):
+        if self.event == 'before_step' and self.train_iter == self.it: raise Boom('interrupted')
+
+class _RaiseInForward(nn.Module):
+    def __init__(self): super().__init__(); self.armed = False
+    def forward(self, x):
+        if self.armed and self.training: self.armed = False; raise Boom('interrupted')
+        return x
+
+@pytest.mark.parametrize('where', ['after_pred', 'before_step', 'forward'])
+@pytest.mark.parametrize('later', ['same_learner', 'new_learner'])
+def test_interrupted_fit_leaves_nothing_active(tmp_path, where, later):
+    dls = make_dls(bs=8)
+    model = nn.Sequential(*small_cnn(dls.c)[:2], _RaiseInForward(), *small_cnn(dls.c)[2:])   # '2' raises when armed
+    learn = Learner(dls, model, path=tmp_path)
+    lf = learn.loss_func
+    cbs = [FlowMixup(['1', '3'])]
+    if where == 'forward': model[2].armed = True
+    else: cbs.append(RaiseAt(where))
+    with pytest.raises(Boom): learn.fit(1, 1e-3, cbs=cbs)
+    # an eval forward is unchanged meanwhile
+    x = dls.one_batch()[0]
+    model.eval()
+    with torch.no_grad(): out = model(x)
+    assert out.shape[0] == x.shape[0]
+    s = Shapes()
+    later_learn = learn if later == 'same_learner' else Learner(dls, model, path=tmp_path)
+    later_learn.fit(1, 1e-3, cbs=s)
+    assert s.seen and all(rows == 8 and y == (8,) for rows, y in s.seen[:-1]), s.seen   # nothing mixed
+    assert no_hooks(model) and learn.loss_func is lf and later_learn.loss_func is lf
+
+def test_single_and_multilabel_datablocks_end_to_end(tmp_path):
+    dls = make_dls(n_per_class=12)
+    learn = Learner(dls, small_cnn(dls.c), metrics=accuracy, path=tmp_path, cbs=FlowMixup(['1', '2'], alpha=3.))
+    learn.fit_one_cycle(2, 1e-2)
+    assert np.isfinite(learn.recorder.values[-1][0])
+    mdls = multilabel_dls()
+    s = Shapes()
+    learn = Learner(mdls, small_cnn(mdls.c), metrics=accuracy_multi, path=tmp_path,
+                    cbs=[FlowMixup(['1', '2'], class_weights='inverse_prevalence'), s])
+    assert isinstance(learn.loss_func, BCEWithLogitsLossFlat)
+    learn.fit_one_cycle(2, 1e-2)
+    w = learn.flow_mixup._weight
+    assert w.shape == (4,) and torch.isclose(w.mean(), tensor(1.)) and w[0] < w[3]  # class 0 is more frequent than 3
+    assert s.seen[0] == (32, (32, 4))
+    preds, targs = learn.get_preds()
+    assert preds.shape == targs.shape == (len(mdls.valid_ds), 4) and ((preds >= 0) & (preds <= 1)).all()
+
+def test_one_dimensional_model_end_to_end(tmp_path):
+    set_seed(0)
+    n, leads, T, C = 64, 12, 128, 5
+    x = torch.randn(n, leads, T)
+    y = (torch.rand(n, C) < 0.3).float()
+    items = list(zip(x, y))
+    dls = DataLoaders(DataLoader(items[:48], bs=16, shuffle=True), DataLoader(items[48:], bs=16))
+    model = xresnet18(ndim=1, c_in=leads, n_out=C)
+    s = Shapes()
+    learn = Learner(dls, model, loss_func=BCEWithLogitsLossFlat(), path=tmp_path, cbs=[FlowMixup(['5', '7']), s])
+    learn.fit_one_cycle(1, 1e-3)
+    assert s.seen[0] == (64, (64, C))
+    assert learn.get_preds()[0].shape == (16, C) and no_hooks(model)
+
+class _Unused(nn.Module):
+    def __init__(self, n_out):
+        super().__init__(); self.body, self.spare = small_cnn(n_out), nn.Linear(3, 3)
+    def forward(self, x): return self.body(x)
+
+@pytest.mark.parametrize('case', ['unknown', 'never_runs', 'regression_targets', 'weights_single_label'])
+def test_bad_input_is_refused_and_learner_untouched(tmp_path, case):
+    dls = make_dls(bs=8)
+    model = small_cnn(dls.c)
+    if case == 'unknown': cb, match = FlowMixup(['1', '22']), r"no module named '22'.*Close matches:.*'2'"
+    elif case == 'never_runs': model, cb, match = _Unused(dls.c), FlowMixup(['body.1', 'spare']), "'spare' never run"
+    elif case == 'weights_single_label': cb, match = FlowMixup(['1'], class_weights='inverse_prevalence'), 'multi-label'
+    else:
+        d = synthetic_class_images(n_per_class=8, size=16, n_classes=2)
+        block = DataBlock(blocks=(ImageBlock, RegressionBlock), get_x=IndexInto(d['images']),
+                          get_y=IndexInto(d['labels'].astype(np.float32)), splitter=RandomSplitter(seed=0))
+        dls = block.dataloaders(list(range(16)), bs=8, num_workers=0)
+        model, cb, match = small_cnn(1), FlowMixup(['1']), 'classification targets'
+    if case != 'never_runs':   # found when the Learner is created...
+        with pytest.raises(ValueError, match=match): Learner(dls, model, path=tmp_path, cbs=FlowMixup(cb.points, class_weights=cb.class_weights))
+    learn = Learner(dls, model, path=tmp_path)   # ...and when it is added to a fit
+    state, lf, cbs = params_of(learn.model), learn.loss_func, list(learn.cbs)
+    with pytest.raises(ValueError, match=match): learn.fit(1, 1e-3, cbs=cb)
+    assert_same(state, params_of(learn.model), 'model changed')
+    assert learn.loss_func is lf and list(learn.cbs) == cbs and no_hooks(learn.model)
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match='alpha'): FlowMixup(['1'], alpha=-1)
+    with pytest.raises(ValueError, match="'input' or 'output'"): FlowMixup(['1'], at='middle')
+    with pytest.raises(ValueError, match='at least one'): FlowMixup([])
