@@ -1,4 +1,5 @@
 "FlowMixup: the p = 1 equivalence, flow shapes, target mixing, fastai life cycle, interrupted fits, 1-D models, bad input."
+import warnings
 import pytest, torch
 from fastai.vision.all import *
 from copy import deepcopy
@@ -242,3 +243,72 @@ def test_invalid_arguments():
     with pytest.raises(ValueError, match='alpha'): FlowMixup(['1'], alpha=-1)
     with pytest.raises(ValueError, match="'input' or 'output'"): FlowMixup(['1'], at='middle')
     with pytest.raises(ValueError, match='at least one'): FlowMixup([])
+
+def test_export_has_no_mixing(tmp_path):
+    dls = make_dls()
+    learn = Learner(dls, small_cnn(dls.c), path=tmp_path, cbs=FlowMixup(['1', '2']))
+    learn.fit(1, 1e-3)
+    preds = learn.get_preds()[0]
+    learn.export('export.pkl')
+    loaded = load_learner(tmp_path/'export.pkl')
+    assert no_hooks(loaded.model) and list(loaded.model.state_dict()) == list(learn.model.state_dict())
+    test_eq(loaded.get_preds(dl=loaded.dls.test_dl(list(dls.valid_ds.items)))[0], preds)
+    loaded.model.train()
+    x = dls.one_batch()[0][:4]
+    assert loaded.model(x).shape[0] == 4      # even in training mode, outside a FlowMixup fit nothing mixes
+
+def test_hooks_registered_once_per_fit_not_per_batch(tmp_path, monkeypatch):
+    counts = {'pre': 0, 'post': 0}
+    pre, post = nn.Module.register_forward_pre_hook, nn.Module.register_forward_hook
+    def count_pre(self, *a, **k): counts['pre'] += 1; return pre(self, *a, **k)
+    def count_post(self, *a, **k): counts['post'] += 1; return post(self, *a, **k)
+    monkeypatch.setattr(nn.Module, 'register_forward_pre_hook', count_pre)
+    monkeypatch.setattr(nn.Module, 'register_forward_hook', count_post)
+    dls = make_dls(bs=4)
+    learn = Learner(dls, small_cnn(dls.c), path=tmp_path, cbs=FlowMixup(['1', '2']))
+    learn.fit(2, 1e-3)   # 2 epochs x 12 training batches
+    assert counts == {'pre': 3, 'post': 0}   # the model's hook and one per mixing module, once
+
+class _CPUAutocast(Callback):
+    "bf16 autocast on the CPU, the way fastai's MixedPrecision does it on a GPU"
+    order = 10
+    def before_batch(self): self.ac = torch.autocast('cpu', dtype=torch.bfloat16); self.ac.__enter__()
+    def after_pred(self): self.learn.pred = self.pred.float()
+    def after_loss(self): self.ac.__exit__(None, None, None)
+
+def test_bf16_autocast_and_gradient_clip(tmp_path):
+    dls = make_dls()
+    dtypes = []
+    model = small_cnn(dls.c)
+    model[2].register_forward_hook(lambda m, a, o: dtypes.append(a[0].dtype) if m.training else None)
+    learn = Learner(dls, model, path=tmp_path, cbs=[FlowMixup(['1', '2']), _CPUAutocast(), GradientClip(0.5)])
+    learn.fit(1, 1e-3)
+    assert torch.bfloat16 in dtypes                     # the mixed features kept the autocast dtype
+    assert np.isfinite(learn.recorder.values[-1][0])
+
+def test_to_fp16_runs(tmp_path):
+    dls = make_dls()
+    learn = Learner(dls, small_cnn(dls.c), path=tmp_path, cbs=FlowMixup(['1', '2'])).to_fp16()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')   # without CUDA, fastai's autocast is disabled (and says so)
+        learn.fit_one_cycle(1, 1e-3)
+    assert np.isfinite(learn.recorder.values[-1][0]) and no_hooks(learn.model)
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('amp', ['fp16', 'bf16'])
+def test_mixed_precision_on_gpu(amp, tmp_path):
+    dls = make_dls(size=32, device='cuda')
+    learn = Learner(dls, small_cnn(dls.c), path=tmp_path, cbs=[FlowMixup(['1', '2']), GradientClip(1.)])
+    learn = learn.to_fp16() if amp == 'fp16' else learn.to_bf16()
+    learn.fit_one_cycle(1, 1e-3)
+    assert np.isfinite(learn.recorder.values[-1][0]) and no_hooks(learn.model)
+
+def test_modules_passed_as_modules_and_show_results(tmp_path):
+    dls = make_dls()
+    model = small_cnn(dls.c)
+    s = Shapes()
+    learn = Learner(dls, model, path=tmp_path, cbs=[FlowMixup([model[1], model[2]]), s])
+    learn.fit(1, 1e-3)
+    assert s.seen[0][0] == 4*16
+    learn.show_results(max_n=4)
+    plt.close('all')
