@@ -312,3 +312,16 @@ def test_modules_passed_as_modules_and_show_results(tmp_path):
     assert s.seen[0][0] == 4*16
     learn.show_results(max_n=4)
     plt.close('all')
+
+def test_survives_torch_compile(tmp_path):
+    "The hooks are traced by Dynamo: a compiled model mixes while training and not in validation"
+    dls = make_dls(bs=8)
+    seen = []
+    class Rows(Callback):
+        order = 1
+        def after_pred(self): seen.append((self.training, self.pred.shape[0], self.xb[0].shape[0]))
+    compiled = torch.compile(small_cnn(dls.c))
+    learn = Learner(dls, compiled, path=tmp_path, cbs=[FlowMixup(['_orig_mod.1', '_orig_mod.2']), Rows()])
+    learn.fit(1, 1e-3)
+    assert {rows == 4*n for t, rows, n in seen if t} == {True} and {rows == n for t, rows, n in seen if not t} == {True}
+    assert no_hooks(compiled)
