@@ -57,22 +57,24 @@ def worker(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     harness.add_args(p)
+    p.add_argument('--configs', default=','.join(CONFIGS), help='comma-separated subset of ' + ', '.join(CONFIGS) + ' (erm always runs)')
     args = harness.finish_args(p.parse_args())
     if args.worker: return worker(args)
-    runs, med = harness.run_workers(__file__, CONFIGS, args)
+    configs = ['erm'] + [c for c in args.configs.split(',') if c in CONFIGS and c != 'erm']
+    runs, med = harness.run_workers(__file__, configs, args)
     mk = harness.mem_key(args)
     erm = med['erm']
     table = {}
-    for c in CONFIGS:
+    for c in configs:
         flop = med[c]['forward_flops']/erm['forward_flops']
         time_ratio = med[c]['step_s']/erm['step_s']
         table[c] = dict(flop_ratio=flop, step_time_ratio=time_ratio, time_over_flop=time_ratio/flop,
                         peak_memory_ratio=med[c][mk]/erm[mk])
-    manifold_vs_mixup = med['manifold_mixup']['step_s']/med['fastai_mixup']['step_s']
+    manifold_vs_mixup = med['manifold_mixup']['step_s']/med['fastai_mixup']['step_s'] if {'manifold_mixup', 'fastai_mixup'} <= set(med) else None
     print(f"\n{'config':16s} {'FLOP ratio':>10s} {'time ratio':>10s} {'time/FLOP':>10s} {'memory':>8s}")
     for c, r in table.items():
         print(f"{c:16s} {r['flop_ratio']:10.3f} {r['step_time_ratio']:10.3f} {r['time_over_flop']:10.3f} {r['peak_memory_ratio']:8.3f}")
-    print(f"Manifold Mixup mode / fastai MixUp step time: {manifold_vs_mixup:.3f}")
+    if manifold_vs_mixup: print(f"Manifold Mixup mode / fastai MixUp step time: {manifold_vs_mixup:.3f}")
     harness.write_json('flowmixup', args, dict(model='resnet18 (timm, pretrained=False)', points=POINTS, runs=runs,
                                                median=med, ratios=table, manifold_over_fastai_mixup=manifold_vs_mixup))
 
