@@ -55,3 +55,21 @@ def assert_nested_equal(a, b, path='state'):
         assert isinstance(b, list) and len(a) == len(b), f"{path}: lengths differ"
         for i, (x, y) in enumerate(zip(a, b)): assert_nested_equal(x, y, f"{path}[{i}]")
     else: assert a == b or (a != a and b != b), f"{path}: {a!r} vs {b!r}"
+
+def no_hooks(model):
+    "No forward (pre-)hook left on any module of `model`"
+    return all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+
+class StopAfterBatches(Callback):
+    "End the fit after `n` training batches"
+    order = 99
+    def __init__(self, n): self.n = n
+    def after_batch(self):
+        if self.training and self.train_iter >= self.n: raise CancelFitException
+
+class CPUAutocast(Callback):
+    "bf16 autocast on the CPU, the way fastai's MixedPrecision does it on a GPU"
+    order = 10
+    def before_batch(self): self.ac = torch.autocast('cpu', dtype=torch.bfloat16); self.ac.__enter__()
+    def after_pred(self): self.learn.pred = self.pred.float()
+    def after_loss(self): self.ac.__exit__(None, None, None)

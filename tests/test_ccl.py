@@ -6,18 +6,12 @@ from fastai.callback.training import GradientClip
 from fastai_softlabel.ccl import CCL, CCLHead
 from fastai_softlabel.data import IndexInto, synthetic_class_images
 from fastai_softlabel.losses import class_orthogonality_loss
-from conftest import tiny_cnn, make_dls, params_of, assert_same, snapshot, assert_nested_equal
+from conftest import no_hooks, StopAfterBatches, CPUAutocast, tiny_cnn, make_dls, params_of, assert_same, snapshot, assert_nested_equal
 
 def ccl_learner(dls, path, model=None, cbs=(), seed=0, **ccl_kwargs):
     set_seed(seed)
     kw = dict(widths=(32, 16), lr_ccl=0.05); kw.update(ccl_kwargs)
     return Learner(dls, model if model is not None else tiny_cnn(dls.c), path=path, metrics=accuracy, cbs=[CCL(**kw), *L(cbs)])
-
-class StopAfterBatches(Callback):
-    order = 99
-    def __init__(self, n): self.n = n
-    def after_batch(self):
-        if self.training and self.train_iter >= self.n: raise CancelFitException
 
 class StopAfterEpoch(Callback):
     order = 99
@@ -35,8 +29,6 @@ def full_state(learn):
                          head=c.ccl_head.state_dict() if c.ccl_head else None,
                          head_opt=c.ccl_opt.state_dict() if c.ccl_opt else None,
                          frozen_at=c.frozen_at, best_pbar=c.best_pbar, wait=c.wait, history=c.history))
-
-def no_hooks(model): return all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
 
 # ---------------------------------------------------------------- the alternating step
 
@@ -267,20 +259,13 @@ def test_named_feature_module_reads_its_input(dls, tmp_path):
     learn.fit(1, 1e-2)
     assert learn.ccl.ccl_head.embed[0].in_features == 12 and learn.ccl._module is model[4]
 
-class _CPUAutocast(Callback):
-    "bf16 autocast on the CPU, the way fastai's MixedPrecision does it on a GPU"
-    order = 10
-    def before_batch(self): self.ac = torch.autocast('cpu', dtype=torch.bfloat16); self.ac.__enter__()
-    def after_pred(self): self.learn.pred = self.pred.float()
-    def after_loss(self): self.ac.__exit__(None, None, None)
-
 def test_head_steps_in_fp32_under_autocast(dls, tmp_path):
     seen = []
     class Feats(Callback):
         order = 50.5
         def after_loss(self):
             if self.training: seen.append(self.learn.ccl._feats.dtype)
-    learn = ccl_learner(dls, tmp_path, cbs=[_CPUAutocast(), Feats(), GradientClip(0.5)])
+    learn = ccl_learner(dls, tmp_path, cbs=[CPUAutocast(), Feats(), GradientClip(0.5)])
     learn.fit(1, 1e-2)   # creates the head
     out_dtypes = []
     learn.ccl.ccl_head.embed.register_forward_hook(lambda m, i, o: out_dtypes.append((i[0].dtype, o.dtype)))

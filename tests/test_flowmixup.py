@@ -6,7 +6,7 @@ from copy import deepcopy
 from fastai.vision.models.xresnet import xresnet18
 from fastai_softlabel.flowmixup import FlowMixup, Mixup, ManifoldMixup, flow_mix
 from fastai_softlabel.data import IndexInto, synthetic_class_images
-from conftest import make_dls, params_of, assert_same
+from conftest import no_hooks, StopAfterBatches, CPUAutocast, make_dls, params_of, assert_same
 
 def small_cnn(n_out, c=8):
     return nn.Sequential(ConvLayer(3, c, stride=2), ConvLayer(c, c, stride=2), ConvLayer(c, c), nn.AdaptiveAvgPool2d(1),
@@ -20,14 +20,6 @@ def multilabel_dls(shuffle=True, bs=8):
     block = DataBlock(blocks=(ImageBlock, MultiCategoryBlock(vocab=list(names))), get_x=IndexInto(d['images']),
                       get_y=IndexInto(tags), splitter=RandomSplitter(seed=0))
     return block.dataloaders(list(range(len(lab))), bs=bs, num_workers=0, shuffle=shuffle)
-
-def no_hooks(model): return all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
-
-class StopAfterBatches(Callback):
-    order = 99
-    def __init__(self, n): self.n = n
-    def after_batch(self):
-        if self.training and self.train_iter >= self.n: raise CancelFitException
 
 class Grads(Callback):
     "Loss and parameter gradients of the first training batch"
@@ -269,19 +261,12 @@ def test_hooks_registered_once_per_fit_not_per_batch(tmp_path, monkeypatch):
     learn.fit(2, 1e-3)   # 2 epochs x 12 training batches
     assert counts == {'pre': 3, 'post': 0}   # the model's hook and one per mixing module, once
 
-class _CPUAutocast(Callback):
-    "bf16 autocast on the CPU, the way fastai's MixedPrecision does it on a GPU"
-    order = 10
-    def before_batch(self): self.ac = torch.autocast('cpu', dtype=torch.bfloat16); self.ac.__enter__()
-    def after_pred(self): self.learn.pred = self.pred.float()
-    def after_loss(self): self.ac.__exit__(None, None, None)
-
 def test_bf16_autocast_and_gradient_clip(tmp_path):
     dls = make_dls()
     dtypes = []
     model = small_cnn(dls.c)
     model[2].register_forward_hook(lambda m, a, o: dtypes.append(a[0].dtype) if m.training else None)
-    learn = Learner(dls, model, path=tmp_path, cbs=[FlowMixup(['1', '2']), _CPUAutocast(), GradientClip(0.5)])
+    learn = Learner(dls, model, path=tmp_path, cbs=[FlowMixup(['1', '2']), CPUAutocast(), GradientClip(0.5)])
     learn.fit(1, 1e-3)
     assert torch.bfloat16 in dtypes                     # the mixed features kept the autocast dtype
     assert np.isfinite(learn.recorder.values[-1][0])
