@@ -258,7 +258,7 @@ def test_hooks_registered_once_per_fit_not_per_batch(tmp_path, monkeypatch):
     monkeypatch.setattr(nn.Module, 'register_forward_hook', count_post)
     dls = make_dls(bs=4)
     learn = Learner(dls, small_cnn(dls.c), path=tmp_path, cbs=FlowMixup(['1', '2']))
-    learn.fit(2, 1e-3)   # 2 epochs x 12 training batches
+    learn.fit(2, 1e-3)   # 2 epochs x 13 training batches (52 training items, bs 4)
     assert counts == {'pre': 3, 'post': 0}   # the model's hook and one per mixing module, once
 
 def test_bf16_autocast_and_gradient_clip(tmp_path):
