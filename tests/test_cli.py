@@ -45,12 +45,13 @@ def _bad_npz(path):
     (['--corruption', '-0.1'], r'corruption rates must be in \[0, 1\)'),
     (['--methods', 'flowmixup'], 'do not fit single-label data'),
     (['--task', 'multi', '--methods', 'flowmixup', '--backbone', 'resnet10t'], 'fewer than 5'),
+    (['--out', 'no/such/folder/res'], 'does not exist'),
 ])
 def test_bad_input_one_line_and_nothing_written(tmp_path, args, message):
     _bad_npz(tmp_path/'bad.npz')
     np.savez(tmp_path/'nokey.npz', pictures=np.zeros((2, 4, 4), np.uint8), labels=np.zeros(2))
     before = sorted(p.name for p in tmp_path.iterdir())
-    r = softlabel(*args, '--out', 'res', cwd=tmp_path)
+    r = softlabel(*args, *([] if '--out' in args else ['--out', 'res']), cwd=tmp_path)
     assert r.returncode != 0
     lines = [l for l in r.stderr.splitlines() if l.strip() and 'Warning' not in l and 'warnings.warn' not in l]
     assert len(lines) == 1 and lines[0].startswith('softlabel: error:'), r.stderr
