@@ -10,8 +10,7 @@ cfg = cfg['DEFAULT']
 
 def _split(key): return cfg.get(key, '').split()
 
-licenses = {'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache Software License')}
-lic = licenses[cfg['license']]
+licenses = {'apache2': 'Apache-2.0'}   # SPDX expression (setuptools >= 77 deprecates license classifiers)
 statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Production/Stable']
 readme = here/'README.md'
 
@@ -22,11 +21,10 @@ setuptools.setup(
     long_description=readme.read_text(encoding='utf-8') if readme.exists() else '',
     long_description_content_type='text/markdown',
     author=cfg['author'], author_email=cfg['author_email'],
-    license=lic[0],
+    license=licenses[cfg['license']],
     keywords=cfg['keywords'],
     classifiers=[f"Development Status :: {statuses[int(cfg['status'])]}",
                  'Intended Audience :: Science/Research',
-                 f'License :: {lic[1]}',
                  'Natural Language :: English',
                  'Programming Language :: Python :: 3',
                  f"Programming Language :: Python :: {cfg['min_python']}",

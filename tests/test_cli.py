@@ -32,6 +32,29 @@ def test_multilabel_with_corruption(tmp_path):
     frac = runs.loc[runs.corruption == 0.3, 'corrupted_fraction']
     assert ((frac > 0.25) & (frac < 0.35)).all() and (runs.loc[runs.corruption == 0, 'corrupted_fraction'] == 0).all()
 
+def _ham_table(d, n=24):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    (d/'img').mkdir()
+    df = pd.DataFrame(dict(image_id=[f'ISIC_{i:04d}' for i in range(n)], dx=np.repeat(['nv', 'mel', 'bkl'], n//3),
+                           lesion_id=[f'HAM_{i//2}' for i in range(n)]))
+    for i in df.image_id: Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(d/'img'/f'{i}.jpg')
+    df.to_csv(d/'ham.csv', index=False)
+    return df
+
+def test_csv_table_with_image_folder(tmp_path):
+    _ham_table(tmp_path)
+    r = softlabel('--data', 'ham.csv', '--images', 'img', '--size', '16', '--backbone', 'resnet10t', '--epochs', '1',
+                  '--methods', 'baseline', '--progress', 'log', '--out', 'res', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = pd.read_csv(tmp_path/'res'/'runs.csv')
+    assert list(runs.method) == ['baseline'] and 0 <= runs.accuracy[0] <= 1
+
+def test_csv_unknown_columns(tmp_path):
+    _ham_table(tmp_path).rename(columns={'dx': 'diagnosis'}).to_csv(tmp_path/'ham.csv', index=False)
+    r = softlabel('--data', 'ham.csv', '--images', 'img', '--out', 'res', cwd=tmp_path)
+    assert r.returncode == 2 and 'neither the HAM10000 columns' in r.stderr and not (tmp_path/'res').exists()
+
 def _bad_npz(path):
     np.savez(path, images=np.zeros((4, 8, 8, 3), np.uint8), labels=np.zeros((4, 2, 2)))
     return path
@@ -57,3 +80,11 @@ def test_bad_input_one_line_and_nothing_written(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith('softlabel: error:'), r.stderr
     import re; assert re.search(message, lines[0]), lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+@pytest.mark.slow
+def test_synthetic_ccl_recovers_the_true_similarity(tmp_path):
+    "The default synthetic run: CCL's soft labels rank-correlate with the generator's class similarity (mean of 3 seeds >= 0.8)"
+    r = softlabel('--methods', 'ccl', '--seeds', '0,1,2', '--progress', 'log', '--out', 'res', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rho = pd.read_csv(tmp_path/'res'/'runs.csv')['spearman_vs_true_similarity']
+    assert len(rho) == 3 and rho.mean() >= 0.8, rho.tolist()
