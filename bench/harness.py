@@ -3,7 +3,7 @@
 Step time is the median over timed batches of `before_batch` → `after_batch` (everything a callback adds included),
 the median over repeats reported. Peak memory: on CUDA `torch.cuda.max_memory_allocated`; on the CPU the worker
 process's peak resident set size (`ru_maxrss`) and its growth over the resident size before training."""
-import json, os, platform, resource, statistics, subprocess, sys, time
+import argparse, json, os, platform, resource, statistics, subprocess, sys, time
 from pathlib import Path
 
 def add_args(p):
@@ -16,10 +16,7 @@ def add_args(p):
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--amp', action='store_true', help='mixed precision (fp16) for every configuration')
     p.add_argument('--out', default=None, help='JSON file (default bench/results/<name>_<device>.json)')
-    p.add_argument('--worker', help=argparse_suppress())
-
-def argparse_suppress():
-    import argparse; return argparse.SUPPRESS
+    p.add_argument('--worker', help=argparse.SUPPRESS)
 
 def finish_args(args):
     args.size = args.size or (224 if args.device.startswith('cuda') else 64)
