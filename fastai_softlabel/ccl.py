@@ -95,9 +95,13 @@ class CCL(Callback):
         self.__dict__.update(_state={}, ccl_opt=None, _hook=None, _feats=None, _sums=None)
 
     @property
-    def frozen(self)->bool: return self.frozen_at is not None
+    def frozen(self)->bool:
+        "Whether the class dictionary is frozen"
+        return self.frozen_at is not None
     @property
-    def pbar_history(self)->list: return [h['p_bar'] for h in self.history]
+    def pbar_history(self)->list:
+        "p_bar (label softness) after each training epoch"
+        return [h['p_bar'] for h in self.history]
     @property
     def soft_labels(self)->Tensor|None:
         "The current K×K soft-label matrix $P$ (row k: soft label of class k), on the CPU"
@@ -126,7 +130,9 @@ def _check_learner(self:CCL):
     return name,module,k
 
 @patch
-def after_create(self:CCL): self._check_learner()
+def after_create(self:CCL):
+    "Check the Learner as soon as it is created with `cbs=CCL()`"
+    self._check_learner()
 
 # %% ../nbs/03_ccl.ipynb #bd02ec73
 @patch
@@ -178,6 +184,7 @@ def _scheduled_peak_lr(self:CCL)->float:
 # %% ../nbs/03_ccl.ipynb #0d529319
 @patch
 def before_fit(self:CCL):
+    "Check the Learner again, drop hooks an interrupted fit left, add the Recorder columns"
     self._module_name,self._module,self._k = self._check_learner()
     self._remove_hook()   # left over if an exception ended an earlier fit
     self._peak_lr,self._trained = None,False   # peak lr: read at the first training epoch (no optimizer in `get_preds`)
@@ -195,6 +202,7 @@ def _remove_columns(self:CCL):
 
 @patch
 def before_train(self:CCL):
+    "Create the head and its optimizer on first use, read the peak lr, hook the feature module"
     try:
         if self.ccl_head is None:
             self.ccl_head = CCLHead(self._feature_width(self._module_name, self._module), self._k, self.widths)
@@ -225,6 +233,7 @@ def _remove_hook(self:CCL):
 
 @patch
 def before_batch(self:CCL):
+    "Refuse targets that are not one class index per item, before the forward pass"
     y = self.learn.yb[0] if len(self.learn.yb) else None
     if y is None or y.ndim != 1 or y.is_floating_point(): raise ValueError(
         f"CCL needs one integer class index per item; got targets of shape {None if y is None else tuple(y.shape)} "
@@ -301,6 +310,7 @@ def freeze_dictionary(self:CCL):
 # %% ../nbs/03_ccl.ipynb #1282a3bf
 @patch
 def before_validate(self:CCL):
+    "The head in eval mode (its BatchNorm statistics stay as trained)"
     if self.ccl_head is not None: self.ccl_head.eval()
 
 @patch
@@ -311,12 +321,15 @@ def after_validate(self:CCL):
 
 @patch
 def after_fit(self:CCL):
+    "Remove the hook; a fit that trained nothing (get_preds, validate) leaves no CCL columns"
     self._remove_hook()
     if self.ccl_head is not None: self.ccl_head.eval()
     if not self._trained: self._remove_columns() # get_preds/validate/predict: no CCL columns
 
 @patch
-def after_cancel_fit(self:CCL): self._remove_hook()
+def after_cancel_fit(self:CCL):
+    "Remove the feature hook after an interrupted fit"
+    self._remove_hook()
 
 # %% ../nbs/03_ccl.ipynb #c2fc38d3
 @patch

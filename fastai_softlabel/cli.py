@@ -96,6 +96,7 @@ class EpochLog(Callback):
     order = Recorder.order + 2
     def __init__(self, prefix): self.prefix = prefix
     def after_epoch(self):
+        "Print the epoch's Recorder values on one line"
         vals = ' '.join(f'{n} {v:.4f}' for n,v in zip(self.recorder.metric_names[1:], self.recorder.values[-1]) if isinstance(v, float))
         print(f"{self.prefix} epoch {self.epoch}: {vals}", flush=True)
 

@@ -217,6 +217,7 @@ def _class_weight_tensor(self:FlowMixup):
 # %% ../nbs/05_flowmixup.ipynb #69a0fac1
 @patch
 def after_create(self:FlowMixup):
+    "Check the module names and the targets as soon as the Learner is created"
     self._resolve(); self._check_targets()
 
 @patch
@@ -235,6 +236,7 @@ def _restore_loss(self:FlowMixup):
 
 @patch
 def before_fit(self:FlowMixup):
+    "Clean up after an interrupted fit, check the Learner, register the hooks for this fit"
     self._cleanup()
     try:
         self._named = self._resolve()
@@ -246,6 +248,7 @@ def before_fit(self:FlowMixup):
 
 @patch
 def before_train(self:FlowMixup):
+    "Find the modules' order (first epoch), swap in `FlowLoss` for the training phase"
     try:
         if self._order is None:
             self._order = self._probe_order()
@@ -258,6 +261,7 @@ def before_train(self:FlowMixup):
 
 @patch
 def before_batch(self:FlowMixup):
+    "Refuse targets FlowMixup cannot mix, before the forward pass"
     try: self._check_batch_targets(self.learn.yb[0])
     except Exception: self._cleanup(); raise
     if self.one_random: self._chosen = self._last = random.choice(self._order)
@@ -275,13 +279,21 @@ def after_pred(self:FlowMixup):
     self.learn.yb = (y,)
 
 @patch
-def after_train(self:FlowMixup): self._restore_loss()
+def after_train(self:FlowMixup):
+    "Give the Learner its loss back for validation"
+    self._restore_loss()
 @patch
-def after_cancel_train(self:FlowMixup): self._restore_loss()
+def after_cancel_train(self:FlowMixup):
+    "Give the loss back after an interrupted training phase"
+    self._restore_loss()
 @patch
-def after_cancel_fit(self:FlowMixup): self._cleanup()
+def after_cancel_fit(self:FlowMixup):
+    "Remove hooks and give the loss back after an interrupted fit"
+    self._cleanup()
 @patch
-def after_fit(self:FlowMixup): self._cleanup()
+def after_fit(self:FlowMixup):
+    "Remove hooks and give the loss back"
+    self._cleanup()
 
 # %% ../nbs/05_flowmixup.ipynb #0a1d557a
 def Mixup(

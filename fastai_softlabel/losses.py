@@ -96,14 +96,19 @@ class LabelSmoothingCE(nn.Module):
         self.register_buffer('prior', prior)
 
     def forward(self, output:Tensor, target:Tensor)->Tensor:
+        "Cross entropy of `output` logits against the smoothed targets of class indices `target`"
         if self.prior is not None and len(self.prior) != output.shape[-1]:
             raise ValueError(f"prior has {len(self.prior)} classes but the model outputs {output.shape[-1]}")
         p = smoothed_targets(target, output.shape[-1], self.eps, self.prior)
         loss = -(p*F.log_softmax(output.float(), dim=-1)).sum(-1)
         return loss.mean() if self.reduction=='mean' else loss.sum() if self.reduction=='sum' else loss
 
-    def activation(self, out:Tensor)->Tensor: return F.softmax(out, dim=-1)
-    def decodes(self, out:Tensor)->Tensor: return out.argmax(dim=-1)
+    def activation(self, out:Tensor)->Tensor:
+        "Probabilities, for `get_preds`"
+        return F.softmax(out, dim=-1)
+    def decodes(self, out:Tensor)->Tensor:
+        "Predicted class indices, for `predict`"
+        return out.argmax(dim=-1)
 
 # %% ../nbs/01_losses.ipynb #91bf33eb
 def class_prior(

@@ -65,11 +65,17 @@ def curve_summary(
     norm = (head - head.min())/span if span > 0 else np.zeros_like(head)
     return dict(best=float(best), last=float(v[-1]), best_minus_last=float(best - v[-1]), early_variance=float(norm.var()))
 
+
+# %% ../nbs/07_metrics.ipynb #cf84b2ef
 def recorder_curve(learn:Learner, metric:str)->list:
-    "Per-epoch values of the Recorder column `metric`"
-    names = list(learn.recorder.metric_names[1:])
+    "Per-epoch values of the Recorder column `metric` from the last fit (read before `get_preds`/`validate`)"
+    names = [n for n in learn.recorder.metric_names[1:] if n != 'time']
     if metric not in names: raise ValueError(f"No Recorder column {metric!r}; the columns are {names}")
-    return [row[names.index(metric)] for row in learn.recorder.values]
+    rows = learn.recorder.values
+    if any(len(r) != len(names) for r in rows):
+        raise ValueError("learn.recorder.values no longer holds the fit's curves: fastai's get_preds and validate restart "
+                         "the Recorder. Call recorder_curve right after the fit.")
+    return [float(r[names.index(metric)]) for r in rows]
 
 # %% ../nbs/07_metrics.ipynb #848b320b
 def cluster_r2(

@@ -9,7 +9,7 @@ from fastai.data.block import MultiCategoryBlock, TransformBlock
 from .data import IndexInto
 
 # %% auto #0
-__all__ = ['TensorSignal', 'SignalAt', 'NormalizeLeads', 'lead_stats', 'signal_dls']
+__all__ = ['ECG_CONDITIONS', 'TensorSignal', 'SignalAt', 'NormalizeLeads', 'lead_stats', 'signal_dls', 'synthetic_ecg']
 
 # %% ../nbs/11_signals.ipynb #9e82cb5e
 class TensorSignal(TensorBase):
@@ -36,8 +36,12 @@ class NormalizeLeads(DisplayedTransform):
     def __init__(self, mean, std):
         self.mean = torch.as_tensor(np.asarray(mean), dtype=torch.float32).view(1, -1, 1)
         self.std = torch.as_tensor(np.asarray(std), dtype=torch.float32).view(1, -1, 1)
-    def encodes(self, x:TensorSignal): return (x - self.mean.to(x.device))/self.std.to(x.device)
-    def decodes(self, x:TensorSignal): return x*self.std.to(x.device) + self.mean.to(x.device)
+    def encodes(self, x:TensorSignal):
+        "Subtract each lead's mean and divide by its standard deviation"
+        return (x - self.mean.to(x.device))/self.std.to(x.device)
+    def decodes(self, x:TensorSignal):
+        "Back to the original scale (for display)"
+        return x*self.std.to(x.device) + self.mean.to(x.device)
 
 # %% ../nbs/11_signals.ipynb #ad83865e
 def lead_stats(signals, idxs=None)->tuple:
@@ -69,3 +73,43 @@ def signal_dls(
                       get_x=SignalAt(signals), get_y=IndexInto([list(names[r.astype(bool)]) for r in labels]),
                       splitter=splitter, batch_tfms=batch_tfms)
     return block.dataloaders(list(range(len(signals))), **kwargs)
+
+# %% ../nbs/11_signals.ipynb #4fbe7e02
+ECG_CONDITIONS = ('tachycardia', 'irregular_rhythm', 'wide_qrs', 'st_elevation', 't_inversion')
+
+def _gauss(t, centres, width):
+    "Sum over `centres` (B,) of Gaussian bumps of `width` seconds, evaluated at times `t` (T,)"
+    return np.exp(-0.5*((t[None] - centres[:, None])/width)**2).sum(0)
+
+def synthetic_ecg(
+    n:int=500,            # number of recordings
+    length:int=500,       # samples per lead
+    fs:float=100.,        # sampling rate in Hz (500 samples at 100 Hz: 5 s)
+    prevalence:float=0.3, # probability of each condition, independently
+    noise:float=0.05,     # standard deviation of the white noise (the QRS peak is about 1)
+    seed:int=0,           # everything is drawn from this seed
+)->dict:                  # signals (N, 12, length) float32, labels (N, 5) uint8, label_names, heart_rate (N,)
+    "Synthetic 12-lead ECGs made of P, QRS and T waves, with five conditions that change the beats"
+    if not 0 <= prevalence <= 1: raise ValueError(f"prevalence must be in [0, 1], got {prevalence}")
+    rng = np.random.default_rng(seed)
+    gain = {w: rng.normal(1, 0.25, 12)*np.where(rng.random(12) < 0.15, -1, 1) for w in 'PRT'}   # lead field
+    labels = (rng.random((n, len(ECG_CONDITIONS))) < prevalence).astype(np.uint8)
+    tachy,irregular,wide,st,tinv = labels.T.astype(bool)
+    t = np.arange(length)/fs
+    chest, v1_v4 = np.arange(12) >= 6, (np.arange(12) >= 6) & (np.arange(12) < 10)
+    signals,rates = np.empty((n, 12, length), np.float32),np.empty(n, np.float32)
+    for i in range(n):
+        rates[i] = rng.uniform(110, 150) if tachy[i] else rng.uniform(55, 90)
+        rr = 60/rates[i]
+        gaps = rr*(rng.uniform(0.6, 1.4, 40) if irregular[i] else np.ones(40))
+        beats = rng.uniform(0, rr) + np.concatenate([[0], np.cumsum(gaps)])
+        beats = beats[beats < t[-1] + 0.5]
+        qrs_w = 0.03 if wide[i] else 0.012
+        p_wave = 0. if irregular[i] else 0.15*_gauss(t, beats - 0.16, 0.025)
+        qrs = (0.8 if wide[i] else 1.)*_gauss(t, beats, qrs_w)
+        t_wave = 0.3*_gauss(t, beats + 0.28, 0.05)
+        x = gain['P'][:, None]*p_wave + gain['R'][:, None]*qrs + gain['T'][:, None]*t_wave*np.where(tinv[i] & chest, -1, 1)[:, None]
+        if st[i]: x[v1_v4] += 0.25*_gauss(t, beats + 0.14, 0.06)[None]
+        wander = 0.1*np.sin(2*np.pi*rng.uniform(0.1, 0.4)*t + rng.uniform(0, 2*np.pi))
+        signals[i] = x + wander + rng.normal(0, noise, x.shape)
+    return dict(signals=signals, labels=labels, label_names=np.array(ECG_CONDITIONS), heart_rate=rates)
