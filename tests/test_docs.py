@@ -89,6 +89,14 @@ def test_cell_options_applied():
     assert nb.cells[0].metadata['docs_hide_input'] and nb.cells[1].outputs == []
     assert nb.cells[0].outputs[0].data['text/markdown'] == 'sig  [`f`](/a.html#f)'
 
+def test_streams_shown_as_a_terminal_would():
+    bar = '\u2588\repoch  train_loss\n\rEpoch 1/2 : |--| 0% [0/9]\rEpoch 1/2 : |##| 100% [9/9]\r0      1.23\n'
+    assert bd.terminal_text(bar) == 'epoch  train_loss\n0      1.23\n'
+    warn = nbformat.v4.new_output('stream', name='stderr', text='x.py:1: FutureWarning: deprecated\n  warnings.warn(\n')
+    log = nbformat.v4.new_output('stream', name='stdout', text='\u2588\r\r')
+    cell = nbformat.v4.new_code_cell('fit()', outputs=[warn, log, nbformat.v4.new_output('stream', text='done')])
+    assert [o.text for o in bd.prepare_cells(_nb(cell), 'x.ipynb').cells[0].outputs] == ['done']
+
 def test_broken_internal_links_fail_the_build(tmp_path):
     (tmp_path/'a.html').write_text('<main><h2 id="here">x</h2><a href="b.html">b</a><a href="#here">ok</a><a href="https://x.org/y.html">ext</a></main>')
     (tmp_path/'b.html').write_text('<main><a href="a.html#here">ok</a></main>')

@@ -66,6 +66,14 @@ def clean_show_doc_md(md:str)->str:
     md = re.sub(r'\[source\]\(/?blob/[^)]*\)(\{[^}]*\})?', '', md)
     return re.sub(r'(\]\([^)]*\))\{[^}]*\}', r'\1', md)
 
+def terminal_text(text:str)->str:
+    "What a terminal would show: each line from its last carriage return on (progress bars keep their final state)"
+    return '\n'.join(l.rsplit('\r', 1)[-1] for l in text.split('\n'))
+
+def _is_warning(o)->bool:
+    "A stderr stream of Python warnings (library deprecation notices), which the pages leave out"
+    return o.output_type == 'stream' and o.name == 'stderr' and bool(re.search(r'\w+Warning: ', o.text))
+
 _cell_keys = {'cell_type', 'execution_count', 'id', 'metadata', 'outputs', 'source', 'attachments'}
 
 def prepare_cells(nb, name:str):
@@ -81,6 +89,8 @@ def prepare_cells(nb, name:str):
             if o.output_type == 'error': raise DocsError(f"{name}: cell {i} stored an error ({o.ename}: {o.evalue}); re-run the notebook")
         for o in cell.get('outputs', []):
             if 'text/markdown' in o.get('data', {}): o.data['text/markdown'] = clean_show_doc_md(o.data['text/markdown'])
+            if o.output_type == 'stream': o.text = terminal_text(o.text)
+        cell.outputs = [o for o in cell.get('outputs', []) if not _is_warning(o) and not (o.output_type == 'stream' and not o.text.strip())]
         if opts.get('include') == 'false': continue
         if opts.get('output') == 'false': cell.outputs = []
         if opts.get('echo') == 'false': cell.metadata['docs_hide_input'] = True
