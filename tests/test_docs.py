@@ -166,6 +166,17 @@ def _shot(browser, site, name):
     "Keep a screenshot of the page beside the site (for a look by eye)"
     browser.save_screenshot(str(site[0].parent/f'{name}.png'))
 
+def test_every_public_name_has_an_entry_in_the_built_site(site):
+    "Functions and classes get a show_doc entry (an anchor named after them); constants are named on their page"
+    from bs4 import BeautifulSoup
+    pages = {p.name: BeautifulSoup(p.read_text(), 'html.parser') for p in site[0].glob('*.html')}
+    ids = {i['id'] for soup in pages.values() for i in soup.find_all(id=True)}
+    text = ' '.join(soup.get_text() for soup in pages.values())
+    for mod,name in _public_names():
+        obj = getattr(mod, name)
+        if inspect.isfunction(obj) or inspect.isclass(obj): assert bd.quarto_id(name) in ids, f"no entry for {mod.__name__}.{name}"
+        else: assert name in text, f"{mod.__name__}.{name} is not named on any page"
+
 def test_index_page_renders(site, browser):
     _load(browser, site[1] + 'index.html')
     f = _page_facts(browser)

@@ -6,7 +6,7 @@
 Cells tagged with a flag that is not asked for (`#| slow`, `#| cuda`) are not run and keep the outputs stored in the
 notebook (e.g. long training runs on real data). The run stops at the first error, leaving the notebook unchanged.
 Afterwards run `nbdev-clean`."""
-import argparse, re, sys
+import argparse, os, re, sys
 from pathlib import Path
 from fastcore.nbio import read_nb, write_nb
 from execnb.shell import CaptureShell
@@ -19,11 +19,15 @@ def cell_flags(source:str)->set:
 
 def run_notebook(path:Path, flags=()):
     "Execute `path` in its folder and write it back with outputs; cells flagged with other flags keep theirs"
+    path = Path(path).resolve()
     nb = read_nb(path)
     shell = CaptureShell()
-    shell.set_path(path.parent.resolve())
+    shell.set_path(path.parent)
     skip = lambda cell: cell.cell_type != 'code' or bool(cell_flags(cell.source) - set(flags))
-    shell.run_all(nb, exc_stop=True, preproc=skip)
+    cwd = os.getcwd()
+    os.chdir(path.parent)          # relative paths in a notebook start from its folder, as in Jupyter
+    try: shell.run_all(nb, exc_stop=True, preproc=skip)
+    finally: os.chdir(cwd)
     write_nb(nb, path)
 
 if __name__ == '__main__':
