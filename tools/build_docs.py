@@ -74,6 +74,18 @@ def _is_warning(o)->bool:
     "A stderr stream of Python warnings (library deprecation notices), which the pages leave out"
     return o.output_type == 'stream' and o.name == 'stderr' and bool(re.search(r'\w+Warning: ', o.text))
 
+def clean_outputs(outputs)->list:
+    "Outputs as the page shows them: show_doc's Markdown cleaned, streams as a terminal shows them, no warnings"
+    shown = []
+    for o in outputs:
+        if 'text/markdown' in o.get('data', {}): o.data['text/markdown'] = clean_show_doc_md(o.data['text/markdown'])
+        if o.output_type == 'stream':
+            if _is_warning(o): continue
+            o.text = terminal_text(o.text)
+            if not o.text.strip(): continue
+        shown.append(o)
+    return shown
+
 _cell_keys = {'cell_type', 'execution_count', 'id', 'metadata', 'outputs', 'source', 'attachments'}
 
 def prepare_cells(nb, name:str):
@@ -87,10 +99,7 @@ def prepare_cells(nb, name:str):
         opts,cell.source = split_directives(cell.source)
         for o in cell.get('outputs', []):
             if o.output_type == 'error': raise DocsError(f"{name}: cell {i} stored an error ({o.ename}: {o.evalue}); re-run the notebook")
-        for o in cell.get('outputs', []):
-            if 'text/markdown' in o.get('data', {}): o.data['text/markdown'] = clean_show_doc_md(o.data['text/markdown'])
-            if o.output_type == 'stream': o.text = terminal_text(o.text)
-        cell.outputs = [o for o in cell.get('outputs', []) if not _is_warning(o) and not (o.output_type == 'stream' and not o.text.strip())]
+        cell.outputs = clean_outputs(cell.get('outputs', []))
         if opts.get('include') == 'false': continue
         if opts.get('output') == 'false': cell.outputs = []
         if opts.get('echo') == 'false': cell.metadata['docs_hide_input'] = True
