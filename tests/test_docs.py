@@ -1,6 +1,6 @@
 """The documentation: every public name documented with an example, README.md generated from nbs/index.ipynb, the
 offline build's checks, and the built site opened in headless Chromium (skipped when Chromium is not installed)."""
-import ast, functools, http.server, importlib, importlib.util, inspect, json, re, shutil, subprocess, sys, threading
+import ast, functools, http.server, importlib, importlib.util, inspect, shutil, subprocess, sys, threading
 from pathlib import Path
 import nbformat, pytest, yaml
 
@@ -51,7 +51,7 @@ def test_public_name_is_documented_with_an_example(mod, name):
         if inspect.isclass(obj):
             for k,v in vars(obj).items():
                 f = v.fget if isinstance(v, property) else getattr(v, '__func__', v)
-                if not k.startswith('_') and (inspect.isfunction(f)):
+                if not k.startswith('_') and inspect.isfunction(f):
                     assert f.__doc__, f"{mod.__name__}.{name}.{k} has no docstring"
     assert name in _visible_examples(), f"{mod.__name__}.{name} is not used in any shown notebook cell: add an example"
 
@@ -141,12 +141,11 @@ def browser(tmp_path_factory):
     driver.quit()
 
 def _load(browser, url):
+    "Open `url` and wait for its load event (Selenium's default page-load strategy)"
     browser.get(url)
-    browser.execute_script("return document.readyState")
-    return browser
 
 def _page_facts(browser):
-    "What a reader sees: title, signatures, code cells, plots that decoded, and severe console messages"
+    "What a reader sees: the title, show_doc entries and signatures, code cells, decoded plots, the sidebar, formulas"
     return browser.execute_script("""
         const vis = e => e.offsetWidth > 0 && e.offsetHeight > 0;
         return {
