@@ -176,6 +176,15 @@ def test_every_public_name_has_an_entry_in_the_built_site(site):
         if inspect.isfunction(obj) or inspect.isclass(obj): assert bd.quarto_id(name) in ids, f"no entry for {mod.__name__}.{name}"
         else: assert name in text, f"{mod.__name__}.{name} is not named on any page"
 
+def test_no_entry_shown_twice(site):
+    "nbdev adds a show_doc entry after each exported definition; a second, explicit one would repeat it"
+    from bs4 import BeautifulSoup
+    import collections
+    for p in site[0].glob('*.html'):
+        entries = [h.get_text().strip() for h in BeautifulSoup(p.read_text(), 'html.parser').select('[data-mime-type="text/markdown"] h3')]
+        twice = [e for e,n in collections.Counter(entries).items() if n > 1]
+        assert not twice, f"{p.name} shows {twice} twice"
+
 def test_index_page_renders(site, browser):
     _load(browser, site[1] + 'index.html')
     f = _page_facts(browser)
