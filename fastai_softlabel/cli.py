@@ -14,7 +14,7 @@ from .losses import LabelSmoothingCE, class_prior
 from .data import array_image_dls, synthetic_class_images
 from .datasets import load_npz, finding_labels, check_images
 from .corruption import corrupt_single_label, corrupt_multi_label
-from .metrics import single_label_metrics, multi_label_metrics, curve_summary
+from .metrics import single_label_metrics, multi_label_metrics, curve_summary, recorder_curve
 from .models import create_backbone, flowmixup_points
 from .splits import ColumnSplitter, StratifiedSplitter, PatientSplitter
 
@@ -128,7 +128,7 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->dic
     row = dict(method=method, seed=seed, corruption=corruption, corrupted_fraction=round(frac, 4), seconds=round(time.time() - start, 1))
     for n,v in zip(names, values[-1]): row[n] = float(v)
     main = 'mean_auroc' if d['multi_label'] else 'accuracy'
-    curve = [r[names.index(main)] for r in values]
+    curve = recorder_curve(learn, main)
     row.update({f'{main}_{k}': v for k,v in curve_summary(curve, n_first=min(5, len(curve))).items()})
     if method == 'ccl':
         P = learn.ccl.soft_labels.numpy()

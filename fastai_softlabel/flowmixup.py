@@ -74,7 +74,6 @@ class FlowLoss:
         if not (self.cb.learn is self.learn and self.cb in self.learn.cbs and self.cb._loss_swapped):
             return self._heal()(pred, targ)
         if self.multi_label: return soft_bce_with_logits(pred, targ, self.weight)
-        if not targ.is_floating_point(): targ = F.one_hot(targ.long(), pred.shape[-1])
         return soft_target_cross_entropy(pred, targ)
 
     def __getattr__(self, k):

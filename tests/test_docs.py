@@ -64,6 +64,14 @@ def test_readme_is_generated_from_the_index_notebook():
     "README.md is what tools/build_docs.py writes from nbs/index.ipynb (edit the notebook, then build the docs)"
     assert (ROOT/'README.md').read_text() == bd.readme_from_index(ROOT/'nbs'/'index.ipynb')
 
+def test_readme_relative_links_exist():
+    "Links in README.md that are not URLs name files of the repository (the index links notebooks, not built pages)"
+    import re
+    links = [l for l in re.findall(r'\]\(([^)\s]+)\)', (ROOT/'README.md').read_text()) if not re.match(r'[a-z]+:|#', l)]
+    assert links, "the README links the tutorials"
+    missing = [l for l in links if not (ROOT/l.split('#')[0]).exists()]
+    assert not missing, f"README.md links to {missing}, which are not in the repository"
+
 # ------------------------------------------------------------------------------------------- the build's own checks
 def test_directives_and_quarto_ids():
     test = bd.split_directives('#| echo: false\n#| output: asis\nshow_doc(CCL)')

@@ -167,15 +167,16 @@ def read_nav(proc:Path, pages:dict)->list:
 
 def check_links(out:Path):
     "Every relative link of the site must reach an existing page, and its anchor an element of that page"
-    ids = {p.name: {t['id'] for t in BeautifulSoup(p.read_text(), 'html.parser').find_all(id=True)} for p in out.glob('*.html')}
+    soups = {p.name: BeautifulSoup(p.read_text(), 'html.parser') for p in sorted(out.glob('*.html'))}
+    ids = {name: {t['id'] for t in soup.find_all(id=True)} for name,soup in soups.items()}
     bad = []
-    for p in sorted(out.glob('*.html')):
-        for a in BeautifulSoup(p.read_text(), 'html.parser').find_all('a', href=True):
+    for name,soup in soups.items():
+        for a in soup.find_all('a', href=True):
             u = urlsplit(a['href'])
             if u.scheme or u.netloc or a['href'].startswith('mailto:'): continue
-            target = u.path or p.name
-            if target not in ids: bad.append(f"{p.name}: {a['href']} (no such page)")
-            elif u.fragment and u.fragment not in ids[target]: bad.append(f"{p.name}: {a['href']} (no such anchor)")
+            target = u.path or name
+            if target not in ids: bad.append(f"{name}: {a['href']} (no such page)")
+            elif u.fragment and u.fragment not in ids[target]: bad.append(f"{name}: {a['href']} (no such anchor)")
     if bad: raise DocsError("broken links:\n  " + '\n  '.join(bad))
 
 def render_site(proc:Path, out:Path)->list:

@@ -6,16 +6,17 @@
 Cells tagged with a flag that is not asked for (`#| slow`, `#| cuda`) are not run and keep the outputs stored in the
 notebook (e.g. long training runs on real data). The run stops at the first error, leaving the notebook unchanged.
 Afterwards run `nbdev-clean`."""
-import argparse, os, re, sys
+import argparse, os
 from pathlib import Path
 from fastcore.nbio import read_nb, write_nb
 from execnb.shell import CaptureShell
+from build_docs import split_directives   # the `#|` directives, parsed as the docs build parses them
 
 FLAGS = ('slow', 'cuda')
 
 def cell_flags(source:str)->set:
     "The test flags among the `#|` directives at the top of a cell"
-    return {m.group(1) for m in re.finditer(r'^#\|\s*(\w+)\s*$', source, re.M) if m.group(1) in FLAGS}
+    return set(split_directives(source)[0]) & set(FLAGS)
 
 def run_notebook(path:Path, flags=()):
     "Execute `path` in its folder and write it back with outputs; cells flagged with other flags keep theirs"
