@@ -4,10 +4,13 @@
 
 # %% ../nbs/00_core.ipynb #8911ea6f
 from __future__ import annotations
+import weakref
 from fastai.basics import *
 
 # %% auto #0
-__all__ = ['stateful_callbacks', 'callback_state_file', 'named_module', 'one_batch_inputs', 'is_multilabel']
+__all__ = ['stateful_callbacks', 'callback_state_file', 'named_module', 'undistributed_dl', 'one_batch_inputs', 'plain_model',
+           'WeakHook', 'hooks_for_next_forward', 'remove_hooks', 'refuse_fastai_mixing', 'distributed_world',
+           'broadcast_module_', 'all_reduce_mean_', 'is_multilabel']
 
 # %% ../nbs/00_core.ipynb #4f940ebb
 def stateful_callbacks(learn:Learner) -> L:
@@ -74,12 +77,97 @@ def named_module(
     return module,named[module]
 
 # %% ../nbs/00_core.ipynb #18ff0b74
+def undistributed_dl(dl):
+    "The `DataLoader` inside fastai's `DistributedDL` (which only iterates inside a process group), else `dl` itself"
+    if type(dl).__name__ != 'DistributedDL': return dl   # by name: importing fastai.distributed needs `accelerate`
+    return undistributed_dl(dl.dl)
+
 def one_batch_inputs(dls)->tuple:
     "The inputs of one batch (validation set unless empty), split off the targets like `Learner` does"
     dl = dls.valid if len(dls.valid) else dls.train
-    b = dl.one_batch()
+    b = undistributed_dl(dl).one_batch()
     # plain tensors: fastai's tensor subclasses are not needed by a model, and trip torch.compile's tracing
     return tuple(o.as_subclass(Tensor) if isinstance(o, Tensor) else o for o in b[:getattr(dls, 'n_inp', 1 if len(b) == 1 else len(b)-1)])
+
+# %% ../nbs/00_core.ipynb #0cfd8881
+def plain_model(model:nn.Module)->nn.Module:
+    "`model` without `DistributedDataParallel`/`DataParallel` wrappers"
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)): model = model.module
+    return model
+
+# %% ../nbs/00_core.ipynb #9526b302
+class _Inert:
+    "What a hook of this library becomes when pickled: one that does nothing"
+    def __call__(self, *args, **kwargs): return None
+
+class WeakHook:
+    "Calls `fn(*args, *hook_args)` while `fn`'s object lives; pickles as a hook that does nothing"
+    def __init__(self, fn, *args):
+        self.ref = weakref.WeakMethod(fn) if hasattr(fn, '__self__') else (lambda: fn)
+        self.args = args
+    def __call__(self, *hook_args):
+        fn = self.ref()
+        return None if fn is None else fn(*self.args, *hook_args)
+    def __reduce__(self): return (_Inert, ())
+
+class _RemoveAll:
+    "A model's last forward hook: removes `handles`, itself included"
+    def __init__(self, handles): self.handles = handles
+    def __call__(self, *args):
+        for h in self.handles: h.remove()
+        self.handles.clear()
+    def __reduce__(self): return (_Inert, ())
+
+def hooks_for_next_forward(
+    model:nn.Module, # the model whose next forward pass the hooks are for
+    hooks:list,      # `(module, kind, hook)` with kind `'pre'` (forward pre-hook) or `'post'` (forward hook)
+)->list:             # the handles (empty once removed)
+    "Register `hooks` until `model`'s next forward pass ends, also one that raises"
+    handles = []
+    for m,kind,fn in hooks:
+        if kind not in ('pre', 'post'): raise ValueError(f"kind must be 'pre' or 'post', got {kind!r}")
+        handles.append(m.register_forward_pre_hook(fn) if kind == 'pre' else m.register_forward_hook(fn))
+    handles.append(model.register_forward_hook(_RemoveAll(handles), always_call=True))
+    return handles
+
+def remove_hooks(handles:list):
+    "Remove the hooks of `hooks_for_next_forward` now (nothing if they are gone)"
+    for h in handles: h.remove()
+    handles.clear()
+
+# %% ../nbs/00_core.ipynb #fe9639ff
+def refuse_fastai_mixing(learn:Learner, who:str):
+    "Raise a clear error naming fastai's `MixUp`/`CutMix` callbacks of `learn`, which `who` cannot run with"
+    from fastai.callback.mixup import MixHandler
+    found = [type(cb).__name__ for cb in learn.cbs if isinstance(cb, MixHandler)]
+    if found: raise ValueError(
+        f"{who} cannot run with fastai's {', '.join(found)}: they mix the inputs and keep the un-mixed labels, so {who} "
+        "would train on labels that do not match the images. Use fastai_softlabel's Mixup() (input mixup), "
+        "ManifoldMixup() or FlowMixup() instead: they compose with CCL.")
+
+# %% ../nbs/00_core.ipynb #d4159888
+def distributed_world()->int:
+    "Number of processes in the default process group (1 outside one)"
+    d = torch.distributed
+    return d.get_world_size() if d.is_available() and d.is_initialized() else 1
+
+def broadcast_module_(module:nn.Module, src:int=0)->nn.Module:
+    "Copy `module`'s parameters and buffers from rank `src` to every rank, in place"
+    if distributed_world() > 1:
+        with torch.no_grad():
+            for t in list(module.parameters()) + list(module.buffers()): torch.distributed.broadcast(t.data, src)
+    return module
+
+def all_reduce_mean_(tensors:list)->list:
+    "Average `tensors` across ranks in place, with one collective call (floating-point tensors)"
+    if distributed_world() == 1 or not tensors: return tensors
+    flat = torch.cat([t.reshape(-1).float() for t in tensors])
+    torch.distributed.all_reduce(flat)
+    flat /= distributed_world()
+    i = 0
+    for t in tensors:
+        t.copy_(flat[i:i+t.numel()].view_as(t)); i += t.numel()
+    return tensors
 
 # %% ../nbs/00_core.ipynb #1186170e
 from fastai.data.transforms import MultiCategorize, OneHotEncode

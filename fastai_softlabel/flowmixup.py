@@ -4,13 +4,17 @@
 
 # %% ../nbs/05_flowmixup.ipynb #a691af0f
 from __future__ import annotations
-import random
+import random, inspect
+from collections import Counter
+from typing import NamedTuple
 from fastai.basics import *
-from .core import named_module, is_multilabel, one_batch_inputs
-from .losses import soft_target_cross_entropy, soft_bce_with_logits, inverse_prevalence_weights
+from .core import (named_module, is_multilabel, one_batch_inputs, plain_model, WeakHook,
+                                   hooks_for_next_forward, remove_hooks, refuse_fastai_mixing)
+from .losses import inverse_prevalence_weights
 
 # %% auto #0
-__all__ = ['sample_mix_weights', 'permute_rows', 'flow_mix', 'flow_size', 'FlowLoss', 'FlowMixup', 'Mixup', 'ManifoldMixup']
+__all__ = ['sample_mix_weights', 'permute_rows', 'flow_mix', 'flow_size', 'flow_components', 'mix_along_flow', 'flow_loss',
+           'Flow', 'FlowMixup', 'Mixup', 'ManifoldMixup']
 
 # %% ../nbs/05_flowmixup.ipynb #fff1e899
 def sample_mix_weights(
@@ -60,32 +64,84 @@ def flow_size(n_modules:int, op:bool=True)->int:
     return 2**n_modules if op else 2**(n_modules-1)
 
 # %% ../nbs/05_flowmixup.ipynb #7b055acc
-class FlowLoss:
-    "Loss on soft, flow-expanded targets used while `FlowMixup` trains; gives the Learner its own loss back if left behind"
-    def __init__(self, cb, orig_loss, multi_label:bool, weight:Tensor|None=None):
-        self.cb,self.learn,self.orig,self.multi_label,self.weight = cb,cb.learn,orig_loss,multi_label,weight
+def flow_components(
+    n:int,           # number of original items in the batch
+    ops:list,        # `(p, perm, keep)` of each mixing operation, in forward order (what `flow_mix` was given)
+    device=None,
+)->tuple:            # `(idx, weight)`, both (R, C): row r is `sum_c weight[r,c] * item[idx[r,c]]`
+    "Which original items make up each row of the flow, and with what weights"
+    idx = torch.arange(n, device=device)[:, None]
+    w = torch.ones(n, 1, device=device)
+    for p,perm,keep in ops:
+        p = p.float().reshape(-1, 1) if p.ndim else p.float()
+        mixed_idx,mixed_w = torch.cat([idx, idx[perm]], 1),torch.cat([w*p, w[perm]*(1-p)], 1)
+        if keep: idx,w = torch.cat([torch.cat([idx, idx], 1), mixed_idx]),torch.cat([torch.cat([w, torch.zeros_like(w)], 1), mixed_w])
+        else: idx,w = mixed_idx,mixed_w
+    return idx,w
 
-    def _heal(self):
-        "The loss of a fit that ended without clean-up: put the original back"
-        if getattr(self.learn, 'loss_func', None) is self: self.learn.loss_func = self.orig
-        return self.orig
+def mix_along_flow(
+    t:Tensor,      # (N, ...) one tensor per original item (targets, soft labels)
+    idx:Tensor,    # (R, C) from `flow_components`
+    weight:Tensor, # (R, C) from `flow_components`
+)->Tensor:         # (R, ...) in float32
+    "`t` mixed along the flow exactly as the features were"
+    w = weight.reshape(*weight.shape, *[1]*(t.ndim-1))
+    return (w*t.float()[idx]).sum(1)
 
-    def __call__(self, pred:Tensor, targ:Tensor)->Tensor:
-        if not (self.cb.learn is self.learn and self.cb in self.learn.cbs and self.cb._loss_swapped):
-            return self._heal()(pred, targ)
-        if self.multi_label: return soft_bce_with_logits(pred, targ, self.weight)
-        return soft_target_cross_entropy(pred, targ)
+# %% ../nbs/05_flowmixup.ipynb #47d10177
+def _reducible(loss_func)->bool:
+    "Whether `loss_func` can be asked for one loss per row (fastai's `NoneReduce`)"
+    if hasattr(loss_func, 'reduction'): return True
+    try: return 'reduction' in inspect.signature(loss_func).parameters
+    except (TypeError, ValueError): return False
 
-    def __getattr__(self, k):
-        # `activation`, `decodes`, ... of the original loss (used by get_preds)
-        if k.startswith('__') or k == 'orig': raise AttributeError(k)
-        return getattr(self.orig, k)
+def _weighted_mean_denominator(loss_func, target, idx, weight):
+    "PyTorch's cross entropy with class weights averages over the targets' weights, not the rows"
+    f = getattr(loss_func, 'func', loss_func)
+    cw = getattr(f, 'weight', None) if isinstance(f, (nn.CrossEntropyLoss, nn.NLLLoss)) else None
+    if cw is None or target.is_floating_point(): return None
+    return (weight*cw.to(weight.device)[target.as_subclass(Tensor).long()[idx]]).sum()
+
+def flow_loss(
+    loss_func,        # the Learner's loss function (with a `reduction`)
+    pred:Tensor,      # (R, ...) the model's output on the flow
+    target:Tensor,    # (N, ...) the batch's original targets
+    idx:Tensor,       # (R, C) from `flow_components`
+    weight:Tensor,    # (R, C) from `flow_components`
+    class_weight:Tensor|None=None, # (K,) weights of per-class losses (multi-label), or None
+)->Tensor:
+    "`loss_func` on the flow: `sum_c weight[r,c] * loss(pred[r], target[idx[r,c]])` per row, reduced as `loss_func` reduces"
+    rows,total = pred.shape[0],0.
+    with NoneReduce(loss_func) as lf:
+        for c in range(idx.shape[1]):
+            per = lf(pred, target[idx[:, c]])
+            if per.numel() % rows: raise ValueError(
+                f"With reduction='none' the loss function returned {per.numel()} values for {rows} rows; FlowMixup "
+                "needs one loss per row (or per row and class) to mix them.")
+            per = per.reshape(rows, -1).float()
+            if class_weight is not None:
+                if per.shape[1] != len(class_weight): raise ValueError(
+                    f"class_weights has {len(class_weight)} entries but the loss gives {per.shape[1]} values per row.")
+                per = per*class_weight.to(per.device)
+            total = total + weight[:, c, None]*per
+    red = getattr(loss_func, 'reduction', 'mean')
+    if red == 'sum': return total.sum()
+    if red != 'mean': return total
+    denom = _weighted_mean_denominator(loss_func, target, idx, weight)
+    return total.mean() if denom is None else total.sum()/denom
 
 # %% ../nbs/05_flowmixup.ipynb #17e4479b
+class Flow(NamedTuple):
+    "The flow of one training batch, between `after_pred` and `after_batch`"
+    pred:Tensor     # (R, ...) the model's output on all rows of the flow
+    idx:Tensor      # (R, C) which original items make up each row (`flow_components`)
+    weight:Tensor   # (R, C) with what weights
+    original:bool   # whether rows `[:N]` are the un-mixed original items (every module kept its original)
+
 class FlowMixup(Callback):
     "Flow-Mixup: mixing modules at chosen hidden states keep the original features and add mixed copies along a flow dimension"
     order,run_valid = 0,False
-    _stateattrs = ('_handles', '_ops', '_mixing', '_probe', '_swapped_on')
+    _stateattrs = ('flow', '_handles', '_ops', '_named')
 
     def __init__(self,
         modules,                # module names (as `learn.model.named_modules()` names them, `''` = the model's input) or modules
@@ -95,7 +151,7 @@ class FlowMixup(Callback):
         per_sample:bool=False,  # one p per sample instead of one per batch
         symmetric:bool=True,    # use max(p, 1-p) (fastai's convention) instead of the raw draw
         one_random:bool=False,  # mix at one module chosen at random per batch (Manifold Mixup) instead of all
-        class_weights=None,     # multi-label only: None, 'inverse_prevalence', or a (C,) tensor of BCE class weights
+        class_weights=None,     # multi-label only: None, 'inverse_prevalence', or a (C,) tensor weighting per-class losses
     ):
         points = list(modules) if is_listy(modules) else [modules]
         if not points: raise ValueError("FlowMixup needs at least one module to mix at.")
@@ -107,55 +163,53 @@ class FlowMixup(Callback):
         self._init_state()
 
     def _init_state(self):
-        self.__dict__.update(_state={}, _handles=[], _ops=[], _mixing=False, _probe=None, _loss_swapped=False,
-                             _orig_loss=None, _swapped_on=None, _fitting=False)
+        # what `export` leaves out (`_stateattrs`), restored empty after unpickling
+        self.__dict__.update(_state={}, flow=None, _handles=[], _ops=[], _named=None, _mixing=False, _seen=False, _order=None)
+
+    def mix_targets(self, t:Tensor)->Tensor:
+        "A per-item tensor `t` (N, ...) mixed along this batch's flow (R, ...), as the features were (e.g. CCL's soft labels)"
+        if self.flow is None: raise ValueError("There is no flow outside a FlowMixup training batch (after_pred to after_batch).")
+        return mix_along_flow(t, self.flow.idx, self.flow.weight)
 
 # %% ../nbs/05_flowmixup.ipynb #2b01858e
 @patch
 def _resolve(self:FlowMixup)->list:
-    "`(name, module)` of each mixing point, with a clear error for unknown names"
-    return [named_module(self.learn.model, p, 'FlowMixup mixing point') for p in self.points]
+    "`(name, module)` of each mixing point in the model (inside a DDP wrapper), with a clear error for unknown names"
+    return [named_module(plain_model(self.learn.model), p, 'FlowMixup mixing point') for p in self.points]
 
 @patch
-def _register(self:FlowMixup):
-    self._remove_hooks()
+def _hook_forward(self:FlowMixup):
+    "Hooks for this training batch's forward pass only"
     model = self.learn.model
-    self._handles = [model.register_forward_pre_hook(self._model_pre_hook, prepend=True)]
+    hooks = [(model, 'pre', WeakHook(self._arm))]
     for i,(_,m) in enumerate(self._named):
-        if self.at == 'input': h = m.register_forward_pre_hook(partial(self._mix_input, i))
-        else: h = m.register_forward_hook(partial(self._mix_output, i))
-        self._handles.append(h)
+        hooks.append((m, 'pre', WeakHook(self._mix_input, i)) if self.at == 'input' else (m, 'post', WeakHook(self._mix_output, i)))
+    self._handles = hooks_for_next_forward(model, hooks)
 
 @patch
-def _remove_hooks(self:FlowMixup):
-    for h in self._handles: h.remove()
-    self._handles,self._mixing,self._ops = [],False,[]
-
-@patch
-def _model_pre_hook(self:FlowMixup, model, args):
-    if self._probe is not None: return
+def _arm(self:FlowMixup, model, args):
+    "Mix in this forward pass only if it is the training batch's"
     learn = self.learn
-    ours = learn is not None and self in learn.cbs and len(learn.xb) > 0 and len(args) > 0 and args[0] is learn.xb[0]
-    self._ops = []
-    self._mixing = bool(ours and learn.training and model.training and self._fitting)
-    if not ours and (learn is None or self not in learn.cbs or not self._fitting or model.training):
-        self._remove_hooks(); self._restore_loss()   # left behind by a fit that ended in an exception
+    self._seen = learn is not None and len(args) > 0 and len(learn.xb) > 0 and args[0] is learn.xb[0]
+    self._mixing = self._seen and model.training
+    self._ops,self._mixed_at = [],[]
 
 @patch
-def _mix(self:FlowMixup, i:int, x:Tensor):
+def _mix(self:FlowMixup, i:int, x):
     "Mix `x` at point `i` if this forward mixes there; record the permutation and weights for the targets"
-    if self._probe is not None: self._probe.append(i); return None
     if not self._mixing or (self._chosen is not None and self._chosen != i): return None
+    if i in self._mixed_at: raise ValueError(f"Module {self._named[i][0]!r} ran twice in one forward pass; FlowMixup can mix only at modules that run once.")
+    if not isinstance(x, Tensor): raise ValueError(f"The {self.at} of {self._named[i][0]!r} is a {type(x).__name__}, not a tensor.")
     keep = self.op or i != self._last
     n = x.shape[0]
     p = sample_mix_weights(n if self.per_sample else None, self.alpha, self.symmetric, x.device)
     perm = torch.randperm(n, device=x.device)
-    self._ops.append((p, perm, keep))
+    self._ops.append((p, perm, keep)); self._mixed_at.append(i)
     return flow_mix(x, p, perm, keep)
 
 @patch
 def _mix_input(self:FlowMixup, i, module, args):
-    x = self._mix(i, args[0])
+    x = self._mix(i, args[0] if args else None)
     return None if x is None else (x, *args[1:])
 
 @patch
@@ -165,19 +219,31 @@ def _mix_output(self:FlowMixup, i, module, args, output):
 # %% ../nbs/05_flowmixup.ipynb #e542c4da
 @patch
 def _probe_order(self:FlowMixup)->list:
-    "Indices of the mixing points in the order the forward pass reaches them; error for points it never reaches"
+    "Indices of the mixing points in the order the forward pass reaches them, with clear errors for points it cannot mix"
     xb = one_batch_inputs(self.learn.dls)
-    model,was_training = self.learn.model,self.learn.model.training
-    self._probe = []
+    model,was_training = plain_model(self.learn.model),self.learn.model.training
+    seen = []
+    def record(i, module, args, output=None): seen.append((i, type(args[0] if self.at == 'input' and args else output)))
+    hooks = [(m, 'pre' if self.at == 'input' else 'post', partial(record, i)) for i,(_,m) in enumerate(self._named)]
     try:
         model.eval()
+        hooks_for_next_forward(model, hooks)
         with torch.no_grad(): model(*xb)
-        seen = list(dict.fromkeys(self._probe))
-    finally: self._probe = None; model.train(was_training)
-    missing = [self._named[i][0] for i in range(len(self._named)) if i not in seen]
+    finally: model.train(was_training)
+    names = [n for n,_ in self._named]
+    missing = [names[i] for i in range(len(names)) if i not in {j for j,_ in seen}]
     if missing: raise ValueError(f"FlowMixup mixing point(s) {', '.join(repr(m) for m in missing)} never run in the model's "
                                  "forward pass: choose modules that do (see `learn.model`).")
-    return seen
+    for i,t in seen:
+        if not issubclass(t, Tensor): raise ValueError(
+            f"The {self.at} of {names[i]!r} is a {t.__name__}, not a tensor: FlowMixup mixes one tensor with the batch "
+            "first. Choose the module that contains it, or the next one.")
+    twice = {names[i]: c for i,c in Counter(i for i,_ in seen).items() if c > 1}
+    if twice: raise ValueError(
+        f"Module {next(iter(twice))!r} runs {next(iter(twice.values()))} times in one forward pass (a module shared by "
+        "several branches): FlowMixup would mix it at every call and the rows would no longer match the targets. "
+        "Choose a module that runs once.")
+    return list(dict.fromkeys(i for i,_ in seen))
 
 @patch
 def _check_targets(self:FlowMixup):
@@ -192,11 +258,27 @@ def _check_targets(self:FlowMixup):
         raise ValueError("class_weights are for multi-label targets (BCE); these targets are single-label.")
 
 @patch
-def _check_batch_targets(self:FlowMixup, y:Tensor):
+def _check_batch_targets(self:FlowMixup, yb:tuple):
+    if len(yb) != 1: raise ValueError(f"FlowMixup needs one target per item; this batch has {len(yb)}.")
+    y = yb[0]
     ok = (y.ndim == 2 and y.shape[1] == getattr(self.learn.dls, "c", y.shape[1])) if self._multi else (y.ndim == 1 and not y.is_floating_point())
     if not ok: raise ValueError(
         f"FlowMixup got targets of shape {tuple(y.shape)} and dtype {y.dtype}; it needs "
         + ("multi-hot vectors (batch, n_classes) for multi-label data." if self._multi else "one integer class index per item (CategoryBlock)."))
+
+@patch
+def _check_learner(self:FlowMixup)->list:
+    "Everything FlowMixup needs from the Learner, before any work: other callbacks, modules, targets, loss function"
+    refuse_fastai_mixing(self.learn, 'FlowMixup')
+    if any(isinstance(cb, FlowMixup) and cb is not self for cb in self.learn.cbs): raise ValueError(
+        "This Learner has two FlowMixup/Mixup/ManifoldMixup callbacks: use one (ManifoldMixup already chooses among modules).")
+    named = self._resolve()
+    self._check_targets()
+    if not _reducible(self.learn.loss_func): raise ValueError(
+        f"FlowMixup trains with the Learner's own loss, evaluated per row and mixed with the mixing weights; the loss "
+        f"function {type(self.learn.loss_func).__name__} has no `reduction` attribute or argument to ask for one loss "
+        "per row. Give it one (reduction='none': one loss per row), or use a fastai/PyTorch loss.")
+    return named
 
 # %% ../nbs/05_flowmixup.ipynb #a8009a23
 @patch
@@ -216,82 +298,77 @@ def _class_weight_tensor(self:FlowMixup):
 # %% ../nbs/05_flowmixup.ipynb #69a0fac1
 @patch
 def after_create(self:FlowMixup):
-    "Check the module names and the targets as soon as the Learner is created"
-    self._resolve(); self._check_targets()
+    "Check the Learner as soon as it is created"
+    self._check_learner()
 
 @patch
 def _cleanup(self:FlowMixup):
-    "Remove hooks and give the loss back: the end of every fit, and whatever an interrupted fit left"
-    self._remove_hooks()
-    self._restore_loss()
-    self._fitting = False
-
-@patch
-def _restore_loss(self:FlowMixup):
-    "Give the Learner it was swapped on its own loss back (that Learner: `self.learn` is gone once `fit(cbs=...)` ends)"
-    learn = self._swapped_on
-    if self._loss_swapped and isinstance(getattr(learn, 'loss_func', None), FlowLoss): learn.loss_func = self._orig_loss
-    self._loss_swapped,self._orig_loss,self._swapped_on = False,None,None
+    "Remove this batch's hooks (if its forward pass did not run) and forget the flow"
+    remove_hooks(self._handles)
+    self.flow,self._ops,self._mixing = None,[],False
 
 @patch
 def before_fit(self:FlowMixup):
-    "Clean up after an interrupted fit, check the Learner, register the hooks for this fit"
+    "Check the Learner; the modules' order is read at the first training epoch"
     self._cleanup()
-    try:
-        self._named = self._resolve()
-        self._check_targets()
-    except Exception: self._cleanup(); raise
-    self._order,self._chosen = None,None
-    self._register()
-    self._fitting = True
+    self._named = self._check_learner()
+    self._order = None
 
 @patch
 def before_train(self:FlowMixup):
-    "Find the modules' order (first epoch), swap in `FlowLoss` for the training phase"
-    try:
-        if self._order is None:
-            self._order = self._probe_order()
-            self._last = self._order[-1]
-            self._weight = self._class_weight_tensor()
-    except Exception: self._cleanup(); raise
-    if not self._handles: self._register()   # a foreign training-mode forward removed them
-    self._orig_loss,self.learn.loss_func = self.learn.loss_func,FlowLoss(self, self.learn.loss_func, self._multi, self._weight)
-    self._loss_swapped,self._swapped_on = True,self.learn
+    "Find the modules' order and the class weights (first epoch of the fit)"
+    if self._order is None:
+        self._order = self._probe_order()
+        self._weight = self._class_weight_tensor()
 
 @patch
 def before_batch(self:FlowMixup):
-    "Refuse targets FlowMixup cannot mix, before the forward pass"
-    try: self._check_batch_targets(self.learn.yb[0])
-    except Exception: self._cleanup(); raise
-    if self.one_random: self._chosen = self._last = random.choice(self._order)
+    "Refuse targets FlowMixup cannot mix, choose the module (Manifold Mixup), hook this batch's forward pass"
+    self._cleanup()
+    self._check_batch_targets(self.learn.yb)
+    self._chosen = random.choice(self._order) if self.one_random else None
+    self._last = self._chosen if self.one_random else self._order[-1]
+    self._seen = False
+    self._hook_forward()
 
 @patch
 def after_pred(self:FlowMixup):
-    "Mix the targets exactly as the features were mixed"
-    ops,self._ops,self._mixing = self._ops,[],False
-    y = self.learn.yb[0]
-    y = y.float() if self._multi else F.one_hot(y.as_subclass(Tensor).long(), self.learn.pred.shape[-1]).float()
-    for p,perm,keep in ops: y = flow_mix(y, p, perm, keep)
-    if y.shape[0] != self.learn.pred.shape[0]: raise ValueError(
-        f"The model's output has {self.learn.pred.shape[0]} rows but the flow-expanded targets {y.shape[0]}: "
-        "the layers after a mixing module must keep the batch dimension.")
-    self.learn.yb = (y,)
+    "Keep the flow's output; hand the Learner the first N rows, matching `learn.yb`"
+    self._mixing = False
+    if not self._seen: raise RuntimeError(
+        "FlowMixup did not see this training batch's forward pass: learn.model was called with other inputs than "
+        "learn.xb (does a callback replace the inputs after FlowMixup's before_batch, at order 0?).")
+    ops,self._ops = self._ops,[]
+    pred,n = self.learn.pred,find_bs(self.learn.yb)
+    idx,w = flow_components(n, ops, pred.device)
+    if pred.shape[0] != idx.shape[0]: raise ValueError(
+        f"The model's output has {pred.shape[0]} rows but the flow has {idx.shape[0]}: the layers after a mixing module "
+        "must keep the batch dimension.")
+    self.flow = Flow(pred, idx, w, all(keep for _,_,keep in ops))
+    self.learn.pred = pred[:n]
 
 @patch
-def after_train(self:FlowMixup):
-    "Give the Learner its loss back for validation"
-    self._restore_loss()
+def after_loss(self:FlowMixup):
+    "The Learner's loss on the whole flow (`flow_loss`)"
+    if self.flow is None: return
+    loss = flow_loss(self.learn.loss_func, self.flow.pred, self.learn.yb[0], self.flow.idx, self.flow.weight, self._weight)
+    self.learn.loss_grad,self.learn.loss = loss,loss.detach().clone()
+
 @patch
-def after_cancel_train(self:FlowMixup):
-    "Give the loss back after an interrupted training phase"
-    self._restore_loss()
+def after_batch(self:FlowMixup):
+    "Forget the flow"
+    self._cleanup()
 @patch
-def after_cancel_fit(self:FlowMixup):
-    "Remove hooks and give the loss back after an interrupted fit"
+def after_cancel_batch(self:FlowMixup):
+    "Remove hooks whose forward pass did not run"
     self._cleanup()
 @patch
 def after_fit(self:FlowMixup):
-    "Remove hooks and give the loss back"
+    "Nothing stays on the model"
+    self._cleanup()
+@patch
+def after_cancel_fit(self:FlowMixup):
+    "Nothing stays on the model"
     self._cleanup()
 
 # %% ../nbs/05_flowmixup.ipynb #0a1d557a

@@ -30,10 +30,14 @@ class Grads(Callback):
             self.grads = {n: p.grad.detach().clone() for n, p in self.learn.model.named_parameters()}
 
 class Shapes(Callback):
+    "Rows of the flow, and the (shape of) predictions and targets the Learner sees, in training batches"
     order = 1   # after FlowMixup (0)
     def __init__(self): self.seen = []
     def after_pred(self):
-        if self.training: self.seen.append((self.pred.shape[0], tuple(self.yb[0].shape)))
+        if not self.training: return
+        fm = first(cb for cb in self.learn.cbs if isinstance(cb, FlowMixup))
+        rows = fm.flow.pred.shape[0] if fm is not None and fm.flow is not None else self.pred.shape[0]
+        self.seen.append((rows, self.pred.shape[0], tuple(self.yb[0].shape)))
 
 POINTS = {1: ['1'], 2: ['1', '2'], 3: ['1', '2', '5']}
 
@@ -73,7 +77,8 @@ def test_flow_sizes_and_target_shapes(make, flow):
     s = Shapes()
     learn = Learner(dls, small_cnn(dls.c), cbs=[make(), s])
     learn.fit(1, 1e-3)
-    assert s.seen and all(rows == 8*flow and y == (8*flow, dls.c) for rows, y in s.seen[:-1])
+    # the flow has 8*F rows; the Learner sees the batch's 8 predictions and 8 targets
+    assert s.seen and all(rows == 8*flow and n == 8 and y == (8,) for rows, n, y in s.seen[:-1]), s.seen
 
 class _Capture(Callback):
     "The batch, the features reaching the classifier, and FlowMixup's recorded (p, perm) before it mixes the targets"
@@ -82,7 +87,9 @@ class _Capture(Callback):
     def after_fit(self): self.h.remove()
     def before_batch(self): self.x0, self.y0 = self.learn.xb[0].flatten(1).clone(), self.learn.yb[0].clone()
     def after_pred(self): self.ops = list(self.learn.flow_mixup._ops)
-    def after_loss(self): self.y = self.learn.yb[0].clone(); raise CancelFitException
+    def after_loss(self):
+        self.y = self.learn.flow_mixup.mix_targets(F.one_hot(self.y0.as_subclass(Tensor).long(), self.dls.c))
+        raise CancelFitException
 
 @pytest.mark.parametrize('per_sample', [False, True])
 def test_targets_mixed_with_the_features_permutation_and_weights(per_sample):
@@ -112,7 +119,7 @@ def test_eval_and_inference_are_the_plain_model(tmp_path):
     p1, p2 = learn.predict(0), plain.predict(0)
     assert p1[0] == p2[0] and torch.equal(p1[2], p2[2])
     # during a fit, validation batches are not mixed either
-    s = Shapes(); s.after_pred = lambda: s.seen.append((learn.training, learn.pred.shape[0], learn.xb[0].shape[0]))
+    s = Shapes(); s.after_pred = lambda: s.seen.append((learn.training, (learn.flow_mixup.flow.pred if learn.training else learn.pred).shape[0], learn.xb[0].shape[0]))
     learn.fit(1, 1e-3, cbs=s)
     assert {(rows == 2*2*n) for t, rows, n in s.seen if t} == {True} and {(rows == n) for t, rows, n in s.seen if not t} == {True}
 
@@ -154,7 +161,7 @@ class _RaiseInForward(nn.Module):
 
 @pytest.mark.parametrize('where', ['after_pred', 'before_step', 'forward'])
 @pytest.mark.parametrize('later', ['same_learner', 'new_learner'])
-def test_interrupted_fit_leaves_nothing_active(tmp_path, where, later):
+def test_interrupted_fit_then_plain_training(tmp_path, where, later):
     dls = make_dls(bs=8)
     model = nn.Sequential(*small_cnn(dls.c)[:2], _RaiseInForward(), *small_cnn(dls.c)[2:])   # '2' raises when armed
     learn = Learner(dls, model, path=tmp_path)
@@ -171,7 +178,7 @@ def test_interrupted_fit_leaves_nothing_active(tmp_path, where, later):
     s = Shapes()
     later_learn = learn if later == 'same_learner' else Learner(dls, model, path=tmp_path)
     later_learn.fit(1, 1e-3, cbs=s)
-    assert s.seen and all(rows == 8 and y == (8,) for rows, y in s.seen[:-1]), s.seen   # nothing mixed
+    assert s.seen and all(rows == 8 and y == (8,) for rows, _, y in s.seen[:-1]), s.seen   # nothing mixed
     assert no_hooks(model) and learn.loss_func is lf and later_learn.loss_func is lf
 
 def test_single_and_multilabel_datablocks_end_to_end(tmp_path):
@@ -187,7 +194,7 @@ def test_single_and_multilabel_datablocks_end_to_end(tmp_path):
     learn.fit_one_cycle(2, 1e-2)
     w = learn.flow_mixup._weight
     assert w.shape == (4,) and torch.isclose(w.mean(), tensor(1.)) and w[0] < w[3]  # class 0 is more frequent than 3
-    assert s.seen[0] == (32, (32, 4))
+    assert s.seen[0] == (32, 8, (8, 4))
     preds, targs = learn.get_preds()
     assert preds.shape == targs.shape == (len(mdls.valid_ds), 4) and ((preds >= 0) & (preds <= 1)).all()
 
@@ -202,7 +209,7 @@ def test_one_dimensional_model_end_to_end(tmp_path):
     s = Shapes()
     learn = Learner(dls, model, loss_func=BCEWithLogitsLossFlat(), path=tmp_path, cbs=[FlowMixup(['5', '7']), s])
     learn.fit_one_cycle(1, 1e-3)
-    assert s.seen[0] == (64, (64, C))
+    assert s.seen[0] == (64, 16, (16, C))
     assert learn.get_preds()[0].shape == (16, C) and no_hooks(model)
 
 class _Unused(nn.Module):
@@ -249,17 +256,25 @@ def test_export_has_no_mixing(tmp_path):
     x = dls.one_batch()[0][:4]
     assert loaded.model(x).shape[0] == 4      # even in training mode, outside a FlowMixup fit nothing mixes
 
-def test_hooks_registered_once_per_fit_not_per_batch(tmp_path, monkeypatch):
-    counts = {'pre': 0, 'post': 0}
-    pre, post = nn.Module.register_forward_pre_hook, nn.Module.register_forward_hook
-    def count_pre(self, *a, **k): counts['pre'] += 1; return pre(self, *a, **k)
-    def count_post(self, *a, **k): counts['post'] += 1; return post(self, *a, **k)
-    monkeypatch.setattr(nn.Module, 'register_forward_pre_hook', count_pre)
-    monkeypatch.setattr(nn.Module, 'register_forward_hook', count_post)
+class HooksSeen(Callback):
+    "Whether the model carries hooks in each event of a fit"
+    order = 99
+    def before_fit(self): self.seen = {}
+    def _note(self, event): self.seen.setdefault((event, self.training), set()).add(not no_hooks(self.learn.model))
+    def before_train(self): self._note('before_train')
+    def after_pred(self): self._note('after_pred')
+    def after_batch(self): self._note('after_batch')
+    def before_validate(self): self._note('before_validate')
+    def after_fit(self): self._note('after_fit')
+
+def test_hooks_live_for_the_training_forward_pass_only(tmp_path):
     dls = make_dls(bs=4)
-    learn = Learner(dls, small_cnn(dls.c), path=tmp_path, cbs=FlowMixup(['1', '2']))
-    learn.fit(2, 1e-3)   # 2 epochs x 13 training batches (52 training items, bs 4)
-    assert counts == {'pre': 3, 'post': 0}   # the model's hook and one per mixing module, once
+    learn = Learner(dls, small_cnn(dls.c), path=tmp_path, cbs=[FlowMixup(['1', '2']), spy := HooksSeen()])
+    learn.fit(2, 1e-3)
+    # registered in before_batch of each training batch, gone once its forward pass has run
+    assert spy.seen == {('before_train', True): {False}, ('after_pred', True): {False}, ('after_pred', False): {False},
+                        ('after_batch', True): {False}, ('after_batch', False): {False},
+                        ('before_validate', False): {False}, ('after_fit', False): {False}}, spy.seen
 
 def test_bf16_autocast_and_gradient_clip(tmp_path):
     dls = make_dls()
@@ -294,7 +309,7 @@ def test_modules_passed_as_modules_and_show_results(tmp_path):
     s = Shapes()
     learn = Learner(dls, model, path=tmp_path, cbs=[FlowMixup([model[1], model[2]]), s])
     learn.fit(1, 1e-3)
-    assert s.seen[0][0] == 4*16
+    assert s.seen[0][:2] == (4*16, 16)
     learn.show_results(max_n=4)
     plt.close('all')
 
@@ -304,7 +319,7 @@ def test_survives_torch_compile(tmp_path):
     seen = []
     class Rows(Callback):
         order = 1
-        def after_pred(self): seen.append((self.training, self.pred.shape[0], self.xb[0].shape[0]))
+        def after_pred(self): seen.append((self.training, (self.flow_mixup.flow.pred if self.training else self.pred).shape[0], self.xb[0].shape[0]))
     compiled = torch.compile(small_cnn(dls.c))
     learn = Learner(dls, compiled, path=tmp_path, cbs=[FlowMixup(['_orig_mod.1', '_orig_mod.2']), Rows()])
     learn.fit(1, 1e-3)
