@@ -4,13 +4,17 @@
 
 # %% ../nbs/03_ccl.ipynb #353e139b
 from __future__ import annotations
+from collections import Counter
 from fastai.basics import *
 from fastai.callback.schedule import ParamScheduler
+from fastai.callback.training import GradientAccumulation
+from fastai.layers import Flatten
 from .losses import ccl_head_loss, soft_label_matrix, soft_label_kl, normalized_sq_distance
 from .core import *
+from .flowmixup import FlowMixup
 
 # %% auto #0
-__all__ = ['CCLHead', 'last_linear', 'find_feature_module', 'CCL']
+__all__ = ['CCLHead', 'last_linear', 'find_features', 'CCL']
 
 # %% ../nbs/03_ccl.ipynb #c0f62ad0
 class CCLHead(Module):
@@ -52,24 +56,58 @@ def last_linear(model:nn.Module)->tuple|None:
     return lins[-1] if lins else None
 
 # %% ../nbs/03_ccl.ipynb #59839ebf
-def find_feature_module(
-    model:nn.Module,          # the Learner's model
-    features:str|nn.Module|None=None, # name (as in `model.named_modules()`) or module whose input are the features; `None`: `last_linear`
-)->tuple:                     # `(name, module)`
-    "The module of `model` whose input are the pooled features, with a clear error when there is none"
-    if features is None:
-        res = last_linear(model)
-        if res is None: raise ValueError(
-            "CCL takes the pooled features as the input of the model's final nn.Linear, and this model has no nn.Linear. "
-            "Pass CCL(features='<module name>') naming the module that receives the pooled, flattened features.")
-        return res
-    return named_module(model, features, 'CCL features module')
+_FLATTENS = (nn.Flatten, Flatten)
+
+def _probe(model, xb, modules)->tuple:
+    "One eval-mode forward pass: `(output, [(module, input, output) of each call of modules])`"
+    calls = []
+    hooks = [(m, 'post', lambda mod,args,out: calls.append((mod, args[0] if args else None, out))) for m in modules]
+    was = model.training
+    try:
+        model.eval()
+        hooks_for_next_forward(model, hooks)
+        with torch.no_grad(): out = model(*xb)
+    finally: model.train(was)
+    return out,calls
+
+def _check_pooled(name, x, how):
+    if not isinstance(x, Tensor) or x.ndim != 2: raise ValueError(
+        f"The {how} of `{name}` is {f'of shape {tuple(x.shape)}' if isinstance(x, Tensor) else f'a {type(x).__name__}'}; "
+        "CCL needs pooled features of shape (batch, width): name the module that receives the pooled, flattened "
+        "features with CCL(features=...).")
+
+def find_features(
+    model:nn.Module,          # the Learner's model (inside any DDP wrapper)
+    xb:tuple,                 # one batch of inputs
+    features:str|nn.Module|None=None, # name or module whose *input* are the features; `None`: found automatically
+)->tuple:                     # `(name, module, 'input' or 'output', width)`
+    "Where CCL reads the pooled features $f$, from one eval-mode forward pass, with a clear error when it cannot tell"
+    if features is not None:
+        name,module = named_module(model, features, 'CCL features module')
+        _,calls = _probe(model, xb, [module])
+        if not calls: raise ValueError(f"Module `{name}` did not run in the model's forward pass: name a module that does.")
+        if len(calls) > 1: raise ValueError(f"Module `{name}` runs {len(calls)} times in one forward pass: name a module that runs once.")
+        _check_pooled(name, calls[0][1], 'input')
+        return name,module,'input',calls[0][1].shape[1]
+    names = {m:n for n,m in model.named_modules()}
+    out,calls = _probe(model, xb, [m for m in names if isinstance(m, (nn.Linear,) + _FLATTENS)])
+    clf = [i for i,(m,_,o) in enumerate(calls) if isinstance(m, nn.Linear) and o is out]
+    if not clf: raise ValueError(
+        "CCL could not find the classifier: no nn.Linear of this model produces its output (a convolution or another "
+        "layer does). Pass CCL(features='<module name>') naming the module whose input are the pooled, flattened "
+        "backbone features.")
+    i = clf[0]
+    flat = [j for j in range(i) if isinstance(calls[j][0], _FLATTENS) and isinstance(calls[j][2], Tensor) and calls[j][2].ndim == 2]
+    m,x,o = calls[flat[-1]] if flat else calls[i]
+    how,f = ('output', o) if flat else ('input', x)
+    _check_pooled(names[m], f, how)
+    return names[m],m,how,f.shape[1]
 
 # %% ../nbs/03_ccl.ipynb #740bd6a1
 class CCL(Callback):
     "Class-correlation learning (CCL-Net): learn class embeddings with a plug-in head and regularise the backbone with their soft labels"
     order,run_valid = 51,False # after `Recorder` (50) adds its columns, before `ProgressCallback`/`LRFinder`/`SaveModelCallback` (60)
-    _stateattrs = ('ccl_opt', '_hook', '_feats', '_sums')
+    _stateattrs = ('ccl_opt', '_handles', '_feats', '_sums', '_where')
     columns = ('ce', 'kl', 'head_ce', 'l_cc', 'p_bar')
 
     def __init__(self,
@@ -92,7 +130,7 @@ class CCL(Callback):
 
     def _init_state(self):
         # what `export` leaves out (`_stateattrs`), restored empty after unpickling
-        self.__dict__.update(_state={}, ccl_opt=None, _hook=None, _feats=None, _sums=None)
+        self.__dict__.update(_state={}, ccl_opt=None, _handles=[], _feats=None, _sums=None, _where=None)
 
     @property
     def frozen(self)->bool:
@@ -109,9 +147,11 @@ class CCL(Callback):
 
 # %% ../nbs/03_ccl.ipynb #c413fbe7
 @patch
-def _check_learner(self:CCL):
-    "Raise a clear error for anything CCL cannot train with; return `(name, module, K)`"
-    name,module = find_feature_module(self.learn.model, self.features)
+def _check_learner(self:CCL)->int:
+    "Raise a clear error for anything CCL cannot train with, before any work; return K"
+    refuse_fastai_mixing(self.learn, 'CCL')
+    model = plain_model(self.learn.model)
+    if self.features is not None: named_module(model, self.features, 'CCL features module')
     k_data = getattr(self.learn.dls, 'c', None)
     if self.n_classes is not None and k_data is not None and self.n_classes != k_data:
         raise ValueError(f"CCL(n_classes={self.n_classes}) but the data has {k_data} classes (dls.c): "
@@ -120,39 +160,31 @@ def _check_learner(self:CCL):
         raise ValueError("CCL needs single-label targets (one class per item, e.g. CategoryBlock with cross entropy); "
                          "this Learner is set up for multi-label targets (MultiCategoryBlock or a BCE loss). "
                          "Multi-label CCL is not implemented: use FlowMixup for multi-label data.")
-    clf = last_linear(self.learn.model)
+    clf = last_linear(model)
     k = ifnone(self.n_classes, k_data)
     if clf is not None and k is not None and clf[1].out_features != k:
         raise ValueError(f"The model's classifier `{clf[0]}` has {clf[1].out_features} outputs but the data has {k} classes: "
                          f"build the model with {k} outputs (e.g. timm's num_classes={k}, or vision_learner(n_out={k})).")
     k = ifnone(k, clf[1].out_features if clf is not None else None)
     if k is None: raise ValueError("Cannot tell the number of classes from the data or the model: pass CCL(n_classes=K).")
-    return name,module,k
+    return k
+
+@patch
+def _locate_features(self:CCL):
+    "Find (once per model) where the features are read, with one eval-mode forward pass of the model inside any wrapper"
+    model = plain_model(self.learn.model)
+    if self._where is not None and any(m is self._where[1] for m in model.modules()): return self._where
+    xb = to_device(one_batch_inputs(self.learn.dls), first(model.parameters()).device)
+    self._where = find_features(model, xb, self.features)
+    return self._where
 
 @patch
 def after_create(self:CCL):
-    "Check the Learner as soon as it is created with `cbs=CCL()`"
+    "Check the Learner, and find the features, as soon as it is created with `cbs=CCL()`"
     self._check_learner()
+    self._locate_features()
 
 # %% ../nbs/03_ccl.ipynb #bd02ec73
-@patch
-def _feature_width(self:CCL, name, module)->int:
-    "Width of the features: `in_features` of a Linear, else read from one eval-mode forward pass"
-    if isinstance(module, nn.Linear): return module.in_features
-    grabbed = []
-    h = module.register_forward_pre_hook(lambda m,args: grabbed.append(args[0].shape))
-    xb = one_batch_inputs(self.learn.dls)
-    was_training = self.learn.model.training
-    try:
-        self.learn.model.eval()
-        with torch.no_grad(): self.learn.model(*xb)
-    finally: h.remove(); self.learn.model.train(was_training)
-    if not grabbed: raise ValueError(f"Module `{name}` did not run in the model's forward pass: name a module that does.")
-    if len(grabbed[0]) != 2: raise ValueError(
-        f"The input of `{name}` has shape {tuple(grabbed[0])}; CCL needs pooled features of shape (batch, width): "
-        "name the module that receives the pooled, flattened features (e.g. the final Linear).")
-    return grabbed[0][1]
-
 @patch
 def _make_head_opt(self:CCL):
     "The head's optimizer: one group for $f_2$ and, unless frozen, one for the dictionary"
@@ -184,9 +216,9 @@ def _scheduled_peak_lr(self:CCL)->float:
 # %% ../nbs/03_ccl.ipynb #0d529319
 @patch
 def before_fit(self:CCL):
-    "Check the Learner again, drop hooks an interrupted fit left, add the Recorder columns"
-    self._module_name,self._module,self._k = self._check_learner()
-    self._remove_hook()   # left over if an exception ended an earlier fit
+    "Check the Learner again, drop what an interrupted fit left, add the Recorder columns"
+    self._cleanup()
+    self._k = self._check_learner()
     self._peak_lr,self._trained = None,False   # peak lr: read at the first training epoch (no optimizer in `get_preds`)
     rec = getattr(self.learn, 'recorder', None)
     self._names_added = rec is not None and hasattr(rec, 'metric_names')
@@ -201,11 +233,18 @@ def _remove_columns(self:CCL):
     if self._names_added: self.learn.recorder.metric_names = L(n for n in self.learn.recorder.metric_names if n not in self.columns)
 
 @patch
+def _cleanup(self:CCL):
+    "Remove hooks whose forward pass did not run, forget the batch"
+    remove_hooks(self._handles)
+    self._feats = None
+
+@patch
 def before_train(self:CCL):
-    "Create the head and its optimizer on first use, read the peak lr, hook the feature module"
+    "Create the head (identical on every rank) and its optimizer on first use, read the peak lr"
     try:
+        self._module_name,self._module,self._how,width = self._locate_features()
         if self.ccl_head is None:
-            self.ccl_head = CCLHead(self._feature_width(self._module_name, self._module), self._k, self.widths)
+            self.ccl_head = broadcast_module_(CCLHead(width, self._k, self.widths).to(first(self.learn.model.parameters()).device))
         elif self.ccl_head.dictionary.shape[0] != self._k:
             raise ValueError(f"The CCL head was trained for {self.ccl_head.dictionary.shape[0]} classes but the data has {self._k}: "
                              "use a new CCL() for a new label set.")
@@ -215,73 +254,152 @@ def before_train(self:CCL):
     self._head_to(device)
     if self.ccl_opt is None: self.ccl_opt = self._make_head_opt()
     self.ccl_head.train()
-    self._hook = self._module.register_forward_pre_hook(self._grab_features)
-    self._sums,self._n = torch.zeros(4, device=device),0
-
-@patch
-def _grab_features(self:CCL, module, args):
-    f = args[0]
-    if f.ndim != 2: raise ValueError(
-        f"The input of `{self._module_name}` has shape {tuple(f.shape)}; CCL needs pooled features of shape (batch, width): "
-        "name the module that receives the pooled, flattened features with CCL(features=...).")
-    self._feats = f
-
-@patch
-def _remove_hook(self:CCL):
-    if self._hook is not None: self._hook.remove()
-    self._hook,self._feats = None,None
+    self.ccl_opt.zero_grad(set_to_none=True)
+    self._has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.ccl_head.modules())
+    # backbone CE, KL, head CE and l_CC sums; items seen by the backbone and by the head; skipped batches, head steps
+    self._sums,self._n,self._n_head = torch.zeros(4, device=device),0,0
+    self._skipped,self._fed,self._steps = Counter(),0,0
 
 @patch
 def before_batch(self:CCL):
-    "Refuse targets that are not one class index per item, before the forward pass"
+    "Refuse targets that are not one class index per item, hook this training batch's forward pass"
+    self._cleanup()
     y = self.learn.yb[0] if len(self.learn.yb) else None
     if y is None or y.ndim != 1 or y.is_floating_point(): raise ValueError(
         f"CCL needs one integer class index per item; got targets of shape {None if y is None else tuple(y.shape)} "
         f"and dtype {None if y is None else y.dtype}. Use CategoryBlock (single-label) targets.")
-    self._feats = None
+    self._ours,self._backward_cancelled,self._step_cancelled = False,False,False
+    grab = WeakHook(self._grab_input) if self._how == 'input' else WeakHook(self._grab_output)
+    self._handles = hooks_for_next_forward(self.learn.model, [(self.learn.model, 'pre', WeakHook(self._arm)),
+                                                              (self._module, 'pre' if self._how == 'input' else 'post', grab)])
+
+@patch
+def _arm(self:CCL, model, args):
+    learn = self.learn
+    self._ours = learn is not None and len(args) > 0 and len(learn.xb) > 0 and args[0] is learn.xb[0]
+
+@patch
+def _grab(self:CCL, f):
+    if not self._ours: return
+    if self._feats is not None: raise ValueError(
+        f"Module `{self._module_name}` runs twice in one forward pass: name a module that runs once with CCL(features=...).")
+    if not isinstance(f, Tensor) or f.ndim != 2: raise ValueError(
+        f"The {self._how} of `{self._module_name}` is not of shape (batch, width); CCL needs pooled features: "
+        "name the module that receives the pooled, flattened features with CCL(features=...).")
+    self._feats = f
+
+@patch
+def _grab_input(self:CCL, module, args): self._grab(args[0] if args else None)
+@patch
+def _grab_output(self:CCL, module, args, output): self._grab(output)
 
 # %% ../nbs/03_ccl.ipynb #a4b289f3
 @patch
 def _target(self:CCL)->Tensor: return self.learn.yb[0].as_subclass(Tensor).long()
 
 @patch
+def _flow_mixup(self:CCL):
+    "This batch's `FlowMixup` (Mixup, Manifold Mixup) with its flow, or None"
+    fm = first(cb for cb in self.learn.cbs if isinstance(cb, FlowMixup))
+    return fm if fm is not None and fm.flow is not None else None
+
+@patch
+def _loss_scale(self:CCL)->float:
+    "The factor fastai's `GradientAccumulation` applied to `loss_grad` in its `after_loss` (order 6)"
+    scale = 1.
+    for cb in self.learn.cbs:
+        if isinstance(cb, GradientAccumulation): scale *= find_bs(self.learn.yb)/cb.n_acc
+    return scale
+
+@patch
 def after_loss(self:CCL):
-    "Add `KL(P[y] || softmax(pred))` to the backbone's loss (training only)"
+    "Add `KL(P[y] || softmax(pred))` to the backbone's loss (training only), mixed along FlowMixup's flow if there is one"
     if self._feats is None: raise ValueError(f"Module `{self._module_name}` did not run in the forward pass: name one that does with CCL(features=...).")
-    if self.learn.pred.shape[-1] != self._k: raise ValueError(
-        f"The model outputs {self.learn.pred.shape[-1]} scores per item but there are {self._k} classes.")
+    fm = self._flow_mixup()
+    pred = fm.flow.pred if fm is not None else self.learn.pred
+    if pred.shape[-1] != self._k: raise ValueError(
+        f"The model outputs {pred.shape[-1]} scores per item but there are {self._k} classes.")
     y = self._target()
-    kl = soft_label_kl(self.learn.pred, self.ccl_head.soft_labels()[y])
+    soft = self.ccl_head.soft_labels()[y]
+    if fm is not None: soft = fm.mix_targets(soft)
+    kl = soft_label_kl(pred, soft)
     bs = len(y)
     self._sums[:2] += torch.stack([self.learn.loss.detach().float().mean(), kl.detach()])*bs
     self._n += bs
-    self.learn.loss_grad = self.learn.loss_grad + kl
+    self.learn.loss_grad = self.learn.loss_grad + kl*self._loss_scale()
     self.learn.loss = self.learn.loss + kl.detach()
 
 @patch
-def after_step(self:CCL):
-    "The head's step on L_CCL, on detached float32 features, its lr following the backbone's schedule"
-    lr_now = float(self.learn.opt.hypers[-1]['lr'])
-    self._peak_lr = max(self._peak_lr, lr_now)
-    for g in self.ccl_opt.param_groups: g['lr'] = self.lr_ccl*lr_now/self._peak_lr
+def _head_batch(self:CCL)->tuple:
+    "Features and targets the head learns from: the original items, or every row of a flow that has none un-mixed"
     feats,y = self._feats.detach().float(),self._target()
-    with torch.autocast(feats.device.type, enabled=False):
-        loss,ce,lcc = self.ccl_head.loss(feats, y, self.alpha_cc, self.margin)
-    self.ccl_opt.zero_grad(set_to_none=True)
-    loss.backward()
-    self.ccl_opt.step()
-    self._sums[2:] += torch.stack([ce.detach(), lcc.detach()])*len(y)
+    fm = self._flow_mixup()
+    if fm is None or len(feats) == len(y): return feats,y
+    if len(feats) != len(fm.flow.idx): raise ValueError(
+        f"The features have {len(feats)} rows, the batch {len(y)} and FlowMixup's flow {len(fm.flow.idx)}.")
+    if fm.flow.original: return feats[:len(y)],y
+    return feats,fm.mix_targets(F.one_hot(y, self._k))
+
+@patch
+def after_cancel_backward(self:CCL): self._backward_cancelled = True
+
+@patch
+def after_backward(self:CCL):
+    "Back-propagate the head's loss (scaled like the backbone's), unless the batch cannot reach the head"
+    if self._backward_cancelled: return
+    feats,target = self._head_batch()
     self._feats = None
+    if self._has_bn and len(feats) < 2: self._skipped['of one item'] += 1; return
+    if not torch.isfinite(feats).all(): self._skipped['with non-finite features'] += 1; return
+    with torch.autocast(feats.device.type, enabled=False):
+        loss,ce,lcc = self.ccl_head.loss(feats, target, self.alpha_cc, self.margin)
+    (loss*self._loss_scale()).backward()
+    self._fed += 1
+    self._sums[2:] += torch.stack([ce.detach(), lcc.detach()])*len(feats)
+    self._n_head += len(feats)
+
+@patch
+def after_cancel_step(self:CCL): self._step_cancelled = True
+
+@patch
+def _head_params(self:CCL)->list: return [p for g in self.ccl_opt.param_groups for p in g['params']]
+
+@patch
+def after_step(self:CCL):
+    "The head's step, when the backbone's optimizer stepped: gradients averaged across ranks, lr following the schedule"
+    params = self._head_params()
+    if self._step_cancelled: self._skipped['whose step was cancelled'] += 1
+    else:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        bufs = [b for b in self.ccl_head.buffers() if b.is_floating_point()]
+        fed = torch.tensor([float(self._fed)], device=grads[0].device)
+        all_reduce_mean_(grads + bufs + [fed])          # one collective under DDP; nothing otherwise
+        for p,g in zip(params, grads): p.grad = g
+        if fed.item() > 0 and all(torch.isfinite(g).all() for g in grads):
+            lr_now = float(self.learn.opt.hypers[-1]['lr'])
+            self._peak_lr = max(self._peak_lr, lr_now)
+            for g in self.ccl_opt.param_groups: g['lr'] = self.lr_ccl*lr_now/self._peak_lr
+            self.ccl_opt.step()
+            self._steps += 1
+        elif fed.item() > 0: self._skipped['with non-finite head gradients'] += 1
+    self.ccl_opt.zero_grad(set_to_none=True)
+    self._fed = 0
 
 # %% ../nbs/03_ccl.ipynb #65c05bfb
 @patch
 def after_train(self:CCL):
-    "Epoch means of the loss terms, p_bar, and the freeze rule"
-    self._remove_hook()
-    if self._n == 0: return
-    ce,kl,head_ce,lcc = (self._sums/self._n).tolist() # one device sync per epoch
+    "Epoch means of the loss terms (across ranks), p_bar, the freeze rule, and a warning for skipped batches"
+    self._cleanup()
+    counts = torch.tensor([float(self._n), float(self._n_head)], device=self._sums.device)
+    stats = all_reduce_mean_([torch.cat([self._sums, counts])])[0].tolist()   # one device sync per epoch
+    (ce,kl,head_ce,lcc),(n,n_head) = stats[:4],stats[4:]
+    if self._skipped and not rank_distrib():
+        warn(f"CCL: in epoch {self.learn.epoch} the head left out " + ', '.join(f'{v} batch(es) {k}' for k,v in self._skipped.items())
+             + f" ({self._steps} head steps taken).")
+    if n == 0: return
     pbar = self.ccl_head.soft_labels().diagonal().mean().item()
-    self.history.append(dict(epoch=self.learn.epoch, ce=ce, kl=kl, head_ce=head_ce, l_cc=lcc, p_bar=pbar))
+    self.history.append(dict(epoch=self.learn.epoch, ce=ce/n, kl=kl/n, head_ce=head_ce/max(n_head, 1e-12),
+                             l_cc=lcc/max(n_head, 1e-12), p_bar=pbar))
     self._trained = True
     self._update_freeze(pbar)
 
@@ -292,8 +410,8 @@ def _update_freeze(self:CCL, pbar:float):
     else: self.wait += 1
     if self.wait >= self.patience:
         self.freeze_dictionary()
-        print(f"CCL: p_bar has not dropped for {self.patience} epochs (now {pbar:.4f}); "
-              f"class dictionary frozen after epoch {self.frozen_at}.")
+        if not rank_distrib(): print(f"CCL: p_bar has not dropped for {self.patience} epochs (now {pbar:.4f}); "
+                                     f"class dictionary frozen after epoch {self.frozen_at}.")
 
 @patch
 def freeze_dictionary(self:CCL):
@@ -321,15 +439,20 @@ def after_validate(self:CCL):
 
 @patch
 def after_fit(self:CCL):
-    "Remove the hook; a fit that trained nothing (get_preds, validate) leaves no CCL columns"
-    self._remove_hook()
+    "Nothing stays on the model; a fit that trained nothing (get_preds, validate) leaves no CCL columns"
+    self._cleanup()
     if self.ccl_head is not None: self.ccl_head.eval()
     if not self._trained: self._remove_columns() # get_preds/validate/predict: no CCL columns
 
 @patch
+def after_cancel_batch(self:CCL):
+    "Remove the hooks of a batch cancelled before its forward pass"
+    self._cleanup()
+
+@patch
 def after_cancel_fit(self:CCL):
-    "Remove the feature hook after an interrupted fit"
-    self._remove_hook()
+    "Nothing stays on the model after an interrupted fit"
+    self._cleanup()
 
 # %% ../nbs/03_ccl.ipynb #c2fc38d3
 @patch

@@ -32,39 +32,41 @@ def full_state(learn):
 
 # ---------------------------------------------------------------- the alternating step
 
-class _SnapBeforeHeadStep(Callback):
-    "After the backbone's step, before CCL's head step (order 51)"
+def named_params(m): return {n: p.detach().clone() for n, p in m.named_parameters()}
+
+class _SnapBeforeHead(Callback):
+    "Just before CCL (order 51) in each event: after the backbone's backward and step, before the head's"
     order = 50.5
     def before_batch(self): self.model_before = params_of(self.learn.model)
     def after_loss(self):
-        if self.training: self.head_at_loss = params_of(self.learn.ccl.ccl_head)
-    def after_step(self):
-        h = self.learn.ccl.ccl_head
-        self.head_grads = [p.grad for p in h.parameters()]
-        self.head = params_of(h)
-        self.model_p = params_of(self.learn.model)
+        if self.training: self.head_at_loss = named_params(self.learn.ccl.ccl_head)
+    def after_backward(self):
+        self.head_grads = [p.grad for p in self.learn.ccl.ccl_head.parameters()]
         self.model_grads = [p.grad.clone() for p in self.learn.model.parameters()]
+    def after_step(self):
+        self.head = named_params(self.learn.ccl.ccl_head)
+        self.model_p = params_of(self.learn.model)
 
-class _SnapAfterHeadStep(Callback):
+class _SnapAfterHead(Callback):
     order = 52
     def after_step(self):
-        self.head = params_of(self.learn.ccl.ccl_head)
+        self.head = named_params(self.learn.ccl.ccl_head)
         self.model_p = params_of(self.learn.model)
         self.model_grads = [p.grad.clone() for p in self.learn.model.parameters()]
 
 def test_one_batch_separates_backbone_and_head(dls, tmp_path):
-    pre, post = _SnapBeforeHeadStep(), _SnapAfterHeadStep()
+    pre, post = _SnapBeforeHead(), _SnapAfterHead()
     learn = ccl_learner(dls, tmp_path, cbs=[pre, post, StopAfterBatches(1)])
     learn.fit(1, 1e-2)
-    # the backbone's loss (CE + KL) changed no head parameter and gave it no gradient
-    assert_same(pre.head_at_loss, pre.head, "head changed by the backbone's step")
+    # the backbone's loss (CE + KL) gave the head no gradient, and its step changed no head parameter
     assert all(g is None for g in pre.head_grads)
-    # the head's loss changed no backbone parameter and added nothing to the backbone's gradients
+    assert_same(pre.head_at_loss, pre.head, "head changed by the backbone's step")
+    # the head's backward added nothing to the backbone's gradients, and its step changed no backbone parameter
     assert_same(pre.model_p, post.model_p, "backbone changed by the head's step")
     for a, b in zip(pre.model_grads, post.model_grads): assert torch.equal(a, b)
     # ...while each step did move its own parameters
     assert any(not torch.equal(pre.model_before[k], pre.model_p[k]) for k in pre.model_p)
-    assert any(not torch.equal(pre.head[k], post.head[k]) for k in pre.head if 'running' not in k and 'num_batches' not in k)
+    assert any(not torch.equal(pre.head[k], post.head[k]) for k in pre.head)
 
 def test_l_cc_gradient_reaches_only_the_dictionary():
     head = CCLHead(8, 3, widths=(6, 4))
@@ -247,11 +249,12 @@ def test_vision_learner_and_timm_models():
     dls = make_dls(n_per_class=8, size=32, n_classes=3, bs=8)
     learn = vision_learner(dls, 'resnet18', pretrained=False, metrics=accuracy, cbs=CCL())
     learn.fit_one_cycle(1, 1e-3)
-    assert learn.ccl._module_name == '1.8' and learn.ccl.ccl_head.embed[0].in_features == 512
+    # the pooled, flattened body features (concat pooling: 2 x 512), not the head's 512-wide hidden layer ('1.8')
+    assert learn.ccl._module_name == '1.1' and learn.ccl.ccl_head.embed[0].in_features == 1024
     assert learn.ccl.ccl_head.dictionary.shape == (3, 512) and len(learn.ccl.history) == 1
     learn = Learner(dls, timm.create_model('resnet18', pretrained=False, num_classes=3), cbs=CCL(widths=(64, 32)))
     learn.fit_one_cycle(1, 1e-3)
-    assert learn.ccl._module_name == 'fc' and learn.ccl.ccl_head.embed[0].in_features == 512
+    assert learn.ccl._module_name == 'global_pool.flatten' and learn.ccl.ccl_head.embed[0].in_features == 512
 
 def test_named_feature_module_reads_its_input(dls, tmp_path):
     model = tiny_cnn(dls.c, c=12, extra=[nn.Dropout(0.)])  # '4' is the Dropout, whose input are the pooled features
@@ -319,7 +322,7 @@ def test_bad_input_is_refused_before_training(dls, tmp_path, case):
     elif case == 'model_outputs': model, ccl, match = tiny_cnn(3), CCL, 'has 3 outputs but the data has 4 classes'
     elif case == 'no_linear':
         model = nn.Sequential(ConvLayer(3, 8, stride=2), nn.Conv2d(8, dls.c, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        ccl, match = CCL, 'has no nn.Linear'
+        ccl, match = CCL, 'no nn.Linear of this model produces its output'
     elif case == 'unknown_module': ccl, match = partial(CCL, features='44'), "no module named '44'.*Close matches: '4'"
     else: ccl, match = partial(CCL, features='3'), r'shape \(\d+, 16, 1, 1\).*pooled features'
     if case != 'unpooled_module':   # found when the Learner is created...
