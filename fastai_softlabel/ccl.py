@@ -270,7 +270,7 @@ def before_batch(self:CCL):
         f"and dtype {None if y is None else y.dtype}. Use CategoryBlock (single-label) targets.")
     self._ours,self._backward_cancelled,self._step_cancelled = False,False,False
     grab = WeakHook(self._grab_input) if self._how == 'input' else WeakHook(self._grab_output)
-    self._handles = hooks_for_next_forward(self.learn.model, [(self.learn.model, 'pre', WeakHook(self._arm)),
+    self._handles = hooks_for_next_forward(self.learn.model, [(self.learn.model, 'first', WeakHook(self._arm)),
                                                               (self._module, 'pre' if self._how == 'input' else 'post', grab)])
 
 @patch

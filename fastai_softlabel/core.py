@@ -120,13 +120,14 @@ class _RemoveAll:
 
 def hooks_for_next_forward(
     model:nn.Module, # the model whose next forward pass the hooks are for
-    hooks:list,      # `(module, kind, hook)` with kind `'pre'` (forward pre-hook) or `'post'` (forward hook)
+    hooks:list,      # `(module, kind, hook)`, kind: `'pre'`/`'post'` (forward pre-hook/hook), `'first'` (pre-hook run before all others)
 )->list:             # the handles (empty once removed)
     "Register `hooks` until `model`'s next forward pass ends, also one that raises"
     handles = []
     for m,kind,fn in hooks:
-        if kind not in ('pre', 'post'): raise ValueError(f"kind must be 'pre' or 'post', got {kind!r}")
-        handles.append(m.register_forward_pre_hook(fn) if kind == 'pre' else m.register_forward_hook(fn))
+        if kind not in ('pre', 'post', 'first'): raise ValueError(f"kind must be 'pre', 'post' or 'first', got {kind!r}")
+        if kind == 'post': handles.append(m.register_forward_hook(fn))
+        else: handles.append(m.register_forward_pre_hook(fn, prepend=kind == 'first'))
     handles.append(model.register_forward_hook(_RemoveAll(handles), always_call=True))
     return handles
 

@@ -125,7 +125,7 @@ def flow_loss(
                 per = per*class_weight.to(per.device)
             total = total + weight[:, c, None]*per
     red = getattr(loss_func, 'reduction', 'mean')
-    if red == 'sum': return total.sum()
+    if red == 'sum': return total.sum()*len(target)/rows   # a sum over the original items, whatever the flow's size
     if red != 'mean': return total
     denom = _weighted_mean_denominator(loss_func, target, idx, weight)
     return total.mean() if denom is None else total.sum()/denom
@@ -181,7 +181,7 @@ def _resolve(self:FlowMixup)->list:
 def _hook_forward(self:FlowMixup):
     "Hooks for this training batch's forward pass only"
     model = self.learn.model
-    hooks = [(model, 'pre', WeakHook(self._arm))]
+    hooks = [(model, 'first', WeakHook(self._arm))]   # before any hook that changes the inputs
     for i,(_,m) in enumerate(self._named):
         hooks.append((m, 'pre', WeakHook(self._mix_input, i)) if self.at == 'input' else (m, 'post', WeakHook(self._mix_output, i)))
     self._handles = hooks_for_next_forward(model, hooks)
