@@ -217,3 +217,80 @@ def test_flowmixup_with_pos_weight_bce_on_multilabel_targets(tmp_path):
 def test_loss_without_reduction_is_refused():
     with pytest.raises(ValueError, match='no `reduction`'):
         Learner(item_dls(), plain_net(), loss_func=lambda z, y: F.cross_entropy(z, y), cbs=FlowMixup(['2']))
+
+# ---------------------------------------------------------------- interrupted fits
+
+class Boom(Exception): pass
+
+EVENTS = ['before_fit', 'before_epoch', 'before_train', 'before_batch', 'after_pred', 'after_loss', 'before_backward',
+          'after_backward', 'before_step', 'after_step', 'after_batch', 'after_train', 'before_validate',
+          'after_validate', 'after_epoch', 'after_fit']
+
+def raise_at(event, order, exc=Boom):
+    "A callback raising `exc` at `event` (in the second training batch for batch events)"
+    def f(self):
+        if event in ('before_batch', 'after_pred', 'after_loss', 'before_backward', 'after_backward', 'before_step',
+                     'after_step', 'after_batch') and (not self.training or self.train_iter != 1): return
+        raise exc('interrupted')
+    return type('RaiseAt', (Callback,), {'order': order, event: f})()
+
+def pickled_size(o):
+    buf = io.BytesIO(); torch.save(o, buf); return buf.tell()
+
+def strip(model):
+    "A copy of `model` without any hook"
+    m = deepcopy(model)
+    for mod in m.modules():
+        for d in (mod._forward_pre_hooks, mod._forward_hooks, mod._forward_hooks_always_called): d.clear()
+    return m
+
+SETUPS = {'ccl': lambda: [ccl()], 'flowmixup': lambda: [FlowMixup(['2', '4'])], 'both': lambda: [ccl(), FlowMixup(['2', '4'])]}
+
+@pytest.mark.parametrize('setup', list(SETUPS))
+@pytest.mark.parametrize('event,order,exc', [(e, 55, Boom) for e in EVENTS] + [('before_batch', 5, Boom), ('before_batch', 60, KeyboardInterrupt),
+                                                                            ('after_pred', -5, KeyboardInterrupt)])
+def test_interrupted_fit_leaves_a_plain_model(setup, event, order, exc, tmp_path):
+    model, dls = plain_net(), make_dls(bs=8)   # a DataBlock, so that export works
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), path=tmp_path, cbs=SETUPS[setup]())
+    lf = learn.loss_func
+    with pytest.raises(exc): learn.fit(1, 1e-3, cbs=raise_at(event, order, exc))
+    ref = strip(model)
+    # the model is a plain model at once: a training-mode forward equals the same model without any hook
+    x = torch.randn(5, 3, 16, 16)
+    model.train(); ref.train()
+    test_eq(model(x), ref(x))
+    assert learn.loss_func is lf
+    assert abs(pickled_size(model) - pickled_size(ref)) < 500     # torch.save works and is as large as without the callbacks
+    other = Learner(dls, model, loss_func=CrossEntropyLossFlat(), path=tmp_path)
+    other.export(tmp_path/'o.pkl'); Learner(dls, ref, loss_func=CrossEntropyLossFlat(), path=tmp_path).export(tmp_path/'r.pkl')
+    assert abs((tmp_path/'o.pkl').stat().st_size - (tmp_path/'r.pkl').stat().st_size) < 500
+    preds, targs, losses = learn.get_preds(with_loss=True)       # works first time
+    test_close(losses.mean(), F.cross_entropy(preds.log(), targs), eps=1e-4)
+    assert no_hooks(model)                                        # after the next get_preds: no hook anywhere
+    learn.fit(1, 1e-3)                                            # and the same Learner trains again
+    assert no_hooks(model) and learn.loss_func is lf
+
+# ---------------------------------------------------------------- modules that cannot be mixed or read
+
+class Pair(Module):
+    def forward(self, x): return x, x
+
+class TupleNet(Module):
+    "A block returning a tuple, and a module used by two branches"
+    def __init__(self, n_out=4):
+        self.stem, self.pair, self.shared = nn.Conv2d(3, 8, 3), Pair(), nn.Conv2d(8, 8, 1)
+        self.pool, self.flat, self.fc = nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, n_out)
+        self.shared_fc = nn.Identity()
+    def forward(self, x):
+        a, b = self.pair(self.stem(x))
+        f = self.flat(self.pool(self.shared(a) + self.shared(b)))
+        return self.fc(self.shared_fc(f) + self.shared_fc(f))
+
+@pytest.mark.parametrize('cb,match', [(lambda: FlowMixup(['pair'], at='output'), "output of 'pair' is a tuple"),
+                                      (lambda: FlowMixup(['shared']), "'shared' runs 2 times"),
+                                      (lambda: ccl(features='shared_fc'), "`shared_fc` runs 2 times")])
+def test_modules_that_cannot_be_mixed_or_read_are_refused(cb, match, tmp_path):
+    learn = Learner(item_dls(), TupleNet(), loss_func=CrossEntropyLossFlat(), path=tmp_path)
+    state = params_of(learn.model)
+    with pytest.raises(ValueError, match=match): learn.fit(1, 1e-3, cbs=cb())
+    assert_same(state, params_of(learn.model)); assert no_hooks(learn.model)
