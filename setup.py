@@ -33,7 +33,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[cfg['lib_name'], f"{cfg['lib_name']}.*"]),
     include_package_data=True,
     install_requires=_split('requirements'),
-    extras_require={'dev': _split('dev_requirements')},
+    extras_require={'dev': _split('dev_requirements'), 'distributed': _split('distributed_requirements')},
     entry_points={'console_scripts': _split('console_scripts'),
                   'nbdev': [f"{cfg['lib_name']}={cfg['lib_name']}._modidx:d"]},
     zip_safe=False,
