@@ -24,6 +24,7 @@ p.add_argument('--setup', default='ccl', choices=['ccl', 'ccl_named', 'flowmixup
 p.add_argument('--epochs', type=int, default=3)
 p.add_argument('--bench', type=int, default=0, help='time this many training steps after 3 warm-up steps instead')
 p.add_argument('--size', type=int, default=16)
+p.add_argument('--arch', default='tiny', choices=['tiny', 'resnet18'], help='resnet18: timm, no pretrained weights, CCL with the default head')
 a = p.parse_args()
 rank = int(os.environ['RANK'])
 torch.set_num_threads(1)
@@ -31,8 +32,13 @@ set_seed(100 + rank)                              # different on every rank
 first_draw = torch.rand(1)
 
 dls = make_dls(n_per_class=24, size=a.size, n_classes=4, bs=8, device='cpu')
-model = tiny_cnn(dls.c)
-cbs = {'ccl': lambda: [CCL(widths=(32, 16), lr_ccl=0.05, patience=1, min_delta=1.)],
+if a.arch == 'resnet18':
+    import timm
+    model = timm.create_model('resnet18', pretrained=False, num_classes=dls.c)
+else: model = tiny_cnn(dls.c)
+head = {} if a.arch == 'resnet18' else dict(widths=(32, 16), lr_ccl=0.05)
+freeze = {} if a.bench else dict(patience=1, min_delta=1.)   # the tests freeze after epoch 1; the benchmark never
+cbs = {'ccl': lambda: [CCL(**head, **freeze)],
        'ccl_named': lambda: [CCL(features='4', widths=(32, 16), lr_ccl=0.05, patience=1, min_delta=1.)],
        'flowmixup': lambda: [FlowMixup(['1', '2'])],
        'ccl+flowmixup': lambda: [CCL(widths=(32, 16), lr_ccl=0.05, patience=1, min_delta=1.), FlowMixup(['1', '2'])],
@@ -44,16 +50,19 @@ class StepTimer(Callback):
     "Wall time of training steps after warm-up, ended after `n` timed steps"
     order = 99
     def __init__(self, n, warmup=3): self.n, self.warmup, self.times = n, warmup, []
+    def before_fit(self): self.seen = 0
     def before_batch(self): self.t0 = time.perf_counter()
     def after_batch(self):
         if not self.training: return
-        if self.train_iter >= self.warmup: self.times.append(time.perf_counter() - self.t0)
+        self.seen += 1
+        if self.seen > self.warmup: self.times.append(time.perf_counter() - self.t0)
         if len(self.times) >= self.n: raise CancelFitException
 
 with learn.distrib_ctx(sync_bn=False, cpu=True):
     if a.bench:
         learn.fit(1000, 1e-3, cbs=(timer := StepTimer(a.bench)))
         torch.save(dict(times=timer.times), Path(a.out)/f'rank{rank}.pt')
+        dist.destroy_process_group()
         sys.exit(0)
     learn.fit_one_cycle(a.epochs, 1e-2)
     saved = learn.save('final')
@@ -66,3 +75,4 @@ if c is not None:
                  soft_labels=c.soft_labels, module_name=c._module_name)
 state['files'] = sorted(str(f.relative_to(Path(a.out)/f'rank{rank}')) for f in (Path(a.out)/f'rank{rank}').rglob('*') if f.is_file())
 torch.save(state, Path(a.out)/f'rank{rank}.pt')
+dist.destroy_process_group()   # a process group left open can abort the process at exit

@@ -294,3 +294,22 @@ def test_modules_that_cannot_be_mixed_or_read_are_refused(cb, match, tmp_path):
     state = params_of(learn.model)
     with pytest.raises(ValueError, match=match): learn.fit(1, 1e-3, cbs=cb())
     assert_same(state, params_of(learn.model)); assert no_hooks(learn.model)
+
+# ---------------------------------------------------------------- fastai's other training callbacks
+
+@pytest.mark.parametrize('setup', ['ccl', 'flowmixup'])
+def test_early_stopping_and_plateau(setup, tmp_path):
+    learn = Learner(make_dls(bs=8), plain_net(), loss_func=CrossEntropyLossFlat(), path=tmp_path, cbs=SETUPS[setup]())
+    lf = learn.loss_func
+    learn.fit(6, 1e-3, cbs=[EarlyStoppingCallback(patience=1, min_delta=10.), ReduceLROnPlateau(patience=0, min_delta=10.)])
+    assert len(learn.recorder.values) == 2                     # stopped after 2 epochs on the Recorder's valid_loss
+    if setup == 'ccl': assert len(learn.ccl.history) == 2
+    assert learn.loss_func is lf and no_hooks(learn.model)
+
+@pytest.mark.parametrize('setup', ['ccl', 'flowmixup'])
+def test_fine_tune(setup, tmp_path):
+    learn = Learner(make_dls(bs=8), plain_net(), loss_func=CrossEntropyLossFlat(), path=tmp_path, cbs=SETUPS[setup]())
+    learn.fine_tune(1, 1e-3, freeze_epochs=1)                  # two fits
+    if setup == 'ccl':
+        assert len(learn.ccl.history) == 2 and all(np.isfinite(h['head_ce']) for h in learn.ccl.history)
+    assert no_hooks(learn.model) and np.isfinite(learn.recorder.values[-1][0])
