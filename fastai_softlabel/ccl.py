@@ -341,7 +341,9 @@ def _head_batch(self:CCL)->tuple:
     return feats,fm.mix_targets(F.one_hot(y, self._k))
 
 @patch
-def after_cancel_backward(self:CCL): self._backward_cancelled = True
+def after_cancel_backward(self:CCL):
+    "The backbone's backward was cancelled: no head backward for this batch"
+    self._backward_cancelled = True
 
 @patch
 def after_backward(self:CCL):
@@ -359,7 +361,9 @@ def after_backward(self:CCL):
     self._n_head += len(feats)
 
 @patch
-def after_cancel_step(self:CCL): self._step_cancelled = True
+def after_cancel_step(self:CCL):
+    "The backbone's step was cancelled (e.g. GradScaler): no head step either"
+    self._step_cancelled = True
 
 @patch
 def _head_params(self:CCL)->list: return [p for g in self.ccl_opt.param_groups for p in g['params']]
