@@ -58,18 +58,6 @@ def last_linear(model:nn.Module)->tuple|None:
 # %% ../nbs/03_ccl.ipynb #59839ebf
 _FLATTENS = (nn.Flatten, Flatten)
 
-def _probe(model, xb, modules)->tuple:
-    "One eval-mode forward pass: `(output, [(module, input, output) of each call of modules])`"
-    calls = []
-    hooks = [(m, 'post', lambda mod,args,out: calls.append((mod, args[0] if args else None, out))) for m in modules]
-    was = model.training
-    try:
-        model.eval()
-        hooks_for_next_forward(model, hooks)
-        with torch.no_grad(): out = model(*xb)
-    finally: model.train(was)
-    return out,calls
-
 def _check_pooled(name, x, how):
     if not isinstance(x, Tensor) or x.ndim != 2: raise ValueError(
         f"The {how} of `{name}` is {f'of shape {tuple(x.shape)}' if isinstance(x, Tensor) else f'a {type(x).__name__}'}; "
@@ -84,21 +72,21 @@ def find_features(
     "Where CCL reads the pooled features $f$, from one eval-mode forward pass, with a clear error when it cannot tell"
     if features is not None:
         name,module = named_module(model, features, 'CCL features module')
-        _,calls = _probe(model, xb, [module])
+        _,calls = probe_forward(model, xb, [module])
         if not calls: raise ValueError(f"Module `{name}` did not run in the model's forward pass: name a module that does.")
         if len(calls) > 1: raise ValueError(f"Module `{name}` runs {len(calls)} times in one forward pass: name a module that runs once.")
         _check_pooled(name, calls[0][1], 'input')
         return name,module,'input',calls[0][1].shape[1]
     names = {m:n for n,m in model.named_modules()}
-    out,calls = _probe(model, xb, [m for m in names if isinstance(m, (nn.Linear,) + _FLATTENS)])
-    clf = [i for i,(m,_,o) in enumerate(calls) if isinstance(m, nn.Linear) and o is out]
+    out,calls = probe_forward(model, xb, [m for m in names if isinstance(m, (nn.Linear,) + _FLATTENS)])
+    clf = [i for i,(m,_,o,_) in enumerate(calls) if isinstance(m, nn.Linear) and o is out]
     if not clf: raise ValueError(
         "CCL could not find the classifier: no nn.Linear of this model produces its output (a convolution or another "
         "layer does). Pass CCL(features='<module name>') naming the module whose input are the pooled, flattened "
         "backbone features.")
     i = clf[0]
     flat = [j for j in range(i) if isinstance(calls[j][0], _FLATTENS) and isinstance(calls[j][2], Tensor) and calls[j][2].ndim == 2]
-    m,x,o = calls[flat[-1]] if flat else calls[i]
+    m,x,o,_ = calls[flat[-1]] if flat else calls[i]
     how,f = ('output', o) if flat else ('input', x)
     _check_pooled(names[m], f, how)
     return names[m],m,how,f.shape[1]
@@ -174,8 +162,7 @@ def _locate_features(self:CCL):
     "Find (once per model) where the features are read, with one eval-mode forward pass of the model inside any wrapper"
     model = plain_model(self.learn.model)
     if self._where is not None and any(m is self._where[1] for m in model.modules()): return self._where
-    xb = to_device(one_batch_inputs(self.learn.dls), first(model.parameters()).device)
-    self._where = find_features(model, xb, self.features)
+    self._where = find_features(model, one_batch_inputs(self.learn.dls, first(model.parameters()).device), self.features)
     return self._where
 
 @patch
@@ -334,11 +321,11 @@ def _head_batch(self:CCL)->tuple:
     "Features and targets the head learns from: the original items, or every row of a flow that has none un-mixed"
     feats,y = self._feats.detach().float(),self._target()
     fm = self._flow_mixup()
-    if fm is None or len(feats) == len(y): return feats,y
-    if len(feats) != len(fm.flow.idx): raise ValueError(
-        f"The features have {len(feats)} rows, the batch {len(y)} and FlowMixup's flow {len(fm.flow.idx)}.")
-    if fm.flow.original: return feats[:len(y)],y
-    return feats,fm.mix_targets(F.one_hot(y, self._k))
+    if fm is None: return feats,y
+    if len(feats) == len(fm.flow.idx):   # features on the flow (also Mixup's flow of N mixed rows)
+        return (feats[:len(y)],y) if fm.flow.original else (feats,fm.mix_targets(F.one_hot(y, self._k)))
+    if len(feats) == len(y): return feats,y   # read before any mixing module
+    raise ValueError(f"The features have {len(feats)} rows, the batch {len(y)} and FlowMixup's flow {len(fm.flow.idx)}.")
 
 @patch
 def after_cancel_backward(self:CCL):
@@ -379,13 +366,14 @@ def after_step(self:CCL):
         fed = torch.tensor([float(self._fed)], device=grads[0].device)
         all_reduce_mean_(grads + bufs + [fed])          # one collective under DDP; nothing otherwise
         for p,g in zip(params, grads): p.grad = g
-        if fed.item() > 0 and all(torch.isfinite(g).all() for g in grads):
+        fed,finite = torch.cat([fed, torch.stack([torch.isfinite(g).all() for g in grads]).all().float()[None]]).tolist()  # one sync
+        if fed > 0 and finite:
             lr_now = float(self.learn.opt.hypers[-1]['lr'])
             self._peak_lr = max(self._peak_lr, lr_now)
             for g in self.ccl_opt.param_groups: g['lr'] = self.lr_ccl*lr_now/self._peak_lr
             self.ccl_opt.step()
             self._steps += 1
-        elif fed.item() > 0: self._skipped['with non-finite head gradients'] += 1
+        elif fed > 0: self._skipped['with non-finite head gradients'] += 1
     self.ccl_opt.zero_grad(set_to_none=True)
     self._fed = 0
 

@@ -9,8 +9,8 @@ from fastai.basics import *
 
 # %% auto #0
 __all__ = ['stateful_callbacks', 'callback_state_file', 'named_module', 'undistributed_dl', 'one_batch_inputs', 'plain_model',
-           'WeakHook', 'hooks_for_next_forward', 'remove_hooks', 'refuse_fastai_mixing', 'distributed_world',
-           'broadcast_module_', 'all_reduce_mean_', 'is_multilabel']
+           'WeakHook', 'hooks_for_next_forward', 'remove_hooks', 'probe_forward', 'refuse_fastai_mixing',
+           'distributed_world', 'broadcast_module_', 'all_reduce_mean_', 'is_multilabel']
 
 # %% ../nbs/00_core.ipynb #4f940ebb
 def stateful_callbacks(learn:Learner) -> L:
@@ -82,10 +82,11 @@ def undistributed_dl(dl):
     if type(dl).__name__ != 'DistributedDL': return dl   # by name: importing fastai.distributed needs `accelerate`
     return undistributed_dl(dl.dl)
 
-def one_batch_inputs(dls)->tuple:
-    "The inputs of one batch (validation set unless empty), split off the targets like `Learner` does"
+def one_batch_inputs(dls, device=None)->tuple:
+    "The inputs of one batch (validation set unless empty), split off the targets like `Learner` does, on `device`"
     dl = dls.valid if len(dls.valid) else dls.train
     b = undistributed_dl(dl).one_batch()
+    if device is not None: b = to_device(b, device)
     # plain tensors: fastai's tensor subclasses are not needed by a model, and trip torch.compile's tracing
     return tuple(o.as_subclass(Tensor) if isinstance(o, Tensor) else o for o in b[:getattr(dls, 'n_inp', 1 if len(b) == 1 else len(b)-1)])
 
@@ -135,6 +136,25 @@ def remove_hooks(handles:list):
     "Remove the hooks of `hooks_for_next_forward` now (nothing if they are gone)"
     for h in handles: h.remove()
     handles.clear()
+
+# %% ../nbs/00_core.ipynb #fcb09341
+def probe_forward(
+    model:nn.Module, # the model (inside any DDP wrapper)
+    xb:tuple,        # its inputs
+    modules:list,    # modules of `model` whose calls are recorded
+)->tuple:            # `(output, calls)`, calls: `(module, input, output, end)` in the order they start; `end` orders their ends
+    "One eval-mode forward pass without gradients, recording the input and output of every call of `modules`"
+    calls,open_,ends = [],{},[0]
+    def pre(mod, args): open_.setdefault(mod, []).append(len(calls)); calls.append([mod, args[0] if args else None, None, None])
+    def post(mod, args, out):
+        c = calls[open_[mod].pop()]; c[2],c[3] = out,ends[0]; ends[0] += 1
+    was = model.training
+    try:
+        model.eval()
+        hooks_for_next_forward(model, [h for m in modules for h in ((m, 'pre', pre), (m, 'post', post))])
+        with torch.no_grad(): out = model(*xb)
+    finally: model.train(was)
+    return out,[tuple(c) for c in calls]
 
 # %% ../nbs/00_core.ipynb #fe9639ff
 def refuse_fastai_mixing(learn:Learner, who:str):

@@ -8,7 +8,7 @@ import random, inspect
 from collections import Counter
 from typing import NamedTuple
 from fastai.basics import *
-from .core import (named_module, is_multilabel, one_batch_inputs, plain_model, WeakHook,
+from .core import (named_module, is_multilabel, one_batch_inputs, plain_model, WeakHook, probe_forward,
                                    hooks_for_next_forward, remove_hooks, refuse_fastai_mixing)
 from .losses import inverse_prevalence_weights
 
@@ -220,16 +220,11 @@ def _mix_output(self:FlowMixup, i, module, args, output):
 @patch
 def _probe_order(self:FlowMixup)->list:
     "Indices of the mixing points in the order the forward pass reaches them, with clear errors for points it cannot mix"
-    xb = one_batch_inputs(self.learn.dls)
-    model,was_training = plain_model(self.learn.model),self.learn.model.training
-    seen = []
-    def record(i, module, args, output=None): seen.append((i, type(args[0] if self.at == 'input' and args else output)))
-    hooks = [(m, 'pre' if self.at == 'input' else 'post', partial(record, i)) for i,(_,m) in enumerate(self._named)]
-    try:
-        model.eval()
-        hooks_for_next_forward(model, hooks)
-        with torch.no_grad(): model(*xb)
-    finally: model.train(was_training)
+    model = plain_model(self.learn.model)
+    point = {m:i for i,(_,m) in enumerate(self._named)}
+    _,calls = probe_forward(model, one_batch_inputs(self.learn.dls, first(model.parameters()).device), list(point))
+    if self.at == 'output': calls = sorted(calls, key=lambda c: c[3])   # outputs are mixed where calls end
+    seen = [(point[m], type(x if self.at == 'input' else o)) for m,x,o,_ in calls]
     names = [n for n,_ in self._named]
     missing = [names[i] for i in range(len(names)) if i not in {j for j,_ in seen}]
     if missing: raise ValueError(f"FlowMixup mixing point(s) {', '.join(repr(m) for m in missing)} never run in the model's "

@@ -160,10 +160,13 @@ def test_ccl_with_flowmixup_alpha0_equals_ccl_alone(tmp_path):
     test_close(both.lossv, alone.lossv, eps=1e-6)
     for n in alone.gradsv: test_close(both.gradsv[n], alone.gradsv[n], eps=1e-6)
 
-@pytest.mark.parametrize('make,head_rows', [(lambda: FlowMixup(['2', '4']), 8), (lambda: Mixup(), 8),
-                                            (lambda: FlowMixup(['2', '4'], op=False), 16), (lambda: ManifoldMixup(['2', '4']), 8)])
-def test_ccl_soft_labels_are_mixed_along_the_flow(make, head_rows, tmp_path):
+@pytest.mark.parametrize('make,head_rows,mixed', [(lambda: FlowMixup(['2', '4']), 8, False), (lambda: Mixup(), 8, True),
+                                                  (lambda: FlowMixup(['2', '4'], op=False), 16, True),
+                                                  (lambda: ManifoldMixup(['2', '4']), 8, True)])
+def test_ccl_soft_labels_are_mixed_along_the_flow(make, head_rows, mixed, tmp_path):
     learn, spy = first_batch(plain_net(), [ccl(), make()], tmp_path)
+    head_targets, head_loss = [], learn.ccl.ccl_head.loss
+    learn.ccl.ccl_head.loss = lambda f, t, *a: (head_targets.append(t.clone()), head_loss(f, t, *a))[1]
     learn.fit(1, 1e-3, cbs=[spy := FirstBatch(), StopAfterBatches(1)])   # the head exists now: watch its input
     f = spy.flowv
     soft = mix_along_flow(spy.Pv[spy.yv.long()], f.idx, f.weight)       # P[y] mixed exactly as the hard targets
@@ -173,6 +176,10 @@ def test_ccl_soft_labels_are_mixed_along_the_flow(make, head_rows, tmp_path):
     test_close(spy.lossv, expected, eps=1e-5)
     # the head learns from the original items when the flow keeps them (op=True), else from every mixed row
     assert spy.head_in and spy.head_in[0][0] == head_rows
+    # ...with the hard targets of the original items, or the one-hot targets mixed as the features were
+    t = head_targets[0]
+    if mixed: test_close(t, mix_along_flow(F.one_hot(spy.yv.long(), 4), f.idx, f.weight), eps=1e-6)
+    else: test_eq(t, spy.yv.long())
 
 # ---------------------------------------------------------------- the user's loss
 
