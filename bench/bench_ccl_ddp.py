@@ -1,11 +1,13 @@
 """CCL's step time under 2-rank CPU DDP (fastai's `learn.distrib_ctx()`, gloo) against plain DDP, in the same run.
 
-Each configuration runs `tests/ddp_worker.py --bench N` on 2 ranks (timm ResNet-18 from scratch, `--size` px images,
-8 per rank and batch, 1 thread per rank); the configurations alternate over `--repeats` fresh launches. Step time is
-the median over timed steps of rank 0, the median over repeats reported, and the ratio of the back-to-back pair of each repeat; CCL's head
-all-reduce and its step are included. Writes `bench/results/ccl_ddp_cpu.json`.
-    .venv/bin/python bench/bench_ccl_ddp.py [--steps 20] [--repeats 3] [--size 64]"""
-import argparse, json, platform, statistics, sys, tempfile, time
+Each launch (`--repeats`) starts `bench/ccl_ddp_worker.py` on 2 ranks (1 thread each): a plain Learner and a CCL
+Learner (timm ResNet-18 from scratch, `--size` px images, 8 per rank and batch, CCL's default head) live in the same
+two processes and, after one unrecorded fit of each, are fitted in alternation, ABBA, `--rounds` times each, `--steps` timed steps per fit. Step time:
+rank 0's wall time from `before_batch` to `after_batch`, CCL's head gather, backward and step included.
+Reported: the ratio of the median step times over all launches, the median of the per-round ratios (each round's two
+fits back to back), and the time spent inside CCL's own events per step. Writes `bench/results/ccl_ddp_cpu.json`.
+    .venv/bin/python bench/bench_ccl_ddp.py [--steps 20] [--rounds 4] [--repeats 2] [--size 64]"""
+import argparse, json, platform, statistics, sys, tempfile
 from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT/'tests'))
@@ -13,31 +15,37 @@ from ddp_launch import run_ranks
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--steps', type=int, default=20); p.add_argument('--repeats', type=int, default=3)
-    p.add_argument('--size', type=int, default=64)
+    p.add_argument('--steps', type=int, default=20); p.add_argument('--rounds', type=int, default=4)
+    p.add_argument('--repeats', type=int, default=2); p.add_argument('--size', type=int, default=64)
     p.add_argument('--out', default=str(ROOT/'bench/results/ccl_ddp_cpu.json'))
     args = p.parse_args()
     import torch
-    runs = {'plain': [], 'ccl': []}
+    med = statistics.median
+    steps = {'plain': [], 'ccl': []}; round_ratios, event_ms = [], []
     for rep in range(args.repeats):
-        for setup in runs:
-            with tempfile.TemporaryDirectory() as d:
-                run_ranks(ROOT/'tests/ddp_worker.py', world_size=2, timeout=600,
-                          args=['--out', d, '--setup', setup, '--arch', 'resnet18', '--size', args.size, '--bench', args.steps])
-                times = torch.load(Path(d)/'rank0.pt')['times']
-            runs[setup].append(dict(step_s=statistics.median(times), n_steps=len(times)))
-            print(f"repeat {rep}: {setup:5s} {runs[setup][-1]['step_s']*1e3:.1f} ms/step", flush=True)
-    med = {k: statistics.median(r['step_s'] for r in v) for k, v in runs.items()}
-    res = dict(benchmark='ccl_ddp', config=vars(args), world_size=2, backend='gloo',
+        with tempfile.TemporaryDirectory() as d:
+            run_ranks(ROOT/'bench/ccl_ddp_worker.py', world_size=2, timeout=900,
+                      args=['--out', d, '--steps', args.steps, '--rounds', args.rounds, '--size', args.size])
+            res = torch.load(Path(d)/'times.pt')
+        for k in steps: steps[k] += [t for rnd in res['times'][k] for t in rnd]
+        ratios = [med(c)/med(p) for p, c in zip(res['times']['plain'], res['times']['ccl'])]
+        round_ratios += ratios
+        event_ms.append(res['ccl_event_ms'])
+        print(f"launch {rep}: per-round ratios {', '.join(f'{r:.3f}' for r in ratios)}; inside CCL's events "
+              f"{sum(res['ccl_event_ms'].values()):.1f} ms/step", flush=True)
+    step_ms = {k: med(v)*1e3 for k, v in steps.items()}
+    events = {e: med(m[e] for m in event_ms) for e in event_ms[0]}
+    out = dict(benchmark='ccl_ddp', config=vars(args), world_size=2, backend='gloo', threads_per_rank=1,
                machine=dict(python=platform.python_version(), torch=torch.__version__),
-               model='resnet18 (timm, pretrained=False), CCL() default head (1024, 512)',
-               runs=runs, step_s_median=med, ratio_ccl_to_plain=med['ccl']/med['plain'],
-               # each repeat runs plain then CCL back to back: their ratio is robust to the machine's drift between repeats
-               ratio_per_repeat=[c['step_s']/p['step_s'] for p, c in zip(runs['plain'], runs['ccl'])])
-    res['ratio_paired_median'] = statistics.median(res['ratio_per_repeat'])
+               model='resnet18 (timm, pretrained=False), 8 images per rank and batch; CCL() default head (1024, 512)',
+               step_ms_median=step_ms, ratio_ccl_to_plain=step_ms['ccl']/step_ms['plain'],
+               ratio_per_round=round_ratios, ratio_per_round_median=med(round_ratios),
+               ccl_event_ms_per_step=events, ccl_event_ms_total=sum(events.values()),
+               ccl_event_share_of_plain_step=sum(events.values())/step_ms['plain'])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"plain DDP {med['plain']*1e3:.1f} ms/step, CCL under DDP {med['ccl']*1e3:.1f} ms/step: ratio {res['ratio_ccl_to_plain']:.3f}; "
-          f"per repeat {', '.join(f'{r:.3f}' for r in res['ratio_per_repeat'])} (median {res['ratio_paired_median']:.3f})")
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"plain DDP {step_ms['plain']:.1f} ms/step, CCL under DDP {step_ms['ccl']:.1f} ms/step: ratio "
+          f"{out['ratio_ccl_to_plain']:.3f}; median per-round ratio {out['ratio_per_round_median']:.3f}; inside CCL's events "
+          f"{out['ccl_event_ms_total']:.1f} ms/step ({100*out['ccl_event_share_of_plain_step']:.1f}% of a plain step)")
 
 if __name__ == '__main__': main()

@@ -333,13 +333,26 @@ def after_cancel_backward(self:CCL):
     self._backward_cancelled = True
 
 @patch
+def _gather_head_batch(self:CCL, feats:Tensor, target:Tensor)->tuple:
+    "Under DDP, the head batch of every rank, so that every rank takes the same head step on the whole batch"
+    if distributed_world() == 1: return feats,target
+    soft = target.is_floating_point()   # mixed one-hot rows, or class indices (exact as floats)
+    rows = all_gather_rows(torch.cat([feats, target.float() if soft else target.float()[:,None]], dim=1))
+    w = feats.shape[1]
+    return rows[:,:w],(rows[:,w:] if soft else rows[:,w].long())
+
+@patch
 def after_backward(self:CCL):
-    "Back-propagate the head's loss (scaled like the backbone's), unless the batch cannot reach the head"
+    "Back-propagate the head's loss on the batch of every rank (scaled like the backbone's), unless it cannot reach the head"
     if self._backward_cancelled: return
     feats,target = self._head_batch()
     self._feats = None
+    if not torch.isfinite(feats).all():
+        self._skipped['with non-finite features'] += 1
+        feats,target = feats[:0],target[:0]
+    feats,target = self._gather_head_batch(feats, target)
+    if len(feats) == 0: return
     if self._has_bn and len(feats) < 2: self._skipped['of one item'] += 1; return
-    if not torch.isfinite(feats).all(): self._skipped['with non-finite features'] += 1; return
     with torch.autocast(feats.device.type, enabled=False):
         loss,ce,lcc = self.ccl_head.loss(feats, target, self.alpha_cc, self.margin)
     (loss*self._loss_scale()).backward()
@@ -357,43 +370,57 @@ def _head_params(self:CCL)->list: return [p for g in self.ccl_opt.param_groups f
 
 @patch
 def after_step(self:CCL):
-    "The head's step, when the backbone's optimizer stepped: gradients averaged across ranks, lr following the schedule"
-    params = self._head_params()
+    "The head's step, when the backbone's optimizer stepped and the head has finite gradients, its lr following the schedule"
     if self._step_cancelled: self._skipped['whose step was cancelled'] += 1
-    else:
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        bufs = [b for b in self.ccl_head.buffers() if b.is_floating_point()]
-        fed = torch.tensor([float(self._fed)], device=grads[0].device)
-        all_reduce_mean_(grads + bufs + [fed])          # one collective under DDP; nothing otherwise
-        for p,g in zip(params, grads): p.grad = g
-        fed,finite = torch.cat([fed, torch.stack([torch.isfinite(g).all() for g in grads]).all().float()[None]]).tolist()  # one sync
-        if fed > 0 and finite:
+    elif self._fed:
+        grads = [p.grad for p in self._head_params() if p.grad is not None]
+        if torch.stack([g.sum() for g in grads]).sum().isfinite():   # one sync; a sum is NaN or inf if any term is
             lr_now = float(self.learn.opt.hypers[-1]['lr'])
             self._peak_lr = max(self._peak_lr, lr_now)
             for g in self.ccl_opt.param_groups: g['lr'] = self.lr_ccl*lr_now/self._peak_lr
             self.ccl_opt.step()
             self._steps += 1
-        elif fed > 0: self._skipped['with non-finite head gradients'] += 1
+        else: self._skipped['with non-finite head gradients'] += 1
     self.ccl_opt.zero_grad(set_to_none=True)
     self._fed = 0
+
 
 # %% ../nbs/03_ccl.ipynb #65c05bfb
 @patch
 def after_train(self:CCL):
     "Epoch means of the loss terms (across ranks), p_bar, the freeze rule, and a warning for skipped batches"
     self._cleanup()
-    counts = torch.tensor([float(self._n), float(self._n_head)], device=self._sums.device)
+    nonfinite = self._skipped.pop('with non-finite features', 0)   # counted on the rank that had them
+    counts = torch.tensor([float(self._n), float(self._n_head), float(nonfinite)], device=self._sums.device)
     stats = all_reduce_mean_([torch.cat([self._sums, counts])])[0].tolist()   # one device sync per epoch
-    (ce,kl,head_ce,lcc),(n,n_head) = stats[:4],stats[4:]
+    (ce,kl,head_ce,lcc),(n,n_head,nonfinite) = stats[:4],stats[4:]
+    if nonfinite: self._skipped['with non-finite features'] = round(nonfinite*distributed_world())
     if self._skipped and not rank_distrib():
         warn(f"CCL: in epoch {self.learn.epoch} the head left out " + ', '.join(f'{v} batch(es) {k}' for k,v in self._skipped.items())
              + f" ({self._steps} head steps taken).")
     if n == 0: return
+    self._check_ranks_agree()
     pbar = self.ccl_head.soft_labels().diagonal().mean().item()
     self.history.append(dict(epoch=self.learn.epoch, ce=ce/n, kl=kl/n, head_ce=head_ce/max(n_head, 1e-12),
                              l_cc=lcc/max(n_head, 1e-12), p_bar=pbar))
     self._trained = True
     self._update_freeze(pbar)
+
+@patch
+def _check_ranks_agree(self:CCL):
+    "Under DDP, make sure the head is the same on every rank; if not, warn and copy rank 0's head and optimizer state"
+    if distributed_world() == 1: return
+    tensors = list(self.ccl_head.parameters()) + [b for b in self.ccl_head.buffers() if b.is_floating_point()]
+    sums = all_gather_rows(torch.stack([t.detach().double().sum() for t in tensors])[None])
+    if (sums == sums[0]).all(): return
+    # every rank takes the same step on the same gathered batch: only kernels that are not bitwise reproducible
+    # (e.g. different GPU models on different ranks) can make the heads differ
+    broadcast_module_(self.ccl_head)
+    for state in self.ccl_opt.state.values():
+        for v in state.values():
+            if isinstance(v, Tensor) and v.is_floating_point(): torch.distributed.broadcast(v, 0)
+    if not rank_distrib(): warn(f"CCL: in epoch {self.learn.epoch} the head differed between ranks (kernels that are not "
+                                "bitwise reproducible, e.g. different GPU models); rank 0's head was copied to every rank.")
 
 @patch
 def _update_freeze(self:CCL, pbar:float):

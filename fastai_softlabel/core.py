@@ -10,7 +10,7 @@ from fastai.basics import *
 # %% auto #0
 __all__ = ['stateful_callbacks', 'callback_state_file', 'named_module', 'undistributed_dl', 'one_batch_inputs', 'plain_model',
            'WeakHook', 'hooks_for_next_forward', 'remove_hooks', 'probe_forward', 'refuse_fastai_mixing',
-           'distributed_world', 'broadcast_module_', 'all_reduce_mean_', 'is_multilabel']
+           'distributed_world', 'broadcast_module_', 'all_reduce_mean_', 'all_gather_rows', 'is_multilabel']
 
 # %% ../nbs/00_core.ipynb #4f940ebb
 def stateful_callbacks(learn:Learner) -> L:
@@ -189,6 +189,20 @@ def all_reduce_mean_(tensors:list)->list:
     for t in tensors:
         t.copy_(flat[i:i+t.numel()].view_as(t)); i += t.numel()
     return tensors
+
+def all_gather_rows(x:Tensor)->Tensor:
+    "The rows of `x` from every rank, concatenated in rank order (any number of rows per rank, even none)"
+    world = distributed_world()
+    if world == 1: return x
+    n = torch.tensor([len(x)], device=x.device)
+    ns = [torch.empty_like(n) for _ in range(world)]
+    torch.distributed.all_gather(ns, n)
+    ns = torch.cat(ns).tolist()
+    padded = x.new_zeros((max(ns),) + tuple(x.shape[1:]))   # all_gather needs the same shape on every rank
+    padded[:len(x)] = x
+    out = [torch.empty_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(out, padded)
+    return torch.cat([o[:k] for o,k in zip(out, ns)])
 
 # %% ../nbs/00_core.ipynb #1186170e
 from fastai.data.transforms import MultiCategorize, OneHotEncode

@@ -21,6 +21,22 @@ def test_ccl_ranks_agree_bit_for_bit(setup, tmp_path):
     assert r0['module_name'] == ('4' if setup == 'ccl_named' else '3')  # names refer to the model inside the DDP wrapper
     # learn.save writes the model and the CCL state on rank 0 only
     assert r0['files'] == ['models/final.callbacks.pth', 'models/final.pth'] and r1['files'] == []
+    # the heads agreed at every epoch's check without being copied: each rank stepped on the same gathered batch
+    assert r0['warnings'] == [] and r1['warnings'] == []
+
+def test_heads_that_drift_apart_are_reunited_with_a_warning(tmp_path):
+    r0, r1 = run('ccl_drift', tmp_path)   # rank 1 nudges its head once in epoch 0
+    assert len(r0['warnings']) == 1 and 'epoch 0 the head differed between ranks' in r0['warnings'][0]
+    assert r1['warnings'] == []           # warned once, on rank 0
+    for k in ('model', 'head', 'head_opt', 'soft_labels', 'history', 'values'):
+        assert_nested_equal(snapshot(r0[k]), snapshot(r1[k]), k)
+
+def test_all_gather_rows(tmp_path):
+    "core.all_gather_rows: rows of every rank in rank order, whatever the number of rows per rank (none included)"
+    r0, r1 = run('gather', tmp_path)
+    for r in (r0, r1):
+        assert torch.equal(r['gathered'], torch.tensor([[10., 11.], [12., 13.]]))   # rank 0 had no rows
+        assert torch.equal(r['ints'], torch.tensor([0, 1, 1]))
 
 def test_flowmixup_ranks_agree(tmp_path):
     r0, r1 = run('flowmixup', tmp_path, epochs=2)
