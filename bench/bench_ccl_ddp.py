@@ -6,7 +6,7 @@ two processes and, after one unrecorded fit of each, are fitted in alternation, 
 rank 0's wall time from `before_batch` to `after_batch`, CCL's head gather, backward and step included.
 Reported: the ratio of the median step times over all launches, the median of the per-round ratios (each round's two
 fits back to back), and the time spent inside CCL's own events per step. Writes `bench/results/ccl_ddp_cpu.json`.
-    .venv/bin/python bench/bench_ccl_ddp.py [--steps 20] [--rounds 4] [--repeats 2] [--size 64]"""
+    .venv/bin/python bench/bench_ccl_ddp.py [--steps 20] [--rounds 8] [--repeats 2] [--size 64]"""
 import argparse, json, platform, statistics, sys, tempfile
 from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,7 +15,7 @@ from ddp_launch import run_ranks
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--steps', type=int, default=20); p.add_argument('--rounds', type=int, default=4)
+    p.add_argument('--steps', type=int, default=20); p.add_argument('--rounds', type=int, default=8)
     p.add_argument('--repeats', type=int, default=2); p.add_argument('--size', type=int, default=64)
     p.add_argument('--out', default=str(ROOT/'bench/results/ccl_ddp_cpu.json'))
     args = p.parse_args()
@@ -35,7 +35,7 @@ def main():
               f"{sum(res['ccl_event_ms'].values()):.1f} ms/step", flush=True)
     step_ms = {k: med(v)*1e3 for k, v in steps.items()}
     events = {e: med(m[e] for m in event_ms) for e in event_ms[0]}
-    out = dict(benchmark='ccl_ddp', config=vars(args), world_size=2, backend='gloo', threads_per_rank=1,
+    out = dict(benchmark='ccl_ddp', config={k: v for k, v in vars(args).items() if k != 'out'}, world_size=2, backend='gloo', threads_per_rank=1,
                machine=dict(python=platform.python_version(), torch=torch.__version__),
                model='resnet18 (timm, pretrained=False), 8 images per rank and batch; CCL() default head (1024, 512)',
                step_ms_median=step_ms, ratio_ccl_to_plain=step_ms['ccl']/step_ms['plain'],
