@@ -351,11 +351,14 @@ def after_backward(self:CCL):
         self._skipped['with non-finite features'] += 1
         feats,target = feats[:0],target[:0]
     feats,target = self._gather_head_batch(feats, target)
+    scale = self._loss_scale()
+    if scale != 1 and distributed_world() > 1:   # the head's loss is a mean over every rank's rows: scale by the mean batch
+        scale = all_reduce_mean_([torch.tensor([scale], device=feats.device)])[0].item()
     if len(feats) == 0: return
     if self._has_bn and len(feats) < 2: self._skipped['of one item'] += 1; return
     with torch.autocast(feats.device.type, enabled=False):
         loss,ce,lcc = self.ccl_head.loss(feats, target, self.alpha_cc, self.margin)
-    (loss*self._loss_scale()).backward()
+    (loss*scale).backward()
     self._fed += 1
     self._sums[2:] += torch.stack([ce.detach(), lcc.detach()])*len(feats)
     self._n_head += len(feats)
@@ -410,15 +413,17 @@ def after_train(self:CCL):
 def _check_ranks_agree(self:CCL):
     "Under DDP, make sure the head is the same on every rank; if not, warn and copy rank 0's head and optimizer state"
     if distributed_world() == 1: return
-    tensors = list(self.ccl_head.parameters()) + [b for b in self.ccl_head.buffers() if b.is_floating_point()]
-    sums = all_gather_rows(torch.stack([t.detach().double().sum() for t in tensors])[None])
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+    # exact fingerprints: integer sums of the bit patterns (float sums depend on the order; NaN != NaN)
+    sums = all_gather_rows(torch.stack([t.detach().contiguous().view(bits[t.element_size()]).long().sum()
+                                        for t in self.ccl_head.state_dict().values() if t.element_size() in bits])[None])
     if (sums == sums[0]).all(): return
     # every rank takes the same step on the same gathered batch: only kernels that are not bitwise reproducible
     # (e.g. different GPU models on different ranks) can make the heads differ
     broadcast_module_(self.ccl_head)
-    for state in self.ccl_opt.state.values():
-        for v in state.values():
-            if isinstance(v, Tensor) and v.is_floating_point(): torch.distributed.broadcast(v, 0)
+    opt_state = [self.ccl_opt.state_dict() if not rank_distrib() else None]   # its tensors may live on the CPU (Adam's step)
+    torch.distributed.broadcast_object_list(opt_state, src=0)
+    self.ccl_opt.load_state_dict(opt_state[0])
     if not rank_distrib(): warn(f"CCL: in epoch {self.learn.epoch} the head differed between ranks (kernels that are not "
                                 "bitwise reproducible, e.g. different GPU models); rank 0's head was copied to every rank.")
 

@@ -194,10 +194,13 @@ def all_gather_rows(x:Tensor)->Tensor:
     "The rows of `x` from every rank, concatenated in rank order (any number of rows per rank, even none)"
     world = distributed_world()
     if world == 1: return x
-    n = torch.tensor([len(x)], device=x.device)
-    ns = [torch.empty_like(n) for _ in range(world)]
-    torch.distributed.all_gather(ns, n)
-    ns = torch.cat(ns).tolist()
+    shape = torch.tensor([x.shape[0], *x.shape[1:]], device=x.device)
+    shapes = [torch.empty_like(shape) for _ in range(world)]
+    torch.distributed.all_gather(shapes, shape)
+    shapes = torch.stack(shapes).tolist()
+    if any(s[1:] != shapes[0][1:] for s in shapes): raise ValueError(   # raised on every rank alike
+        f"all_gather_rows: the ranks' rows have different shapes {[tuple(s[1:]) for s in shapes]}")
+    ns = [s[0] for s in shapes]
     padded = x.new_zeros((max(ns),) + tuple(x.shape[1:]))   # all_gather needs the same shape on every rank
     padded[:len(x)] = x
     out = [torch.empty_like(padded) for _ in range(world)]

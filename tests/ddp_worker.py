@@ -12,12 +12,12 @@ from conftest import tiny_cnn, make_dls
 from ddp_launch import use_cpu_broadcast
 from fastai_softlabel.core import all_gather_rows
 from fastai_softlabel.ccl import CCL
-from fastai_softlabel.flowmixup import FlowMixup
+from fastai_softlabel.flowmixup import FlowMixup, Mixup
 use_cpu_broadcast()
 
 p = argparse.ArgumentParser()
 p.add_argument('--out', required=True)
-p.add_argument('--setup', default='ccl', choices=['ccl', 'ccl_named', 'flowmixup', 'ccl+flowmixup', 'ccl_drift', 'gather'])
+p.add_argument('--setup', default='ccl', choices=['ccl', 'ccl_named', 'flowmixup', 'ccl+flowmixup', 'ccl+mixup', 'ccl_drift', 'gather'])
 p.add_argument('--epochs', type=int, default=3)
 a = p.parse_args()
 rank = int(os.environ['RANK'])
@@ -32,6 +32,16 @@ if a.setup == 'gather':   # core.all_gather_rows with a different number of rows
     dist.destroy_process_group()
     sys.exit(0)
 
+FIRST_GATHER = {}
+def _recording(gather):
+    "CCL's gather, recording its first call: this rank's rows and the gathered batch"
+    def f(self, feats, target):
+        out = gather(self, feats, target)
+        if not FIRST_GATHER: FIRST_GATHER.update(feats=feats.clone(), target=target.clone(), all_feats=out[0].clone(), all_target=out[1].clone())
+        return out
+    return f
+CCL._gather_head_batch = _recording(CCL._gather_head_batch)
+
 class Drift(Callback):
     "On rank 1 only, nudge CCL's head after one step of epoch 0: what a kernel that is not bitwise reproducible could do"
     order = 60
@@ -45,7 +55,8 @@ cbs = {'ccl': lambda: [CCL(**head)],
        'ccl_named': lambda: [CCL(features='4', **head)],
        'flowmixup': lambda: [FlowMixup(['1', '2'])],
        'ccl+flowmixup': lambda: [CCL(**head), FlowMixup(['1', '2'])],
-       'ccl_drift': lambda: [CCL(**head), Drift()]}[a.setup]()
+       'ccl+mixup': lambda: [CCL(**head), Mixup()],     # every row mixed: the head learns from mixed one-hot targets
+       'ccl_drift': lambda: [CCL(**head, head_opt_func=torch.optim.AdamW), Drift()]}[a.setup]()   # Adam: 'step' state on the CPU
 learn = Learner(dls, tiny_cnn(dls.c), metrics=accuracy, path=Path(a.out)/f'rank{rank}', cbs=cbs)
 
 with learn.distrib_ctx(sync_bn=False, cpu=True), warnings.catch_warnings(record=True) as caught:
@@ -59,7 +70,7 @@ state = dict(first_draw=first_draw, model=learn.model.state_dict(), values=[list
              warnings=[str(w.message) for w in caught if 'CCL' in str(w.message)])
 if c is not None:
     state.update(head=c.ccl_head.state_dict(), head_opt=c.ccl_opt.state_dict(), history=c.history, frozen_at=c.frozen_at,
-                 soft_labels=c.soft_labels, module_name=c._module_name)
+                 soft_labels=c.soft_labels, module_name=c._module_name, first_gather=FIRST_GATHER)
 state['files'] = sorted(str(f.relative_to(Path(a.out)/f'rank{rank}')) for f in (Path(a.out)/f'rank{rank}').rglob('*') if f.is_file())
 torch.save(state, Path(a.out)/f'rank{rank}.pt')
 dist.destroy_process_group()   # a process group left open can abort the process at exit

@@ -1,5 +1,5 @@
-"The `softlabel` command: a short run on the synthetic default, and bad input refused with one line and nothing written."
-import json, os, subprocess, sys
+"The `softlabel` command: a short run on the synthetic default, resuming after a real SIGINT, and bad input refused with one line and nothing written."
+import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 
@@ -14,15 +14,58 @@ def test_synthetic_default_short_run(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path/'res'
     runs = pd.read_csv(out/'runs.csv')
-    assert len(runs) == 6 and set(runs.method) == {'baseline', 'lsr', 'ccl'} and set(runs.seed) == {0, 1}
+    assert len(runs) == 6 and list(runs.method) == ['baseline']*2 + ['lsr']*2 + ['ccl']*2 and list(runs.seed) == [0, 1]*3
     assert runs.loc[runs.method == 'ccl', 'spearman_vs_true_similarity'].notna().all()
     assert len(json.loads((out/'runs.json').read_text())) == 6
     curves = pd.read_csv(out/'curves.csv')
-    assert {'epoch', 'accuracy', 'method', 'seed'} <= set(curves.columns)
-    assert (out/'soft_labels_ccl_seed1_c0.png').exists() and (out/'summary.csv').exists()
-    assert 'accuracy' in r.stdout and 'results written to res' in r.stdout
+    assert {'epoch', 'accuracy', 'method', 'seed'} <= set(curves.columns) and len(curves) == 6
+    assert (out/'runs'/'ccl_seed1_c0'/'soft_labels.png').exists() and (out/'runs'/'ccl_seed1_c0'/'ccl_history.json').exists()
+    # summary.csv: numbers; the paired difference of lsr to baseline is the mean of the per-seed differences
+    summary = pd.read_csv(out/'summary.csv')
+    assert all(pd.api.types.is_numeric_dtype(summary[c]) for c in ('mean', 'std', 'n', 'ci_low', 'ci_high', 'diff_mean'))
+    acc = summary[summary.metric == 'accuracy'].set_index('method')
+    a = runs.set_index(['method', 'seed']).accuracy
+    assert np.isclose(acc.loc['lsr', 'diff_mean'], (a['lsr'] - a['baseline']).mean())
+    assert np.isclose(acc.loc['ccl', 'mean'], a['ccl'].mean()) and acc.loc['ccl', 'n'] == 2
+    assert 'Δ accuracy' in r.stdout and 'results in res/' in r.stdout and 'run 6/6 (ccl, seed 1, corruption 0)' in r.stdout
     assert '\r' not in r.stdout and '█' not in r.stdout       # a clean log when not a terminal
-    assert [p.name for p in tmp_path.iterdir()] == ['res']    # no temporary folder left
+    assert [p.name for p in tmp_path.iterdir()] == ['res'] and not list((out/'runs').glob('.partial-*'))
+    cfg = json.loads((out/'config.json').read_text())
+    assert cfg['settings']['arguments']['seeds'] == '0,1' and cfg['versions']['fastai'] and cfg['device'] == 'cpu'
+
+def test_sigint_keeps_finished_runs_and_resume_finishes_the_rest(tmp_path):
+    args = [*FAST, '--methods', 'baseline', '--seeds', '0,1,2', '--out', 'res']
+    p = subprocess.Popen([str(EXE), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = tmp_path/'res'/'runs'/'baseline_seed0_c0'/'row.json'
+    deadline = time.monotonic() + 300
+    while not first.exists() and p.poll() is None and time.monotonic() < deadline: time.sleep(0.05)
+    assert first.exists(), p.communicate()[1][-2000:]
+    p.send_signal(signal.SIGINT)                      # what Ctrl-C sends
+    _, err = p.communicate(timeout=120)
+    lines = [l for l in err.splitlines() if l.strip() and 'Warning' not in l and 'warnings.warn' not in l]
+    assert p.returncode == 130 and len(lines) == 1, err[-2000:]
+    n_done = len(list((tmp_path/'res'/'runs').glob('baseline_*')))
+    assert n_done < 3 and lines[0] == f'softlabel: interrupted after {n_done} of 3 runs; rerun the same command with --resume'
+    kept = first.read_text()
+    r = softlabel(*args, '--resume', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f'{n_done} of 3 runs already finished' in r.stdout and f'run {n_done + 1}/3' in r.stdout
+    assert first.read_text() == kept                  # finished runs are not run again
+    assert list(pd.read_csv(tmp_path/'res'/'runs.csv').seed) == [0, 1, 2]
+    # other settings: refused in one line, nothing changed
+    r = softlabel(*args, '--resume', '--epochs', '2', cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith('softlabel: error: --resume:') and '--epochs 1 → 2' in r.stderr
+    # `softlabel report` rebuilds the tables from runs/
+    (tmp_path/'res'/'summary.csv').unlink()
+    r = softlabel('report', 'res', cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path/'res'/'summary.csv').exists() and 'accuracy' in r.stdout
+
+def test_help_loads_neither_torch_nor_fastai():
+    "`softlabel --help` parses arguments before the heavy imports (it answers in well under 2 s)"
+    code = ("import sys\nfrom fastai_softlabel.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
+            "print(sorted(m for m in ('torch', 'fastai', 'timm', 'pandas', 'scipy') if m in sys.modules))")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and '--resume' in r.stdout and r.stdout.strip().splitlines()[-1] == '[]', r.stdout + r.stderr
 
 def test_multilabel_with_corruption(tmp_path):
     r = softlabel(*FAST, '--backbone', 'resnet18', '--task', 'multi', '--methods', 'erm,flowmixup', '--corruption', '0,0.3', '--out', 'res', cwd=tmp_path)
@@ -69,12 +112,18 @@ def _bad_npz(path):
     (['--methods', 'flowmixup'], 'do not fit single-label data'),
     (['--task', 'multi', '--methods', 'flowmixup', '--backbone', 'resnet10t'], 'fewer than 5'),
     (['--out', 'no/such/folder/res'], 'does not exist'),
+    (['--out', 'bad.npz'], 'exists already'),
+    (['--resume', '--out', 'nofolder'], 'not a results folder'),
+    (['--seeds', '1.7'], 'integers'),
+    (['--seeds', '0,0'], 'repeated'),
+    (['--bs', '0'], '--bs must be at least 1'),
+    (['report', 'nofolder'], 'not a results folder'),
 ])
 def test_bad_input_one_line_and_nothing_written(tmp_path, args, message):
     _bad_npz(tmp_path/'bad.npz')
     np.savez(tmp_path/'nokey.npz', pictures=np.zeros((2, 4, 4), np.uint8), labels=np.zeros(2))
     before = sorted(p.name for p in tmp_path.iterdir())
-    r = softlabel(*args, *([] if '--out' in args else ['--out', 'res']), cwd=tmp_path)
+    r = softlabel(*args, *([] if '--out' in args or 'report' in args else ['--out', 'res']), cwd=tmp_path)
     assert r.returncode != 0
     lines = [l for l in r.stderr.splitlines() if l.strip() and 'Warning' not in l and 'warnings.warn' not in l]
     assert len(lines) == 1 and lines[0].startswith('softlabel: error:'), r.stderr

@@ -11,7 +11,7 @@ def run(setup, tmp_path, epochs=3):
     run_ranks(WORKER, world_size=2, timeout=300, args=['--out', tmp_path, '--setup', setup, '--epochs', epochs])
     return [torch.load(tmp_path/f'rank{r}.pt', weights_only=False) for r in range(2)]
 
-@pytest.mark.parametrize('setup', ['ccl', 'ccl_named', 'ccl+flowmixup'])
+@pytest.mark.parametrize('setup', ['ccl', 'ccl_named', 'ccl+flowmixup', 'ccl+mixup'])
 def test_ccl_ranks_agree_bit_for_bit(setup, tmp_path):
     r0, r1 = run(setup, tmp_path)
     assert not torch.equal(r0['first_draw'], r1['first_draw'])          # the ranks' random streams differ...
@@ -23,6 +23,15 @@ def test_ccl_ranks_agree_bit_for_bit(setup, tmp_path):
     assert r0['files'] == ['models/final.callbacks.pth', 'models/final.pth'] and r1['files'] == []
     # the heads agreed at every epoch's check without being copied: each rank stepped on the same gathered batch
     assert r0['warnings'] == [] and r1['warnings'] == []
+    # that batch is rank 0's rows then rank 1's, features and targets alike, on both ranks
+    g0, g1 = r0['first_gather'], r1['first_gather']
+    for r in (g0, g1):
+        assert torch.equal(r['all_feats'], torch.cat([g0['feats'], g1['feats']]))
+        assert torch.equal(r['all_target'], torch.cat([g0['target'], g1['target']]))
+    if setup == 'ccl+mixup':   # mixed one-hot targets: rows of K probabilities, not all one-hot
+        t = g0['all_target']
+        assert t.shape == (16, 4) and torch.allclose(t.sum(1), torch.ones(16)) and (t.max(1).values < 1).any()
+    else: assert g0['all_target'].dtype == torch.long and g0['all_target'].shape == (16,)
 
 def test_heads_that_drift_apart_are_reunited_with_a_warning(tmp_path):
     r0, r1 = run('ccl_drift', tmp_path)   # rank 1 nudges its head once in epoch 0
