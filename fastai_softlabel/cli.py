@@ -19,20 +19,24 @@ MULTI_METHODS = ('erm', 'mixup', 'manifold', 'flowmixup', 'flowmixup-noop')
 def _parser():
     p = argparse.ArgumentParser(prog='softlabel', description="Compare soft-label training methods (CCL, LSR, Mixup, Manifold Mixup, FlowMixup) on medical image data. "
                                 "`softlabel report OUT` rebuilds the tables of a results folder.")
-    p.add_argument('--data', help="dataset .npz file (images, labels, class_names/label_names, optional split), or a HAM10000/ISIC or NIH ChestX-ray14 CSV table with --images; default: embedded synthetic data")
+    p.add_argument('--data', help="dataset .npz file (images or signals, labels, class_names/label_names, optional split), a HAM10000/ISIC or NIH ChestX-ray14 CSV table with --images, or a folder of WFDB records (PhysioNet/CinC ECGs); default: embedded synthetic data")
     p.add_argument('--images', help="image folder of a CSV table given as --data")
     p.add_argument('--task', choices=['single', 'multi'], default='single', help="synthetic data: single-label or multi-label (default single)")
     p.add_argument('--valid', default='valid', help="split value evaluated on, e.g. 'test' for ISIC 2018's official test set (default valid)")
     p.add_argument('--methods', help=f"comma-separated; single-label: {','.join(SINGLE_METHODS)}; multi-label: {','.join(MULTI_METHODS)} (default: all of the task's); the first is the reference of the paired differences")
     p.add_argument('--corruption', default='0', help="comma-separated label-corruption rates in [0, 1) applied to the training labels (default 0)")
     p.add_argument('--seeds', default='0', help="comma-separated integer seeds (default 0)")
-    p.add_argument('--backbone', default='resnet18', help="timm model name, built without pretrained weights (default resnet18)")
+    p.add_argument('--backbone', default=None, help="timm model name for images, built without pretrained weights (default resnet18); signals train resnet1d34")
     p.add_argument('--epochs', type=int, default=5)
     p.add_argument('--lr', type=float, default=2e-3)
     p.add_argument('--bs', type=int, default=32)
     p.add_argument('--lr-ccl', type=float, default=1.0, help="CCL's head learning rate lr_CCL (default 1.0 for runs of a few epochs; the paper's 5e-4 suits its long 224-px runs)")
     p.add_argument('--size', type=int, default=None, help="resize images to this size (default: keep)")
     p.add_argument('--n-per-class', type=int, default=100, help="synthetic data: images per class (default 100)")
+    p.add_argument('--fs', type=float, default=500, help="WFDB records: sampling frequency to resample to, Hz (default 500)")
+    p.add_argument('--seconds', type=float, default=10, help="WFDB records: seconds kept, zero-padded when shorter (default 10)")
+    p.add_argument('--mapping', help="WFDB records: the challenge's SNOMED-CT table (dx_mapping_scored.csv) naming the diagnoses; only its codes are kept")
+    p.add_argument('--min-count', type=int, default=1, help="WFDB records: drop diagnoses with fewer records (default 1)")
     p.add_argument('--out', default='softlabel_results', help="results folder (default ./softlabel_results); must not exist yet, unless --resume")
     p.add_argument('--resume', action='store_true', help="go on with the unfinished runs of --out (made by the same command)")
     p.add_argument('--threads', type=int, default=None, help="torch's CPU threads (default: torch's choice)")
@@ -56,8 +60,9 @@ def _check_arguments(args)->tuple:
     if bad: raise ValueError(f"corruption rates must be in [0, 1), got {bad}")
     seeds = _ints(args.seeds, '--seeds')
     if len(set(seeds)) < len(seeds): raise ValueError(f"--seeds has repeated values: {args.seeds}")
-    for name in ('epochs', 'bs', 'n_per_class'):
+    for name in ('epochs', 'bs', 'n_per_class', 'min_count'):
         if getattr(args, name) < 1: raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.fs <= 0 or args.seconds <= 0: raise ValueError(f"--fs and --seconds must be positive, got {args.fs:g} and {args.seconds:g}")
     if args.threads is not None and args.threads < 1: raise ValueError(f"--threads must be at least 1, got {args.threads}")
     out = Path(args.out)
     if args.resume:
@@ -69,21 +74,30 @@ def _check_arguments(args)->tuple:
 def _prepare(args)->tuple:
     "Check everything before any work: `(dataset, methods, rates, seeds)`"
     rates,seeds = _check_arguments(args)
-    import difflib, timm
-    from fastai_softlabel.experiments import synthetic_dataset, real_dataset, table_dataset
-    from fastai_softlabel.models import create_backbone, flowmixup_points
-    if args.backbone not in timm.list_models():
-        close = difflib.get_close_matches(args.backbone, timm.list_models(), n=3)
-        raise ValueError(f"unknown model name {args.backbone!r}" + (f" (close: {', '.join(close)})" if close else ''))
-    if args.data is None: d = synthetic_dataset(args.task, args.n_per_class)
-    elif str(args.data).endswith('.csv'): d = table_dataset(args.data, args.images, args.size or 64)
-    else: d = real_dataset(args.data, args.valid)
+    import difflib, timm, numpy as np
+    from fastai_softlabel.experiments import synthetic_dataset, real_dataset, table_dataset, signal_dataset
+    from fastai_softlabel.models import create_backbone, flowmixup_points, resnet1d34
+    data = None if args.data is None else Path(args.data)
+    signals = data is not None and (data.is_dir() or (data.suffix == '.npz' and data.is_file() and 'signals' in np.load(data).files))
+    if signals:
+        if args.backbone not in (None, 'resnet1d34'): raise ValueError(f"{data} holds 1-D signals, which train resnet1d34; --backbone {args.backbone} is an image model")
+        args.backbone = 'resnet1d34'
+    else:
+        args.backbone = args.backbone or 'resnet18'
+        if args.backbone not in timm.list_models():
+            close = difflib.get_close_matches(args.backbone, timm.list_models(), n=3)
+            raise ValueError(f"unknown model name {args.backbone!r}" + (f" (close: {', '.join(close)})" if close else ''))
+    if data is None: d = synthetic_dataset(args.task, args.n_per_class)
+    elif signals: d = signal_dataset(data, args.valid, args.fs, args.seconds, args.mapping, args.min_count)
+    elif data.suffix == '.csv': d = table_dataset(data, args.images, args.size or 64)
+    else: d = real_dataset(data, args.valid)
     allowed = MULTI_METHODS if d['multi_label'] else SINGLE_METHODS
     methods = list(allowed) if args.methods is None else [m.strip() for m in args.methods.split(',') if m.strip()]
     wrong = [m for m in methods if m not in allowed]
     if wrong: raise ValueError(f"method(s) {wrong} do not fit {'multi' if d['multi_label'] else 'single'}-label data; choose from {', '.join(allowed)}")
     if len(set(methods)) < len(methods): raise ValueError(f"--methods has repeated names: {args.methods}")
-    if {'manifold', 'flowmixup', 'flowmixup-noop'} & set(methods): flowmixup_points(create_backbone(args.backbone, len(d['names'])))
+    if {'manifold', 'flowmixup', 'flowmixup-noop'} & set(methods):
+        flowmixup_points(resnet1d34(len(d['names']), d['signals'].shape[1]) if signals else create_backbone(args.backbone, len(d['names'])))
     return d,methods,rates,seeds
 
 # %% ../nbs/13_cli.ipynb #rf000002
@@ -96,12 +110,16 @@ def _sha256(path)->str:
     return h.hexdigest()
 
 def data_fingerprint(
-    data:str|None, # the `--data` file (None: the embedded synthetic data)
-)->dict:           # `kind`, and for a file its name, size in bytes and SHA-256
+    data:str|None, # the `--data` file or folder (None: the embedded synthetic data)
+)->dict:           # `kind`, and its name, size in bytes and SHA-256 (a folder: of its files' names and contents, in order)
     "What identifies the data of a comparison, whatever its path"
     if data is None: return dict(kind='synthetic')
     p = Path(data)
-    return dict(kind='file', name=p.name, bytes=p.stat().st_size, sha256=_sha256(p))
+    if p.is_file(): return dict(kind='file', name=p.name, bytes=p.stat().st_size, sha256=_sha256(p))
+    files = sorted(f for f in p.rglob('*') if f.is_file())
+    h = hashlib.sha256()
+    for f in files: h.update(f"{f.relative_to(p)}\0{_sha256(f)}\n".encode())
+    return dict(kind='folder', name=p.name, files=len(files), bytes=sum(f.stat().st_size for f in files), sha256=h.hexdigest())
 
 def result_settings(args)->dict:
     "The arguments that change a run's result, and the data's fingerprint: what `--resume` must find unchanged"

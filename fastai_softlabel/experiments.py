@@ -15,12 +15,13 @@ from .data import array_image_dls, synthetic_class_images
 from .datasets import load_npz, finding_labels, check_images
 from .corruption import corrupt_single_label, corrupt_multi_label
 from .metrics import single_label_metrics, multi_label_metrics, curve_summary, recorder_curve
-from .models import create_backbone, flowmixup_points
+from .models import create_backbone, flowmixup_points, resnet1d34
+from .signals import signal_dls
 from .splits import ColumnSplitter, StratifiedSplitter, PatientSplitter
 from .cli import SINGLE_METHODS, MULTI_METHODS
 
 # %% auto #0
-__all__ = ['synthetic_dataset', 'real_dataset', 'table_dataset', 'method_setup', 'EpochLog', 'run_one']
+__all__ = ['synthetic_dataset', 'real_dataset', 'signal_dataset', 'table_dataset', 'method_setup', 'EpochLog', 'run_one']
 
 # %% ../nbs/17_experiments.ipynb #076b24b6
 def synthetic_dataset(task='single', n_per_class=100, size=32, n_classes=8, seed=0)->dict:
@@ -34,18 +35,52 @@ def synthetic_dataset(task='single', n_per_class=100, size=32, n_classes=8, seed
     d['multi_label'] = task == 'multi'
     return d
 
+def _train_valid(d:dict, split, valid:str, name:str)->dict:
+    "`d` with its `split`: the file's own ('train', `valid`, others unused), or a seeded random 80:20"
+    if split is None: d['split'] = np.where(np.random.default_rng(0).random(len(d['labels'])) < 0.8, 'train', 'valid')
+    else:
+        split = np.asarray(split).astype(str)
+        if valid not in set(split): raise ValueError(f"{name}'s split has no {valid!r} items; its values are {sorted(set(split))} (see --valid)")
+        d['split'] = np.where(split == 'train', 'train', np.where(split == valid, 'valid', 'unused'))
+    return d
+
 def real_dataset(path, valid='valid')->dict:
     "A dataset `.npz` file (see `fastai_softlabel.datasets.load_npz`), with a train/valid split"
     d = load_npz(path)
-    split = d.get('split')
-    if split is None:
-        rng = np.random.default_rng(0)
-        d['split'] = np.where(rng.random(len(d['labels'])) < 0.8, 'train', 'valid')
+    return _train_valid(d, d.get('split'), valid, Path(path).name)
+
+def signal_dataset(
+    path,                # a folder of WFDB records, or a `.npz` with `signals` (N, leads, T), `labels`, `label_names`/`class_names`, optional `split`
+    valid:str='valid',   # the split value evaluated on (a `.npz` with a `split`)
+    fs:float=500, seconds:float=10, mapping=None, min_count:int=1, # WFDB folders: see `fastai_softlabel.ecg.read_wfdb_folder`
+)->dict:
+    "1-D signals as arrays with a train/valid split: multi-hot or class-index labels"
+    p = Path(path)
+    if p.is_dir():
+        from fastai_softlabel.ecg import read_wfdb_folder
+        r = read_wfdb_folder(p, fs, seconds, mapping, min_count)
+        d,split = dict(signals=r['signals'], labels=r['labels'], names=r['label_names']),None
     else:
-        split = split.astype(str)
-        if valid not in set(split): raise ValueError(f"{Path(path).name}'s split has no {valid!r} items; its values are {sorted(set(split))} (see --valid)")
-        d['split'] = np.where(split == 'train', 'train', np.where(split == valid, 'valid', 'unused'))
-    return d
+        if not p.exists(): raise FileNotFoundError(f"No such file: {p}")
+        with np.load(p, allow_pickle=False) as z: z = {k: z[k] for k in z.files}
+        x,y = z['signals'],z.get('labels')
+        if x.ndim != 3 or not np.issubdtype(x.dtype, np.number): raise ValueError(f"{p.name}: 'signals' must be numbers of shape (N, leads, T), got {x.dtype} {x.shape}")
+        if not np.isfinite(x).all(): raise ValueError(f"{p.name}: 'signals' holds NaN or infinite values (in {int((~np.isfinite(x)).any(axis=(1, 2)).sum())} items)")
+        if y is None or len(y) != len(x): raise ValueError(f"{p.name} needs 'labels' with one row per signal ({len(x)})")
+        if y.ndim == 2 and y.shape[1] == 1: y = y[:, 0]                      # (N, 1): class indices
+        names = z.get('label_names', z.get('class_names'))
+        if y.ndim == 1:
+            if not np.issubdtype(y.dtype, np.integer) or y.min() < 0: raise ValueError(f"{p.name}: class indices must be non-negative integers")
+            names = names if names is not None else np.arange(y.max() + 1).astype(str)
+            if y.max() >= len(names): raise ValueError(f"{p.name}: label {y.max()} is outside the {len(names)} class names")
+        elif y.ndim == 2:
+            if not np.isin(y, (0, 1)).all(): raise ValueError(f"{p.name}: multi-hot 'labels' must hold only 0 and 1")
+            names = names if names is not None else np.arange(y.shape[1]).astype(str)
+            if len(names) != y.shape[1]: raise ValueError(f"{p.name}: {y.shape[1]} label columns but {len(names)} label names")
+        else: raise ValueError(f"{p.name}: 'labels' must be (N,) class indices or (N, C) multi-hot, got shape {y.shape}")
+        d,split = dict(signals=x.astype(np.float32), labels=y, names=np.asarray(names).astype(str)),z.get('split')
+    d['multi_label'] = d['labels'].ndim == 2
+    return _train_valid(d, split, valid, p.name)
 
 # %% ../nbs/17_experiments.ipynb #0165428a
 def table_dataset(table, image_dir, size:int=64, valid_pct:float=0.2, seed:int=0)->dict:
@@ -109,62 +144,13 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     else: frac = 0.
     keep = np.flatnonzero(d['split'] != 'unused')
     split = d['split'][keep]
-    dls = array_image_dls(d['images'][keep], labels[keep], d['names'], splitter=ColumnSplitter(split), bs=args.bs,
-                          num_workers=0, item_tfms=Resize(args.size) if args.size else None,
-                          batch_tfms=[Normalize.from_stats(*imagenet_stats)])
+    if 'signals' in d:   # per-lead normalisation with the training items' statistics, a 1-D ResNet-34
+        dls = signal_dls(d['signals'][keep], labels[keep], d['names'], splitter=ColumnSplitter(split), bs=args.bs, num_workers=0)
+    else: dls = array_image_dls(d['images'][keep], labels[keep], d['names'], splitter=ColumnSplitter(split), bs=args.bs,
+                                num_workers=0, item_tfms=Resize(args.size) if args.size else None,
+                                batch_tfms=[Normalize.from_stats(*imagenet_stats)])
     set_seed(seed)
-    model = create_backbone(args.backbone, k)
-    loss_func,cbs = method_setup(method, model, labels[train_idx], k, args.lr_ccl)
-    metrics = multi_label_metrics() if d['multi_label'] else single_label_metrics()
-    prefix = f"[{method} seed {seed} corruption {corruption:g}]"
-    learn = Learner(dls, model, loss_func=loss_func, metrics=metrics, cbs=cbs + [EpochLog(prefix)], path=out)
-    ctx = learn.no_bar() if not args.progress else contextlib.nullcontext()
-    start = time.time()
-    with ctx, learn.no_logging(): learn.fit_one_cycle(args.epochs, args.lr)
-    names,values = list(learn.recorder.metric_names[1:-1]),[list(v) for v in learn.recorder.values]
-    row = dict(method=method, seed=seed, corruption=corruption, corrupted_fraction=round(frac, 4), seconds=round(time.time() - start, 1))
-    for n,v in zip(names, values[-1]): row[n] = float(v)
-    main = 'mean_auroc' if d['multi_label'] else 'accuracy'
-    curve = recorder_curve(learn, main)
-    row.update({f'{main}_{k}': v for k,v in curve_summary(curve, n_first=min(5, len(curve))).items()})
-    if method == 'ccl':
-        P = learn.ccl.soft_labels.numpy()
-        ax = learn.ccl.plot_soft_labels(); ax.figure.savefig(out/'soft_labels.png', dpi=100, bbox_inches='tight'); plt.close(ax.figure)
-        np.savetxt(out/'soft_labels.csv', P, delimiter=',', fmt='%.6f')
-        (out/'ccl_history.json').write_text(json.dumps(dict(history=learn.ccl.history, frozen_at=learn.ccl.frozen_at)))
-        if 'similarity' in d:
-            off = ~np.eye(k, dtype=bool)
-            row['spearman_vs_true_similarity'] = float(spearmanr(P[off], d['similarity'][off]).correlation)
-    curves = pd.DataFrame(values, columns=names).assign(epoch=range(len(values)), method=method, seed=seed, corruption=corruption)
-    return row,curves
-
-# %% ../nbs/17_experiments.ipynb #299d88d0
-class EpochLog(Callback):
-    "One plain line per epoch (for logs that are not a terminal)"
-    order = Recorder.order + 2
-    def __init__(self, prefix): self.prefix = prefix
-    def after_epoch(self):
-        "Print the epoch's Recorder values on one line"
-        vals = ' '.join(f'{n} {v:.4f}' for n,v in zip(self.recorder.metric_names[1:], self.recorder.values[-1]) if isinstance(v, float))
-        print(f"{self.prefix} epoch {self.epoch}: {vals}", flush=True)
-
-def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tuple:
-    "Train and evaluate one configuration, writing its soft labels (CCL) into the folder `out`; return its row of results and its curves"
-    train_idx = np.flatnonzero(d['split'] == 'train')
-    labels = d['labels'].copy()
-    k = len(d['names'])
-    if corruption > 0:
-        noisy = (corrupt_multi_label(labels[train_idx], corruption, seed=seed) if d['multi_label']
-                 else corrupt_single_label(labels[train_idx], corruption, k, seed=seed))
-        labels[train_idx],frac = noisy[0],noisy[2]
-    else: frac = 0.
-    keep = np.flatnonzero(d['split'] != 'unused')
-    split = d['split'][keep]
-    dls = array_image_dls(d['images'][keep], labels[keep], d['names'], splitter=ColumnSplitter(split), bs=args.bs,
-                          num_workers=0, item_tfms=Resize(args.size) if args.size else None,
-                          batch_tfms=[Normalize.from_stats(*imagenet_stats)])
-    set_seed(seed)
-    model = create_backbone(args.backbone, k)
+    model = resnet1d34(k, leads=d['signals'].shape[1]) if 'signals' in d else create_backbone(args.backbone, k)
     loss_func,cbs = method_setup(method, model, labels[train_idx], k, args.lr_ccl)
     metrics = multi_label_metrics() if d['multi_label'] else single_label_metrics()
     prefix = f"[{method} seed {seed} corruption {corruption:g}]"

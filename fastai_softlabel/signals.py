@@ -51,26 +51,32 @@ def lead_stats(signals, idxs=None)->tuple:
 
 def signal_dls(
     signals:np.ndarray,     # (N, leads, T) signals
-    labels:np.ndarray,      # (N, C) multi-hot labels
+    labels:np.ndarray,      # (N, C) multi-hot labels, or (N,) class indices (single-label)
     label_names=None,       # C names (default 0..C-1)
     splitter=None,          # a fastai splitter (see `fastai_softlabel.splits`); default a seeded random 80:20 split
     normalize:bool=True,    # per-lead normalisation with the training items' statistics
     seed:int=42,
     **kwargs,               # passed to `DataBlock.dataloaders` (bs, num_workers, device, ...)
 )->DataLoaders:
-    "Multi-label `DataLoaders` for (N, leads, T) signals, normalised per lead"
+    "Multi-label (or single-label) `DataLoaders` for (N, leads, T) signals, normalised per lead"
     signals,labels = np.asarray(signals),np.asarray(labels)
     if signals.ndim != 3: raise ValueError(f"signals must have shape (N, leads, T), got {signals.shape}")
-    if labels.ndim != 2 or len(labels) != len(signals): raise ValueError(f"labels must be (N, C) multi-hot with N = {len(signals)}, got {labels.shape}")
-    names = np.asarray(label_names if label_names is not None else np.arange(labels.shape[1])).astype(str)
+    if labels.ndim not in (1, 2) or len(labels) != len(signals): raise ValueError(
+        f"labels must be (N, C) multi-hot or (N,) class indices with N = {len(signals)}, got {labels.shape}")
+    n_classes = labels.shape[1] if labels.ndim == 2 else int(labels.max()) + 1
+    names = np.asarray(label_names if label_names is not None else np.arange(n_classes)).astype(str)
+    if labels.ndim == 1 and (labels.min() < 0 or labels.max() >= len(names)): raise ValueError(
+        f"class indices must be in [0, {len(names)}) for {len(names)} class names, got {labels.min()}..{labels.max()}")
     splitter = ifnone(splitter, RandomSplitter(0.2, seed=seed))
     train_idx,_ = splitter(list(range(len(signals))))
     batch_tfms = []
     if normalize:
         mean,std = lead_stats(signals, list(train_idx))
         batch_tfms = [NormalizeLeads(mean, std)]
-    block = DataBlock(blocks=(TransformBlock(), MultiCategoryBlock(vocab=list(names))),
-                      get_x=SignalAt(signals), get_y=IndexInto([list(names[r.astype(bool)]) for r in labels]),
+    names = [str(n) for n in names]
+    y_block,targets = ((MultiCategoryBlock(vocab=names), [[names[j] for j in np.flatnonzero(r)] for r in labels]) if labels.ndim == 2
+                       else (CategoryBlock(vocab=names), [names[j] for j in labels]))
+    block = DataBlock(blocks=(TransformBlock(), y_block), get_x=SignalAt(signals), get_y=IndexInto(targets),
                       splitter=splitter, batch_tfms=batch_tfms)
     return block.dataloaders(list(range(len(signals))), **kwargs)
 

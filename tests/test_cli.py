@@ -75,6 +75,37 @@ def test_multilabel_with_corruption(tmp_path):
     frac = runs.loc[runs.corruption == 0.3, 'corrupted_fraction']
     assert ((frac > 0.25) & (frac < 0.35)).all() and (runs.loc[runs.corruption == 0, 'corrupted_fraction'] == 0).all()
 
+CINC = Path(__file__).resolve().parent.parent.parent/'shared'/'data'/'ecg-cinc2021'
+
+def _ecg_npz(path, single=False, nan=False):
+    from fastai_softlabel.signals import synthetic_ecg
+    e = synthetic_ecg(n=40, length=100)
+    if nan: e['signals'][7, 2, 10] = np.nan
+    labels = e['labels'][:, :1].astype(np.int64) if single else e['labels']   # (N, 1): class indices, as MedMNIST ships them
+    np.savez(path, signals=e['signals'], labels=labels, **({} if single else dict(label_names=e['label_names'])))
+    return path
+
+def test_signals_npz_train_a_1d_resnet(tmp_path):
+    _ecg_npz(tmp_path/'ecg.npz')
+    r = softlabel('--data', 'ecg.npz', '--methods', 'erm,flowmixup', '--epochs', '1', '--bs', '8', '--progress', 'log', '--out', 'res', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = pd.read_csv(tmp_path/'res'/'runs.csv')
+    assert list(runs.method) == ['erm', 'flowmixup'] and runs.mean_auroc.between(0, 1).all()
+    assert json.loads((tmp_path/'res'/'config.json').read_text())['settings']['arguments']['backbone'] == 'resnet1d34'
+    _ecg_npz(tmp_path/'one.npz', single=True)
+    r = softlabel('--data', 'one.npz', '--methods', 'baseline', '--epochs', '1', '--bs', '8', '--progress', 'log', '--out', 'res1', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {'accuracy', 'cohen_kappa_score'} <= set(pd.read_csv(tmp_path/'res1'/'runs.csv').columns)   # single-label, not 1-output BCE
+
+@pytest.mark.skipif(not CINC.exists(), reason='no CinC records')
+def test_wfdb_folder_through_the_whole_pipeline(tmp_path):
+    r = softlabel('--data', str(CINC), '--fs', '100', '--seconds', '5', '--mapping', str(CINC/'dx_mapping_scored.csv'), '--min-count', '3',
+                  '--methods', 'erm,flowmixup', '--epochs', '1', '--bs', '8', '--progress', 'log', '--out', 'res', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = json.loads((tmp_path/'res'/'config.json').read_text())
+    assert cfg['settings']['data']['kind'] == 'folder' and cfg['settings']['data']['files'] == 102 and 'NSR' in cfg['classes']
+    assert len(pd.read_csv(tmp_path/'res'/'runs.csv')) == 2
+
 def _ham_table(d, n=24):
     from PIL import Image
     rng = np.random.default_rng(0)
@@ -118,9 +149,13 @@ def _bad_npz(path):
     (['--seeds', '0,0'], 'repeated'),
     (['--bs', '0'], '--bs must be at least 1'),
     (['report', 'nofolder'], 'not a results folder'),
+    (['--data', 'nan.npz'], 'NaN or infinite values'),
+    (['--data', 'ecg.npz', '--backbone', 'resnet18'], 'train resnet1d34'),
+    (['--data', 'emptydir'], 'holds no WFDB records'),
 ])
 def test_bad_input_one_line_and_nothing_written(tmp_path, args, message):
     _bad_npz(tmp_path/'bad.npz')
+    _ecg_npz(tmp_path/'nan.npz', nan=True); _ecg_npz(tmp_path/'ecg.npz'); (tmp_path/'emptydir').mkdir()
     np.savez(tmp_path/'nokey.npz', pictures=np.zeros((2, 4, 4), np.uint8), labels=np.zeros(2))
     before = sorted(p.name for p in tmp_path.iterdir())
     r = softlabel(*args, *([] if '--out' in args or 'report' in args else ['--out', 'res']), cwd=tmp_path)
