@@ -13,8 +13,8 @@ __all__ = ['SINGLE_METHODS', 'MULTI_METHODS', 'data_fingerprint', 'result_settin
            'build_tables', 'main']
 
 # %% ../nbs/13_cli.ipynb #ffbd600b
-SINGLE_METHODS = ('baseline', 'lsr', 'lsr-prior', 'ccl')
-MULTI_METHODS = ('erm', 'mixup', 'manifold', 'flowmixup', 'flowmixup-noop')
+SINGLE_METHODS = ('baseline', 'lsr-u1', 'lsr-u5', 'lsr-a1', 'lsr-a5', 'ols', 'ccl', 'cutmix')
+MULTI_METHODS = ('erm', 'mixup-a1', 'mixup-a3', 'manifold', 'flowmixup', 'flowmixup-noop')
 
 def _parser():
     p = argparse.ArgumentParser(prog='softlabel', description="Compare soft-label training methods (CCL, LSR, Mixup, Manifold Mixup, FlowMixup) on medical image data. "
@@ -30,6 +30,9 @@ def _parser():
     p.add_argument('--epochs', type=int, default=5)
     p.add_argument('--lr', type=float, default=2e-3)
     p.add_argument('--bs', type=int, default=32)
+    p.add_argument('--alpha', type=float, default=None, help="replaces α of Beta(α, α) of the mixing methods (mixup-a1, mixup-a3, manifold, flowmixup*, cutmix)")
+    p.add_argument('--lsr-eps', type=float, default=None, help="replaces ε of the lsr methods (default 0.1 for lsr-u1/a1, Proposition S1's ε for K for lsr-u5/a5)")
+    p.add_argument('--points', default=None, help="comma-separated module names where manifold/flowmixup mix (default: the inputs of the 3rd and 5th residual blocks)")
     p.add_argument('--lr-ccl', type=float, default=1.0, help="CCL's head learning rate lr_CCL (default 1.0 for runs of a few epochs; the paper's 5e-4 suits its long 224-px runs)")
     p.add_argument('--size', type=int, default=None, help="resize images to this size (default: keep)")
     p.add_argument('--n-per-class', type=int, default=100, help="synthetic data: images per class (default 100)")
@@ -96,8 +99,20 @@ def _prepare(args)->tuple:
     wrong = [m for m in methods if m not in allowed]
     if wrong: raise ValueError(f"method(s) {wrong} do not fit {'multi' if d['multi_label'] else 'single'}-label data; choose from {', '.join(allowed)}")
     if len(set(methods)) < len(methods): raise ValueError(f"--methods has repeated names: {args.methods}")
+    if signals and 'cutmix' in methods: raise ValueError("cutmix cuts and pastes image patches: it does not fit 1-D signals")
+    if signals and args.methods is None and 'cutmix' in methods: methods.remove('cutmix')
+    if args.lsr_eps is not None and not 0 <= args.lsr_eps < 1: raise ValueError(f"--lsr-eps must be in [0, 1), got {args.lsr_eps}")
+    if args.alpha is not None and args.alpha < 0: raise ValueError(f"--alpha must be at least 0, got {args.alpha}")
+    args.points = [s.strip() for s in args.points.split(',') if s.strip()] if isinstance(args.points, str) else args.points
     if {'manifold', 'flowmixup', 'flowmixup-noop'} & set(methods):
-        flowmixup_points(resnet1d34(len(d['names']), d['signals'].shape[1]) if signals else create_backbone(args.backbone, len(d['names'])))
+        model = resnet1d34(len(d['names']), d['signals'].shape[1]) if signals else create_backbone(args.backbone, len(d['names']))
+        if args.points:
+            names = dict(model.named_modules())
+            wrong = [n for n in args.points if n not in names]
+            if wrong: raise ValueError(f"--points {wrong} are not modules of {args.backbone}; e.g. {', '.join(list(names)[1:6])}")
+        else:
+            try: flowmixup_points(model)
+            except ValueError as e: raise ValueError(str(e).replace('yourself.', 'with --points (module names of the model)')) from None
     return d,methods,rates,seeds
 
 # %% ../nbs/13_cli.ipynb #rf000002

@@ -10,7 +10,8 @@ from fastai.vision.all import *
 from scipy.stats import spearmanr
 from .ccl import CCL
 from .flowmixup import FlowMixup, Mixup, ManifoldMixup
-from .losses import LabelSmoothingCE, class_prior
+from .losses import LabelSmoothingCE, class_prior, equidistant_smoothing_eps
+from .ols import OnlineLabelSmoothing
 from .data import array_image_dls, synthetic_class_images
 from .datasets import load_npz, finding_labels, check_images
 from .corruption import corrupt_single_label, corrupt_multi_label
@@ -109,17 +110,29 @@ def table_dataset(table, image_dir, size:int=64, valid_pct:float=0.2, seed:int=0
     return dict(images=images, labels=labels, names=names.astype(str), split=split.astype(str), multi_label=labels.ndim == 2)
 
 # %% ../nbs/17_experiments.ipynb #5859cb35
-def method_setup(method:str, model:nn.Module, train_labels, n_classes:int, lr_ccl:float=5e-4)->tuple:
-    "`(loss_func or None, callbacks)` for a method name"
-    if method == 'baseline' or method == 'erm': return None,[]
-    if method == 'lsr': return LabelSmoothingCE(0.1),[]
-    if method == 'lsr-prior': return LabelSmoothingCE(0.1, class_prior(train_labels, n_classes)),[]
+def method_setup(
+    method:str,        # a name of `SINGLE_METHODS` or `MULTI_METHODS`
+    model:nn.Module,   # the backbone (for the mixing points)
+    train_labels,      # the training labels (for the a-priori u(k) of lsr-a*)
+    n_classes:int,     # K
+    lr_ccl:float=5e-4, # CCL's head learning rate
+    alpha:float|None=None,   # replaces the method's Beta(α, α) (mixup-a1: 1, mixup-a3/manifold/flowmixup: 3, cutmix: 1)
+    lsr_eps:float|None=None, # replaces ε of the lsr methods (u1/a1: 0.1; u5/a5: Proposition S1's ε for K)
+    points=None,       # module names the mixing methods use (default `flowmixup_points(model)`)
+)->tuple:              # `(loss_func or None, callbacks)`
+    "What a method name sets up: a loss function (`None`: the Learner's default) and callbacks"
+    if method in ('baseline', 'erm'): return None,[]
+    if method.startswith('lsr-'):
+        eps = lsr_eps if lsr_eps is not None else (0.1 if method.endswith('1') else equidistant_smoothing_eps(n_classes))
+        return LabelSmoothingCE(eps, class_prior(train_labels, n_classes) if method.startswith('lsr-a') else None),[]
+    if method == 'ols': return None,[OnlineLabelSmoothing()]
     if method == 'ccl': return None,[CCL(lr_ccl=lr_ccl)]
-    points = flowmixup_points(model)
-    if method == 'mixup': return None,[Mixup()]
-    if method == 'manifold': return None,[ManifoldMixup(points)]
-    if method == 'flowmixup': return None,[FlowMixup(points)]
-    if method == 'flowmixup-noop': return None,[FlowMixup(points, op=False)]
+    if method == 'cutmix': return None,[CutMix(ifnone(alpha, 1.))]
+    if method in ('mixup-a1', 'mixup-a3'): return None,[Mixup(ifnone(alpha, float(method[-1])))]
+    points = list(points) if points else flowmixup_points(model)
+    if method == 'manifold': return None,[ManifoldMixup(points, alpha=ifnone(alpha, 3.))]
+    if method == 'flowmixup': return None,[FlowMixup(points, alpha=ifnone(alpha, 3.))]
+    if method == 'flowmixup-noop': return None,[FlowMixup(points, alpha=ifnone(alpha, 3.), op=False)]
     raise ValueError(f"Unknown method {method!r}; choose from {', '.join(SINGLE_METHODS + MULTI_METHODS)}")
 
 # %% ../nbs/17_experiments.ipynb #299d88d0
@@ -151,10 +164,11 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
                                 batch_tfms=[Normalize.from_stats(*imagenet_stats)])
     set_seed(seed)
     model = resnet1d34(k, leads=d['signals'].shape[1]) if 'signals' in d else create_backbone(args.backbone, k)
-    loss_func,cbs = method_setup(method, model, labels[train_idx], k, args.lr_ccl)
+    loss_func,cbs = method_setup(method, model, labels[train_idx], k, args.lr_ccl, getattr(args, 'alpha', None),
+                                 getattr(args, 'lsr_eps', None), getattr(args, 'points', None))
     metrics = multi_label_metrics() if d['multi_label'] else single_label_metrics()
     prefix = f"[{method} seed {seed} corruption {corruption:g}]"
-    learn = Learner(dls, model, loss_func=loss_func, metrics=metrics, cbs=cbs + [EpochLog(prefix)], path=out)
+    learn = Learner(dls, model, loss_func=loss_func, metrics=metrics, cbs=cbs + ([] if args.progress else [EpochLog(prefix)]), path=out)   # bars or lines, not both
     ctx = learn.no_bar() if not args.progress else contextlib.nullcontext()
     start = time.time()
     with ctx, learn.no_logging(): learn.fit_one_cycle(args.epochs, args.lr)

@@ -10,24 +10,24 @@ def softlabel(*args, cwd):
     return subprocess.run([str(EXE), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 def test_synthetic_default_short_run(tmp_path):
-    r = softlabel(*FAST, '--methods', 'baseline,lsr,ccl', '--seeds', '0,1', '--out', 'res', cwd=tmp_path)
+    r = softlabel(*FAST, '--methods', 'baseline,lsr-u1,ols,cutmix,ccl', '--seeds', '0,1', '--out', 'res', cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path/'res'
     runs = pd.read_csv(out/'runs.csv')
-    assert len(runs) == 6 and list(runs.method) == ['baseline']*2 + ['lsr']*2 + ['ccl']*2 and list(runs.seed) == [0, 1]*3
+    assert list(runs.method) == ['baseline']*2 + ['lsr-u1']*2 + ['ols']*2 + ['cutmix']*2 + ['ccl']*2 and list(runs.seed) == [0, 1]*5
     assert runs.loc[runs.method == 'ccl', 'spearman_vs_true_similarity'].notna().all()
-    assert len(json.loads((out/'runs.json').read_text())) == 6
+    assert len(json.loads((out/'runs.json').read_text())) == 10
     curves = pd.read_csv(out/'curves.csv')
-    assert {'epoch', 'accuracy', 'method', 'seed'} <= set(curves.columns) and len(curves) == 6
+    assert {'epoch', 'accuracy', 'method', 'seed'} <= set(curves.columns) and len(curves) == 10
     assert (out/'runs'/'ccl_seed1_c0'/'soft_labels.png').exists() and (out/'runs'/'ccl_seed1_c0'/'ccl_history.json').exists()
-    # summary.csv: numbers; the paired difference of lsr to baseline is the mean of the per-seed differences
+    # summary.csv: numbers; the paired difference of lsr-u1 to baseline is the mean of the per-seed differences
     summary = pd.read_csv(out/'summary.csv')
     assert all(pd.api.types.is_numeric_dtype(summary[c]) for c in ('mean', 'std', 'n', 'ci_low', 'ci_high', 'diff_mean'))
     acc = summary[summary.metric == 'accuracy'].set_index('method')
     a = runs.set_index(['method', 'seed']).accuracy
-    assert np.isclose(acc.loc['lsr', 'diff_mean'], (a['lsr'] - a['baseline']).mean())
+    assert np.isclose(acc.loc['lsr-u1', 'diff_mean'], (a['lsr-u1'] - a['baseline']).mean())
     assert np.isclose(acc.loc['ccl', 'mean'], a['ccl'].mean()) and acc.loc['ccl', 'n'] == 2
-    assert 'Δ accuracy' in r.stdout and 'results in res/' in r.stdout and 'run 6/6 (ccl, seed 1, corruption 0)' in r.stdout
+    assert 'Δ accuracy' in r.stdout and 'results in res/' in r.stdout and 'run 10/10 (ccl, seed 1, corruption 0)' in r.stdout
     assert '\r' not in r.stdout and '█' not in r.stdout       # a clean log when not a terminal
     assert [p.name for p in tmp_path.iterdir()] == ['res'] and not list((out/'runs').glob('.partial-*'))
     cfg = json.loads((out/'config.json').read_text())
@@ -153,17 +153,25 @@ def _bad_npz(path):
     (['--data', 'ecg.npz', '--backbone', 'resnet18'], 'train resnet1d34'),
     (['--data', 'emptydir'], 'holds no WFDB records'),
 ])
-def test_bad_input_one_line_and_nothing_written(tmp_path, args, message):
+def test_bad_input_one_line_and_nothing_written(tmp_path, args, message, monkeypatch, capsys):
+    "In-process (`cli.main`), the way the console script calls it: exit status 2, one `softlabel: error:` line, nothing written"
+    from fastai_softlabel.cli import main
     _bad_npz(tmp_path/'bad.npz')
     _ecg_npz(tmp_path/'nan.npz', nan=True); _ecg_npz(tmp_path/'ecg.npz'); (tmp_path/'emptydir').mkdir()
     np.savez(tmp_path/'nokey.npz', pictures=np.zeros((2, 4, 4), np.uint8), labels=np.zeros(2))
     before = sorted(p.name for p in tmp_path.iterdir())
-    r = softlabel(*args, *([] if '--out' in args or 'report' in args else ['--out', 'res']), cwd=tmp_path)
-    assert r.returncode != 0
-    lines = [l for l in r.stderr.splitlines() if l.strip() and 'Warning' not in l and 'warnings.warn' not in l]
-    assert len(lines) == 1 and lines[0].startswith('softlabel: error:'), r.stderr
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e: main([*args, *([] if '--out' in args or 'report' in args else ['--out', 'res'])])
+    assert e.value.code == 2
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith('softlabel: error:'), lines
     import re; assert re.search(message, lines[0]), lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+def test_console_script_error_is_one_line(tmp_path):
+    r = softlabel('--data', 'missing.npz', '--out', 'res', cwd=tmp_path)
+    lines = [l for l in r.stderr.splitlines() if l.strip() and 'Warning' not in l and 'warnings.warn' not in l]
+    assert r.returncode == 2 and lines == ['softlabel: error: No such file: missing.npz'] and not (tmp_path/'res').exists()
 
 @pytest.mark.slow
 def test_synthetic_ccl_recovers_the_true_similarity(tmp_path):
