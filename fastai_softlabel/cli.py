@@ -61,8 +61,12 @@ def _check_arguments(args)->tuple:
     rates = _floats(args.corruption, '--corruption')
     bad = [r for r in rates if not 0 <= r < 1]
     if bad: raise ValueError(f"corruption rates must be in [0, 1), got {bad}")
+    if len({f'{r:g}' for r in rates}) < len(rates): raise ValueError(f"--corruption has repeated rates: {args.corruption}")
     seeds = _ints(args.seeds, '--seeds')
     if len(set(seeds)) < len(seeds): raise ValueError(f"--seeds has repeated values: {args.seeds}")
+    for name in ('lr', 'lr_ccl'):
+        if getattr(args, name) <= 0: raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.size is not None and args.size < 1: raise ValueError(f"--size must be at least 1, got {args.size}")
     for name in ('epochs', 'bs', 'n_per_class', 'min_count'):
         if getattr(args, name) < 1: raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.fs <= 0 or args.seconds <= 0: raise ValueError(f"--fs and --seconds must be positive, got {args.fs:g} and {args.seconds:g}")
@@ -99,8 +103,9 @@ def _prepare(args)->tuple:
     wrong = [m for m in methods if m not in allowed]
     if wrong: raise ValueError(f"method(s) {wrong} do not fit {'multi' if d['multi_label'] else 'single'}-label data; choose from {', '.join(allowed)}")
     if len(set(methods)) < len(methods): raise ValueError(f"--methods has repeated names: {args.methods}")
+    if signals and args.methods is None: methods.remove('cutmix')   # the default list: the single-label methods that fit signals
     if signals and 'cutmix' in methods: raise ValueError("cutmix cuts and pastes image patches: it does not fit 1-D signals")
-    if signals and args.methods is None and 'cutmix' in methods: methods.remove('cutmix')
+    if args.alpha == 0 and 'cutmix' in methods: raise ValueError("--alpha 0 leaves CutMix without a Beta(α, α) to draw from: use α > 0")
     if args.lsr_eps is not None and not 0 <= args.lsr_eps < 1: raise ValueError(f"--lsr-eps must be in [0, 1), got {args.lsr_eps}")
     if args.alpha is not None and args.alpha < 0: raise ValueError(f"--alpha must be at least 0, got {args.alpha}")
     args.points = [s.strip() for s in args.points.split(',') if s.strip()] if isinstance(args.points, str) else args.points
@@ -113,6 +118,9 @@ def _prepare(args)->tuple:
         else:
             try: flowmixup_points(model)
             except ValueError as e: raise ValueError(str(e).replace('yourself.', 'with --points (module names of the model)')) from None
+    # what was asked, as parsed: "0, 1" and "0,1" are the same settings for --resume
+    args.methods,args.corruption,args.seeds = ','.join(methods),','.join(f'{r:g}' for r in rates),','.join(map(str, seeds))
+    if data is not None and data.suffix == '.csv': args.size = args.size or 64
     return d,methods,rates,seeds
 
 # %% ../nbs/13_cli.ipynb #rf000002
@@ -126,24 +134,30 @@ def _sha256(path)->str:
 
 def data_fingerprint(
     data:str|None, # the `--data` file or folder (None: the embedded synthetic data)
+    exclude=None,  # a folder inside `data` to leave out (the results folder)
 )->dict:           # `kind`, and its name, size in bytes and SHA-256 (a folder: of its files' names and contents, in order)
     "What identifies the data of a comparison, whatever its path"
     if data is None: return dict(kind='synthetic')
     p = Path(data)
     if p.is_file(): return dict(kind='file', name=p.name, bytes=p.stat().st_size, sha256=_sha256(p))
-    files = sorted(f for f in p.rglob('*') if f.is_file())
+    skip = Path(exclude).resolve() if exclude is not None else None
+    files = sorted(f for f in p.rglob('*') if f.is_file() and not (skip and f.resolve().is_relative_to(skip)))
     h = hashlib.sha256()
     for f in files: h.update(f"{f.relative_to(p)}\0{_sha256(f)}\n".encode())
     return dict(kind='folder', name=p.name, files=len(files), bytes=sum(f.stat().st_size for f in files), sha256=h.hexdigest())
 
-def result_settings(args)->dict:
-    "The arguments that change a run's result, and the data's fingerprint: what `--resume` must find unchanged"
-    return dict(arguments={k:v for k,v in sorted(vars(args).items()) if k not in _NOT_RESULTS}, data=data_fingerprint(args.data))
+def result_settings(args, versions:dict|None=None)->dict:
+    "The arguments that change a run's result, the fingerprints of the data (image folder, mapping table) and the package versions: what `--resume` must find unchanged"
+    fp = lambda k: data_fingerprint(getattr(args, k, None), exclude=args.out)
+    return dict(arguments={k:v for k,v in sorted(vars(args).items()) if k not in _NOT_RESULTS + ('mapping',)},
+                data=fp('data'), images=fp('images'), mapping=fp('mapping'), versions=versions or {})
 
 def settings_differences(old:dict, new:dict)->list:
     "The settings in which `new` differs from `old`, as `--name old → new` strings"
     diffs = [f"--{k.replace('_', '-')} {old['arguments'].get(k)!r} → {v!r}" for k,v in new['arguments'].items() if old['arguments'].get(k) != v]
-    if old['data'] != new['data']: diffs.append(f"the data ({old['data'].get('sha256', 'synthetic')[:12]} → {new['data'].get('sha256', 'synthetic')[:12]})")
+    for k in ('data', 'images', 'mapping'):
+        if old.get(k) != new.get(k): diffs.append(f"the {'data' if k == 'data' else f'--{k}'} ({old.get(k, {}).get('sha256', '-')[:12]} → {new.get(k, {}).get('sha256', '-')[:12]})")
+    diffs += [f"{p} {v!r} → {new.get('versions', {}).get(p)!r}" for p,v in old.get('versions', {}).items() if new.get('versions', {}).get(p) != v]
     return diffs
 
 # %% ../nbs/13_cli.ipynb #rf000004
@@ -194,14 +208,14 @@ def _versions()->dict:
         except PackageNotFoundError: return None
     return {p: v(p) for p in ('torch', 'fastai', 'timm', 'fastai_softlabel')} | dict(python=platform.python_version())
 
-def _print_table(out, runs, summary, multi:bool):
+def _print_table(out, runs, summary, multi:bool, reference:str):
     from fastai_softlabel.stats import format_summary
     import pandas as pd
     key = ['mean_auroc', 'f1_score'] if multi else ['accuracy', 'cohen_kappa_score', 'f1_score', 'jaccard_score', 'p_bar', 'spearman_vs_true_similarity']
     shown = [m for m in key if m in set(summary.metric)]
     n = summary.groupby('method', sort=False)['n'].max()
     print(f"\n{len(runs)} runs; mean ± half-width of the 95% CI over seeds (n = {', '.join(f'{m} {k}' for m,k in n.items())}); "
-          f"Δ: paired difference to {runs.method.iloc[0] if len(runs) else '?'} [95% CI]")
+          f"Δ: paired difference to {reference} [95% CI]")
     with pd.option_context('display.width', 250, 'display.max_columns', 30): print(format_summary(summary, shown).to_string())
     print(f"\nresults in {out}/ (config.json, runs/, runs.csv, runs.json, curves.csv, summary.csv)")
 
@@ -212,7 +226,8 @@ def _report(argv):
     if not (Path(a.out)/'config.json').is_file(): _fail(f"error: {a.out} is not a results folder of softlabel (no config.json)")
     try: runs,summary = build_tables(a.out)
     except ValueError as e: _fail(f"error: {e}")
-    _print_table(a.out, runs, summary, json.loads((Path(a.out)/'config.json').read_text())['multi_label'])
+    cfg = json.loads((Path(a.out)/'config.json').read_text())
+    _print_table(a.out, runs, summary, cfg['multi_label'], cfg['methods'][0])
 
 def _run_all(args, d, methods, rates, seeds, out:Path):
     from fastai_softlabel.experiments import run_one
@@ -242,7 +257,7 @@ def main(argv=None):
         try: d,methods,rates,seeds = _prepare(args)
         except (ValueError, FileNotFoundError) as e: _fail(f"error: {e}")
         out = Path(args.out)
-        settings = result_settings(args)
+        settings = result_settings(args, _versions())
         if args.resume:
             cfg = json.loads((out/'config.json').read_text())
             diffs = settings_differences(cfg['settings'], settings)
@@ -262,5 +277,5 @@ def main(argv=None):
         _run_all(args, d, methods, rates, seeds, out)
         runs,summary = build_tables(out)
         print(f"\ndata: {args.data or f'synthetic ({args.task}-label)'}; backbone {args.backbone}; {args.epochs} epochs; seeds {seeds}")
-        _print_table(out, runs, summary, d['multi_label'])
+        _print_table(out, runs, summary, d['multi_label'], methods[0])
     except KeyboardInterrupt: _fail("interrupted (finished runs are kept: rerun the same command with --resume)", 130)

@@ -96,6 +96,9 @@ def test_signals_npz_train_a_1d_resnet(tmp_path):
     r = softlabel('--data', 'one.npz', '--methods', 'baseline', '--epochs', '1', '--bs', '8', '--progress', 'log', '--out', 'res1', cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert {'accuracy', 'cohen_kappa_score'} <= set(pd.read_csv(tmp_path/'res1'/'runs.csv').columns)   # single-label, not 1-output BCE
+    from fastai_softlabel.cli import _parser, _prepare
+    methods = _prepare(_parser().parse_args(['--data', str(tmp_path/'one.npz'), '--out', str(tmp_path/'new')]))[1]
+    assert methods == ['baseline', 'lsr-u1', 'lsr-u5', 'lsr-a1', 'lsr-a5', 'ols', 'ccl']   # the default list, without cutmix
 
 @pytest.mark.skipif(not CINC.exists(), reason='no CinC records')
 def test_wfdb_folder_through_the_whole_pipeline(tmp_path):
@@ -152,6 +155,9 @@ def _bad_npz(path):
     (['--data', 'nan.npz'], 'NaN or infinite values'),
     (['--data', 'ecg.npz', '--backbone', 'resnet18'], 'train resnet1d34'),
     (['--data', 'emptydir'], 'holds no WFDB records'),
+    (['--corruption', '0.3,0.30000001'], 'repeated rates'),      # one run folder name for both
+    (['--lr', '0'], '--lr must be positive'),
+    (['--methods', 'cutmix', '--alpha', '0'], 'alpha 0'),
 ])
 def test_bad_input_one_line_and_nothing_written(tmp_path, args, message, monkeypatch, capsys):
     "In-process (`cli.main`), the way the console script calls it: exit status 2, one `softlabel: error:` line, nothing written"
