@@ -81,6 +81,11 @@ def load_npz(path)->dict:
     p = Path(path)
     if not p.exists(): raise FileNotFoundError(f"No such file: {p}")
     with np.load(p, allow_pickle=False) as z: d = {k: z[k] for k in z.files}
+    if 'images' not in d and {'train_images', 'train_labels'} <= set(d):   # MedMNIST: one array pair per split
+        parts = [(s, v) for s,v in (('train', 'train'), ('val', 'valid'), ('test', 'test')) if f'{s}_images' in d]
+        d = dict(images=np.concatenate([d[f'{s}_images'] for s,_ in parts]), labels=np.concatenate([d[f'{s}_labels'] for s,_ in parts]),
+                 split=np.concatenate([np.full(len(d[f'{s}_images']), v) for s,v in parts]))
+    if 'labels' in d and d['labels'].ndim == 2 and d['labels'].shape[1] == 1: d['labels'] = d['labels'][:, 0]   # (N, 1): class indices
     for k in ('images', 'labels'):
         if k not in d: raise ValueError(f"{p.name} has no '{k}' array; it has {sorted(d)}")
     if d['images'].dtype != np.uint8 or d['images'].ndim not in (3, 4): raise ValueError(f"'images' must be (N, H, W) or (N, H, W, 3) uint8, got {d['images'].shape} {d['images'].dtype}")
@@ -93,6 +98,9 @@ def load_npz(path)->dict:
     names = d.get('class_names', d.get('label_names'))
     n_cls = d['labels'].shape[1] if d['labels'].ndim == 2 else int(d['labels'].max()) + 1
     d['names'] = np.asarray(names).astype(str) if names is not None else np.arange(n_cls).astype(str)
+    if lab.ndim == 1 and n_cls > len(d['names']): raise ValueError(
+        f"{p.name}: label {n_cls - 1} is outside the {len(d['names'])} class names {list(d['names'])}")
+    if lab.ndim == 2 and n_cls != len(d['names']): raise ValueError(f"{p.name}: {n_cls} label columns but {len(d['names'])} label names")
     d['multi_label'] = d['labels'].ndim == 2
     return d
 

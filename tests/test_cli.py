@@ -157,6 +157,7 @@ def _bad_npz(path):
     (['--data', 'emptydir'], 'holds no WFDB records'),
     (['--corruption', '0.3,0.30000001'], 'repeated rates'),      # one run folder name for both
     (['--lr', '0'], '--lr must be positive'),
+    (['--data', 'outside.npz'], 'label 7 is outside the 2 class names'),
     (['--methods', 'cutmix', '--alpha', '0'], 'alpha 0'),
 ])
 def test_bad_input_one_line_and_nothing_written(tmp_path, args, message, monkeypatch, capsys):
@@ -165,6 +166,7 @@ def test_bad_input_one_line_and_nothing_written(tmp_path, args, message, monkeyp
     _bad_npz(tmp_path/'bad.npz')
     _ecg_npz(tmp_path/'nan.npz', nan=True); _ecg_npz(tmp_path/'ecg.npz'); (tmp_path/'emptydir').mkdir()
     np.savez(tmp_path/'nokey.npz', pictures=np.zeros((2, 4, 4), np.uint8), labels=np.zeros(2))
+    np.savez(tmp_path/'outside.npz', images=np.zeros((3, 8, 8), np.uint8), labels=np.array([0, 1, 7]), class_names=np.array(['a', 'b']))
     before = sorted(p.name for p in tmp_path.iterdir())
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e: main([*args, *([] if '--out' in args or 'report' in args else ['--out', 'res'])])
