@@ -20,6 +20,7 @@ def main():
     p.add_argument('--out', default=str(ROOT/'bench/results/ccl_ddp_cpu.json'))
     args = p.parse_args()
     import torch
+    from fastai_softlabel.ccl import CCL
     med = statistics.median
     steps = {'plain': [], 'ccl': []}; round_ratios, event_ms = [], []
     for rep in range(args.repeats):
@@ -37,7 +38,7 @@ def main():
     events = {e: med(m[e] for m in event_ms) for e in event_ms[0]}
     out = dict(benchmark='ccl_ddp', config={k: v for k, v in vars(args).items() if k != 'out'}, world_size=2, backend='gloo', threads_per_rank=1,
                machine=dict(python=platform.python_version(), torch=torch.__version__),
-               model='resnet18 (timm, pretrained=False), 8 images per rank and batch; CCL() default head (1024, 512)',
+               model=f'resnet18 (timm, pretrained=False), 8 images per rank and batch; CCL() default head {CCL().widths}',
                step_ms_median=step_ms, ratio_ccl_to_plain=step_ms['ccl']/step_ms['plain'],
                ratio_per_round=round_ratios, ratio_per_round_median=med(round_ratios),
                ccl_event_ms_per_step=events, ccl_event_ms_total=sum(events.values()),

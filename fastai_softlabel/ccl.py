@@ -22,7 +22,7 @@ class CCLHead(Module):
     def __init__(self,
         in_features:int,   # width of the pooled backbone features $f$
         n_classes:int,     # K, the number of class embeddings
-        widths=(1024, 512), # widths of $f_2$'s Linear layers (BatchNorm + ReLU between them); the last is the embedding size
+        widths=(1024, 1024, 512), # widths of $f_2$'s Linear layers (BatchNorm + ReLU between them); the last is the embedding size
     ):
         widths = tuple(widths)
         if not widths: raise ValueError("widths needs at least one layer width")
@@ -101,7 +101,7 @@ class CCL(Callback):
     def __init__(self,
         features:str|nn.Module|None=None, # module whose input are the pooled features; default: the final `nn.Linear`
         n_classes:int|None=None, # K; default `dls.c` (must agree with it)
-        widths=(1024, 512),     # widths of the head $f_2$'s Linear layers; the last is the embedding size
+        widths=(1024, 1024, 512), # widths of the head $f_2$'s Linear layers; the last is the embedding size
         lr_ccl:float=5e-4,      # the head's peak learning rate
         alpha_cc:float=10.,     # $\alpha_{CC}$, weight of $l_{CC}$
         margin:float=2.,        # $b$ in $l_{CC}$ (2: keep class embeddings at most orthogonal)

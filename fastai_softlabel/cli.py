@@ -9,12 +9,31 @@ from pathlib import Path
 # torch, fastai and timm are imported by `main` once the arguments are parsed: `softlabel --help` answers at once
 
 # %% auto #0
-__all__ = ['SINGLE_METHODS', 'MULTI_METHODS', 'data_fingerprint', 'result_settings', 'settings_differences', 'run_id',
-           'build_tables', 'main']
+__all__ = ['SINGLE_METHODS', 'MULTI_METHODS', 'RECIPES', 'resolve_recipe', 'data_fingerprint', 'result_settings',
+           'settings_differences', 'run_id', 'build_tables', 'main']
 
 # %% ../nbs/13_cli.ipynb #ffbd600b
 SINGLE_METHODS = ('baseline', 'lsr-u1', 'lsr-u5', 'lsr-a1', 'lsr-a5', 'ols', 'ccl', 'cutmix')
 MULTI_METHODS = ('erm', 'mixup-a1', 'mixup-a3', 'manifold', 'flowmixup', 'flowmixup-noop')
+
+RECIPES = {   # what each recipe sets, per task; None: not used by that task
+    'single': {'fast':  dict(opt='adam', lr=2e-3, wd=0.01, schedule='one_cycle', bs=32, clip=0., lr_ccl=1.0, weighted_bce='no'),
+               # CCL-Net (Wei et al., MICCAI 2020): SGD, momentum 0.9, weight decay 1e-4, lr 0.1 ×0.1 at 50% and 75%,
+               # batch 128, gradient clipping (its max-norm is not given: 5.0 here), lr_CCL 5e-4
+               'paper': dict(opt='sgd', lr=0.1, wd=1e-4, schedule='step', bs=128, clip=5.0, lr_ccl=5e-4, weighted_bce='no')},
+    'multi':  {'fast':  dict(opt='adam', lr=2e-3, wd=0.01, schedule='one_cycle', bs=32, clip=0., lr_ccl=1.0, weighted_bce='no'),
+               # Flow-Mixup (Chen et al., BIBM 2020): Adam (0.9, 0.999), lr 1e-4 ÷10 on a validation-loss plateau, batch 32,
+               # BCE weighted by inverse prevalence; mixing at the inputs of the 3rd and 5th block (the default --points)
+               'paper': dict(opt='adam', lr=1e-4, wd=0., schedule='plateau', bs=32, clip=0., lr_ccl=5e-4, weighted_bce='yes')},
+}
+
+def resolve_recipe(args, multi_label:bool)->dict:
+    "Fill the training settings left unset on the command line from `--recipe` for the task; return them"
+    rec = RECIPES['multi' if multi_label else 'single'][args.recipe]
+    for k,v in rec.items():
+        if getattr(args, k) is None: setattr(args, k, v)
+    if args.head is None: args.head = '1024,1024,512'
+    return {k: getattr(args, k) for k in (*rec, 'head')}
 
 def _parser():
     p = argparse.ArgumentParser(prog='softlabel', description="Compare soft-label training methods (CCL, LSR, Mixup, Manifold Mixup, FlowMixup) on medical image data. "
@@ -27,13 +46,20 @@ def _parser():
     p.add_argument('--corruption', default='0', help="comma-separated label-corruption rates in [0, 1) applied to the training labels (default 0)")
     p.add_argument('--seeds', default='0', help="comma-separated integer seeds (default 0)")
     p.add_argument('--backbone', default=None, help="timm model name for images, built without pretrained weights (default resnet18); signals train resnet1d34")
+    p.add_argument('--recipe', choices=list(RECIPES['single']), default='fast', help="'fast': one-cycle Adam, a few epochs; 'paper': each paper's training section (CCL-Net for single-label, Flow-Mixup for multi-label data); every value below overrides the recipe's")
     p.add_argument('--epochs', type=int, default=5)
-    p.add_argument('--lr', type=float, default=2e-3)
-    p.add_argument('--bs', type=int, default=32)
+    p.add_argument('--lr', type=float, default=None, help="peak/initial learning rate (recipe: fast 2e-3; paper 0.1 single-label, 1e-4 multi-label)")
+    p.add_argument('--bs', type=int, default=None, help="batch size (recipe: fast 32; paper 128 single-label, 32 multi-label)")
+    p.add_argument('--opt', choices=['adam', 'sgd'], default=None, help="optimizer (recipe: fast adam; paper sgd single-label, adam multi-label)")
+    p.add_argument('--wd', type=float, default=None, help="weight decay (recipe: fast 0.01 decoupled; paper 1e-4 L2 for SGD, 0 for Adam)")
+    p.add_argument('--schedule', choices=['one_cycle', 'step', 'plateau'], default=None, help="lr schedule: one-cycle; ×0.1 at 50%% and 75%% of the epochs; ÷10 on a validation-loss plateau")
+    p.add_argument('--clip', type=float, default=None, help="gradient clipping max-norm, 0 for none (recipe: paper single-label 5.0)")
+    p.add_argument('--weighted-bce', choices=['yes', 'no'], default=None, help="multi-label: BCE weighted by inverse label prevalence (recipe: paper yes)")
+    p.add_argument('--head', default=None, help="CCL head widths, comma-separated (default 1024,1024,512: the paper's three fc layers)")
     p.add_argument('--alpha', type=float, default=None, help="replaces α of Beta(α, α) of the mixing methods (mixup-a1, mixup-a3, manifold, flowmixup*, cutmix)")
     p.add_argument('--lsr-eps', type=float, default=None, help="replaces ε of the lsr methods (default 0.1 for lsr-u1/a1, Proposition S1's ε for K for lsr-u5/a5)")
     p.add_argument('--points', default=None, help="comma-separated module names where manifold/flowmixup mix (default: the inputs of the 3rd and 5th residual blocks)")
-    p.add_argument('--lr-ccl', type=float, default=1.0, help="CCL's head learning rate lr_CCL (default 1.0 for runs of a few epochs; the paper's 5e-4 suits its long 224-px runs)")
+    p.add_argument('--lr-ccl', type=float, default=None, help="CCL's head learning rate lr_CCL (recipe: fast 1.0, for runs of a few epochs; paper 5e-4)")
     p.add_argument('--size', type=int, default=None, help="resize images to this size (default: keep)")
     p.add_argument('--n-per-class', type=int, default=100, help="synthetic data: images per class (default 100)")
     p.add_argument('--fs', type=float, default=500, help="WFDB records: sampling frequency to resample to, Hz (default 500)")
@@ -65,10 +91,16 @@ def _check_arguments(args)->tuple:
     seeds = _ints(args.seeds, '--seeds')
     if len(set(seeds)) < len(seeds): raise ValueError(f"--seeds has repeated values: {args.seeds}")
     for name in ('lr', 'lr_ccl'):
-        if getattr(args, name) <= 0: raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+        if getattr(args, name) is not None and getattr(args, name) <= 0: raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.clip is not None and args.clip < 0: raise ValueError(f"--clip must be at least 0, got {args.clip}")
+    if args.wd is not None and args.wd < 0: raise ValueError(f"--wd must be at least 0, got {args.wd}")
+    if args.head is not None:
+        try: widths = [int(w) for w in args.head.split(',')]
+        except ValueError: widths = []
+        if not widths or min(widths) < 1: raise ValueError(f"--head must be comma-separated positive widths, e.g. 1024,1024,512; got {args.head!r}")
     if args.size is not None and args.size < 1: raise ValueError(f"--size must be at least 1, got {args.size}")
     for name in ('epochs', 'bs', 'n_per_class', 'min_count'):
-        if getattr(args, name) < 1: raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+        if getattr(args, name) is not None and getattr(args, name) < 1: raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.fs <= 0 or args.seconds <= 0: raise ValueError(f"--fs and --seconds must be positive, got {args.fs:g} and {args.seconds:g}")
     if args.threads is not None and args.threads < 1: raise ValueError(f"--threads must be at least 1, got {args.threads}")
     out = Path(args.out)
@@ -118,6 +150,7 @@ def _prepare(args)->tuple:
         else:
             try: flowmixup_points(model)
             except ValueError as e: raise ValueError(str(e).replace('yourself.', 'with --points (module names of the model)')) from None
+    resolve_recipe(args, d['multi_label'])
     # what was asked, as parsed: "0, 1" and "0,1" are the same settings for --resume
     args.methods,args.corruption,args.seeds = ','.join(methods),','.join(f'{r:g}' for r in rates),','.join(map(str, seeds))
     if data is not None and data.suffix == '.csv': args.size = args.size or 64

@@ -10,7 +10,7 @@ from fastai.vision.all import *
 from scipy.stats import spearmanr
 from .ccl import CCL
 from .flowmixup import FlowMixup, Mixup, ManifoldMixup
-from .losses import LabelSmoothingCE, class_prior, equidistant_smoothing_eps
+from .losses import LabelSmoothingCE, class_prior, equidistant_smoothing_eps, inverse_prevalence_weights
 from .ols import OnlineLabelSmoothing
 from .data import array_image_dls, synthetic_class_images
 from .datasets import load_npz, finding_labels, check_images
@@ -22,7 +22,8 @@ from .splits import ColumnSplitter, StratifiedSplitter, PatientSplitter
 from .cli import SINGLE_METHODS, MULTI_METHODS
 
 # %% auto #0
-__all__ = ['synthetic_dataset', 'real_dataset', 'signal_dataset', 'table_dataset', 'method_setup', 'EpochLog', 'run_one']
+__all__ = ['synthetic_dataset', 'real_dataset', 'signal_dataset', 'table_dataset', 'method_setup', 'EpochLog', 'fit_schedule',
+           'run_one']
 
 # %% ../nbs/17_experiments.ipynb #076b24b6
 def synthetic_dataset(task='single', n_per_class=100, size=32, n_classes=8, seed=0)->dict:
@@ -119,6 +120,7 @@ def method_setup(
     alpha:float|None=None,   # replaces the method's Beta(α, α) (mixup-a1: 1, mixup-a3/manifold/flowmixup: 3, cutmix: 1)
     lsr_eps:float|None=None, # replaces ε of the lsr methods (u1/a1: 0.1; u5/a5: Proposition S1's ε for K)
     points=None,       # module names the mixing methods use (default `flowmixup_points(model)`)
+    head=None,         # CCL's head widths, e.g. '1024,1024,512' (default: CCL's)
 )->tuple:              # `(loss_func or None, callbacks)`
     "What a method name sets up: a loss function (`None`: the Learner's default) and callbacks"
     if method in ('baseline', 'erm'): return None,[]
@@ -126,7 +128,7 @@ def method_setup(
         eps = lsr_eps if lsr_eps is not None else (0.1 if method.endswith('1') else equidistant_smoothing_eps(n_classes))
         return LabelSmoothingCE(eps, class_prior(train_labels, n_classes) if method.startswith('lsr-a') else None),[]
     if method == 'ols': return None,[OnlineLabelSmoothing()]
-    if method == 'ccl': return None,[CCL(lr_ccl=lr_ccl)]
+    if method == 'ccl': return None,[CCL(lr_ccl=lr_ccl, **({} if head is None else dict(widths=[int(w) for w in str(head).split(',')])))]
     if method == 'cutmix': return None,[CutMix(ifnone(alpha, 1.))]
     if method in ('mixup-a1', 'mixup-a3'): return None,[Mixup(ifnone(alpha, float(method[-1])))]
     points = list(points) if points else flowmixup_points(model)
@@ -144,6 +146,15 @@ class EpochLog(Callback):
         "Print the epoch's Recorder values on one line"
         vals = ' '.join(f'{n} {v:.4f}' for n,v in zip(self.recorder.metric_names[1:], self.recorder.values[-1]) if isinstance(v, float))
         print(f"{self.prefix} epoch {self.epoch}: {vals}", flush=True)
+
+def fit_schedule(learn:Learner, schedule:str, epochs:int, lr:float, wd:float|None=None):
+    "Fit with a recipe's schedule: `one_cycle`, `step` (lr ×0.1 at 50% and 75% of the epochs) or `plateau` (÷10 when the validation loss stops falling)"
+    if schedule == 'one_cycle': return learn.fit_one_cycle(epochs, lr, wd=wd)
+    if schedule == 'step':
+        steps = combine_scheds([0.5, 0.25, 0.25], [SchedNo(lr, lr), SchedNo(lr/10, lr/10), SchedNo(lr/100, lr/100)])
+        return learn.fit(epochs, lr, wd=wd, cbs=ParamScheduler({'lr': steps}))
+    if schedule == 'plateau': return learn.fit(epochs, lr, wd=wd, cbs=ReduceLROnPlateau(monitor='valid_loss', factor=10.))
+    raise ValueError(f"Unknown schedule {schedule!r}: one_cycle, step or plateau")
 
 def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tuple:
     "Train and evaluate one configuration, writing its soft labels (CCL) into the folder `out`; return its row of results and its curves"
@@ -165,13 +176,22 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     set_seed(seed)
     model = resnet1d34(k, leads=d['signals'].shape[1]) if 'signals' in d else create_backbone(args.backbone, k)
     loss_func,cbs = method_setup(method, model, labels[train_idx], k, args.lr_ccl, getattr(args, 'alpha', None),
-                                 getattr(args, 'lsr_eps', None), getattr(args, 'points', None))
+                                 getattr(args, 'lsr_eps', None), getattr(args, 'points', None), getattr(args, 'head', None))
+    if d['multi_label'] and getattr(args, 'weighted_bce', 'no') == 'yes':
+        if loss_func is not None: raise ValueError(f"{method} sets its own loss; it cannot take --weighted-bce")
+        loss_func = BCEWithLogitsLossFlat(weight=inverse_prevalence_weights(labels[train_idx]).to(dls.device), flatten=False)   # (C,) weights on (B, C) losses
+    opt,wd = getattr(args, 'opt', 'adam'),getattr(args, 'wd', None)
+    # SGD with L2 weight decay (as PyTorch's); Adam with the paper's (0.9, 0.999) for the paper recipe, fastai's defaults otherwise
+    opt_func = (partial(SGD, mom=0.9, decouple_wd=False) if opt == 'sgd' else
+                partial(Adam, mom=0.9, sqr_mom=0.999) if getattr(args, 'recipe', 'fast') == 'paper' else Adam)
+    clip = getattr(args, 'clip', 0.) or 0.
+    cbs = cbs + ([GradientClip(clip)] if clip else [])
     metrics = multi_label_metrics() if d['multi_label'] else single_label_metrics()
     prefix = f"[{method} seed {seed} corruption {corruption:g}]"
-    learn = Learner(dls, model, loss_func=loss_func, metrics=metrics, cbs=cbs + ([] if args.progress else [EpochLog(prefix)]), path=out)   # bars or lines, not both
+    learn = Learner(dls, model, loss_func=loss_func, opt_func=opt_func, metrics=metrics, cbs=cbs + ([] if args.progress else [EpochLog(prefix)]), path=out)   # bars or lines, not both
     ctx = learn.no_bar() if not args.progress else contextlib.nullcontext()
     start = time.time()
-    with ctx, learn.no_logging(): learn.fit_one_cycle(args.epochs, args.lr)
+    with ctx, learn.no_logging(): fit_schedule(learn, getattr(args, 'schedule', 'one_cycle'), args.epochs, args.lr, wd)
     names,values = list(learn.recorder.metric_names[1:-1]),[list(v) for v in learn.recorder.values]
     row = dict(method=method, seed=seed, corruption=corruption, corrupted_fraction=round(frac, 4), seconds=round(time.time() - start, 1))
     for n,v in zip(names, values[-1]): row[n] = float(v)

@@ -75,6 +75,18 @@ def test_multilabel_with_corruption(tmp_path):
     frac = runs.loc[runs.corruption == 0.3, 'corrupted_fraction']
     assert ((frac > 0.25) & (frac < 0.35)).all() and (runs.loc[runs.corruption == 0, 'corrupted_fraction'] == 0).all()
 
+def test_paper_recipes(tmp_path):
+    "--recipe paper resolves each task's training section (overridable), recorded in config.json, and trains"
+    r = softlabel(*FAST, '--recipe', 'paper', '--bs', '16', '--methods', 'baseline,ccl', '--out', 'single', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a = json.loads((tmp_path/'single'/'config.json').read_text())['settings']['arguments']
+    assert (a['opt'], a['lr'], a['wd'], a['schedule'], a['clip'], a['lr_ccl'], a['head'], a['bs']) == ('sgd', 0.1, 1e-4, 'step', 5.0, 5e-4, '1024,1024,512', 16)
+    r = softlabel(*FAST, '--backbone', 'resnet18', '--task', 'multi', '--recipe', 'paper', '--methods', 'erm,flowmixup', '--out', 'multi', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a = json.loads((tmp_path/'multi'/'config.json').read_text())['settings']['arguments']
+    assert (a['opt'], a['lr'], a['schedule'], a['weighted_bce'], a['bs']) == ('adam', 1e-4, 'plateau', 'yes', 32)
+    assert pd.read_csv(tmp_path/'multi'/'runs.csv').mean_auroc.between(0, 1).all()
+
 CINC = Path(__file__).resolve().parent.parent.parent/'shared'/'data'/'ecg-cinc2021'
 
 def _ecg_npz(path, single=False, nan=False):

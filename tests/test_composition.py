@@ -206,12 +206,14 @@ def test_flowmixup_no_mixing_equals_plain_training_with_the_users_loss(loss, tmp
     for n in res['plain'].gradsv: test_close(res['flow'].gradsv[n], res['plain'].gradsv[n], eps=1e-5)
     assert not torch.allclose(res['mixed'].lossv, res['plain'].lossv)
 
-def test_flowmixup_with_pos_weight_bce_on_multilabel_targets(tmp_path):
+@pytest.mark.parametrize('lf', [BCEWithLogitsLossFlat(pos_weight=torch.tensor([1., 2., 3., 4.])),
+                                BCEWithLogitsLossFlat(weight=torch.tensor([0.5, 1., 1.5, 1.]), flatten=False)],   # softlabel's weighted BCE
+                         ids=['pos_weight', 'class_weight'])
+def test_flowmixup_with_weighted_bce_on_multilabel_targets(tmp_path, lf):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(24, 3, 16, 16, generator=g), (torch.rand(24, 4, generator=g) < 0.4).float()
     items = list(zip(x, y))
     dls = DataLoaders(DataLoader(items[:16], bs=8), DataLoader(items[16:], bs=8))
-    lf = BCEWithLogitsLossFlat(pos_weight=torch.tensor([1., 2., 3., 4.]))
     set_seed(0); model = plain_net()
     res = {}
     for name, cbs in [('plain', []), ('flow', [FlowMixup(['2', '4'], alpha=0.)])]:
