@@ -110,6 +110,10 @@ def _check_arguments(args)->tuple:
     elif not out.resolve().parent.is_dir(): raise ValueError(f"the folder that would hold {out} does not exist")
     return rates,seeds
 
+def _npz_has(path, key)->bool:
+    import numpy as np
+    with np.load(path, allow_pickle=False) as z: return key in z.files
+
 def _prepare(args)->tuple:
     "Check everything before any work: `(dataset, methods, rates, seeds)`"
     rates,seeds = _check_arguments(args)
@@ -117,7 +121,7 @@ def _prepare(args)->tuple:
     from fastai_softlabel.experiments import synthetic_dataset, real_dataset, table_dataset, signal_dataset
     from fastai_softlabel.models import create_backbone, flowmixup_points, resnet1d34
     data = None if args.data is None else Path(args.data)
-    signals = data is not None and (data.is_dir() or (data.suffix == '.npz' and data.is_file() and 'signals' in np.load(data).files))
+    signals = data is not None and (data.is_dir() or (data.suffix == '.npz' and data.is_file() and _npz_has(data, 'signals')))
     if signals:
         if args.backbone not in (None, 'resnet1d34'): raise ValueError(f"{data} holds 1-D signals, which train resnet1d34; --backbone {args.backbone} is an image model")
         args.backbone = 'resnet1d34'

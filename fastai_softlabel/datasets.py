@@ -9,7 +9,7 @@ from .data import array_image_dls, ImageAt, IndexInto
 from .splits import StratifiedSplitter, ColumnSplitter, PatientSplitter
 
 # %% auto #0
-__all__ = ['finding_labels', 'check_images', 'ham10000_dls', 'nih_dls', 'load_npz', 'npz_dls']
+__all__ = ['finding_labels', 'check_images', 'ham10000_dls', 'nih_dls', 'check_labels', 'load_npz', 'npz_dls']
 
 # %% ../nbs/12_datasets.ipynb #5b748be2
 def _need_columns(df, cols, what):
@@ -76,6 +76,24 @@ def nih_dls(
     return block.dataloaders(df, **kwargs)
 
 # %% ../nbs/12_datasets.ipynb #907c951e
+def check_labels(
+    labels,       # (N,) class indices, (N, 1) class indices (as MedMNIST ships them) or (N, C) multi-hot 0/1
+    names=None,   # class or label names (default 0..C-1)
+    what:str='',  # the file, named in errors
+)->tuple:         # `(labels, names)`: (N,) or (N, C) labels, and names as strings
+    "Labels of a dataset file checked against their names, with an error that says what is wrong"
+    lab = np.asarray(labels)
+    if lab.ndim == 2 and lab.shape[1] == 1: lab = lab[:, 0]
+    single_ok = lab.ndim == 1 and np.issubdtype(lab.dtype, np.integer) and (lab >= 0).all()
+    multi_ok = lab.ndim == 2 and np.isin(lab, (0, 1)).all()
+    if not (single_ok or multi_ok): raise ValueError(
+        f"{what}: 'labels' must be (N,) non-negative integer class indices or (N, C) multi-hot 0/1 labels; got shape {lab.shape} and dtype {lab.dtype}")
+    n_cls = lab.shape[1] if lab.ndim == 2 else int(lab.max()) + 1
+    names = np.asarray(names).astype(str) if names is not None else np.arange(n_cls).astype(str)
+    if lab.ndim == 1 and n_cls > len(names): raise ValueError(f"{what}: label {n_cls - 1} is outside the {len(names)} class names {list(names)}")
+    if lab.ndim == 2 and n_cls != len(names): raise ValueError(f"{what}: {n_cls} label columns but {len(names)} label names")
+    return lab,names
+
 def load_npz(path)->dict:
     "The arrays of a dataset `.npz` file, checked: images, labels, names, and split/group arrays when present"
     p = Path(path)
@@ -85,22 +103,11 @@ def load_npz(path)->dict:
         parts = [(s, v) for s,v in (('train', 'train'), ('val', 'valid'), ('test', 'test')) if f'{s}_images' in d]
         d = dict(images=np.concatenate([d[f'{s}_images'] for s,_ in parts]), labels=np.concatenate([d[f'{s}_labels'] for s,_ in parts]),
                  split=np.concatenate([np.full(len(d[f'{s}_images']), v) for s,v in parts]))
-    if 'labels' in d and d['labels'].ndim == 2 and d['labels'].shape[1] == 1: d['labels'] = d['labels'][:, 0]   # (N, 1): class indices
     for k in ('images', 'labels'):
         if k not in d: raise ValueError(f"{p.name} has no '{k}' array; it has {sorted(d)}")
     if d['images'].dtype != np.uint8 or d['images'].ndim not in (3, 4): raise ValueError(f"'images' must be (N, H, W) or (N, H, W, 3) uint8, got {d['images'].shape} {d['images'].dtype}")
     if len(d['labels']) != len(d['images']): raise ValueError(f"{len(d['images'])} images but {len(d['labels'])} labels")
-    lab = d['labels']
-    single_ok = lab.ndim == 1 and np.issubdtype(lab.dtype, np.integer) and (lab >= 0).all()
-    multi_ok = lab.ndim == 2 and np.isin(lab, (0, 1)).all()
-    if not (single_ok or multi_ok): raise ValueError(
-        f"'labels' must be (N,) non-negative integer class indices or (N, C) multi-hot 0/1 labels; got shape {lab.shape} and dtype {lab.dtype}")
-    names = d.get('class_names', d.get('label_names'))
-    n_cls = d['labels'].shape[1] if d['labels'].ndim == 2 else int(d['labels'].max()) + 1
-    d['names'] = np.asarray(names).astype(str) if names is not None else np.arange(n_cls).astype(str)
-    if lab.ndim == 1 and n_cls > len(d['names']): raise ValueError(
-        f"{p.name}: label {n_cls - 1} is outside the {len(d['names'])} class names {list(d['names'])}")
-    if lab.ndim == 2 and n_cls != len(d['names']): raise ValueError(f"{p.name}: {n_cls} label columns but {len(d['names'])} label names")
+    d['labels'],d['names'] = check_labels(d['labels'], d.get('class_names', d.get('label_names')), p.name)
     d['multi_label'] = d['labels'].ndim == 2
     return d
 

@@ -13,7 +13,7 @@ from .flowmixup import FlowMixup, Mixup, ManifoldMixup
 from .losses import LabelSmoothingCE, class_prior, equidistant_smoothing_eps, inverse_prevalence_weights
 from .ols import OnlineLabelSmoothing
 from .data import array_image_dls, synthetic_class_images
-from .datasets import load_npz, finding_labels, check_images
+from .datasets import load_npz, finding_labels, check_images, check_labels
 from .corruption import corrupt_single_label, corrupt_multi_label
 from .metrics import single_label_metrics, multi_label_metrics, curve_summary, recorder_curve
 from .models import create_backbone, flowmixup_points, resnet1d34
@@ -69,17 +69,7 @@ def signal_dataset(
         if x.ndim != 3 or not np.issubdtype(x.dtype, np.number): raise ValueError(f"{p.name}: 'signals' must be numbers of shape (N, leads, T), got {x.dtype} {x.shape}")
         if not np.isfinite(x).all(): raise ValueError(f"{p.name}: 'signals' holds NaN or infinite values (in {int((~np.isfinite(x)).any(axis=(1, 2)).sum())} items)")
         if y is None or len(y) != len(x): raise ValueError(f"{p.name} needs 'labels' with one row per signal ({len(x)})")
-        if y.ndim == 2 and y.shape[1] == 1: y = y[:, 0]                      # (N, 1): class indices
-        names = z.get('label_names', z.get('class_names'))
-        if y.ndim == 1:
-            if not np.issubdtype(y.dtype, np.integer) or y.min() < 0: raise ValueError(f"{p.name}: class indices must be non-negative integers")
-            names = names if names is not None else np.arange(y.max() + 1).astype(str)
-            if y.max() >= len(names): raise ValueError(f"{p.name}: label {y.max()} is outside the {len(names)} class names")
-        elif y.ndim == 2:
-            if not np.isin(y, (0, 1)).all(): raise ValueError(f"{p.name}: multi-hot 'labels' must hold only 0 and 1")
-            names = names if names is not None else np.arange(y.shape[1]).astype(str)
-            if len(names) != y.shape[1]: raise ValueError(f"{p.name}: {y.shape[1]} label columns but {len(names)} label names")
-        else: raise ValueError(f"{p.name}: 'labels' must be (N,) class indices or (N, C) multi-hot, got shape {y.shape}")
+        y,names = check_labels(y, z.get('label_names', z.get('class_names')), p.name)
         d,split = dict(signals=x.astype(np.float32), labels=y, names=np.asarray(names).astype(str)),z.get('split')
     d['multi_label'] = d['labels'].ndim == 2
     return _train_valid(d, split, valid, p.name)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 from fastai.basics import *
 from .core import refuse_fastai_mixing, is_multilabel, all_reduce_mean_
+from .flowmixup import FlowMixup
 
 # %% auto #0
 __all__ = ['ols_soft_ce', 'ols_loss', 'ols_accumulate', 'ols_next_matrix', 'OnlineLabelSmoothing']
@@ -54,7 +55,7 @@ class OnlineLabelSmoothing(Callback):
     def before_fit(self):
         "Check the Learner; start from the uniform soft labels on first use"
         refuse_fastai_mixing(self.learn, 'OnlineLabelSmoothing')
-        if any(type(cb).__name__ == 'FlowMixup' for cb in self.learn.cbs): raise ValueError(
+        if any(isinstance(cb, FlowMixup) for cb in self.learn.cbs): raise ValueError(
             "OnlineLabelSmoothing learns soft labels from un-mixed predictions: it does not combine with FlowMixup/Mixup.")
         if is_multilabel(self.learn.dls, self.learn.loss_func): raise ValueError(
             "OnlineLabelSmoothing needs single-label targets (CategoryBlock with cross-entropy).")
