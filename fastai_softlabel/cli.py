@@ -59,8 +59,10 @@ def _parser():
     p.add_argument('--alpha', type=float, default=None, help="replaces α of Beta(α, α) of the mixing methods (mixup-a1, mixup-a3, manifold, flowmixup*, cutmix)")
     p.add_argument('--lsr-eps', type=float, default=None, help="replaces ε of the lsr methods (default 0.1 for lsr-u1/a1, Proposition S1's ε for K for lsr-u5/a5)")
     p.add_argument('--points', default=None, help="comma-separated module names where manifold/flowmixup mix (default: the inputs of the 3rd and 5th residual blocks)")
+    p.add_argument('--ccl-patience', type=int, default=None, help="CCL freezes its class dictionary after this many epochs without a drop of p_bar (default 10)")
     p.add_argument('--lr-ccl', type=float, default=None, help="CCL's head learning rate lr_CCL (recipe: fast 1.0, for runs of a few epochs; paper 5e-4)")
     p.add_argument('--size', type=int, default=None, help="resize images to this size (default: keep)")
+    p.add_argument('--in-chans', type=int, choices=[1, 3], default=3, help="image channels the backbone takes: 3 (RGB; grayscale repeated) or 1 (grayscale; RGB converted) (default 3)")
     p.add_argument('--n-per-class', type=int, default=100, help="synthetic data: images per class (default 100)")
     p.add_argument('--fs', type=float, default=500, help="WFDB records: sampling frequency to resample to, Hz (default 500)")
     p.add_argument('--seconds', type=float, default=10, help="WFDB records: seconds kept, zero-padded when shorter (default 10)")
@@ -99,7 +101,7 @@ def _check_arguments(args)->tuple:
         except ValueError: widths = []
         if not widths or min(widths) < 1: raise ValueError(f"--head must be comma-separated positive widths, e.g. 1024,1024,512; got {args.head!r}")
     if args.size is not None and args.size < 1: raise ValueError(f"--size must be at least 1, got {args.size}")
-    for name in ('epochs', 'bs', 'n_per_class', 'min_count'):
+    for name in ('epochs', 'bs', 'n_per_class', 'min_count', 'ccl_patience'):
         if getattr(args, name) is not None and getattr(args, name) < 1: raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.fs <= 0 or args.seconds <= 0: raise ValueError(f"--fs and --seconds must be positive, got {args.fs:g} and {args.seconds:g}")
     if args.threads is not None and args.threads < 1: raise ValueError(f"--threads must be at least 1, got {args.threads}")
@@ -124,6 +126,7 @@ def _prepare(args)->tuple:
     signals = data is not None and (data.is_dir() or (data.suffix == '.npz' and data.is_file() and _npz_has(data, 'signals')))
     if signals:
         if args.backbone not in (None, 'resnet1d34'): raise ValueError(f"{data} holds 1-D signals, which train resnet1d34; --backbone {args.backbone} is an image model")
+        if args.in_chans != 3: raise ValueError(f"{data} holds 1-D signals: --in-chans is for images (the signals' leads are the channels)")
         args.backbone = 'resnet1d34'
     else:
         args.backbone = args.backbone or 'resnet18'
@@ -146,7 +149,7 @@ def _prepare(args)->tuple:
     if args.alpha is not None and args.alpha < 0: raise ValueError(f"--alpha must be at least 0, got {args.alpha}")
     args.points = [s.strip() for s in args.points.split(',') if s.strip()] if isinstance(args.points, str) else args.points
     if {'manifold', 'flowmixup', 'flowmixup-noop'} & set(methods):
-        model = resnet1d34(len(d['names']), d['signals'].shape[1]) if signals else create_backbone(args.backbone, len(d['names']))
+        model = resnet1d34(len(d['names']), d['signals'].shape[1]) if signals else create_backbone(args.backbone, len(d['names']), in_chans=args.in_chans)
         if args.points:
             names = dict(model.named_modules())
             wrong = [n for n in args.points if n not in names]

@@ -8,7 +8,7 @@ from fastai.vision.all import *
 import PIL.Image
 
 # %% auto #0
-__all__ = ['IndexInto', 'ImageAt', 'array_image_dls', 'synthetic_class_images']
+__all__ = ['IndexInto', 'ImageAt', 'to_channels', 'resize_images', 'TensorImageAt', 'array_image_dls', 'synthetic_class_images']
 
 # %% ../nbs/02_data.ipynb #23723a60
 class IndexInto:
@@ -22,23 +22,58 @@ class ImageAt:
     def __init__(self, images): self.images = images
     def __call__(self, i): return PILImage.create(PIL.Image.fromarray(self.images[i]).convert('RGB'))
 
+# %% ../nbs/02_data.ipynb #dt000001
+def to_channels(
+    images:np.ndarray,  # (N, H, W) grayscale or (N, H, W, 3) RGB uint8 images
+    channels:int=3,     # 3: RGB (grayscale repeated); 1: grayscale (RGB converted as PIL's `convert('L')` does)
+)->np.ndarray:          # (N, H, W, channels) uint8
+    "Images with the number of channels a backbone takes"
+    if channels not in (1, 3): raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    if images.ndim == 3: images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3): raise ValueError(f"images must be (N, H, W) or (N, H, W, 3), got {images.shape}")
+    if images.shape[-1] == channels: return images
+    if channels == 3: return np.repeat(images, 3, axis=-1)
+    rgb = images.astype(np.uint32)   # ITU-R 601-2 luma in PIL's fixed point: (19595 R + 38470 G + 7471 B + 2^15) >> 16
+    return ((rgb[..., 0]*19595 + rgb[..., 1]*38470 + rgb[..., 2]*7471 + 0x8000) >> 16).astype(np.uint8)[..., None]
+
+def resize_images(images:np.ndarray, size:int)->np.ndarray:
+    "(N, H, W, C) uint8 images resized once to `size` x `size` (bilinear, as fastai's `Resize` does to images)"
+    if images.shape[1:3] == (size, size): return images
+    out = [np.asarray(PIL.Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im).resize((size, size), PIL.Image.BILINEAR)) for im in images]
+    return np.stack(out).reshape(len(images), size, size, images.shape[-1])
+
+class TensorImageAt:
+    "Picklable getter: `TensorImageAt(images)(i)` is row i of an (N, C, H, W) uint8 tensor as a fastai `TensorImage`, no PIL"
+    def __init__(self, images): self.images = images
+    def __call__(self, i): return TensorImage(self.images[i])
+
 # %% ../nbs/02_data.ipynb #d84be90e
 def array_image_dls(
-    images:np.ndarray,        # (N, H, W, 3) or (N, H, W) uint8 images (grayscale becomes RGB)
+    images:np.ndarray,        # (N, H, W, 3) or (N, H, W) uint8 images
     labels:np.ndarray,        # (N,) integer class indices, or (N, K) multi-hot labels for multi-label data
     class_names=None,         # K names; `labels` index into them (default: the label values, or 0..K-1 for multi-hot)
     valid_idx=None,           # indices of the validation items; default: a seeded random `valid_pct` split
     valid_pct:float=0.2,      # fraction for validation when `valid_idx` is not given
     seed:int=42,              # seed of the random split
     splitter=None,            # a fastai splitter, overriding `valid_idx`/`valid_pct` (e.g. to leave a test split out of both)
-    item_tfms=None,           # fastai item transforms, e.g. `Resize(224)`
+    item_tfms=None,           # fastai's PIL item transforms, e.g. `RandomResizedCrop(224)` (the PIL path; RGB only)
+    size:int|None=None,       # resize the array once to `size` x `size` (the tensor path)
+    channels:int=3,           # 3: RGB (grayscale repeated); 1: grayscale, for a backbone built with `in_chans=1`
     batch_tfms=None,          # fastai batch transforms, e.g. `aug_transforms()`
     **kwargs,                 # passed to `DataBlock.dataloaders` (bs, num_workers, device, ...)
 )->DataLoaders:
-    "Image `DataLoaders` from in-memory arrays, through `DataBlock(ImageBlock, CategoryBlock or MultiCategoryBlock)`"
+    "Image `DataLoaders` from in-memory arrays: uint8 tensors to the model (or PIL images with `item_tfms`), with `CategoryBlock` or `MultiCategoryBlock` targets"
     images,labels = np.asarray(images),np.asarray(labels)
     if len(images) != len(labels): raise ValueError(f"{len(images)} images but {len(labels)} labels")
     if images.dtype != np.uint8: raise ValueError(f"images must be uint8 arrays (got {images.dtype})")
+    if item_tfms is not None and (size is not None or channels != 3): raise ValueError(
+        "item_tfms work on RGB PIL images: leave size and channels unset with them (put a Resize in item_tfms)")
+    if item_tfms is None:
+        if size is not None and size < 1: raise ValueError(f"size must be at least 1, got {size}")
+        images = to_channels(images, channels)
+        if size is not None: images = resize_images(images, size)
+        xblock,get_x = TransformBlock(batch_tfms=IntToFloatTensor),TensorImageAt(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))))
+    else: xblock,get_x = ImageBlock,ImageAt(images)
     multi = labels.ndim == 2
     if multi:
         names = np.asarray(class_names if class_names is not None else np.arange(labels.shape[1])).astype(str)
@@ -49,7 +84,7 @@ def array_image_dls(
         names = np.asarray(class_names if class_names is not None else np.unique(labels)).astype(str)
         ys,yblock = names[labels],CategoryBlock(vocab=list(names))
     if splitter is None: splitter = RandomSplitter(valid_pct, seed=seed) if valid_idx is None else IndexSplitter(valid_idx)
-    block = DataBlock(blocks=(ImageBlock, yblock), get_x=ImageAt(images), get_y=IndexInto(ys),
+    block = DataBlock(blocks=(xblock, yblock), get_x=get_x, get_y=IndexInto(ys),
                       splitter=splitter, item_tfms=item_tfms, batch_tfms=batch_tfms)
     return block.dataloaders(list(range(len(images))), **kwargs) # items are plain ints: `learn.predict(i)` predicts row i
 

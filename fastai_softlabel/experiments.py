@@ -15,7 +15,7 @@ from .ols import OnlineLabelSmoothing
 from .data import array_image_dls, synthetic_class_images
 from .datasets import load_npz, finding_labels, check_images, check_labels
 from .corruption import corrupt_single_label, corrupt_multi_label
-from .metrics import single_label_metrics, multi_label_metrics, curve_summary, recorder_curve
+from .metrics import single_label_metrics, multi_label_metrics, curve_summaries, per_class_metrics
 from .models import create_backbone, flowmixup_points, resnet1d34
 from .signals import signal_dls
 from .splits import ColumnSplitter, StratifiedSplitter, PatientSplitter
@@ -111,6 +111,7 @@ def method_setup(
     lsr_eps:float|None=None, # replaces ε of the lsr methods (u1/a1: 0.1; u5/a5: Proposition S1's ε for K)
     points=None,       # module names the mixing methods use (default `flowmixup_points(model)`)
     head=None,         # CCL's head widths, e.g. '1024,1024,512' (default: CCL's)
+    ccl_patience:int|None=None, # CCL freezes its dictionary after this many epochs without a drop of p̄ (default: CCL's)
 )->tuple:              # `(loss_func or None, callbacks)`
     "What a method name sets up: a loss function (`None`: the Learner's default) and callbacks"
     if method in ('baseline', 'erm'): return None,[]
@@ -118,7 +119,9 @@ def method_setup(
         eps = lsr_eps if lsr_eps is not None else (0.1 if method.endswith('1') else equidistant_smoothing_eps(n_classes))
         return LabelSmoothingCE(eps, class_prior(train_labels, n_classes) if method.startswith('lsr-a') else None),[]
     if method == 'ols': return None,[OnlineLabelSmoothing()]
-    if method == 'ccl': return None,[CCL(lr_ccl=lr_ccl, **({} if head is None else dict(widths=[int(w) for w in str(head).split(',')])))]
+    if method == 'ccl':
+        kw = ({} if head is None else dict(widths=[int(w) for w in str(head).split(',')])) | ({} if ccl_patience is None else dict(patience=ccl_patience))
+        return None,[CCL(lr_ccl=lr_ccl, **kw)]
     if method == 'cutmix': return None,[CutMix(ifnone(alpha, 1.))]
     if method in ('mixup-a1', 'mixup-a3'): return None,[Mixup(ifnone(alpha, float(method[-1])))]
     points = list(points) if points else flowmixup_points(model)
@@ -131,9 +134,12 @@ def method_setup(
 class EpochLog(Callback):
     "One plain line per epoch (for logs that are not a terminal)"
     order = Recorder.order + 2
-    def __init__(self, prefix): self.prefix = prefix
+    def __init__(self, prefix): self.prefix,self.trained = prefix,False
+    def before_train(self): self.trained = True   # a training epoch; `get_preds`/`validate` also run `after_epoch`
     def after_epoch(self):
-        "Print the epoch's Recorder values on one line"
+        "Print the epoch's Recorder values on one line, after a training epoch only"
+        if not self.trained: return
+        self.trained = False
         vals = ' '.join(f'{n} {v:.4f}' for n,v in zip(self.recorder.metric_names[1:], self.recorder.values[-1]) if isinstance(v, float))
         print(f"{self.prefix} epoch {self.epoch}: {vals}", flush=True)
 
@@ -147,7 +153,7 @@ def fit_schedule(learn:Learner, schedule:str, epochs:int, lr:float, wd:float|Non
     raise ValueError(f"Unknown schedule {schedule!r}: one_cycle, step or plateau")
 
 def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tuple:
-    "Train and evaluate one configuration, writing its soft labels (CCL) into the folder `out`; return its row of results and its curves"
+    "Train and evaluate one configuration, writing its per-class metrics (and CCL's soft labels) into the folder `out`; return its row of results and its curves"
     train_idx = np.flatnonzero(d['split'] == 'train')
     labels = d['labels'].copy()
     k = len(d['names'])
@@ -160,13 +166,17 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     split = d['split'][keep]
     if 'signals' in d:   # per-lead normalisation with the training items' statistics, a 1-D ResNet-34
         dls = signal_dls(d['signals'][keep], labels[keep], d['names'], splitter=ColumnSplitter(split), bs=args.bs, num_workers=0)
-    else: dls = array_image_dls(d['images'][keep], labels[keep], d['names'], splitter=ColumnSplitter(split), bs=args.bs,
-                                num_workers=0, item_tfms=Resize(args.size) if args.size else None,
-                                batch_tfms=[Normalize.from_stats(*imagenet_stats)])
+    else:   # tensors to the model, resized once; one channel keeps ImageNet's mean statistics
+        chans = getattr(args, 'in_chans', 3) or 3
+        stats = imagenet_stats if chans == 3 else ([float(np.mean(imagenet_stats[0]))], [float(np.mean(imagenet_stats[1]))])
+        dls = array_image_dls(d['images'][keep], labels[keep], d['names'], splitter=ColumnSplitter(split), bs=args.bs,
+                              num_workers=0, size=args.size, channels=chans, batch_tfms=[Normalize.from_stats(*stats)])
     set_seed(seed)
-    model = resnet1d34(k, leads=d['signals'].shape[1]) if 'signals' in d else create_backbone(args.backbone, k)
+    model = (resnet1d34(k, leads=d['signals'].shape[1]) if 'signals' in d else
+             create_backbone(args.backbone, k, in_chans=getattr(args, 'in_chans', 3) or 3))
     loss_func,cbs = method_setup(method, model, labels[train_idx], k, args.lr_ccl, getattr(args, 'alpha', None),
-                                 getattr(args, 'lsr_eps', None), getattr(args, 'points', None), getattr(args, 'head', None))
+                                 getattr(args, 'lsr_eps', None), getattr(args, 'points', None), getattr(args, 'head', None),
+                                 getattr(args, 'ccl_patience', None))
     if d['multi_label'] and getattr(args, 'weighted_bce', 'no') == 'yes':
         if loss_func is not None: raise ValueError(f"{method} sets its own loss; it cannot take --weighted-bce")
         loss_func = BCEWithLogitsLossFlat(weight=inverse_prevalence_weights(labels[train_idx]).to(dls.device), flatten=False)   # (C,) weights on (B, C) losses
@@ -185,9 +195,12 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     names,values = list(learn.recorder.metric_names[1:-1]),[list(v) for v in learn.recorder.values]
     row = dict(method=method, seed=seed, corruption=corruption, corrupted_fraction=round(frac, 4), seconds=round(time.time() - start, 1))
     for n,v in zip(names, values[-1]): row[n] = float(v)
-    main = 'mean_auroc' if d['multi_label'] else 'accuracy'
-    curve = recorder_curve(learn, main)
-    row.update({f'{main}_{k}': v for k,v in curve_summary(curve, n_first=min(5, len(curve))).items()})
+    curves = pd.DataFrame(values, columns=names)
+    row.update(curve_summaries(curves, n_first=min(5, len(curves))))   # best, last, best − last, Eq. 8 over 5 epochs
+    with learn.no_bar(): probs,targs = learn.get_preds()   # the last epoch's model on the evaluated split
+    pc = per_class_metrics(probs.numpy(), targs.numpy(), d['names'])
+    pc.insert(0, 'method', method); pc.insert(1, 'seed', seed); pc.insert(2, 'corruption', corruption)
+    pc.to_csv(out/'per_class.csv', index=False)
     if method == 'ccl':
         P = learn.ccl.soft_labels.numpy()
         ax = learn.ccl.plot_soft_labels(); ax.figure.savefig(out/'soft_labels.png', dpi=100, bbox_inches='tight'); plt.close(ax.figure)
@@ -196,5 +209,5 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
         if 'similarity' in d:
             off = ~np.eye(k, dtype=bool)
             row['spearman_vs_true_similarity'] = float(spearmanr(P[off], d['similarity'][off]).correlation)
-    curves = pd.DataFrame(values, columns=names).assign(epoch=range(len(values)), method=method, seed=seed, corruption=corruption)
+    curves = curves.assign(epoch=range(len(values)), method=method, seed=seed, corruption=corruption)
     return row,curves

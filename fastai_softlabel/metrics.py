@@ -11,8 +11,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.cluster import KMeans
 
 # %% auto #0
-__all__ = ['single_label_metrics', 'mean_auroc', 'MeanAUROC', 'multi_label_metrics', 'curve_summary', 'recorder_curve',
-           'cluster_r2', 'layer_r2']
+__all__ = ['single_label_metrics', 'mean_auroc', 'MeanAUROC', 'multi_label_metrics', 'per_class_metrics', 'curve_summary',
+           'recorder_curve', 'curve_summaries', 'cluster_r2', 'layer_r2']
 
 # %% ../nbs/07_metrics.ipynb #86476fae
 def single_label_metrics()->list:
@@ -50,6 +50,25 @@ def multi_label_metrics()->list:
     "Mean AUROC (scorable classes) and macro F1 at threshold 0.5, as fastai metrics"
     return [MeanAUROC(), F1ScoreMulti(thresh=0.5, average='macro')]
 
+# %% ../nbs/07_metrics.ipynb #pc000002
+def per_class_metrics(
+    probs,                 # (N, C) probabilities (softmax rows for single-label data, sigmoids for multi-label)
+    targets,               # (N,) class indices, or (N, C) multi-hot
+    names=None,            # C class names (default 0..C-1)
+    thresh:float=0.5,      # multi-label: a class is predicted when its probability is at least this
+)->pd.DataFrame:           # one row per class: `class`, `positives`, `auroc`, `f1`
+    "Each class's number of positives, one-vs-rest AUROC and F1"
+    probs,targets = np.asarray(probs, dtype=np.float64),np.asarray(targets)
+    n,c = probs.shape
+    onehot = targets.astype(bool) if targets.ndim == 2 else np.eye(c, dtype=bool)[targets]
+    if onehot.shape != probs.shape: raise ValueError(f"targets {targets.shape} do not fit probabilities {probs.shape}")
+    pred = probs >= thresh if targets.ndim == 2 else np.eye(c, dtype=bool)[probs.argmax(1)]
+    tp,fp,fn = (pred & onehot).sum(0),(pred & ~onehot).sum(0),(~pred & onehot).sum(0)
+    f1 = np.where(2*tp + fp + fn > 0, 2*tp/np.maximum(2*tp + fp + fn, 1), np.nan)
+    auroc = [roc_auc_score(onehot[:, k], probs[:, k]) if 0 < onehot[:, k].sum() < n else np.nan for k in range(c)]
+    names = np.arange(c) if names is None else np.asarray(names)
+    return pd.DataFrame({'class': [str(x) for x in names], 'positives': onehot.sum(0), 'auroc': auroc, 'f1': f1})
+
 # %% ../nbs/07_metrics.ipynb #65c384f3
 def curve_summary(
     values,               # the metric per epoch
@@ -76,6 +95,21 @@ def recorder_curve(learn:Learner, metric:str)->list:
         raise ValueError("learn.recorder.values no longer holds the fit's curves: fastai's get_preds and validate restart "
                          "the Recorder. Call recorder_curve right after the fit.")
     return [float(r[names.index(metric)]) for r in rows]
+
+# %% ../nbs/07_metrics.ipynb #pc000007
+def curve_summaries(
+    curves:pd.DataFrame,   # one row per epoch, one column per metric
+    n_first:int|None=None, # epochs of the early variance (default: all)
+    lower_is_better=('train_loss', 'valid_loss'), # the columns whose best is their minimum
+)->dict:                   # `<column>_best`, `<column>_last`, `<column>_best_minus_last`, `<column>_early_variance`
+    "`curve_summary` of every numeric column of `curves`"
+    out = {}
+    for col in curves.columns:
+        v = pd.to_numeric(curves[col], errors='coerce')
+        if v.isna().any(): continue
+        s = curve_summary(v.to_numpy(), n_first, higher_is_better=col not in lower_is_better)
+        out.update({f'{col}_{k}': x for k,x in s.items()})
+    return out
 
 # %% ../nbs/07_metrics.ipynb #848b320b
 def cluster_r2(
