@@ -218,7 +218,7 @@ def _write_run(out:Path, rid:str, make)->None:
 def build_tables(
     out, # a results folder of `softlabel`
 )->tuple: # `(runs, summary)` DataFrames
-    "Rebuild runs.csv, runs.json, curves.csv and summary.csv from the finished runs under `out/runs`"
+    "Rebuild runs.csv, runs.json, curves.csv, per_class.csv and summary.csv from the finished runs under `out/runs`"
     import pandas as pd
     from fastai_softlabel.stats import summarize_runs
     out = Path(out)
@@ -234,6 +234,8 @@ def build_tables(
     runs.to_csv(out/'runs.csv', index=False)
     (out/'runs.json').write_text(json.dumps(runs.to_dict('records'), indent=2))
     curves.to_csv(out/'curves.csv', index=False)
+    per_class = [pd.read_csv(d/'per_class.csv') for d in dirs if (d/'per_class.csv').exists()]
+    if per_class: pd.concat(per_class, ignore_index=True).to_csv(out/'per_class.csv', index=False)
     summary.to_csv(out/'summary.csv', index=False)
     return runs,summary
 
@@ -250,22 +252,24 @@ def _versions()->dict:
 
 def _print_table(out, runs, summary, multi:bool, reference:str):
     from fastai_softlabel.stats import format_summary
+    from fastai_softlabel.report import table_metrics
     import pandas as pd
-    key = ['mean_auroc', 'f1_score'] if multi else ['accuracy', 'cohen_kappa_score', 'f1_score', 'jaccard_score', 'p_bar', 'spearman_vs_true_similarity']
-    shown = [m for m in key if m in set(summary.metric)]
+    shown = [m for m in table_metrics(multi) if m in set(summary.metric)]
     n = summary.groupby('method', sort=False)['n'].max()
     print(f"\n{len(runs)} runs; mean ± half-width of the 95% CI over seeds (n = {', '.join(f'{m} {k}' for m,k in n.items())}); "
           f"Δ: paired difference to {reference} [95% CI]")
     with pd.option_context('display.width', 250, 'display.max_columns', 30): print(format_summary(summary, shown).to_string())
-    print(f"\nresults in {out}/ (config.json, runs/, runs.csv, runs.json, curves.csv, summary.csv)")
+    print(f"\nresults in {out}/ (report.html, config.json, runs/, runs.csv, runs.json, curves.csv, per_class.csv, summary.csv)")
 
 def _report(argv):
-    p = argparse.ArgumentParser(prog='softlabel report', description="Rebuild the tables of a softlabel results folder from its runs/")
+    p = argparse.ArgumentParser(prog='softlabel report', description="Rebuild the tables and report.html of a softlabel results folder from its runs/")
     p.add_argument('out', help="results folder")
     a = p.parse_args(argv)
     if not (Path(a.out)/'config.json').is_file(): _fail(f"error: {a.out} is not a results folder of softlabel (no config.json)")
     try: runs,summary = build_tables(a.out)
     except ValueError as e: _fail(f"error: {e}")
+    from fastai_softlabel.report import write_report
+    write_report(a.out)
     cfg = json.loads((Path(a.out)/'config.json').read_text())
     _print_table(a.out, runs, summary, cfg['multi_label'], cfg['methods'][0])
 
@@ -316,6 +320,8 @@ def main(argv=None):
         args.progress = args.progress == 'bar' or (args.progress == 'auto' and sys.stdout.isatty())
         _run_all(args, d, methods, rates, seeds, out)
         runs,summary = build_tables(out)
+        from fastai_softlabel.report import write_report
+        write_report(out)
         print(f"\ndata: {args.data or f'synthetic ({args.task}-label)'}; backbone {args.backbone}; {args.epochs} epochs; seeds {seeds}")
         _print_table(out, runs, summary, d['multi_label'], methods[0])
     except KeyboardInterrupt: _fail("interrupted (finished runs are kept: rerun the same command with --resume)", 130)
