@@ -171,6 +171,8 @@ def _bad_npz(path):
     (['--lr', '0'], '--lr must be positive'),
     (['--data', 'outside.npz'], 'label 7 is outside the 2 class names'),
     (['--methods', 'cutmix', '--alpha', '0'], 'alpha 0'),
+    (['--data', 'ecg.npz', '--in-chans', '1'], '--in-chans is for images'),
+    (['--ccl-patience', '0'], '--ccl-patience must be at least 1'),
 ])
 def test_bad_input_one_line_and_nothing_written(tmp_path, args, message, monkeypatch, capsys):
     "In-process (`cli.main`), the way the console script calls it: exit status 2, one `softlabel: error:` line, nothing written"
@@ -187,6 +189,17 @@ def test_bad_input_one_line_and_nothing_written(tmp_path, args, message, monkeyp
     assert len(lines) == 1 and lines[0].startswith('softlabel: error:'), lines
     import re; assert re.search(message, lines[0]), lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+def test_grayscale_stays_one_channel_with_in_chans_1(tmp_path):
+    "Grayscale X-ray-like images train a backbone built with in_chans=1 (a 3-channel batch would fail in its first convolution)"
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path/'gray.npz', images=rng.integers(0, 255, (24, 16, 16), dtype=np.uint8), labels=(rng.random((24, 3)) < 0.4).astype(np.uint8),
+             label_names=np.array(['a', 'b', 'c']))
+    r = softlabel('--data', 'gray.npz', '--in-chans', '1', '--methods', 'erm,flowmixup', '--backbone', 'resnet18', '--epochs', '1', '--bs', '8',
+                  '--progress', 'log', '--out', 'res', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path/'res'/'config.json').read_text())['settings']['arguments']['in_chans'] == 1
+    assert len(pd.read_csv(tmp_path/'res'/'runs.csv')) == 2
 
 def test_console_script_error_is_one_line(tmp_path):
     r = softlabel('--data', 'missing.npz', '--out', 'res', cwd=tmp_path)
