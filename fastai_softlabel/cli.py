@@ -205,10 +205,11 @@ def run_id(method:str, seed:int, corruption:float)->str:
     "The folder name of one run under `runs/`"
     return f"{method}_seed{seed}_c{corruption:g}"
 
-def _write_run(out:Path, rid:str, make)->None:
-    "Run `make(folder)` -> (row, curves) in a partial folder, then move it to `runs/<rid>` complete"
+def _write_run(out:Path, rid:str, make, config:dict|None=None)->None:
+    "Run `make(folder)` -> (row, curves) in a partial folder with the run's `config.json`, then move it to `runs/<rid>` complete"
     part = out/'runs'/f'.partial-{rid}'
     shutil.rmtree(part, ignore_errors=True); part.mkdir(parents=True)
+    if config is not None: (part/'config.json').write_text(json.dumps(config, indent=2, default=str))
     row,curves = make(part)
     curves.to_csv(part/'curves.csv', index=False)
     (part/'row.json').write_text(json.dumps(row, indent=2))
@@ -285,7 +286,8 @@ def _run_all(args, d, methods, rates, seeds, out:Path):
             el = time.time() - start
             eta = f", ETA {_hms(el/finished*(len(todo) - i))}" if finished else ''
             print(f"run {len(done) + i + 1}/{len(plan)} ({method}, seed {seed}, corruption {rate:g}); elapsed {_hms(el)}{eta}", flush=True)
-            _write_run(out, run_id(method, seed, rate), lambda folder: run_one(d, method, seed, rate, args, folder))
+            config = {k: v for k,v in sorted(vars(args).items()) if k not in _NOT_RESULTS + ('methods', 'seeds')} | dict(method=method, seed=seed, corruption=rate)
+            _write_run(out, run_id(method, seed, rate), lambda folder: run_one(d, method, seed, rate, args, folder), config)
             finished += 1
     except KeyboardInterrupt:
         _fail(f"interrupted after {len(done) + finished} of {len(plan)} runs; rerun the same command with --resume", 130)

@@ -20,6 +20,8 @@ def test_synthetic_default_short_run(tmp_path):
     curves = pd.read_csv(out/'curves.csv')
     assert {'epoch', 'accuracy', 'method', 'seed'} <= set(curves.columns) and len(curves) == 10
     assert (out/'runs'/'ccl_seed1_c0'/'soft_labels.png').exists() and (out/'runs'/'ccl_seed1_c0'/'ccl_history.json').exists()
+    run_cfg = json.loads((out/'runs'/'ccl_seed1_c0'/'config.json').read_text())   # each run folder carries its own settings
+    assert (run_cfg['method'], run_cfg['seed'], run_cfg['corruption'], run_cfg['epochs'], run_cfg['lr_ccl']) == ('ccl', 1, 0.0, 1, 1.0)
     # summary.csv: numbers; the paired difference of lsr-u1 to baseline is the mean of the per-seed differences
     summary = pd.read_csv(out/'summary.csv')
     assert all(pd.api.types.is_numeric_dtype(summary[c]) for c in ('mean', 'std', 'n', 'ci_low', 'ci_high', 'diff_mean'))
