@@ -47,7 +47,7 @@ def plot_paired_differences(
         ax.axvline(0, color='grey', ls='--', lw=0.8)
         ax.set_title(f'Δ {metric}', fontsize=10)
     axs[0][0].set_yticks(range(len(rows)), [f'{m} (c {r:g})' for r,m in rows])
-    axs[0][0].invert_yaxis()
+    axs[0][0].set_ylim(len(rows) - 0.5, -0.5)   # first row on top, half a row of margin
     return fig
 
 # %% ../nbs/20_report.ipynb #rp000015
@@ -151,7 +151,9 @@ def write_report(
                 parts.append(_img('data:image/png;base64,' + base64.b64encode((d/'soft_labels.png').read_bytes()).decode(), f"Soft labels of {d.name}"))
     if (out/'per_class.csv').exists():
         parts += ['<h2>Per class</h2>', _img(png_data_uri(plot_per_class(pd.read_csv(out/'per_class.csv'))), "AUROC per class, mean over seeds")]
-    parts.append(f"<h2>Configuration</h2><pre>{html.escape(json.dumps({k: cfg.get(k) for k in ('command', 'versions', 'device', 'threads', 'started')}, indent=1))}</pre>")
+    shown = {k: cfg.get(k) for k in ('versions', 'device', 'threads', 'started')} | dict(items=cfg.get('items'), classes=cfg.get('classes'))
+    parts.append(f"<h2>Configuration</h2><pre>{html.escape(' '.join(cfg.get('command', [])))}\n\n{html.escape(json.dumps(shown, indent=1))}</pre>"
+                 f"<p>Every argument, with the data's SHA-256, is in <code>config.json</code>.</p>")
     page = out/'report.html'
     page.write_text(f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>softlabel report</title><style>{_STYLE}</style></head>'
                     f'<body>{"".join(parts)}</body></html>', encoding='utf-8')
