@@ -45,7 +45,7 @@ def main():
     methods = list(MULTI_METHODS if args.task == 'multi' else SINGLE_METHODS)
     ref = methods[0]
     def dls_for(pil):
-        kw = dict(item_tfms=Resize(args.size)) if pil else {}
+        kw = dict(item_tfms=[]) if pil else {}   # item_tfms (even none) take the PIL path
         return array_image_dls(images, labels, names, splitter=IndexSplitter(range(args.n, n)), bs=args.bs, num_workers=0,
                                device=torch.device(args.device), batch_tfms=[Normalize.from_stats(*imagenet_stats)], **kw)
     dls = {'tensor': dls_for(False), 'pil': dls_for(True)}

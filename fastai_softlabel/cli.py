@@ -137,6 +137,9 @@ def _prepare(args)->tuple:
     elif signals: d = signal_dataset(data, args.valid, args.fs, args.seconds, args.mapping, args.min_count)
     elif data.suffix == '.csv': d = table_dataset(data, args.images, args.size or 64)
     else: d = real_dataset(data, args.valid)
+    if 'images' in d:   # the image channels fit --in-chans (RGBA, RGB, grayscale), checked before any work
+        from fastai_softlabel.data import to_channels
+        to_channels(d['images'][:1], args.in_chans)
     allowed = MULTI_METHODS if d['multi_label'] else SINGLE_METHODS
     methods = list(allowed) if args.methods is None else [m.strip() for m in args.methods.split(',') if m.strip()]
     wrong = [m for m in methods if m not in allowed]
@@ -226,7 +229,11 @@ def build_tables(
     cfg = json.loads((out/'config.json').read_text())
     dirs = [d for d in sorted((out/'runs').glob('*')) if not d.name.startswith('.') and (d/'row.json').exists()] if (out/'runs').exists() else []
     if not dirs: raise ValueError(f"{out} holds no finished run yet")
-    runs = pd.DataFrame([json.loads((d/'row.json').read_text()) for d in dirs])
+    from fastai_softlabel.metrics import curve_summaries
+    def row(d):   # the run's row, its curve summaries recomputed from its curves (one definition for every folder)
+        c = pd.read_csv(d/'curves.csv')
+        return json.loads((d/'row.json').read_text()) | curve_summaries(c, n_first=min(5, len(c)))
+    runs = pd.DataFrame([row(d) for d in dirs])
     order = {m:i for i,m in enumerate(cfg['methods'])}
     runs = runs.sort_values(['corruption', 'method', 'seed'], key=lambda c: c.map(order) if c.name == 'method' else c, kind='stable').reset_index(drop=True)
     curves = pd.concat([pd.read_csv(d/'curves.csv') for d in dirs], ignore_index=True)

@@ -24,20 +24,21 @@ class ImageAt:
 
 # %% ../nbs/02_data.ipynb #dt000001
 def to_channels(
-    images:np.ndarray,  # (N, H, W) grayscale or (N, H, W, 3) RGB uint8 images
+    images:np.ndarray,  # (N, H, W) grayscale, (N, H, W, 3) RGB or (N, H, W, 4) RGBA uint8 images
     channels:int=3,     # 3: RGB (grayscale repeated); 1: grayscale (RGB converted as PIL's `convert('L')` does)
 )->np.ndarray:          # (N, H, W, channels) uint8
     "Images with the number of channels a backbone takes"
     if channels not in (1, 3): raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
     if images.ndim == 3: images = images[..., None]
-    if images.ndim != 4 or images.shape[-1] not in (1, 3): raise ValueError(f"images must be (N, H, W) or (N, H, W, 3), got {images.shape}")
+    if images.ndim == 4 and images.shape[-1] == 4: images = images[..., :3]   # RGBA: alpha dropped, as PIL's convert('RGB') does
+    if images.ndim != 4 or images.shape[-1] not in (1, 3): raise ValueError(f"images must be (N, H, W), (N, H, W, 3) or (N, H, W, 4), got {images.shape}")
     if images.shape[-1] == channels: return images
     if channels == 3: return np.repeat(images, 3, axis=-1)
     rgb = images.astype(np.uint32)   # ITU-R 601-2 luma in PIL's fixed point: (19595 R + 38470 G + 7471 B + 2^15) >> 16
     return ((rgb[..., 0]*19595 + rgb[..., 1]*38470 + rgb[..., 2]*7471 + 0x8000) >> 16).astype(np.uint8)[..., None]
 
 def resize_images(images:np.ndarray, size:int)->np.ndarray:
-    "(N, H, W, C) uint8 images resized once to `size` x `size` (bilinear, as fastai's `Resize` does to images)"
+    "(N, H, W, C) uint8 images resized once to `size` x `size`, bilinear: fastai's `Resize(size)` for square images; others are squished, not cropped"
     if images.shape[1:3] == (size, size): return images
     out = [np.asarray(PIL.Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im).resize((size, size), PIL.Image.BILINEAR)) for im in images]
     return np.stack(out).reshape(len(images), size, size, images.shape[-1])
@@ -82,7 +83,7 @@ def array_image_dls(
         yblock = MultiCategoryBlock(vocab=list(names))
     else:
         names = np.asarray(class_names if class_names is not None else np.unique(labels)).astype(str)
-        ys,yblock = names[labels],CategoryBlock(vocab=list(names))
+        ys,yblock = names[labels],CategoryBlock(vocab=list(names), sort=False)   # output k is class_names[k], as the labels index them
     if splitter is None: splitter = RandomSplitter(valid_pct, seed=seed) if valid_idx is None else IndexSplitter(valid_idx)
     block = DataBlock(blocks=(xblock, yblock), get_x=get_x, get_y=IndexInto(ys),
                       splitter=splitter, item_tfms=item_tfms, batch_tfms=batch_tfms)

@@ -198,7 +198,7 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     curves = pd.DataFrame(values, columns=names)
     row.update(curve_summaries(curves, n_first=min(5, len(curves))))   # best, last, best − last, Eq. 8 over 5 epochs
     with learn.no_bar(): probs,targs = learn.get_preds()   # the last epoch's model on the evaluated split
-    pc = per_class_metrics(probs.numpy(), targs.numpy(), d['names'])
+    pc = per_class_metrics(probs.numpy(), targs.numpy(), list(learn.dls.vocab))   # the model's output order
     pc.insert(0, 'method', method); pc.insert(1, 'seed', seed); pc.insert(2, 'corruption', corruption)
     pc.to_csv(out/'per_class.csv', index=False)
     if method == 'ccl':

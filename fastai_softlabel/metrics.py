@@ -100,14 +100,17 @@ def recorder_curve(learn:Learner, metric:str)->list:
 def curve_summaries(
     curves:pd.DataFrame,   # one row per epoch, one column per metric
     n_first:int|None=None, # epochs of the early variance (default: all)
-    lower_is_better=('train_loss', 'valid_loss'), # the columns whose best is their minimum
+    lower_is_better=('train_loss', 'valid_loss', 'ce', 'kl', 'head_ce', 'l_cc'), # columns whose best is their minimum (CCL's loss terms too)
+    skip=('epoch', 'seed', 'corruption', 'time', 'p_bar'), # columns that are no metric to summarise (p̄ has no "best")
 )->dict:                   # `<column>_best`, `<column>_last`, `<column>_best_minus_last`, `<column>_early_variance`
-    "`curve_summary` of every numeric column of `curves`"
+    "`curve_summary` of every numeric column of `curves`; NaN for a column with a missing epoch"
     out = {}
     for col in curves.columns:
+        if col in skip: continue
         v = pd.to_numeric(curves[col], errors='coerce')
-        if v.isna().any(): continue
-        s = curve_summary(v.to_numpy(), n_first, higher_is_better=col not in lower_is_better)
+        if v.isna().all(): continue   # not numbers
+        s = (curve_summary(v.to_numpy(), n_first, higher_is_better=col not in lower_is_better) if not v.isna().any()
+             else dict.fromkeys(('best', 'last', 'best_minus_last', 'early_variance'), float('nan')))
         out.update({f'{col}_{k}': x for k,x in s.items()})
     return out
 

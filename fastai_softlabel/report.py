@@ -54,17 +54,23 @@ def plot_paired_differences(
 def plot_curves(
     curves:pd.DataFrame, # one row per (run, epoch): `method`, `seed`, `corruption`, `epoch` and the metric
     metric:str,          # the column to plot
+    methods=None,        # the methods in order (default: as they come); each keeps its colour in every panel
 )->plt.Figure:
     "Per-epoch `metric` per method, mean over seeds with a min-max band, one panel per corruption rate"
     rates = sorted(curves.corruption.unique())
+    methods = [m for m in (methods or dict.fromkeys(curves.method)) if m in set(curves.method)]
     fig,axs = plt.subplots(1, len(rates), figsize=(4.2*len(rates), 3), sharey=True, squeeze=False)
     for ax,rate in zip(axs[0], rates):
-        for i,(method,g) in enumerate(curves[curves.corruption == rate].groupby('method', sort=False)):
+        for i,method in enumerate(methods):
+            g = curves[(curves.corruption == rate) & (curves.method == method)]
+            if not len(g): continue
             st = g.groupby('epoch')[metric].agg(['mean', 'min', 'max'])
             ax.plot(st.index, st['mean'], color=f'C{i}', label=method)
             ax.fill_between(st.index, st['min'], st['max'], color=f'C{i}', alpha=0.2, lw=0)
         ax.set_title(f'corruption {rate:g}', fontsize=10); ax.set_xlabel('epoch')
-    axs[0][0].set_ylabel(metric); axs[0][-1].legend(fontsize=8)
+    axs[0][0].set_ylabel(metric)
+    fig.legend(handles=[plt.Line2D([], [], color=f'C{i}', label=m) for i,m in enumerate(methods)], fontsize=8,
+               loc='upper left', bbox_to_anchor=(1.0, 0.95))   # one legend for all panels
     return fig
 
 # %% ../nbs/20_report.ipynb #rp000018
@@ -142,7 +148,7 @@ def write_report(
     if fig is not None: parts += ['<h2>Paired differences</h2>', _img(png_data_uri(fig), f"Paired difference to {ref}: mean and 95% CI over seeds")]
     parts.append('<h2>Curves</h2>')
     for metric in [main, 'valid_loss']:
-        if metric in curves: parts.append(_img(png_data_uri(plot_curves(curves, metric)), f"{metric} per epoch: mean over seeds, band from the lowest to the highest seed"))
+        if metric in curves: parts.append(_img(png_data_uri(plot_curves(curves, metric, cfg['methods'])), f"{metric} per epoch: mean over seeds, band from the lowest to the highest seed"))
     ccl = [d for d in sorted((out/'runs').glob('ccl_*')) if (d/'ccl_history.json').exists()]
     if ccl:
         parts += ['<h2>CCL</h2>', _img(png_data_uri(plot_ccl_pbar(ccl)), "CCL's p̄ per epoch; × the epoch the dictionary froze")]

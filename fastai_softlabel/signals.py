@@ -75,7 +75,7 @@ def signal_dls(
         batch_tfms = [NormalizeLeads(mean, std)]
     names = [str(n) for n in names]
     y_block,targets = ((MultiCategoryBlock(vocab=names), [[names[j] for j in np.flatnonzero(r)] for r in labels]) if labels.ndim == 2
-                       else (CategoryBlock(vocab=names), [names[j] for j in labels]))
+                       else (CategoryBlock(vocab=names, sort=False), [names[j] for j in labels]))   # output k is label_names[k]
     block = DataBlock(blocks=(TransformBlock(), y_block), get_x=SignalAt(signals), get_y=IndexInto(targets),
                       splitter=splitter, batch_tfms=batch_tfms)
     return block.dataloaders(list(range(len(signals))), **kwargs)

@@ -175,6 +175,7 @@ def _bad_npz(path):
     (['--methods', 'cutmix', '--alpha', '0'], 'alpha 0'),
     (['--data', 'ecg.npz', '--in-chans', '1'], '--in-chans is for images'),
     (['--ccl-patience', '0'], '--ccl-patience must be at least 1'),
+    (['--data', 'twochan.npz'], r'images must be \(N, H, W\)'),
 ])
 def test_bad_input_one_line_and_nothing_written(tmp_path, args, message, monkeypatch, capsys):
     "In-process (`cli.main`), the way the console script calls it: exit status 2, one `softlabel: error:` line, nothing written"
@@ -182,6 +183,7 @@ def test_bad_input_one_line_and_nothing_written(tmp_path, args, message, monkeyp
     _bad_npz(tmp_path/'bad.npz')
     _ecg_npz(tmp_path/'nan.npz', nan=True); _ecg_npz(tmp_path/'ecg.npz'); (tmp_path/'emptydir').mkdir()
     np.savez(tmp_path/'nokey.npz', pictures=np.zeros((2, 4, 4), np.uint8), labels=np.zeros(2))
+    np.savez(tmp_path/'twochan.npz', images=np.zeros((4, 8, 8, 2), np.uint8), labels=np.array([0, 1, 0, 1]))
     np.savez(tmp_path/'outside.npz', images=np.zeros((3, 8, 8), np.uint8), labels=np.array([0, 1, 7]), class_names=np.array(['a', 'b']))
     before = sorted(p.name for p in tmp_path.iterdir())
     monkeypatch.chdir(tmp_path)
