@@ -135,7 +135,9 @@ class EpochLog(Callback):
     "One plain line per epoch (for logs that are not a terminal)"
     order = Recorder.order + 2
     def __init__(self, prefix): self.prefix,self.trained = prefix,False
-    def before_train(self): self.trained = True   # a training epoch; `get_preds`/`validate` also run `after_epoch`
+    def before_train(self):
+        "Mark a training epoch: `get_preds` and `validate` also run `after_epoch`, and print nothing"
+        self.trained = True
     def after_epoch(self):
         "Print the epoch's Recorder values on one line, after a training epoch only"
         if not self.trained: return
