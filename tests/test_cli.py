@@ -36,7 +36,7 @@ def test_synthetic_default_short_run(tmp_path):
     assert cfg['settings']['arguments']['seeds'] == '0,1' and cfg['versions']['fastai'] and cfg['device'] == 'cpu'
 
 def test_sigint_keeps_finished_runs_and_resume_finishes_the_rest(tmp_path):
-    args = [*FAST, '--methods', 'baseline', '--seeds', '0,1,2', '--out', 'res']
+    args = [*FAST, '--methods', 'baseline', '--seeds', '0,1,2,3,4,5,6,7', '--out', 'res']   # runs of about a second: enough left to interrupt
     p = subprocess.Popen([str(EXE), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = tmp_path/'res'/'runs'/'baseline_seed0_c0'/'row.json'
     deadline = time.monotonic() + 300
@@ -47,13 +47,13 @@ def test_sigint_keeps_finished_runs_and_resume_finishes_the_rest(tmp_path):
     lines = [l for l in err.splitlines() if l.strip() and 'Warning' not in l and 'warnings.warn' not in l]
     assert p.returncode == 130 and len(lines) == 1, err[-2000:]
     n_done = len(list((tmp_path/'res'/'runs').glob('baseline_*')))
-    assert n_done < 3 and lines[0] == f'softlabel: interrupted after {n_done} of 3 runs; rerun the same command with --resume'
+    assert n_done < 8 and lines[0] == f'softlabel: interrupted after {n_done} of 8 runs; rerun the same command with --resume'
     kept = first.read_text()
     r = softlabel(*args, '--resume', cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert f'{n_done} of 3 runs already finished' in r.stdout and f'run {n_done + 1}/3' in r.stdout
+    assert f'{n_done} of 8 runs already finished' in r.stdout and f'run {n_done + 1}/8' in r.stdout
     assert first.read_text() == kept                  # finished runs are not run again
-    assert list(pd.read_csv(tmp_path/'res'/'runs.csv').seed) == [0, 1, 2]
+    assert list(pd.read_csv(tmp_path/'res'/'runs.csv').seed) == list(range(8))
     # other settings: refused in one line, nothing changed
     r = softlabel(*args, '--resume', '--epochs', '2', cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith('softlabel: error: --resume:') and '--epochs 1 → 2' in r.stderr
