@@ -37,7 +37,9 @@ def test_synthetic_default_short_run(tmp_path):
 
 def test_sigint_keeps_finished_runs_and_resume_finishes_the_rest(tmp_path):
     args = [*FAST, '--methods', 'baseline', '--seeds', '0,1,2,3,4,5,6,7', '--out', 'res']   # runs of about a second: enough left to interrupt
-    p = subprocess.Popen([str(EXE), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a terminal's Ctrl-C: SIGINT handled as by default, even when this test runs in a background job (which ignores it)
+    p = subprocess.Popen([str(EXE), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = tmp_path/'res'/'runs'/'baseline_seed0_c0'/'row.json'
     deadline = time.monotonic() + 300
     while not first.exists() and p.poll() is None and time.monotonic() < deadline: time.sleep(0.05)
