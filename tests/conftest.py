@@ -73,3 +73,25 @@ class CPUAutocast(Callback):
     def before_batch(self): self.ac = torch.autocast('cpu', dtype=torch.bfloat16); self.ac.__enter__()
     def after_pred(self): self.learn.pred = self.pred.float()
     def after_loss(self): self.ac.__exit__(None, None, None)
+
+
+import shutil
+CHROMIUM, CHROMEDRIVER = shutil.which('chromium'), shutil.which('chromedriver')
+
+@pytest.fixture(scope='module')
+def browser(tmp_path_factory):
+    "Headless Chromium through Selenium, one per test module (skipped when Chromium is not installed)"
+    if not (CHROMIUM and CHROMEDRIVER): pytest.skip("Chromium is not installed (Debian packages chromium, chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ('--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+                 '--no-first-run', '--disable-sync', '--window-size=1300,1600',
+                 f'--user-data-dir={tmp_path_factory.mktemp("chromium-profile")}'):
+        opts.add_argument(flag)
+    opts.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    yield driver
+    driver.quit()
+

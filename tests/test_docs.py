@@ -6,7 +6,6 @@ import nbformat, pytest, yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 NBS = sorted(p for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith('_'))
-CHROMIUM, CHROMEDRIVER = shutil.which('chromium'), shutil.which('chromedriver')
 
 def _build_docs_module():
     spec = importlib.util.spec_from_file_location('build_docs', ROOT/'tools'/'build_docs.py')
@@ -131,22 +130,6 @@ def site(tmp_path_factory):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield out, f'http://127.0.0.1:{server.server_address[1]}/'
     server.shutdown()
-
-@pytest.fixture(scope='module')
-def browser(tmp_path_factory):
-    if not (CHROMIUM and CHROMEDRIVER): pytest.skip("Chromium is not installed (Debian packages chromium, chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ('--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-                 '--no-first-run', '--disable-sync', '--window-size=1300,1600',
-                 f'--user-data-dir={tmp_path_factory.mktemp("chromium-profile")}'):
-        opts.add_argument(flag)
-    opts.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    yield driver
-    driver.quit()
 
 def _load(browser, url):
     "Open `url` and wait for its load event (Selenium's default page-load strategy)"

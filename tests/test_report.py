@@ -4,7 +4,6 @@ from pathlib import Path
 import pandas as pd, pytest
 
 EXE = Path(sys.executable).parent/'softlabel'
-CHROMIUM, CHROMEDRIVER = shutil.which('chromium'), shutil.which('chromedriver')
 
 @pytest.fixture(scope='module')
 def results(tmp_path_factory):
@@ -28,20 +27,6 @@ def test_report_and_per_class_tables_are_written(results):
     r = subprocess.run([str(EXE), 'report', str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out/'report.html').exists() and len(pd.read_csv(out/'per_class.csv')) == 64
-
-@pytest.fixture(scope='module')
-def browser(tmp_path_factory):
-    if not (CHROMIUM and CHROMEDRIVER): pytest.skip("Chromium is not installed (Debian packages chromium, chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ('--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-                 '--no-first-run', '--disable-sync', '--window-size=1200,1600', f'--user-data-dir={tmp_path_factory.mktemp("profile")}'):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    yield driver
-    driver.quit()
 
 def test_report_images_render_in_chromium(results, browser):
     out, _ = results
