@@ -14,15 +14,15 @@ from .core import *
 from .flowmixup import FlowMixup
 
 # %% auto #0
-__all__ = ['CCLHead', 'last_linear', 'find_features', 'CCL']
+__all__ = ['CCLHead', 'last_linear', 'find_features', 'epochs_without_drop', 'scheduled_peak_lr', 'CCL']
 
 # %% ../nbs/03_ccl.ipynb #c0f62ad0
 class CCLHead(Module):
-    "CCL-Net's plug-in head: an MLP $f_2$ embedding pooled features, and a dictionary of one learnable embedding per class"
+    "CCL-Net's plug-in head: an MLP $f_2$ embedding the pooled features $f$, and a dictionary of one learnable embedding per class"
     def __init__(self,
-        in_features:int,   # width of the pooled backbone features $f$
-        n_classes:int,     # K, the number of class embeddings
-        widths=(1024, 1024, 512), # widths of $f_2$'s Linear layers (BatchNorm + ReLU between them); the last is the embedding size
+        in_features:int,   # width of the pooled backbone features f
+        n_classes:int,     # number of classes K: one embedding each
+        widths=(1024, 1024, 512), # widths of f_2's Linear layers (BatchNorm and ReLU between them); the last is the embedding size
     ):
         widths = tuple(widths)
         if not widths: raise ValueError("widths needs at least one layer width")
@@ -91,450 +91,419 @@ def find_features(
     _check_pooled(names[m], f, how)
     return names[m],m,how,f.shape[1]
 
-# %% ../nbs/03_ccl.ipynb #740bd6a1
-class CCL(Callback):
-    "Class-correlation learning (CCL-Net): learn class embeddings with a plug-in head and regularise the backbone with their soft labels"
-    order,run_valid = 51,False # after `Recorder` (50) adds its columns, before `ProgressCallback`/`LRFinder`/`SaveModelCallback` (60)
-    _stateattrs = ('ccl_opt', '_handles', '_feats', '_sums', '_where')
-    columns = ('ce', 'kl', 'head_ce', 'l_cc', 'p_bar')
+# %% ../nbs/03_ccl.ipynb #0614ea6a
+def epochs_without_drop(
+    pbars:list,         # label softness p̄ after each epoch, oldest first
+    min_delta:float=0., # smallest decrease below the best p̄ so far that counts as a drop
+)->int:
+    "Number of epochs since p̄ last dropped below its best value by more than `min_delta` (CCL-Net's freezing rule)"
+    best,wait = float('inf'),0
+    for p in pbars:
+        if p < best - min_delta: best,wait = p,0
+        else: wait += 1
+    return wait
 
-    def __init__(self,
-        features:str|nn.Module|None=None, # module whose input are the pooled features; default: the final `nn.Linear`
-        n_classes:int|None=None, # K; default `dls.c` (must agree with it)
-        widths=(1024, 1024, 512), # widths of the head $f_2$'s Linear layers; the last is the embedding size
-        lr_ccl:float=5e-4,      # the head's peak learning rate
-        alpha_cc:float=10.,     # $\alpha_{CC}$, weight of $l_{CC}$
-        margin:float=2.,        # $b$ in $l_{CC}$ (2: keep class embeddings at most orthogonal)
-        patience:int=10,        # freeze the dictionary after this many epochs without a drop of $\bar p$
-        min_delta:float=0.,     # smallest decrease of $\bar p$ that counts as a drop
-        head_opt_func=None,     # `(param_groups, lr) -> torch optimizer`; default SGD(momentum=0.9, weight_decay=1e-4)
-    ):
-        store_attr('features,n_classes,lr_ccl,alpha_cc,margin,patience,min_delta')
-        self.widths = tuple(widths)
-        self.head_opt_func = ifnone(head_opt_func, partial(torch.optim.SGD, momentum=0.9, weight_decay=1e-4))
-        self.ccl_head,self.history,self.frozen_at = None,[],None
-        self.best_pbar,self.wait = float('inf'),0
-        self._init_state()
-
-    def _init_state(self):
-        # what `export` leaves out (`_stateattrs`), restored empty after unpickling
-        self.__dict__.update(_state={}, ccl_opt=None, _handles=[], _feats=None, _sums=None, _where=None)
-
-    @property
-    def frozen(self)->bool:
-        "Whether the class dictionary is frozen"
-        return self.frozen_at is not None
-    @property
-    def pbar_history(self)->list:
-        "p_bar (label softness) after each training epoch"
-        return [h['p_bar'] for h in self.history]
-    @property
-    def soft_labels(self)->Tensor|None:
-        "The current K×K soft-label matrix $P$ (row k: soft label of class k), on the CPU"
-        return None if self.ccl_head is None else self.ccl_head.soft_labels().cpu()
-
-# %% ../nbs/03_ccl.ipynb #c413fbe7
-@patch
-def _check_learner(self:CCL)->int:
-    "Raise a clear error for anything CCL cannot train with, before any work; return K"
-    refuse_fastai_mixing(self.learn, 'CCL')
-    model = plain_model(self.learn.model)
-    if self.features is not None: named_module(model, self.features, 'CCL features module')
-    k_data = getattr(self.learn.dls, 'c', None)
-    if self.n_classes is not None and k_data is not None and self.n_classes != k_data:
-        raise ValueError(f"CCL(n_classes={self.n_classes}) but the data has {k_data} classes (dls.c): "
-                         f"leave n_classes out or set it to {k_data}.")
-    if is_multilabel(self.learn.dls, self.learn.loss_func):
-        raise ValueError("CCL needs single-label targets (one class per item, e.g. CategoryBlock with cross entropy); "
-                         "this Learner is set up for multi-label targets (MultiCategoryBlock or a BCE loss). "
-                         "Multi-label CCL is not implemented: use FlowMixup for multi-label data.")
-    clf = last_linear(model)
-    k = ifnone(self.n_classes, k_data)
-    if clf is not None and k is not None and clf[1].out_features != k:
-        raise ValueError(f"The model's classifier `{clf[0]}` has {clf[1].out_features} outputs but the data has {k} classes: "
-                         f"build the model with {k} outputs (e.g. timm's num_classes={k}, or vision_learner(n_out={k})).")
-    k = ifnone(k, clf[1].out_features if clf is not None else None)
-    if k is None: raise ValueError("Cannot tell the number of classes from the data or the model: pass CCL(n_classes=K).")
-    return k
-
-@patch
-def _locate_features(self:CCL):
-    "Find (once per model) where the features are read, with one eval-mode forward pass of the model inside any wrapper"
-    model = plain_model(self.learn.model)
-    if self._where is not None and any(m is self._where[1] for m in model.modules()): return self._where
-    self._where = find_features(model, one_batch_inputs(self.learn.dls, first(model.parameters()).device), self.features)
-    return self._where
-
-@patch
-def after_create(self:CCL):
-    "Check the Learner, and find the features, as soon as it is created with `cbs=CCL()`"
-    self._check_learner()
-    self._locate_features()
-
-# %% ../nbs/03_ccl.ipynb #bd02ec73
-@patch
-def _make_head_opt(self:CCL):
-    "The head's optimizer: one group for $f_2$ and, unless frozen, one for the dictionary"
-    groups = [{'params': list(self.ccl_head.embed.parameters())}]
-    if not self.frozen: groups.append({'params': [self.ccl_head.dictionary]})
-    return self.head_opt_func(groups, lr=self.lr_ccl)
-
-@patch
-def _head_to(self:CCL, device):
-    "Move the head and its optimizer state to `device`"
-    self.ccl_head.to(device)
-    if self.ccl_opt is None: return
-    for st in self.ccl_opt.state.values():
-        for k,v in st.items():
-            if isinstance(v, Tensor) and k != 'step': st[k] = v.to(device)
-
-# %% ../nbs/03_ccl.ipynb #5a7a4888
-@patch
-def _scheduled_peak_lr(self:CCL)->float:
-    "Peak backbone lr (last param group) of this fit: the max of the fit's `ParamScheduler` lr, or the starting lr"
-    peak = float(self.learn.opt.hypers[-1]['lr'])
-    for cb in self.learn.cbs:
+# %% ../nbs/03_ccl.ipynb #dffe7157
+def scheduled_peak_lr(learn:Learner)->float:
+    "Peak lr of the last parameter group in this fit: the maximum of the fit's `ParamScheduler` lr, or the optimizer's lr"
+    peak = float(learn.opt.hypers[-1]['lr'])
+    for cb in learn.cbs:
         sched = getattr(cb, 'scheds', {}).get('lr') if isinstance(cb, ParamScheduler) else None
         if sched is None: continue
         f = sched[-1] if is_listy(sched) else sched
         peak = max([peak] + [float(np.asarray(f(p)).reshape(-1)[-1]) for p in np.linspace(0, 1, 501)])
     return peak
 
-# %% ../nbs/03_ccl.ipynb #0d529319
-@patch
-def before_fit(self:CCL):
-    "Check the Learner again, drop what an interrupted fit left, add the Recorder columns"
-    self._cleanup()
-    self._k = self._check_learner()
-    self._peak_lr,self._trained = None,False   # peak lr: read at the first training epoch (no optimizer in `get_preds`)
-    rec = getattr(self.learn, 'recorder', None)
-    self._names_added = rec is not None and hasattr(rec, 'metric_names')
-    if self._names_added:
-        names = L(rec.metric_names)
-        i = names.index('time') if 'time' in names else len(names)
-        rec.metric_names = names[:i] + L(self.columns) + names[i:]
+# %% ../nbs/03_ccl.ipynb #740bd6a1
+class CCL(Callback):
+    "Class-correlation learning (CCL-Net): learn class embeddings with a plug-in head and regularise the backbone with their soft labels"
+    order,run_valid = 51,False # after `Recorder` (50) adds its columns, before `ProgressCallback`/`LRFinder`/`SaveModelCallback` (60)
+    columns = ('ce', 'kl', 'head_ce', 'l_cc', 'p_bar')
+    # what one fit needs and `export` leaves out (restored empty by `_init_state` after unpickling)
+    _stateattrs = ('ccl_opt', '_where', '_handles', '_ours', '_feats', '_sums', '_counts', '_epoch_row',
+                   '_peak_lr', '_fit_start', '_columns_added')
 
-@patch
-def _remove_columns(self:CCL):
-    "Take CCL's columns out of the Recorder again (a fit that trained nothing, or failed)"
-    if self._names_added: self.learn.recorder.metric_names = L(n for n in self.learn.recorder.metric_names if n not in self.columns)
+    def __init__(self,
+        features:str|nn.Module|None=None, # module whose input are the pooled features; default: found automatically (`find_features`)
+        n_classes:int|None=None, # number of classes K; default `dls.c` (must agree with it)
+        widths=(1024, 1024, 512), # widths of the head's Linear layers (f_2); the last is the embedding size
+        lr_ccl:float=1.,        # the head's peak learning rate lr_CCL, for short fastai runs; the paper's 5e-4 suits its long SGD runs
+        alpha_cc:float=10.,     # weight α_CC of the orthogonality penalty l_CC
+        margin:float=2.,        # margin b of l_CC (2: class embeddings at most orthogonal)
+        patience:int=10,        # freeze the class dictionary after this many epochs without a drop of the label softness p̄
+        min_delta:float=0.,     # smallest decrease of p̄ that counts as a drop
+        head_opt_func=None,     # `(param_groups, lr) -> torch optimizer` for the head; default SGD(momentum=0.9, weight_decay=1e-4)
+    ):
+        store_attr('features,n_classes,lr_ccl,alpha_cc,margin,patience,min_delta')
+        self.widths = tuple(widths)
+        self.head_opt_func = ifnone(head_opt_func, partial(torch.optim.SGD, momentum=0.9, weight_decay=1e-4))
+        self.ccl_head,self.history,self.frozen_at = None,[],None
+        self._init_state()
 
-@patch
-def _cleanup(self:CCL):
-    "Remove hooks whose forward pass did not run, forget the batch"
-    remove_hooks(self._handles)
-    self._feats = None
+    def _init_state(self):
+        self.__dict__.update(_state={}, ccl_opt=None, _where=None, _handles=[], _ours=False, _feats=None, _sums=None,
+                             _counts=Counter(), _epoch_row=None, _peak_lr=None, _fit_start=0,
+                             _columns_added=False)
 
-@patch
-def before_train(self:CCL):
-    "Create the head (identical on every rank) and its optimizer on first use, read the peak lr"
-    try:
-        self._module_name,self._module,self._how,width = self._locate_features()
-        if self.ccl_head is None:
-            self.ccl_head = broadcast_module_(CCLHead(width, self._k, self.widths).to(first(self.learn.model.parameters()).device))
-        elif self.ccl_head.dictionary.shape[0] != self._k:
-            raise ValueError(f"The CCL head was trained for {self.ccl_head.dictionary.shape[0]} classes but the data has {self._k}: "
+    # ---------------------------------------------------------------- what was learned
+    @property
+    def frozen(self)->bool:
+        "Whether the class dictionary is frozen"
+        return self.frozen_at is not None
+    @property
+    def pbar_history(self)->list:
+        "p̄ (label softness) after each training epoch, over all fits"
+        return [h['p_bar'] for h in self.history]
+    @property
+    def soft_labels(self)->Tensor|None:
+        "The current K×K soft-label matrix P (row k: soft label of class k), on the CPU"
+        return None if self.ccl_head is None else self.ccl_head.soft_labels().cpu()
+    @property
+    def feature_module(self)->str|None:
+        "Name of the module whose input (or, for a `Flatten`, output) CCL reads as the pooled features"
+        return None if self._where is None else self._where[0]
+
+    # ---------------------------------------------------------------- checks and set-up
+    def _check_learner(self)->int:
+        "Raise a clear error for anything CCL cannot train with, before any work; return K"
+        refuse_fastai_mixing(self.learn, 'CCL')
+        model = plain_model(self.learn.model)
+        if self.features is not None: named_module(model, self.features, 'CCL features module')
+        k_data = getattr(self.learn.dls, 'c', None)
+        if self.n_classes is not None and k_data is not None and self.n_classes != k_data:
+            raise ValueError(f"CCL(n_classes={self.n_classes}) but the data has {k_data} classes (dls.c): "
+                             f"leave n_classes out or set it to {k_data}.")
+        if is_multilabel(self.learn.dls, self.learn.loss_func):
+            raise ValueError("CCL needs single-label targets (one class per item, e.g. CategoryBlock with cross entropy); "
+                             "this Learner is set up for multi-label targets (MultiCategoryBlock or a BCE loss). "
+                             "Multi-label CCL is not implemented: use FlowMixup for multi-label data.")
+        clf = last_linear(model)
+        k = ifnone(self.n_classes, k_data)
+        if clf is not None and k is not None and clf[1].out_features != k:
+            raise ValueError(f"The model's classifier `{clf[0]}` has {clf[1].out_features} outputs but the data has {k} classes: "
+                             f"build the model with {k} outputs (e.g. timm's num_classes={k}, or vision_learner(n_out={k})).")
+        k = ifnone(k, clf[1].out_features if clf is not None else None)
+        if k is None: raise ValueError("Cannot tell the number of classes from the data or the model: pass CCL(n_classes=K).")
+        if self.ccl_head is not None and self.ccl_head.dictionary.shape[0] != k:
+            raise ValueError(f"The CCL head was trained for {self.ccl_head.dictionary.shape[0]} classes but the data has {k}: "
                              "use a new CCL() for a new label set.")
-    except Exception: self._remove_columns(); raise
-    if self._peak_lr is None: self._peak_lr = self._scheduled_peak_lr()
-    device = first(self.learn.model.parameters()).device
-    self._head_to(device)
-    if self.ccl_opt is None: self.ccl_opt = self._make_head_opt()
-    self.ccl_head.train()
-    self.ccl_opt.zero_grad(set_to_none=True)
-    self._has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.ccl_head.modules())
-    # backbone CE, KL, head CE and l_CC sums; items seen by the backbone and by the head; skipped batches, head steps
-    self._sums,self._n,self._n_head = torch.zeros(4, device=device),0,0
-    self._skipped,self._fed,self._steps = Counter(),0,0
+        return k
 
-@patch
-def before_batch(self:CCL):
-    "Refuse targets that are not one class index per item, hook this training batch's forward pass"
-    self._cleanup()
-    y = self.learn.yb[0] if len(self.learn.yb) else None
-    if y is None or y.ndim != 1 or y.is_floating_point(): raise ValueError(
-        f"CCL needs one integer class index per item; got targets of shape {None if y is None else tuple(y.shape)} "
-        f"and dtype {None if y is None else y.dtype}. Use CategoryBlock (single-label) targets.")
-    self._ours,self._backward_cancelled,self._step_cancelled = False,False,False
-    grab = WeakHook(self._grab_input) if self._how == 'input' else WeakHook(self._grab_output)
-    self._handles = hooks_for_next_forward(self.learn.model, [(self.learn.model, 'first', WeakHook(self._arm)),
-                                                              (self._module, 'pre' if self._how == 'input' else 'post', grab)])
+    def _locate_features(self)->tuple:
+        "`(name, module, 'input'/'output', width)` of the features, found once per model with one eval-mode forward pass"
+        model = plain_model(self.learn.model)
+        if self._where is None or not any(m is self._where[1] for m in model.modules()):
+            self._where = find_features(model, one_batch_inputs(self.learn.dls, first(model.parameters()).device), self.features)
+        return self._where
 
-@patch
-def _arm(self:CCL, model, args):
-    learn = self.learn
-    self._ours = learn is not None and len(args) > 0 and len(learn.xb) > 0 and args[0] is learn.xb[0]
+    def _make_head_opt(self):
+        "The head's optimizer: one group for f_2 and, unless frozen, one for the dictionary"
+        groups = [{'params': list(self.ccl_head.embed.parameters())}]
+        if not self.frozen: groups.append({'params': [self.ccl_head.dictionary]})
+        return self.head_opt_func(groups, lr=self.lr_ccl)
 
-@patch
-def _grab(self:CCL, f):
-    if not self._ours: return
-    if self._feats is not None: raise ValueError(
-        f"Module `{self._module_name}` runs twice in one forward pass: name a module that runs once with CCL(features=...).")
-    if not isinstance(f, Tensor) or f.ndim != 2: raise ValueError(
-        f"The {self._how} of `{self._module_name}` is not of shape (batch, width); CCL needs pooled features: "
-        "name the module that receives the pooled, flattened features with CCL(features=...).")
-    self._feats = f
+    def _head_to(self, device):
+        "Move the head and its optimizer state to `device`"
+        self.ccl_head.to(device)
+        for st in (self.ccl_opt.state.values() if self.ccl_opt is not None else []):
+            for k,v in st.items():
+                if isinstance(v, Tensor) and k != 'step': st[k] = v.to(device)
 
-@patch
-def _grab_input(self:CCL, module, args): self._grab(args[0] if args else None)
-@patch
-def _grab_output(self:CCL, module, args, output): self._grab(output)
+    def after_create(self):
+        "Check the Learner, and find the features, as soon as it is created with `cbs=CCL()`"
+        self._check_learner()
+        self._locate_features()
 
-# %% ../nbs/03_ccl.ipynb #a4b289f3
-@patch
-def _target(self:CCL)->Tensor: return self.learn.yb[0].as_subclass(Tensor).long()
+    def before_fit(self):
+        "Check the Learner again, drop what an interrupted fit left, add CCL's columns to the Recorder"
+        self._remove_hooks()
+        self._check_learner()
+        self._peak_lr,self._fit_start,self._epoch_row = None,len(self.history),None   # peak lr: read at the first training epoch
+        # Not fastai's `ValueMetric`: a metric must be in `learn.metrics` before the Recorder's `before_fit`, and would
+        # then also be a value of every `validate()` and of the exported Learner. The columns are for training fits only.
+        rec = getattr(self.learn, 'recorder', None)
+        self._columns_added = rec is not None and hasattr(rec, 'metric_names')
+        if self._columns_added:
+            names = L(rec.metric_names)
+            i = names.index('time') if 'time' in names else len(names)
+            rec.metric_names = names[:i] + L(self.columns) + names[i:]
 
-@patch
-def _flow_mixup(self:CCL):
-    "This batch's `FlowMixup` (Mixup, Manifold Mixup) with its flow, or None"
-    fm = first(cb for cb in self.learn.cbs if isinstance(cb, FlowMixup))
-    return fm if fm is not None and fm.flow is not None else None
+    def before_train(self):
+        "Create the head (identical on every rank) and its optimizer on first use, read the fit's peak lr"
+        try:
+            k,(_,_,_,width) = self._check_learner(),self._locate_features()
+        except Exception: self._remove_columns(); raise
+        device = first(self.learn.model.parameters()).device
+        if self.ccl_head is None: self.ccl_head = broadcast_module_(CCLHead(width, k, self.widths).to(device))
+        if self._peak_lr is None: self._peak_lr = scheduled_peak_lr(self.learn)
+        self._head_to(device)
+        if self.ccl_opt is None: self.ccl_opt = self._make_head_opt()
+        self.ccl_head.train()
+        self.ccl_opt.zero_grad(set_to_none=True)
+        # backbone CE, KL, head CE, l_CC sums; items seen by the backbone and by the head
+        self._sums,self._counts,self._epoch_row = torch.zeros(6, device=device),Counter(),{}
 
-@patch
-def _loss_scale(self:CCL)->float:
-    "The factor fastai's `GradientAccumulation` applied to `loss_grad` in its `after_loss` (order 6)"
-    scale = 1.
-    for cb in self.learn.cbs:
-        if isinstance(cb, GradientAccumulation): scale *= find_bs(self.learn.yb)/cb.n_acc
-    return scale
+    # ---------------------------------------------------------------- one training batch
+    def before_batch(self):
+        "Refuse targets that are not one class index per item, hook this training batch's forward pass"
+        self._remove_hooks()
+        y = self.learn.yb[0] if len(self.learn.yb) else None   # TEMP until core.check_batch_targets
+        if y is None or y.ndim != 1 or y.is_floating_point(): raise ValueError(
+            f"CCL needs one integer class index per item; got targets of shape {None if y is None else tuple(y.shape)} "
+            f"and dtype {None if y is None else y.dtype}. Use CategoryBlock (single-label) targets.")
+        name,module,how,_ = self._where
+        grab = WeakHook(self._grab_input) if how == 'input' else WeakHook(self._grab_output)
+        self._handles = hooks_for_next_forward(self.learn.model, [(self.learn.model, 'first', WeakHook(self._arm)),
+                                                                  (module, 'pre' if how == 'input' else 'post', grab)])
 
-@patch
-def after_loss(self:CCL):
-    "Add `KL(P[y] || softmax(pred))` to the backbone's loss (training only), mixed along FlowMixup's flow if there is one"
-    if self._feats is None: raise ValueError(f"Module `{self._module_name}` did not run in the forward pass: name one that does with CCL(features=...).")
-    fm = self._flow_mixup()
-    pred = fm.flow.pred if fm is not None else self.learn.pred
-    if pred.shape[-1] != self._k: raise ValueError(
-        f"The model outputs {pred.shape[-1]} scores per item but there are {self._k} classes.")
-    y = self._target()
-    soft = self.ccl_head.soft_labels()[y]
-    if fm is not None: soft = fm.mix_targets(soft)
-    kl = soft_label_kl(pred, soft)
-    bs = len(y)
-    self._sums[:2] += torch.stack([self.learn.loss.detach().float().mean(), kl.detach()])*bs
-    self._n += bs
-    self.learn.loss_grad = self.learn.loss_grad + kl*self._loss_scale()
-    self.learn.loss = self.learn.loss + kl.detach()
+    def _arm(self, model, args):
+        "Read features only in the forward pass of the training batch (not, e.g., a callback's extra forward)"
+        learn = self.learn
+        self._ours = learn is not None and len(args) > 0 and len(learn.xb) > 0 and args[0] is learn.xb[0]
 
-@patch
-def _head_batch(self:CCL)->tuple:
-    "Features and targets the head learns from: the original items, or every row of a flow that has none un-mixed"
-    feats,y = self._feats.detach().float(),self._target()
-    fm = self._flow_mixup()
-    if fm is None: return feats,y
-    if len(feats) == len(fm.flow.idx):   # features on the flow (also Mixup's flow of N mixed rows)
-        return (feats[:len(y)],y) if fm.flow.original else (feats,fm.mix_targets(F.one_hot(y, self._k)))
-    if len(feats) == len(y): return feats,y   # read before any mixing module
-    raise ValueError(f"The features have {len(feats)} rows, the batch {len(y)} and FlowMixup's flow {len(fm.flow.idx)}.")
+    def _grab(self, f):
+        if not self._ours: return
+        name,_,how,_ = self._where
+        if self._feats is not None: raise ValueError(
+            f"Module `{name}` runs twice in one forward pass: name a module that runs once with CCL(features=...).")
+        if not isinstance(f, Tensor) or f.ndim != 2: raise ValueError(
+            f"The {how} of `{name}` is not of shape (batch, width); CCL needs pooled features: "
+            "name the module that receives the pooled, flattened features with CCL(features=...).")
+        self._feats = f
+    def _grab_input(self, module, args): self._grab(args[0] if args else None)
+    def _grab_output(self, module, args, output): self._grab(output)
 
-@patch
-def after_cancel_backward(self:CCL):
-    "The backbone's backward was cancelled: no head backward for this batch"
-    self._backward_cancelled = True
+    def after_loss(self):
+        "Add `KL(P[y] || softmax(pred))` to the backbone's loss, mixed along FlowMixup's flow if there is one"
+        if self._feats is None: raise ValueError(
+            f"Module `{self._where[0]}` did not run in the forward pass: name one that does with CCL(features=...).")
+        fm,k = self._flow_mixup(),self.ccl_head.dictionary.shape[0]
+        pred = fm.flow.pred if fm is not None else self.learn.pred
+        if pred.shape[-1] != k: raise ValueError(f"The model outputs {pred.shape[-1]} scores per item but there are {k} classes.")
+        y = self._target()
+        soft = self.ccl_head.soft_labels()[y]
+        kl = soft_label_kl(pred, fm.mix_targets(soft) if fm is not None else soft)
+        self._sums[:2] += torch.stack([self.learn.loss.detach().float().mean(), kl.detach()])*len(y)
+        self._sums[4] += len(y)
+        self.learn.loss_grad = self.learn.loss_grad + kl*self._loss_scale()
+        self.learn.loss = self.learn.loss + kl.detach()
 
-@patch
-def _gather_head_batch(self:CCL, feats:Tensor, target:Tensor)->tuple:
-    "Under DDP, the head batch of every rank, so that every rank takes the same head step on the whole batch"
-    if distributed_world() == 1: return feats,target
-    soft = target.is_floating_point()   # mixed one-hot rows, or class indices (exact as floats)
-    rows = all_gather_rows(torch.cat([feats, target.float() if soft else target.float()[:,None]], dim=1))
-    w = feats.shape[1]
-    return rows[:,:w],(rows[:,w:] if soft else rows[:,w].long())
+    def after_cancel_backward(self):
+        "The backbone's backward was cancelled: no head backward for this batch"
+        self._feats = None
 
-@patch
-def after_backward(self:CCL):
-    "Back-propagate the head's loss on the batch of every rank (scaled like the backbone's), unless it cannot reach the head"
-    if self._backward_cancelled: return
-    feats,target = self._head_batch()
-    self._feats = None
-    if not torch.isfinite(feats).all():
-        self._skipped['with non-finite features'] += 1
-        feats,target = feats[:0],target[:0]
-    feats,target = self._gather_head_batch(feats, target)
-    scale = self._loss_scale()
-    if scale != 1 and distributed_world() > 1:   # the head's loss is a mean over every rank's rows: scale by the mean batch
-        scale = all_reduce_mean_([torch.tensor([scale], device=feats.device)])[0].item()
-    if len(feats) == 0: return
-    if self._has_bn and len(feats) < 2: self._skipped['of one item'] += 1; return
-    with torch.autocast(feats.device.type, enabled=False):
-        loss,ce,lcc = self.ccl_head.loss(feats, target, self.alpha_cc, self.margin)
-    (loss*scale).backward()
-    self._fed += 1
-    self._sums[2:] += torch.stack([ce.detach(), lcc.detach()])*len(feats)
-    self._n_head += len(feats)
+    def after_backward(self):
+        "Back-propagate the head's loss on the batch of every rank (scaled like the backbone's), unless it cannot reach the head"
+        if self._feats is None: return
+        feats,target = self._head_batch()
+        self._feats = None
+        if not torch.isfinite(feats).all():
+            self._counts['with non-finite features'] += 1
+            feats,target = feats[:0],target[:0]
+        feats,target = self._gather_head_batch(feats, target)
+        scale = self._loss_scale()
+        if scale != 1 and distributed_world() > 1:   # the head's loss is a mean over every rank's rows: scale by the mean batch
+            scale = all_reduce_mean_([torch.tensor([scale], device=feats.device)])[0].item()
+        if len(feats) == 0: return
+        if len(feats) < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.ccl_head.modules()):
+            self._counts['of one item'] += 1; return
+        with torch.autocast(feats.device.type, enabled=False):
+            loss,ce,lcc = self.ccl_head.loss(feats, target, self.alpha_cc, self.margin)
+        (loss*scale).backward()
+        self._sums[2:4] += torch.stack([ce.detach(), lcc.detach()])*len(feats)
+        self._sums[5] += len(feats)
 
-@patch
-def after_cancel_step(self:CCL):
-    "The backbone's step was cancelled (e.g. GradScaler): no head step either"
-    self._step_cancelled = True
+    def after_cancel_step(self):
+        "The backbone's step was cancelled (e.g. GradScaler): no head step either"
+        if any(p.grad is not None for p in self._head_params()): self._counts['whose step was cancelled'] += 1
+        self.ccl_opt.zero_grad(set_to_none=True)
 
-@patch
-def _head_params(self:CCL)->list: return [p for g in self.ccl_opt.param_groups for p in g['params']]
-
-@patch
-def after_step(self:CCL):
-    "The head's step, when the backbone's optimizer stepped and the head has finite gradients, its lr following the schedule"
-    if self._step_cancelled: self._skipped['whose step was cancelled'] += 1
-    elif self._fed:
+    def after_step(self):
+        "The head's step, when the backbone stepped and the head has finite gradients, its lr following the backbone's schedule"
         grads = [p.grad for p in self._head_params() if p.grad is not None]
+        if not grads: return   # nothing reached the head since its last step (or the step was cancelled)
         if torch.stack([g.sum() for g in grads]).sum().isfinite():   # one sync; a sum is NaN or inf if any term is
             lr_now = float(self.learn.opt.hypers[-1]['lr'])
             self._peak_lr = max(self._peak_lr, lr_now)
             for g in self.ccl_opt.param_groups: g['lr'] = self.lr_ccl*lr_now/self._peak_lr
             self.ccl_opt.step()
-            self._steps += 1
-        else: self._skipped['with non-finite head gradients'] += 1
-    self.ccl_opt.zero_grad(set_to_none=True)
-    self._fed = 0
+            self._counts['steps'] += 1
+        else: self._counts['with non-finite head gradients'] += 1
+        self.ccl_opt.zero_grad(set_to_none=True)
 
+    def after_cancel_batch(self):
+        "Remove the hooks of a batch cancelled before its forward pass (head gradients stay, as the backbone's do)"
+        self._remove_hooks()
 
-# %% ../nbs/03_ccl.ipynb #65c05bfb
-@patch
-def after_train(self:CCL):
-    "Epoch means of the loss terms (across ranks), p_bar, the freeze rule, and a warning for skipped batches"
-    self._cleanup()
-    nonfinite = self._skipped.pop('with non-finite features', 0)   # counted on the rank that had them
-    counts = torch.tensor([float(self._n), float(self._n_head), float(nonfinite)], device=self._sums.device)
-    stats = all_reduce_mean_([torch.cat([self._sums, counts])])[0].tolist()   # one device sync per epoch
-    (ce,kl,head_ce,lcc),(n,n_head,nonfinite) = stats[:4],stats[4:]
-    if nonfinite: self._skipped['with non-finite features'] = round(nonfinite*distributed_world())
-    if self._skipped and not rank_distrib():
-        warn(f"CCL: in epoch {self.learn.epoch} the head left out " + ', '.join(f'{v} batch(es) {k}' for k,v in self._skipped.items())
-             + f" ({self._steps} head steps taken).")
-    if n == 0: return
-    self._check_ranks_agree()
-    pbar = self.ccl_head.soft_labels().diagonal().mean().item()
-    self.history.append(dict(epoch=self.learn.epoch, ce=ce/n, kl=kl/n, head_ce=head_ce/max(n_head, 1e-12),
-                             l_cc=lcc/max(n_head, 1e-12), p_bar=pbar))
-    self._trained = True
-    self._update_freeze(pbar)
+    # ---------------------------------------------------------------- the batch's pieces
+    def _target(self)->Tensor: return self.learn.yb[0].as_subclass(Tensor).long()
 
-@patch
-def _check_ranks_agree(self:CCL):
-    "Under DDP, make sure the head is the same on every rank; if not, warn and copy rank 0's head and optimizer state"
-    if distributed_world() == 1: return
-    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}
-    # exact fingerprints: integer sums of the bit patterns (float sums depend on the order; NaN != NaN)
-    sums = all_gather_rows(torch.stack([t.detach().contiguous().view(bits[t.element_size()]).long().sum()
-                                        for t in self.ccl_head.state_dict().values() if t.element_size() in bits])[None])
-    if (sums == sums[0]).all(): return
-    # every rank takes the same step on the same gathered batch: only kernels that are not bitwise reproducible
-    # (e.g. different GPU models on different ranks) can make the heads differ
-    broadcast_module_(self.ccl_head)
-    opt_state = [self.ccl_opt.state_dict() if not rank_distrib() else None]   # its tensors may live on the CPU (Adam's step)
-    torch.distributed.broadcast_object_list(opt_state, src=0)
-    self.ccl_opt.load_state_dict(opt_state[0])
-    if not rank_distrib(): warn(f"CCL: in epoch {self.learn.epoch} the head differed between ranks (kernels that are not "
-                                "bitwise reproducible, e.g. different GPU models); rank 0's head was copied to every rank.")
+    def _flow_mixup(self):
+        "This batch's `FlowMixup` (or `Mixup`, `ManifoldMixup`) if it mixed, else None"
+        fm = first(cb for cb in self.learn.cbs if isinstance(cb, FlowMixup))
+        return fm if fm is not None and fm.flow is not None else None
 
-@patch
-def _update_freeze(self:CCL, pbar:float):
-    if self.frozen: return
-    if pbar < self.best_pbar - self.min_delta: self.best_pbar,self.wait = pbar,0
-    else: self.wait += 1
-    if self.wait >= self.patience:
-        self.freeze_dictionary()
-        if not rank_distrib(): print(f"CCL: p_bar has not dropped for {self.patience} epochs (now {pbar:.4f}); "
-                                     f"class dictionary frozen after epoch {self.frozen_at}.")
+    def _loss_scale(self)->float:
+        "The factor fastai's `GradientAccumulation` applied to `loss_grad` in its `after_loss` (order 6)"
+        scale = 1.
+        for cb in self.learn.cbs:
+            if isinstance(cb, GradientAccumulation): scale *= find_bs(self.learn.yb)/cb.n_acc
+        return scale
 
-@patch
-def freeze_dictionary(self:CCL):
-    "Stop updating the class dictionary: no gradient, and out of the head optimizer (no momentum, no weight decay)"
-    if self.ccl_head is None: raise ValueError("CCL has no class dictionary yet: it is created by the first fit.")
-    d = self.ccl_head.dictionary
-    d.requires_grad_(False)
-    d.grad = None
-    self.frozen_at = getattr(self.learn, 'epoch', 0) if self.learn is not None else 0
-    if self.ccl_opt is not None:
-        self.ccl_opt.param_groups[:] = [g for g in self.ccl_opt.param_groups if not any(p is d for p in g['params'])]
-        self.ccl_opt.state.pop(d, None)
+    def _head_batch(self)->tuple:
+        "Features and targets the head learns from: the original items, or every row of a flow that has none un-mixed"
+        feats,y = self._feats.detach().float(),self._target()
+        fm = self._flow_mixup()
+        if fm is None: return feats,y
+        if len(feats) == len(fm.flow.idx):   # features on the flow (also Mixup's flow of N mixed rows)
+            return (feats[:len(y)],y) if fm.flow.original else (feats,fm.mix_targets(F.one_hot(y, self.ccl_head.dictionary.shape[0])))
+        if len(feats) == len(y): return feats,y   # read before any mixing module
+        raise ValueError(f"The features have {len(feats)} rows, the batch {len(y)} and FlowMixup's flow {len(fm.flow.idx)}.")
 
-# %% ../nbs/03_ccl.ipynb #1282a3bf
-@patch
-def before_validate(self:CCL):
-    "The head in eval mode (its BatchNorm statistics stay as trained)"
-    if self.ccl_head is not None: self.ccl_head.eval()
+    def _gather_head_batch(self, feats:Tensor, target:Tensor)->tuple:
+        "Under DDP, the head batch of every rank, so that every rank takes the same head step on the whole batch"
+        if distributed_world() == 1: return feats,target
+        soft = target.is_floating_point()   # mixed one-hot rows, or class indices (exact as floats)
+        rows = all_gather_rows(torch.cat([feats, target.float() if soft else target.float()[:,None]], dim=1))
+        w = feats.shape[1]
+        return rows[:,:w],(rows[:,w:] if soft else rows[:,w].long())
 
-@patch
-def after_validate(self:CCL):
-    "Append this epoch's CCL columns to the Recorder's log"
-    if self._names_added and self._trained and self.history and self.history[-1]['epoch'] == self.learn.epoch:
-        self.learn.recorder.log += [self.history[-1][c] for c in self.columns]
+    def _head_params(self)->list: return [p for g in self.ccl_opt.param_groups for p in g['params']]
 
-@patch
-def after_fit(self:CCL):
-    "Nothing stays on the model; a fit that trained nothing (get_preds, validate) leaves no CCL columns"
-    self._cleanup()
-    if self.ccl_head is not None: self.ccl_head.eval()
-    if not self._trained: self._remove_columns() # get_preds/validate/predict: no CCL columns
+    # ---------------------------------------------------------------- end of the training epoch
+    def after_train(self):
+        "Epoch means of the loss terms (across ranks), p̄, the freeze rule, and a warning for batches the head left out"
+        self._remove_hooks()
+        nonfinite = self._counts.pop('with non-finite features', 0)   # counted on the rank that had them
+        stats = all_reduce_mean_([torch.cat([self._sums, self._sums.new_tensor([nonfinite])])])[0].tolist()  # one sync per epoch
+        (ce,kl,head_ce,lcc,n,n_head),nonfinite = stats[:6],stats[6]
+        if nonfinite: self._counts['with non-finite features'] = round(nonfinite*distributed_world())
+        steps = self._counts.pop('steps', 0)
+        if self._counts and not rank_distrib():
+            warn(f"CCL: in epoch {len(self.history)} the head left out " + ', '.join(f'{v} batch(es) {k}' for k,v in self._counts.items())
+                 + f" ({steps} head steps taken).")
+        if n == 0: return
+        self._check_ranks_agree()
+        pbar = self.ccl_head.soft_labels().diagonal().mean().item()
+        self._epoch_row = dict(epoch=len(self.history), ce=ce/n, kl=kl/n, head_ce=head_ce/max(n_head, 1e-12),
+                               l_cc=lcc/max(n_head, 1e-12), p_bar=pbar)
+        self.history.append(self._epoch_row)
+        if not self.frozen and epochs_without_drop(self.pbar_history, self.min_delta) >= self.patience:
+            self.freeze_dictionary()
+            if not rank_distrib(): print(f"CCL: p_bar has not dropped for {self.patience} epochs (now {pbar:.4f}); "
+                                         f"class dictionary frozen after epoch {self.frozen_at}.")
 
-@patch
-def after_cancel_batch(self:CCL):
-    "Remove the hooks of a batch cancelled before its forward pass"
-    self._cleanup()
+    def _check_ranks_agree(self):
+        "Under DDP, make sure the head is the same on every rank; if not, warn and copy rank 0's head and optimizer state"
+        if distributed_world() == 1: return
+        bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+        # exact fingerprints: integer sums of the bit patterns (float sums depend on the order; NaN != NaN)
+        sums = all_gather_rows(torch.stack([t.detach().contiguous().view(bits[t.element_size()]).long().sum()
+                                            for t in self.ccl_head.state_dict().values() if t.element_size() in bits])[None])
+        if (sums == sums[0]).all(): return
+        # every rank takes the same step on the same gathered batch: only kernels that are not bitwise reproducible
+        # (e.g. different GPU models on different ranks) can make the heads differ
+        broadcast_module_(self.ccl_head)
+        opt_state = [self.ccl_opt.state_dict() if not rank_distrib() else None]   # its tensors may live on the CPU (Adam's step)
+        torch.distributed.broadcast_object_list(opt_state, src=0)
+        self.ccl_opt.load_state_dict(opt_state[0])
+        if not rank_distrib(): warn(f"CCL: in epoch {len(self.history)} the head differed between ranks (kernels that are not "
+                                    "bitwise reproducible, e.g. different GPU models); rank 0's head was copied to every rank.")
 
-@patch
-def after_cancel_fit(self:CCL):
-    "Nothing stays on the model after an interrupted fit"
-    self._cleanup()
+    def freeze_dictionary(self):
+        "Stop updating the class dictionary: no gradient, and out of the head optimizer (no momentum, no weight decay)"
+        if self.ccl_head is None: raise ValueError("CCL has no class dictionary yet: it is created by the first fit.")
+        d = self.ccl_head.dictionary
+        d.requires_grad_(False)
+        d.grad = None
+        self.frozen_at = len(self.history) - 1   # the last epoch that updated it (-1: none did)
+        if self.ccl_opt is not None:
+            self.ccl_opt.param_groups[:] = [g for g in self.ccl_opt.param_groups if not any(p is d for p in g['params'])]
+            self.ccl_opt.state.pop(d, None)
 
-# %% ../nbs/03_ccl.ipynb #c2fc38d3
-@patch
-def state_dict(self:CCL)->dict:
-    "Everything needed to resume CCL training (saved by `learn.save`)"
-    if self.ccl_head is None: return {}
-    return dict(in_features=self.ccl_head.embed[0].in_features, n_classes=self.ccl_head.dictionary.shape[0],
-                widths=list(self.widths), head=self.ccl_head.state_dict(),
-                opt=None if self.ccl_opt is None else self.ccl_opt.state_dict(),
-                frozen_at=self.frozen_at, best_pbar=self.best_pbar, wait=self.wait, history=[dict(h) for h in self.history])
+    # ---------------------------------------------------------------- validation and the end of a fit
+    def before_validate(self):
+        "The head in eval mode (its BatchNorm statistics stay as trained)"
+        if self.ccl_head is not None: self.ccl_head.eval()
 
-@patch
-def load_state_dict(self:CCL, sd:dict):
-    "Restore a `state_dict` (called by `learn.load`)"
-    if not sd:
-        self.ccl_head,self.ccl_opt,self.history,self.frozen_at,self.best_pbar,self.wait = None,None,[],None,float('inf'),0
-        return
-    if self.ccl_head is None or self.ccl_head.dictionary.shape != (sd['n_classes'], sd['widths'][-1]) \
-            or self.ccl_head.embed[0].in_features != sd['in_features'] or list(self.widths) != sd['widths']:
-        self.widths = tuple(sd['widths'])
-        self.ccl_head = CCLHead(sd['in_features'], sd['n_classes'], self.widths)
-    self.ccl_head.load_state_dict(sd['head'])
-    self.frozen_at,self.best_pbar,self.wait,self.history = sd['frozen_at'],sd['best_pbar'],sd['wait'],[dict(h) for h in sd['history']]
-    self.ccl_head.dictionary.requires_grad_(not self.frozen)
-    self.ccl_opt = self._make_head_opt()
-    if sd['opt'] is not None: self.ccl_opt.load_state_dict(sd['opt'])
+    def after_validate(self):
+        "Append this epoch's CCL columns to the Recorder's log (NaN for an epoch that trained on no item)"
+        if self._columns_added and self._epoch_row is not None:
+            self.learn.recorder.log += [self._epoch_row.get(c, float('nan')) for c in self.columns]
+        self._epoch_row = None
 
-# %% ../nbs/03_ccl.ipynb #fca61336
-@patch
-def plot_soft_labels(self:CCL,
-    ax=None,            # matplotlib axes to draw on
-    figsize=(6, 5),     # size of a new figure
-    cmap='Blues',       # colour map
-    annotate:bool|None=None, # write the values in the cells (default: when K <= 12)
-):
-    "Heat map of the learned soft-label matrix $P$, labelled with `dls.vocab`"
-    P = self.soft_labels
-    if P is None: raise ValueError("CCL has not trained yet: fit the Learner first.")
-    K = len(P)
-    vocab = getattr(self.learn.dls, 'vocab', None) if self.learn is not None else None
-    names = [str(v) for v in vocab] if vocab is not None and len(vocab) == K else [str(i) for i in range(K)]
-    if ax is None: _,ax = plt.subplots(figsize=figsize)
-    im = ax.imshow(P.numpy(), cmap=cmap, vmin=0)
-    ax.set_xticks(range(K), names, rotation=45, ha='right'); ax.set_yticks(range(K), names)
-    ax.set_xlabel('soft label over classes'); ax.set_ylabel('true class')
-    ax.set_title(f"CCL soft labels (p_bar = {P.diagonal().mean():.3f})")
-    if ifnone(annotate, K <= 12):
-        for i in range(K):
-            for j in range(K): ax.text(j, i, f'{P[i,j]:.2f}', ha='center', va='center', fontsize=8,
-                                       color='white' if P[i,j] > P.max()/2 else 'black')
-    plt.colorbar(im, ax=ax, fraction=0.046)
-    return ax
+    def after_fit(self):
+        "Nothing stays on the model; a fit that trained nothing (get_preds, validate) leaves no CCL columns"
+        self._remove_hooks()
+        if self.ccl_head is not None: self.ccl_head.eval()
+        if len(self.history) == self._fit_start: self._remove_columns()
 
-@patch
-def plot_pbar(self:CCL, ax=None, figsize=(5, 3)):
-    "p_bar (mean diagonal of P) per epoch, with the epoch at which the dictionary was frozen"
-    if ax is None: _,ax = plt.subplots(figsize=figsize)
-    ax.plot([h['epoch'] for h in self.history], self.pbar_history, marker='o')
-    if self.frozen: ax.axvline(self.frozen_at, color='grey', ls=':', label='dictionary frozen'); ax.legend()
-    ax.set_xlabel('epoch'); ax.set_ylabel('p_bar (mean diagonal of P)')
-    return ax
+    def after_cancel_fit(self):
+        "Nothing stays on the model after an interrupted fit"
+        self._remove_hooks()
+
+    def _remove_hooks(self):
+        "Remove hooks whose forward pass did not run, forget the batch"
+        remove_hooks(self._handles)
+        self._feats = None
+
+    def _remove_columns(self):
+        "Take CCL's columns out of the Recorder again (a fit that trained nothing, or failed)"
+        if self._columns_added: self.learn.recorder.metric_names = L(n for n in self.learn.recorder.metric_names if n not in self.columns)
+
+    # ---------------------------------------------------------------- state: learn.save / learn.load
+    def state_dict(self)->dict:
+        "Everything needed to resume CCL training (saved by `learn.save`)"
+        if self.ccl_head is None: return {}
+        return dict(in_features=self.ccl_head.embed[0].in_features, n_classes=self.ccl_head.dictionary.shape[0],
+                    widths=list(self.widths), head=self.ccl_head.state_dict(),
+                    opt=None if self.ccl_opt is None else self.ccl_opt.state_dict(),
+                    frozen_at=self.frozen_at, history=[dict(h) for h in self.history])
+
+    def load_state_dict(self, sd:dict):
+        "Restore a `state_dict` (called by `learn.load`)"
+        if not sd:
+            self.ccl_head,self.ccl_opt,self.history,self.frozen_at = None,None,[],None
+            return
+        if self.ccl_head is None or self.ccl_head.dictionary.shape != (sd['n_classes'], sd['widths'][-1]) \
+                or self.ccl_head.embed[0].in_features != sd['in_features'] or list(self.widths) != sd['widths']:
+            self.widths = tuple(sd['widths'])
+            self.ccl_head = CCLHead(sd['in_features'], sd['n_classes'], self.widths)
+        self.ccl_head.load_state_dict(sd['head'])
+        self.frozen_at,self.history = sd['frozen_at'],[dict(h) for h in sd['history']]
+        self.ccl_head.dictionary.requires_grad_(not self.frozen)
+        self.ccl_opt = self._make_head_opt()
+        if sd['opt'] is not None: self.ccl_opt.load_state_dict(sd['opt'])
+
+    # ---------------------------------------------------------------- plots
+    def plot_soft_labels(self,
+        ax=None,            # matplotlib axes to draw on
+        figsize=(4.5, 3.8), # size of a new figure (inches)
+        cmap='Blues',       # colour map
+        annotate:bool|None=None, # write the values in the cells (default: when K <= 12)
+    ):
+        "Heat map of the learned soft-label matrix P, labelled with `dls.vocab`"
+        P = self.soft_labels
+        if P is None: raise ValueError("CCL has not trained yet: fit the Learner first.")
+        K = len(P)
+        vocab = getattr(self.learn.dls, 'vocab', None) if self.learn is not None else None
+        names = [str(v) for v in vocab] if vocab is not None and len(vocab) == K else [str(i) for i in range(K)]
+        if ax is None: _,ax = plt.subplots(figsize=figsize)
+        im = ax.imshow(P.numpy(), cmap=cmap, vmin=0)
+        ax.set_xticks(range(K), names, rotation=45, ha='right'); ax.set_yticks(range(K), names)
+        ax.set_xlabel('soft label over classes'); ax.set_ylabel('true class')
+        ax.set_title(f"CCL soft labels (p̄ = {P.diagonal().mean():.3f})")
+        if ifnone(annotate, K <= 12):
+            for i in range(K):
+                for j in range(K): ax.text(j, i, f'{P[i,j]:.2f}', ha='center', va='center', fontsize=8,
+                                           color='white' if P[i,j] > P.max()/2 else 'black')
+        plt.colorbar(im, ax=ax, fraction=0.046)
+        return ax
+
+    def plot_pbar(self, ax=None, figsize=(4.5, 2.8)):
+        "p̄ (mean diagonal of P) per training epoch over all fits, with the epoch after which the dictionary was frozen"
+        if ax is None: _,ax = plt.subplots(figsize=figsize)
+        ax.plot([h['epoch'] for h in self.history], self.pbar_history, marker='o')
+        if self.frozen: ax.axvline(self.frozen_at, color='grey', ls=':', label='dictionary frozen'); ax.legend()
+        ax.set_xlabel('epoch (CCL training epochs, all fits)'); ax.set_ylabel('p̄ (mean diagonal of P)')
+        return ax

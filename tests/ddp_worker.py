@@ -70,7 +70,7 @@ state = dict(first_draw=first_draw, model=learn.model.state_dict(), values=[list
              warnings=[str(w.message) for w in caught if 'CCL' in str(w.message)])
 if c is not None:
     state.update(head=c.ccl_head.state_dict(), head_opt=c.ccl_opt.state_dict(), history=c.history, frozen_at=c.frozen_at,
-                 soft_labels=c.soft_labels, module_name=c._module_name, first_gather=FIRST_GATHER)
+                 soft_labels=c.soft_labels, module_name=c.feature_module, first_gather=FIRST_GATHER)
 state['files'] = sorted(str(f.relative_to(Path(a.out)/f'rank{rank}')) for f in (Path(a.out)/f'rank{rank}').rglob('*') if f.is_file())
 torch.save(state, Path(a.out)/f'rank{rank}.pt')
 dist.destroy_process_group()   # a process group left open can abort the process at exit

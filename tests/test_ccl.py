@@ -28,7 +28,7 @@ def full_state(learn):
     return snapshot(dict(model=learn.model.state_dict(), opt=opt,
                          head=c.ccl_head.state_dict() if c.ccl_head else None,
                          head_opt=c.ccl_opt.state_dict() if c.ccl_opt else None,
-                         frozen_at=c.frozen_at, best_pbar=c.best_pbar, wait=c.wait, history=c.history))
+                         frozen_at=c.frozen_at, history=c.history))
 
 # ---------------------------------------------------------------- the alternating step
 
@@ -111,17 +111,26 @@ def test_lr_find_leaves_everything_bit_identical(dls, tmp_path, trained_first):
 
 # ---------------------------------------------------------------- freezing
 
-def test_freeze_rule_counts_epochs_without_a_drop(capsys):
-    cb = CCL(patience=3)
-    cb.ccl_head = CCLHead(8, 3, widths=(4,))
-    for i, p in enumerate([.5, .4, .45, .41, .42, .39]):
-        cb._update_freeze(p)
-        assert cb.frozen == (i >= 4), i   # 0.45, 0.41, 0.42: three epochs without a new minimum
-    assert 'frozen' in capsys.readouterr().out
-    cb = CCL(patience=2, min_delta=0.05)
-    cb.ccl_head = CCLHead(8, 3, widths=(4,))
-    for p in [.5, .4, .37]: cb._update_freeze(p)   # 0.37 drops by less than min_delta
-    assert not cb.frozen and cb.wait == 1
+class _PbarSequence(Callback):
+    "Replace each epoch's p_bar by the next value of `pbars` (CCL's after_train, order 51, computes it from P)"
+    order = 50.9
+    def __init__(self, pbars): self.pbars = list(pbars)
+    def after_train(self):
+        ccl = self.learn.ccl
+        ccl.ccl_head.soft_labels = lambda p=self.pbars.pop(0), k=ccl.ccl_head.dictionary.shape[0]: torch.full((k, k), p)
+    def after_epoch(self): del self.learn.ccl.ccl_head.soft_labels
+
+@pytest.mark.parametrize('pbars, patience, min_delta, frozen_at', [
+    ([.5, .4, .45, .41, .42, .39], 3, 0., 4),     # 0.45, 0.41, 0.42: three epochs without a new minimum
+    ([.5, .4, .37, .36, .30, .29], 2, 0.05, 3),   # 0.37 and 0.36 are less than 0.05 below 0.4
+    ([.5, .4, .3, .2, .1, .05], 2, 0., None)])
+def test_freeze_rule_counts_epochs_without_a_drop(dls, tmp_path, capsys, pbars, patience, min_delta, frozen_at):
+    learn = ccl_learner(dls, tmp_path, cbs=_PbarSequence(pbars), patience=patience, min_delta=min_delta)
+    learn.fit(len(pbars), 1e-2)
+    test_close(learn.ccl.pbar_history, pbars, eps=1e-6)
+    assert learn.ccl.frozen_at == frozen_at
+    assert ('frozen after epoch' in capsys.readouterr().out) == (frozen_at is not None)
+    assert learn.ccl.ccl_head.dictionary.requires_grad == (frozen_at is None)
 
 class _DictionaryAt(Callback):
     order = 60
@@ -237,6 +246,17 @@ def test_save_load_resume_continues_as_if_uninterrupted(tmp_path):
         for n in a[k]: test_close(a[k][n].float(), b[k][n].float(), eps=1e-5)
     test_close(tensor([h['p_bar'] for h in a['history']]), tensor([h['p_bar'] for h in b['history']]), eps=1e-5)
 
+def test_epochs_continue_across_fits_and_fine_tune(tmp_path):
+    dls = make_dls(n_per_class=8, size=32, n_classes=3, bs=8)
+    learn = vision_learner(dls, 'resnet18', pretrained=False, path=tmp_path, cbs=CCL(widths=(32, 16), patience=2, min_delta=10.))
+    learn.fine_tune(2, freeze_epochs=1)   # two fits: 1 epoch frozen, then 2
+    test_eq([h['epoch'] for h in learn.ccl.history], [0, 1, 2])
+    assert learn.ccl.frozen_at == 2   # the second epoch without a drop counts across the two fits
+    learn.fit(1)
+    test_eq([h['epoch'] for h in learn.ccl.history], [0, 1, 2, 3])
+    ax = learn.ccl.plot_pbar()
+    test_eq(list(ax.lines[0].get_xdata()), [0, 1, 2, 3])
+
 def test_load_without_saved_state_warns(dls, tmp_path):
     plain = Learner(dls, tiny_cnn(dls.c), path=tmp_path)
     plain.save('plain')
@@ -250,17 +270,17 @@ def test_vision_learner_and_timm_models():
     learn = vision_learner(dls, 'resnet18', pretrained=False, metrics=accuracy, cbs=CCL())
     learn.fit_one_cycle(1, 1e-3)
     # the pooled, flattened body features (concat pooling: 2 x 512), not the head's 512-wide hidden layer ('1.8')
-    assert learn.ccl._module_name == '1.1' and learn.ccl.ccl_head.embed[0].in_features == 1024
+    assert learn.ccl.feature_module == '1.1' and learn.ccl.ccl_head.embed[0].in_features == 1024
     assert learn.ccl.ccl_head.dictionary.shape == (3, 512) and len(learn.ccl.history) == 1
     learn = Learner(dls, timm.create_model('resnet18', pretrained=False, num_classes=3), cbs=CCL(widths=(64, 32)))
     learn.fit_one_cycle(1, 1e-3)
-    assert learn.ccl._module_name == 'global_pool.flatten' and learn.ccl.ccl_head.embed[0].in_features == 512
+    assert learn.ccl.feature_module == 'global_pool.flatten' and learn.ccl.ccl_head.embed[0].in_features == 512
 
 def test_named_feature_module_reads_its_input(dls, tmp_path):
     model = tiny_cnn(dls.c, c=12, extra=[nn.Dropout(0.)])  # '4' is the Dropout, whose input are the pooled features
     learn = ccl_learner(dls, tmp_path, model=model, features='4')
     learn.fit(1, 1e-2)
-    assert learn.ccl.ccl_head.embed[0].in_features == 12 and learn.ccl._module is model[4]
+    assert learn.ccl.ccl_head.embed[0].in_features == 12 and learn.ccl.feature_module == '4'
 
 def test_head_steps_in_fp32_under_autocast(dls, tmp_path):
     seen = []
