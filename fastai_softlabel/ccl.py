@@ -247,10 +247,8 @@ class CCL(Callback):
     def before_batch(self):
         "Refuse targets that are not one class index per item, hook this training batch's forward pass"
         self._remove_hooks()
-        y = self.learn.yb[0] if len(self.learn.yb) else None   # TEMP until core.check_batch_targets
-        if y is None or y.ndim != 1 or y.is_floating_point(): raise ValueError(
-            f"CCL needs one integer class index per item; got targets of shape {None if y is None else tuple(y.shape)} "
-            f"and dtype {None if y is None else y.dtype}. Use CategoryBlock (single-label) targets.")
+        try: check_batch_targets(self.learn.yb, False, None, 'CCL')
+        except ValueError as e: self._refuse(str(e))
         name,module,how,_ = self._where
         grab = WeakHook(self._grab_input) if how == 'input' else WeakHook(self._grab_output)
         self._handles = hooks_for_next_forward(self.learn.model, [(self.learn.model, 'first', WeakHook(self._arm)),
@@ -264,9 +262,9 @@ class CCL(Callback):
     def _grab(self, f):
         if not self._ours: return
         name,_,how,_ = self._where
-        if self._feats is not None: raise ValueError(
+        if self._feats is not None: self._refuse(
             f"Module `{name}` runs twice in one forward pass: name a module that runs once with CCL(features=...).")
-        if not isinstance(f, Tensor) or f.ndim != 2: raise ValueError(
+        if not isinstance(f, Tensor) or f.ndim != 2: self._refuse(
             f"The {how} of `{name}` is not of shape (batch, width); CCL needs pooled features: "
             "name the module that receives the pooled, flattened features with CCL(features=...).")
         self._feats = f
@@ -275,11 +273,11 @@ class CCL(Callback):
 
     def after_loss(self):
         "Add `KL(P[y] || softmax(pred))` to the backbone's loss, mixed along FlowMixup's flow if there is one"
-        if self._feats is None: raise ValueError(
+        if self._feats is None: self._refuse(
             f"Module `{self._where[0]}` did not run in the forward pass: name one that does with CCL(features=...).")
         fm,k = self._flow_mixup(),self.ccl_head.dictionary.shape[0]
         pred = fm.flow.pred if fm is not None else self.learn.pred
-        if pred.shape[-1] != k: raise ValueError(f"The model outputs {pred.shape[-1]} scores per item but there are {k} classes.")
+        if pred.shape[-1] != k: self._refuse(f"The model outputs {pred.shape[-1]} scores per item but there are {k} classes.")
         y = self._target()
         soft = self.ccl_head.soft_labels()[y]
         kl = soft_label_kl(pred, fm.mix_targets(soft) if fm is not None else soft)
@@ -358,7 +356,7 @@ class CCL(Callback):
         if len(feats) == len(fm.flow.idx):   # features on the flow (also Mixup's flow of N mixed rows)
             return (feats[:len(y)],y) if fm.flow.original else (feats,fm.mix_targets(F.one_hot(y, self.ccl_head.dictionary.shape[0])))
         if len(feats) == len(y): return feats,y   # read before any mixing module
-        raise ValueError(f"The features have {len(feats)} rows, the batch {len(y)} and FlowMixup's flow {len(fm.flow.idx)}.")
+        self._refuse(f"The features have {len(feats)} rows, the batch {len(y)} and FlowMixup's flow {len(fm.flow.idx)}.")
 
     def _gather_head_batch(self, feats:Tensor, target:Tensor)->tuple:
         "Under DDP, the head batch of every rank, so that every rank takes the same head step on the whole batch"
@@ -446,6 +444,12 @@ class CCL(Callback):
         "Remove hooks whose forward pass did not run, forget the batch"
         remove_hooks(self._handles)
         self._feats = None
+
+    def _refuse(self, msg:str):
+        "Raise `ValueError(msg)` mid-fit, leaving the Learner as it was (an exception skips the `after_*` events)"
+        self._remove_hooks()
+        self._remove_columns()
+        raise ValueError(msg)
 
     def _remove_columns(self):
         "Take CCL's columns out of the Recorder again (a fit that trained nothing, or failed)"

@@ -350,6 +350,14 @@ def test_bad_input_is_refused_before_training(dls, tmp_path, case):
     learn = Learner(dls, model, path=tmp_path)   # ...and when it is added to a fit
     untouched_after_failed_fit(learn, ccl(), match)
 
+def test_targets_that_are_not_class_indices_are_refused_at_the_first_batch(tmp_path):
+    "Data without fastai's transforms passes the Learner checks; the first batch's soft targets are refused"
+    x, y = torch.randn(16, 3, 16, 16), F.one_hot(torch.arange(16) % 4, 4).float()
+    dls = DataLoaders.from_dsets(list(zip(x, y)), list(zip(x, y)), bs=8, num_workers=0)
+    learn = Learner(dls, tiny_cnn(4), loss_func=nn.CrossEntropyLoss(), path=tmp_path)
+    untouched_after_failed_fit(learn, CCL(widths=(8,)), r'CCL got targets of shape \(8, 4\) and dtype torch.float32; '
+                               'it needs one integer class index per item')
+
 # ---------------------------------------------------------------- label-smoothing baselines in a Learner
 
 @pytest.mark.parametrize('prior', [False, True])
