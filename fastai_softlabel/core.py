@@ -10,7 +10,8 @@ from fastai.basics import *
 # %% auto #0
 __all__ = ['stateful_callbacks', 'callback_state_file', 'named_module', 'undistributed_dl', 'one_batch_inputs', 'plain_model',
            'WeakHook', 'hooks_for_next_forward', 'remove_hooks', 'probe_forward', 'refuse_fastai_mixing',
-           'distributed_world', 'broadcast_module_', 'all_reduce_mean_', 'all_gather_rows', 'is_multilabel']
+           'distributed_world', 'broadcast_module_', 'all_reduce_mean_', 'all_gather_rows', 'is_multilabel',
+           'check_batch_targets']
 
 # %% ../nbs/00_core.ipynb #4f940ebb
 def stateful_callbacks(learn:Learner) -> L:
@@ -217,3 +218,23 @@ def is_multilabel(dls, loss_func)->bool:
     tls = getattr(getattr(dls, 'train_ds', None), 'tls', None)
     if not tls: return False
     return any(isinstance(t, (MultiCategorize, OneHotEncode)) for tl in tls for t in tl.tfms.fs)
+
+# %% ../nbs/00_core.ipynb #cbt00002
+def check_batch_targets(
+    yb:tuple,            # the batch's targets (`learn.yb`)
+    multi:bool,          # multi-label data: multi-hot vectors; else one integer class index per item
+    n_classes:int|None,  # the width of a multi-hot vector (`dls.c`), or None: any width
+    who:str,             # the callback that needs the targets, named in the error
+)->Tensor:               # the batch's one target tensor
+    "The target tensor of `yb`, or a `ValueError` saying what `who` got and what it needs"
+    y = yb[0] if len(yb) == 1 else None
+    if not isinstance(y, Tensor): ok = False
+    elif multi: ok = y.ndim == 2 and n_classes in (None, y.shape[1])
+    else: ok = y.ndim == 1 and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
+    if ok: return y
+    need = (f"multi-hot vectors of shape (batch, {n_classes or 'n_classes'}) for multi-label data (MultiCategoryBlock)" if multi
+            else "one integer class index per item for single-label data (CategoryBlock)")
+    if len(yb) != 1: got = f"{len(yb)} target tensors per batch"
+    elif not isinstance(y, Tensor): got = f"targets of type {type(y).__name__}"
+    else: got = f"targets of shape {tuple(y.shape)} and dtype {y.dtype}"
+    raise ValueError(f"{who} got {got}; it needs {need}.")

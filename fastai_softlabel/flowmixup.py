@@ -9,7 +9,7 @@ from collections import Counter
 from typing import NamedTuple
 from fastai.basics import *
 from .core import (named_module, is_multilabel, one_batch_inputs, plain_model, WeakHook, probe_forward,
-                                   hooks_for_next_forward, remove_hooks, refuse_fastai_mixing)
+                                   hooks_for_next_forward, remove_hooks, refuse_fastai_mixing, check_batch_targets)
 from .losses import inverse_prevalence_weights
 
 # %% auto #0
@@ -138,11 +138,13 @@ class Flow(NamedTuple):
     weight:Tensor   # (R, C) with what weights
     original:bool   # whether rows `[:N]` are the un-mixed original items (every module kept its original)
 
+# %% ../nbs/05_flowmixup.ipynb #69a0fac1
 class FlowMixup(Callback):
     "Flow-Mixup: mixing modules at chosen hidden states keep the original features and add mixed copies along a flow dimension"
     order,run_valid = 0,False
-    _stateattrs = ('flow', '_handles', '_ops', '_named')
+    _stateattrs = ('flow', '_handles', '_ops', '_order', '_class_weight')   # not pickled: `export` carries no hook or flow
 
+    # ---- set-up and checks: when the Learner is created, at every fit, at a fit's first training epoch
     def __init__(self,
         modules,                # module names (as `learn.model.named_modules()` names them, `''` = the model's input) or modules
         alpha:float=3.,         # α of Beta(α, α) for the mixing weight p (the paper's 3.0); 0: no mixing
@@ -163,221 +165,177 @@ class FlowMixup(Callback):
         self._init_state()
 
     def _init_state(self):
-        # what `export` leaves out (`_stateattrs`), restored empty after unpickling
-        self.__dict__.update(_state={}, flow=None, _handles=[], _ops=[], _named=None, _mixing=False, _seen=False, _order=None)
+        # `_stateattrs`, empty again after unpickling (`_state` is fastcore's `Stateful`):
+        # per batch: flow (after_pred to after_batch), _handles (the hooks), _ops (the forward pass's mixing operations
+        # by module name, None while the hooks are not armed); per fit: _order (`(name, module)` of the mixing points
+        # in forward order, None until the first training epoch), _class_weight
+        self.__dict__.update(_state={}, flow=None, _handles=[], _ops=None, _order=None, _class_weight=None)
 
-    def mix_targets(self, t:Tensor)->Tensor:
-        "A per-item tensor `t` (N, ...) mixed along this batch's flow (R, ...), as the features were (e.g. CCL's soft labels)"
+    def _resolve(self)->list:
+        "`(name, module)` of each mixing point in the model (inside a DDP wrapper), with a clear error for unknown names"
+        return [named_module(plain_model(self.learn.model), p, 'FlowMixup mixing point') for p in self.points]
+
+    def _check_learner(self):
+        "Everything FlowMixup needs from the Learner, before any work: other callbacks, modules, targets, loss function"
+        learn = self.learn
+        refuse_fastai_mixing(learn, 'FlowMixup')
+        if any(isinstance(cb, FlowMixup) and cb is not self for cb in learn.cbs): raise ValueError(
+            "This Learner has two FlowMixup/Mixup/ManifoldMixup callbacks: use one (ManifoldMixup already chooses among modules).")
+        self._resolve()
+        multi = is_multilabel(learn.dls, learn.loss_func)
+        tls = getattr(getattr(learn.dls, 'train_ds', None), 'tls', None)
+        if tls and len(tls) > learn.dls.n_inp and not multi and not any(isinstance(t, Categorize) for t in tls[learn.dls.n_inp].tfms.fs):
+            raise ValueError("FlowMixup needs classification targets: CategoryBlock (single-label) or MultiCategoryBlock "
+                             "(multi-label); these targets are neither.")
+        if self.class_weights is not None and not multi:
+            raise ValueError("class_weights are for multi-label targets (BCE); these targets are single-label.")
+        if not _reducible(learn.loss_func): raise ValueError(
+            f"FlowMixup trains with the Learner's own loss, evaluated per row and mixed with the mixing weights; the loss "
+            f"function {type(learn.loss_func).__name__} has no `reduction` attribute or argument to ask for one loss "
+            "per row. Give it one (reduction='none': one loss per row), or use a fastai/PyTorch loss.")
+
+    def _probe_order(self)->list:
+        "`(name, module)` of the mixing points in the order the forward pass reaches them, with clear errors for points it cannot mix"
+        named,model = self._resolve(),plain_model(self.learn.model)
+        point = {m:i for i,(_,m) in enumerate(named)}
+        _,calls = probe_forward(model, one_batch_inputs(self.learn.dls, first(model.parameters()).device), list(point))
+        if self.at == 'output': calls = sorted(calls, key=lambda c: c[3])   # outputs are mixed where calls end
+        seen = [(point[m], type(x if self.at == 'input' else o)) for m,x,o,_ in calls]
+        names = [n for n,_ in named]
+        missing = [names[i] for i in range(len(names)) if i not in {j for j,_ in seen}]
+        if missing: raise ValueError(f"FlowMixup mixing point(s) {', '.join(repr(m) for m in missing)} never run in the model's "
+                                     "forward pass: choose modules that do (see `learn.model`).")
+        for i,t in seen:
+            if not issubclass(t, Tensor): raise ValueError(
+                f"The {self.at} of {names[i]!r} is a {t.__name__}, not a tensor: FlowMixup mixes one tensor with the batch "
+                "first. Choose the module that contains it, or the next one.")
+        twice = {names[i]: c for i,c in Counter(i for i,_ in seen).items() if c > 1}
+        if twice: raise ValueError(
+            f"Module {next(iter(twice))!r} runs {next(iter(twice.values()))} times in one forward pass (a module shared by "
+            "several branches): FlowMixup would mix it at every call and the rows would no longer match the targets. "
+            "Choose a module that runs once.")
+        return [named[i] for i in dict.fromkeys(i for i,_ in seen)]
+
+    def _class_weight_tensor(self)->Tensor|None:
+        "Weights of the per-class losses: as given, the inverse prevalence of the training set's targets, or None"
+        if self.class_weights is None: return None
+        if not isinstance(self.class_weights, str): return torch.as_tensor(self.class_weights, dtype=torch.float32)
+        dls = self.learn.dls
+        tls = getattr(dls.train_ds, 'tls', None)
+        return inverse_prevalence_weights(torch.stack([tensor(t) for t in tls[dls.n_inp]] if tls else
+                                                      [tensor(o[dls.n_inp]) for o in dls.train_ds]))
+
+    # ---- per-batch hooks: registered in `before_batch` for the training batch's forward pass only
+    def _hook_forward(self):
+        "This batch's hooks: the model's, then one on each module that mixes in this batch (one at random with `one_random`)"
+        mixing = [random.choice(self._order)] if self.one_random else self._order
+        kind,mix = ('pre', self._mix_input) if self.at == 'input' else ('post', self._mix_output)
+        hooks = [(self.learn.model, 'first', WeakHook(self._arm))]   # before any hook that changes the inputs
+        # the last module passes on its original features only with `op`
+        hooks += [(m, kind, WeakHook(mix, name, self.op or k < len(mixing)-1)) for k,(name,m) in enumerate(mixing)]
+        self._handles = hooks_for_next_forward(self.learn.model, hooks)
+
+    def _arm(self,
+        model, args, # the model's forward pre-hook arguments
+    ):
+        "Arm the hooks if this forward pass is the training batch's (its input is `learn.xb[0]`), else remove them"
+        learn = self.learn
+        ours = learn is not None and len(args) > 0 and len(learn.xb) > 0 and args[0] is learn.xb[0]
+        self._ops = {} if ours else None
+        if not (ours and model.training): remove_hooks(self._handles)   # another forward pass, or eval mode: no mixing
+
+    def _mix(self,
+        name:str,  # the module's name
+        keep:bool, # whether its original features go forward (`flow_mix`'s keep_original)
+        x,         # its input or output
+    ):
+        "`x` mixed (`flow_mix`), the weights and permutation recorded for the targets; None when the hooks are not armed"
+        if self._ops is None: return None   # a module called outside the training batch's forward pass
+        if name in self._ops: raise ValueError(f"Module {name!r} ran twice in one forward pass; FlowMixup can mix only at modules that run once.")
+        if not isinstance(x, Tensor): raise ValueError(f"The {self.at} of {name!r} is a {type(x).__name__}, not a tensor.")
+        n = x.shape[0]
+        p = sample_mix_weights(n if self.per_sample else None, self.alpha, self.symmetric, x.device)
+        perm = torch.randperm(n, device=x.device)
+        self._ops[name] = (p, perm, keep)
+        return flow_mix(x, p, perm, keep)
+
+    def _mix_input(self, name, keep, module, args):
+        x = self._mix(name, keep, args[0] if args else None)
+        return None if x is None else (x, *args[1:])
+
+    def _mix_output(self, name, keep, module, args, output): return self._mix(name, keep, output)
+
+    # ---- events, in the order fastai calls them
+    def after_create(self):
+        "Check the Learner as soon as it is created"
+        self._check_learner()
+
+    def before_fit(self):
+        "Check the Learner; the modules' order is read at the fit's first training epoch"
+        self._cleanup()
+        self._check_learner()
+        self._order = None
+
+    def before_train(self):
+        "Find the modules' order and the class weights (first epoch of the fit)"
+        if self._order is None: self._order,self._class_weight = self._probe_order(),self._class_weight_tensor()
+
+    def before_batch(self):
+        "Refuse targets FlowMixup cannot mix, hook this batch's forward pass"
+        self._cleanup()
+        learn = self.learn
+        check_batch_targets(learn.yb, is_multilabel(learn.dls, learn.loss_func), getattr(learn.dls, 'c', None), 'FlowMixup')
+        self._hook_forward()
+
+    def after_pred(self):
+        "Keep the flow's output; hand the Learner the first N rows, matching `learn.yb`"
+        ops,self._ops = self._ops,None   # nothing mixes any more in this batch
+        if ops is None: raise RuntimeError(
+            "FlowMixup did not see this training batch's forward pass: learn.model was called with other inputs than "
+            "learn.xb (does a callback replace the inputs after FlowMixup's before_batch, at order 0?).")
+        pred,n = self.learn.pred,find_bs(self.learn.yb)
+        idx,w = flow_components(n, list(ops.values()), pred.device)
+        if pred.shape[0] != idx.shape[0]: raise ValueError(
+            f"The model's output has {pred.shape[0]} rows but the flow has {idx.shape[0]}: the layers after a mixing module "
+            "must keep the batch dimension.")
+        self.flow = Flow(pred, idx, w, all(keep for _,_,keep in ops.values()))
+        self.learn.pred = pred[:n]
+
+    def after_loss(self):
+        "The Learner's loss on the whole flow (`flow_loss`)"
+        if self.flow is None: return
+        loss = flow_loss(self.learn.loss_func, self.flow.pred, self.learn.yb[0], self.flow.idx, self.flow.weight, self._class_weight)
+        self.learn.loss_grad,self.learn.loss = loss,loss.detach().clone()
+
+    # ---- clean-up: after every batch and fit, cancelled ones too
+    def _cleanup(self):
+        "Remove this batch's hooks (if its forward pass did not run) and forget the flow: nothing stays on the model"
+        remove_hooks(self._handles)
+        self.flow,self._ops = None,None
+    after_batch = after_cancel_batch = after_fit = after_cancel_fit = _cleanup
+
+    # ---- for other callbacks (CCL's soft labels)
+    def mix_targets(self,
+        t:Tensor, # (N, ...) one tensor per original item of the batch (one-hot targets, CCL's soft labels)
+    )->Tensor:    # (R, ...) one per row of the flow, in float32
+        "`t` mixed along this batch's flow exactly as the features were"
         if self.flow is None: raise ValueError("There is no flow outside a FlowMixup training batch (after_pred to after_batch).")
         return mix_along_flow(t, self.flow.idx, self.flow.weight)
 
-# %% ../nbs/05_flowmixup.ipynb #2b01858e
-@patch
-def _resolve(self:FlowMixup)->list:
-    "`(name, module)` of each mixing point in the model (inside a DDP wrapper), with a clear error for unknown names"
-    return [named_module(plain_model(self.learn.model), p, 'FlowMixup mixing point') for p in self.points]
-
-@patch
-def _hook_forward(self:FlowMixup):
-    "Hooks for this training batch's forward pass only"
-    model = self.learn.model
-    hooks = [(model, 'first', WeakHook(self._arm))]   # before any hook that changes the inputs
-    for i,(_,m) in enumerate(self._named):
-        hooks.append((m, 'pre', WeakHook(self._mix_input, i)) if self.at == 'input' else (m, 'post', WeakHook(self._mix_output, i)))
-    self._handles = hooks_for_next_forward(model, hooks)
-
-@patch
-def _arm(self:FlowMixup, model, args):
-    "Mix in this forward pass only if it is the training batch's"
-    learn = self.learn
-    self._seen = learn is not None and len(args) > 0 and len(learn.xb) > 0 and args[0] is learn.xb[0]
-    self._mixing = self._seen and model.training
-    self._ops,self._mixed_at = [],[]
-
-@patch
-def _mix(self:FlowMixup, i:int, x):
-    "Mix `x` at point `i` if this forward mixes there; record the permutation and weights for the targets"
-    if not self._mixing or (self._chosen is not None and self._chosen != i): return None
-    if i in self._mixed_at: raise ValueError(f"Module {self._named[i][0]!r} ran twice in one forward pass; FlowMixup can mix only at modules that run once.")
-    if not isinstance(x, Tensor): raise ValueError(f"The {self.at} of {self._named[i][0]!r} is a {type(x).__name__}, not a tensor.")
-    keep = self.op or i != self._last
-    n = x.shape[0]
-    p = sample_mix_weights(n if self.per_sample else None, self.alpha, self.symmetric, x.device)
-    perm = torch.randperm(n, device=x.device)
-    self._ops.append((p, perm, keep)); self._mixed_at.append(i)
-    return flow_mix(x, p, perm, keep)
-
-@patch
-def _mix_input(self:FlowMixup, i, module, args):
-    x = self._mix(i, args[0] if args else None)
-    return None if x is None else (x, *args[1:])
-
-@patch
-def _mix_output(self:FlowMixup, i, module, args, output):
-    return self._mix(i, output)
-
-# %% ../nbs/05_flowmixup.ipynb #e542c4da
-@patch
-def _probe_order(self:FlowMixup)->list:
-    "Indices of the mixing points in the order the forward pass reaches them, with clear errors for points it cannot mix"
-    model = plain_model(self.learn.model)
-    point = {m:i for i,(_,m) in enumerate(self._named)}
-    _,calls = probe_forward(model, one_batch_inputs(self.learn.dls, first(model.parameters()).device), list(point))
-    if self.at == 'output': calls = sorted(calls, key=lambda c: c[3])   # outputs are mixed where calls end
-    seen = [(point[m], type(x if self.at == 'input' else o)) for m,x,o,_ in calls]
-    names = [n for n,_ in self._named]
-    missing = [names[i] for i in range(len(names)) if i not in {j for j,_ in seen}]
-    if missing: raise ValueError(f"FlowMixup mixing point(s) {', '.join(repr(m) for m in missing)} never run in the model's "
-                                 "forward pass: choose modules that do (see `learn.model`).")
-    for i,t in seen:
-        if not issubclass(t, Tensor): raise ValueError(
-            f"The {self.at} of {names[i]!r} is a {t.__name__}, not a tensor: FlowMixup mixes one tensor with the batch "
-            "first. Choose the module that contains it, or the next one.")
-    twice = {names[i]: c for i,c in Counter(i for i,_ in seen).items() if c > 1}
-    if twice: raise ValueError(
-        f"Module {next(iter(twice))!r} runs {next(iter(twice.values()))} times in one forward pass (a module shared by "
-        "several branches): FlowMixup would mix it at every call and the rows would no longer match the targets. "
-        "Choose a module that runs once.")
-    return list(dict.fromkeys(i for i,_ in seen))
-
-@patch
-def _check_targets(self:FlowMixup):
-    "Single-label (`Categorize`) or multi-label (`MultiCategorize`) targets, else a clear error"
-    self._multi = is_multilabel(self.learn.dls, self.learn.loss_func)
-    tls = getattr(getattr(self.learn.dls, 'train_ds', None), 'tls', None)
-    if tls and len(tls) > self.learn.dls.n_inp and not self._multi:
-        if not any(isinstance(t, Categorize) for t in tls[self.learn.dls.n_inp].tfms.fs):
-            raise ValueError("FlowMixup needs classification targets: CategoryBlock (single-label) or MultiCategoryBlock "
-                             "(multi-label); these targets are neither.")
-    if self.class_weights is not None and not self._multi:
-        raise ValueError("class_weights are for multi-label targets (BCE); these targets are single-label.")
-
-@patch
-def _check_batch_targets(self:FlowMixup, yb:tuple):
-    if len(yb) != 1: raise ValueError(f"FlowMixup needs one target per item; this batch has {len(yb)}.")
-    y = yb[0]
-    ok = (y.ndim == 2 and y.shape[1] == getattr(self.learn.dls, "c", y.shape[1])) if self._multi else (y.ndim == 1 and not y.is_floating_point())
-    if not ok: raise ValueError(
-        f"FlowMixup got targets of shape {tuple(y.shape)} and dtype {y.dtype}; it needs "
-        + ("multi-hot vectors (batch, n_classes) for multi-label data." if self._multi else "one integer class index per item (CategoryBlock)."))
-
-@patch
-def _check_learner(self:FlowMixup)->list:
-    "Everything FlowMixup needs from the Learner, before any work: other callbacks, modules, targets, loss function"
-    refuse_fastai_mixing(self.learn, 'FlowMixup')
-    if any(isinstance(cb, FlowMixup) and cb is not self for cb in self.learn.cbs): raise ValueError(
-        "This Learner has two FlowMixup/Mixup/ManifoldMixup callbacks: use one (ManifoldMixup already chooses among modules).")
-    named = self._resolve()
-    self._check_targets()
-    if not _reducible(self.learn.loss_func): raise ValueError(
-        f"FlowMixup trains with the Learner's own loss, evaluated per row and mixed with the mixing weights; the loss "
-        f"function {type(self.learn.loss_func).__name__} has no `reduction` attribute or argument to ask for one loss "
-        "per row. Give it one (reduction='none': one loss per row), or use a fastai/PyTorch loss.")
-    return named
-
-# %% ../nbs/05_flowmixup.ipynb #a8009a23
-@patch
-def _train_labels(self:FlowMixup)->Tensor:
-    "The training set's targets (for inverse-prevalence class weights)"
-    dls = self.learn.dls
-    tls = getattr(dls.train_ds, 'tls', None)
-    if tls: return torch.stack([tensor(t) for t in tls[dls.n_inp]])
-    return torch.stack([tensor(o[dls.n_inp]) for o in dls.train_ds])
-
-@patch
-def _class_weight_tensor(self:FlowMixup):
-    if self.class_weights is None: return None
-    if isinstance(self.class_weights, str): return inverse_prevalence_weights(self._train_labels())
-    return torch.as_tensor(self.class_weights, dtype=torch.float32)
-
-# %% ../nbs/05_flowmixup.ipynb #69a0fac1
-@patch
-def after_create(self:FlowMixup):
-    "Check the Learner as soon as it is created"
-    self._check_learner()
-
-@patch
-def _cleanup(self:FlowMixup):
-    "Remove this batch's hooks (if its forward pass did not run) and forget the flow"
-    remove_hooks(self._handles)
-    self.flow,self._ops,self._mixing = None,[],False
-
-@patch
-def before_fit(self:FlowMixup):
-    "Check the Learner; the modules' order is read at the first training epoch"
-    self._cleanup()
-    self._named = self._check_learner()
-    self._order = None
-
-@patch
-def before_train(self:FlowMixup):
-    "Find the modules' order and the class weights (first epoch of the fit)"
-    if self._order is None:
-        self._order = self._probe_order()
-        self._weight = self._class_weight_tensor()
-
-@patch
-def before_batch(self:FlowMixup):
-    "Refuse targets FlowMixup cannot mix, choose the module (Manifold Mixup), hook this batch's forward pass"
-    self._cleanup()
-    self._check_batch_targets(self.learn.yb)
-    self._chosen = random.choice(self._order) if self.one_random else None
-    self._last = self._chosen if self.one_random else self._order[-1]
-    self._seen = False
-    self._hook_forward()
-
-@patch
-def after_pred(self:FlowMixup):
-    "Keep the flow's output; hand the Learner the first N rows, matching `learn.yb`"
-    self._mixing = False
-    if not self._seen: raise RuntimeError(
-        "FlowMixup did not see this training batch's forward pass: learn.model was called with other inputs than "
-        "learn.xb (does a callback replace the inputs after FlowMixup's before_batch, at order 0?).")
-    ops,self._ops = self._ops,[]
-    pred,n = self.learn.pred,find_bs(self.learn.yb)
-    idx,w = flow_components(n, ops, pred.device)
-    if pred.shape[0] != idx.shape[0]: raise ValueError(
-        f"The model's output has {pred.shape[0]} rows but the flow has {idx.shape[0]}: the layers after a mixing module "
-        "must keep the batch dimension.")
-    self.flow = Flow(pred, idx, w, all(keep for _,_,keep in ops))
-    self.learn.pred = pred[:n]
-
-@patch
-def after_loss(self:FlowMixup):
-    "The Learner's loss on the whole flow (`flow_loss`)"
-    if self.flow is None: return
-    loss = flow_loss(self.learn.loss_func, self.flow.pred, self.learn.yb[0], self.flow.idx, self.flow.weight, self._weight)
-    self.learn.loss_grad,self.learn.loss = loss,loss.detach().clone()
-
-@patch
-def after_batch(self:FlowMixup):
-    "Forget the flow"
-    self._cleanup()
-@patch
-def after_cancel_batch(self:FlowMixup):
-    "Remove hooks whose forward pass did not run"
-    self._cleanup()
-@patch
-def after_fit(self:FlowMixup):
-    "Nothing stays on the model"
-    self._cleanup()
-@patch
-def after_cancel_fit(self:FlowMixup):
-    "Nothing stays on the model"
-    self._cleanup()
-
 # %% ../nbs/05_flowmixup.ipynb #0a1d557a
-def Mixup(
-    alpha:float=3., # α of Beta(α, α)
-    **kwargs,       # other `FlowMixup` arguments (per_sample, symmetric, class_weights)
-)->FlowMixup:
-    "Input Mixup (Zhang et al., 2018) in FlowMixup's terms: one module at the model's input, `op=False`"
-    return FlowMixup([''], alpha=alpha, op=False, **kwargs)
+class Mixup(FlowMixup):
+    "Input Mixup (Zhang et al., 2018): `FlowMixup` at the model's input (`''`), with `op=False`"
+    @delegates(FlowMixup.__init__, but=['modules', 'op', 'at', 'one_random'])
+    def __init__(self,
+        alpha:float=3., # α of Beta(α, α) for the mixing weight p; 0: no mixing
+        **kwargs,
+    ): super().__init__([''], alpha=alpha, op=False, at='input', one_random=False, **kwargs)
 
-def ManifoldMixup(
-    modules,        # candidate modules; one is chosen at random per batch
-    alpha:float=3., # α of Beta(α, α)
-    **kwargs,       # other `FlowMixup` arguments (at, per_sample, symmetric, class_weights)
-)->FlowMixup:
-    "Manifold Mixup (Verma et al., 2019) in FlowMixup's terms: one of `modules` at random per batch, `op=False`"
-    return FlowMixup(modules, alpha=alpha, op=False, one_random=True, **kwargs)
+class ManifoldMixup(FlowMixup):
+    "Manifold Mixup (Verma et al., 2019): `FlowMixup` at one of `modules` chosen at random per batch, with `op=False`"
+    @delegates(FlowMixup.__init__, but=['op', 'one_random'])
+    def __init__(self,
+        modules,        # candidate modules (names or modules); one is chosen at random per batch
+        alpha:float=3., # α of Beta(α, α) for the mixing weight p; 0: no mixing
+        **kwargs,
+    ): super().__init__(modules, alpha=alpha, op=False, one_random=True, **kwargs)

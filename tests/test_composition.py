@@ -135,7 +135,7 @@ class FirstBatch(Callback):
             if c is not None and c.ccl_head is not None else None
     def after_loss(self):
         if not self.training or self.done: return
-        fm, c = getattr(self.learn, 'flow_mixup', None), getattr(self.learn, 'ccl', None)
+        fm, c = first(cb for cb in self.learn.cbs if isinstance(cb, FlowMixup)), getattr(self.learn, 'ccl', None)   # also learn.mixup, learn.manifold_mixup
         self.lossv, self.yv = self.learn.loss.detach().clone(), self.learn.yb[0].clone()
         self.flowv = fm.flow if fm is not None else None
         self.Pv = c.ccl_head.soft_labels().clone() if c is not None else None

@@ -86,7 +86,7 @@ class _Capture(Callback):
     def before_fit(self): self.h = self.learn.model[2].register_forward_hook(lambda m, a, o: setattr(self, 'feats', a[0]))
     def after_fit(self): self.h.remove()
     def before_batch(self): self.x0, self.y0 = self.learn.xb[0].flatten(1).clone(), self.learn.yb[0].clone()
-    def after_pred(self): self.ops = list(self.learn.flow_mixup._ops)
+    def after_pred(self): self.ops = list(self.learn.flow_mixup._ops.values())   # by module, in forward order
     def after_loss(self):
         self.y = self.learn.flow_mixup.mix_targets(F.one_hot(self.y0.as_subclass(Tensor).long(), self.dls.c))
         raise CancelFitException
@@ -108,6 +108,48 @@ def test_targets_mixed_with_the_features_permutation_and_weights(per_sample):
     t2 = torch.cat([t1, col(p2)*t1 + (1-col(p2))*t1[perm2]])
     test_close(cap.y, t2, eps=1e-6)
     assert (p1.ndim == 1) == per_sample and (p1 >= 0.5).all()
+
+@pytest.mark.parametrize('baseline,same', [(lambda: Mixup(1.), lambda: FlowMixup([''], alpha=1., op=False)),
+                                           (lambda: Mixup(), lambda: FlowMixup([''], op=False)),
+                                           (lambda: ManifoldMixup(POINTS[3]), lambda: FlowMixup(POINTS[3], op=False, one_random=True))],
+                         ids=['mixup_alpha1', 'mixup', 'manifold_mixup'])
+def test_baselines_are_flowmixup_with_their_arguments(baseline, same):
+    "Same seed: bit-identical loss and gradients to FlowMixup with the baseline's arguments, over several batches"
+    dls = make_dls(shuffle=False, bs=8)
+    set_seed(0); model = small_cnn(dls.c)
+    def run(cb):
+        set_seed(1); g = Grads(); r = FlowRows()
+        learn = Learner(dls, deepcopy(model), cbs=[cb, g, r, StopAfterBatches(3)])
+        learn.fit(1, 1e-2)
+        return g, r.rows, params_of(learn.model)
+    (a, rows_a, params_a), (b, rows_b, params_b) = run(baseline()), run(same())
+    assert torch.equal(a.loss_value, b.loss_value) and rows_a == rows_b == [8, 8, 8]
+    for n in a.grads: assert torch.equal(a.grads[n], b.grads[n]), n
+    for n in params_a: assert torch.equal(params_a[n], params_b[n]), n      # after 3 steps: the same draws in every batch
+    # the check can fail: FlowMixup at the same modules without the baseline's op=False/one_random differs
+    other, rows_o, _ = run(FlowMixup(baseline().points, alpha=baseline().alpha))
+    assert rows_o != rows_a and not torch.equal(other.loss_value, a.loss_value)
+
+class FlowRows(Callback):
+    "The number of rows of each training batch's flow"
+    order = 1
+    def before_fit(self): self.rows = []
+    def after_pred(self):
+        if self.training: self.rows.append(len(first(cb for cb in self.learn.cbs if isinstance(cb, FlowMixup)).flow.pred))
+
+def test_baselines_are_subclasses_with_their_own_names(tmp_path):
+    dls = make_dls(bs=8)
+    for make, cls, attr in [(lambda: Mixup(), Mixup, 'mixup'), (lambda: ManifoldMixup(['1', '2']), ManifoldMixup, 'manifold_mixup'),
+                            (lambda: FlowMixup(['1', '2']), FlowMixup, 'flow_mixup')]:
+        cb = make()
+        assert isinstance(cb, cls) and isinstance(cb, FlowMixup) and cb.name == attr
+        learn = Learner(dls, small_cnn(dls.c), path=tmp_path, cbs=cb)
+        assert getattr(learn, attr) is cb and all(not hasattr(learn, a) for a in {'mixup', 'manifold_mixup', 'flow_mixup'} - {attr})
+    assert not isinstance(FlowMixup(['1']), (Mixup, ManifoldMixup)) and not isinstance(ManifoldMixup(['1']), Mixup)
+    for pair in [(Mixup(), ManifoldMixup(['1'])), (Mixup(), FlowMixup(['1'])), (ManifoldMixup(['1']), FlowMixup(['2']))]:
+        with pytest.raises(ValueError, match='two FlowMixup/Mixup/ManifoldMixup'): Learner(dls, small_cnn(dls.c), path=tmp_path, cbs=list(pair))
+    with pytest.raises(TypeError, match="'one_random'"): ManifoldMixup(['1'], one_random=False)   # fixed by the subclass
+    with pytest.raises(TypeError, match="'at'"): Mixup(at='output')
 
 def test_eval_and_inference_are_the_plain_model(tmp_path):
     dls = make_dls()
@@ -192,7 +234,7 @@ def test_single_and_multilabel_datablocks_end_to_end(tmp_path):
                     cbs=[FlowMixup(['1', '2'], class_weights='inverse_prevalence'), s])
     assert isinstance(learn.loss_func, BCEWithLogitsLossFlat)
     learn.fit_one_cycle(2, 1e-2)
-    w = learn.flow_mixup._weight
+    w = learn.flow_mixup._class_weight
     assert w.shape == (4,) and torch.isclose(w.mean(), tensor(1.)) and w[0] < w[3]  # class 0 is more frequent than 3
     assert s.seen[0] == (32, 8, (8, 4))
     preds, targs = learn.get_preds()
