@@ -132,7 +132,7 @@ class CCL(Callback):
         margin:float=2.,        # margin b of l_CC (2: class embeddings at most orthogonal)
         patience:int=10,        # freeze the class dictionary after this many epochs without a drop of the label softness p̄
         min_delta:float=0.,     # smallest decrease of p̄ that counts as a drop
-        head_opt_func=None,     # `(param_groups, lr) -> torch optimizer` for the head; default SGD(momentum=0.9, weight_decay=1e-4)
+        head_opt_func:Callable|None=None, # `(param_groups, lr) -> torch optimizer` for the head; default SGD(momentum=0.9, weight_decay=1e-4)
     ):
         store_attr('features,n_classes,lr_ccl,alpha_cc,margin,patience,min_delta')
         self.widths = tuple(widths)

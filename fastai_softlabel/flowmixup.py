@@ -146,14 +146,14 @@ class FlowMixup(Callback):
 
     # ---- set-up and checks: when the Learner is created, at every fit, at a fit's first training epoch
     def __init__(self,
-        modules,                # module names (as `learn.model.named_modules()` names them, `''` = the model's input) or modules
+        modules:list|str|nn.Module, # module names (as `learn.model.named_modules()` names them, `''` = the model's input) or modules
         alpha:float=3.,         # α of Beta(α, α) for the mixing weight p (the paper's 3.0); 0: no mixing
         op:bool=True,           # the paper's Op: whether the original features of the last module go forward
         at:str='input',         # mix the 'input' of each module (the paper's choice) or its 'output'
         per_sample:bool=False,  # one p per sample instead of one per batch
         symmetric:bool=True,    # use max(p, 1-p) (fastai's convention) instead of the raw draw
         one_random:bool=False,  # mix at one module chosen at random per batch (Manifold Mixup) instead of all
-        class_weights=None,     # multi-label only: None, 'inverse_prevalence', or a (C,) tensor weighting per-class losses
+        class_weights:str|Tensor|None=None, # multi-label only: None, 'inverse_prevalence', or a (C,) tensor weighting per-class losses
     ):
         points = list(modules) if is_listy(modules) else [modules]
         if not points: raise ValueError("FlowMixup needs at least one module to mix at.")
@@ -335,7 +335,7 @@ class ManifoldMixup(FlowMixup):
     "Manifold Mixup (Verma et al., 2019): `FlowMixup` at one of `modules` chosen at random per batch, with `op=False`"
     @delegates(FlowMixup.__init__, but=['op', 'one_random'])
     def __init__(self,
-        modules,        # candidate modules (names or modules); one is chosen at random per batch
+        modules:list|str|nn.Module, # candidate modules (names or modules); one is chosen at random per batch
         alpha:float=3., # α of Beta(α, α) for the mixing weight p; 0: no mixing
         **kwargs,
     ): super().__init__(modules, alpha=alpha, op=False, one_random=True, **kwargs)
