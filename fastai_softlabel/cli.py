@@ -9,7 +9,7 @@ from pathlib import Path
 # torch, fastai and timm are imported by `main` once the arguments are parsed: `softlabel --help` answers at once
 
 # %% auto #0
-__all__ = ['SINGLE_METHODS', 'MULTI_METHODS', 'RECIPES', 'resolve_recipe', 'data_fingerprint', 'result_settings',
+__all__ = ['SINGLE_METHODS', 'MULTI_METHODS', 'RECIPES', 'resolve_recipe', 'progress_bars', 'data_fingerprint', 'result_settings',
            'settings_differences', 'run_id', 'build_tables', 'main']
 
 # %% ../nbs/13_cli.ipynb #ffbd600b
@@ -71,8 +71,18 @@ def _parser():
     p.add_argument('--out', default='softlabel_results', help="results folder (default ./softlabel_results); must not exist yet, unless --resume")
     p.add_argument('--resume', action='store_true', help="go on with the unfinished runs of --out (made by the same command)")
     p.add_argument('--threads', type=int, default=None, help="torch's CPU threads (default: torch's choice)")
-    p.add_argument('--progress', choices=['auto', 'bar', 'log'], default='auto', help="progress bars (terminal) or one line per epoch (default: bars only on a terminal)")
+    p.add_argument('--progress', choices=['auto', 'bar', 'log'], default='auto', help="'bar': progress bars; 'log': one line per epoch; 'auto' (default): bars on a terminal, lines otherwise, never both")
     return p
+
+def progress_bars(
+    progress:str|bool='auto', # `--progress`: 'auto', 'bar' or 'log' (or already decided: True for bars, False for lines)
+    stream=None,              # where the command prints (default `sys.stdout`)
+)->bool:                      # True: progress bars only; False: one line per epoch only
+    "Whether a run shows progress bars (True) or prints one line per epoch (False): 'auto' gives bars on a terminal only"
+    if isinstance(progress, bool): return progress
+    if progress not in ('auto', 'bar', 'log'): raise ValueError(f"--progress must be auto, bar or log, got {progress!r}")
+    stream = sys.stdout if stream is None else stream
+    return progress == 'bar' or (progress == 'auto' and bool(getattr(stream, 'isatty', lambda: False)()))
 
 # %% ../nbs/13_cli.ipynb #5a7e0c01
 def _floats(s, what):
@@ -119,9 +129,8 @@ def _npz_has(path, key)->bool:
 def _prepare(args)->tuple:
     "Check everything before any work: `(dataset, methods, rates, seeds)`"
     rates,seeds = _check_arguments(args)
-    import difflib, timm, numpy as np
     from fastai_softlabel.experiments import synthetic_dataset, real_dataset, table_dataset, signal_dataset
-    from fastai_softlabel.models import create_backbone, flowmixup_points, resnet1d34
+    from fastai_softlabel.models import check_model_name, create_backbone, flowmixup_points, resnet1d34
     data = None if args.data is None else Path(args.data)
     signals = data is not None and (data.is_dir() or (data.suffix == '.npz' and data.is_file() and _npz_has(data, 'signals')))
     if signals:
@@ -129,10 +138,7 @@ def _prepare(args)->tuple:
         if args.in_chans != 3: raise ValueError(f"{data} holds 1-D signals: --in-chans is for images (the signals' leads are the channels)")
         args.backbone = 'resnet1d34'
     else:
-        args.backbone = args.backbone or 'resnet18'
-        if args.backbone not in timm.list_models():
-            close = difflib.get_close_matches(args.backbone, timm.list_models(), n=3)
-            raise ValueError(f"unknown model name {args.backbone!r}" + (f" (close: {', '.join(close)})" if close else ''))
+        args.backbone = check_model_name(args.backbone or 'resnet18')
     if data is None: d = synthetic_dataset(args.task, args.n_per_class)
     elif signals: d = signal_dataset(data, args.valid, args.fs, args.seconds, args.mapping, args.min_count)
     elif data.suffix == '.csv': d = table_dataset(data, args.images, args.size or 64)
@@ -301,8 +307,14 @@ def _run_all(args, d, methods, rates, seeds, out:Path):
 
 def _hms(s): s = int(s); return f"{s//3600}h{s//60%60:02d}m{s%60:02d}s" if s >= 3600 else f"{s//60}m{s%60:02d}s"
 
+def _quiet_imports():
+    "Silence the one warning importing fastai prints with recent torch (its `torch.jit.script` decorators), and nothing else"
+    import warnings
+    warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
+
 def main(argv=None):
     "Console entry point of `softlabel` (and `softlabel report OUT`)"
+    _quiet_imports()   # before anything imports fastai: every command would start with torch's FutureWarning otherwise
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv[:1] == ['report']: return _report(argv[1:])
@@ -326,7 +338,7 @@ def main(argv=None):
                 threads=args.threads, started=datetime.datetime.now().astimezone().isoformat(timespec='seconds')), indent=2))
         if args.threads:
             import torch; torch.set_num_threads(args.threads)
-        args.progress = args.progress == 'bar' or (args.progress == 'auto' and sys.stdout.isatty())
+        args.progress = progress_bars(args.progress)   # decided once: bars only on a terminal, one line per epoch otherwise
         _run_all(args, d, methods, rates, seeds, out)
         runs,summary = build_tables(out)
         from fastai_softlabel.report import write_report

@@ -76,14 +76,15 @@ def array_image_dls(
         xblock,get_x = TransformBlock(batch_tfms=IntToFloatTensor),TensorImageAt(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))))
     else: xblock,get_x = ImageBlock,ImageAt(images)
     multi = labels.ndim == 2
+    # the vocabulary as plain `str` (not numpy's `np.str_`): what `dls.vocab`, `learn.predict` and messages show
     if multi:
-        names = np.asarray(class_names if class_names is not None else np.arange(labels.shape[1])).astype(str)
+        names = np.asarray(class_names if class_names is not None else np.arange(labels.shape[1])).astype(str).tolist()
         if len(names) != labels.shape[1]: raise ValueError(f"{len(names)} class names for {labels.shape[1]} label columns")
-        ys = [list(names[row.astype(bool)]) for row in labels]
-        yblock = MultiCategoryBlock(vocab=list(names))
+        ys = [[names[k] for k in np.flatnonzero(row)] for row in labels]
+        yblock = MultiCategoryBlock(vocab=names)
     else:
-        names = np.asarray(class_names if class_names is not None else np.unique(labels)).astype(str)
-        ys,yblock = names[labels],CategoryBlock(vocab=list(names), sort=False)   # output k is class_names[k], as the labels index them
+        names = np.asarray(class_names if class_names is not None else np.unique(labels)).astype(str).tolist()
+        ys,yblock = [names[k] for k in labels],CategoryBlock(vocab=names, sort=False)   # output k is class_names[k], as the labels index them
     if splitter is None: splitter = RandomSplitter(valid_pct, seed=seed) if valid_idx is None else IndexSplitter(valid_idx)
     block = DataBlock(blocks=(xblock, yblock), get_x=get_x, get_y=IndexInto(ys),
                       splitter=splitter, item_tfms=item_tfms, batch_tfms=batch_tfms)

@@ -90,7 +90,7 @@ def check_labels(
         f"{what}: 'labels' must be (N,) non-negative integer class indices or (N, C) multi-hot 0/1 labels; got shape {lab.shape} and dtype {lab.dtype}")
     n_cls = lab.shape[1] if lab.ndim == 2 else int(lab.max()) + 1
     names = np.asarray(names).astype(str) if names is not None else np.arange(n_cls).astype(str)
-    if lab.ndim == 1 and n_cls > len(names): raise ValueError(f"{what}: label {n_cls - 1} is outside the {len(names)} class names {list(names)}")
+    if lab.ndim == 1 and n_cls > len(names): raise ValueError(f"{what}: label {n_cls - 1} is outside the {len(names)} class names {names.tolist()}")
     if lab.ndim == 2 and n_cls != len(names): raise ValueError(f"{what}: {n_cls} label columns but {len(names)} label names")
     return lab,names
 

@@ -10,7 +10,7 @@ from fastai.vision.all import *
 from scipy.stats import spearmanr
 from .ccl import CCL
 from .flowmixup import FlowMixup, Mixup, ManifoldMixup
-from .losses import LabelSmoothingCE, class_prior, equidistant_smoothing_eps, inverse_prevalence_weights
+from .losses import LabelSmoothingCEFlat, class_prior, equidistant_smoothing_eps, inverse_prevalence_weights
 from .ols import OnlineLabelSmoothing
 from .data import array_image_dls, synthetic_class_images
 from .datasets import load_npz, finding_labels, check_images, check_labels
@@ -19,7 +19,7 @@ from .metrics import single_label_metrics, multi_label_metrics, curve_summaries,
 from .models import create_backbone, flowmixup_points, resnet1d34
 from .signals import signal_dls
 from .splits import ColumnSplitter, StratifiedSplitter, PatientSplitter
-from .cli import SINGLE_METHODS, MULTI_METHODS
+from .cli import SINGLE_METHODS, MULTI_METHODS, progress_bars
 
 # %% auto #0
 __all__ = ['synthetic_dataset', 'real_dataset', 'signal_dataset', 'table_dataset', 'method_setup', 'EpochLog', 'fit_schedule',
@@ -42,7 +42,8 @@ def _train_valid(d:dict, split, valid:str, name:str)->dict:
     if split is None: d['split'] = np.where(np.random.default_rng(0).random(len(d['labels'])) < 0.8, 'train', 'valid')
     else:
         split = np.asarray(split).astype(str)
-        if valid not in set(split): raise ValueError(f"{name}'s split has no {valid!r} items; its values are {sorted(set(split))} (see --valid)")
+        values = sorted(set(split.tolist()))   # plain str, as the message shows them
+        if valid not in values: raise ValueError(f"{name}'s split has no {valid!r} items; its values are {values} (see --valid)")
         d['split'] = np.where(split == 'train', 'train', np.where(split == valid, 'valid', 'unused'))
     return d
 
@@ -117,7 +118,7 @@ def method_setup(
     if method in ('baseline', 'erm'): return None,[]
     if method.startswith('lsr-'):
         eps = lsr_eps if lsr_eps is not None else (0.1 if method.endswith('1') else equidistant_smoothing_eps(n_classes))
-        return LabelSmoothingCE(eps, class_prior(train_labels, n_classes) if method.startswith('lsr-a') else None),[]
+        return LabelSmoothingCEFlat(eps, class_prior(train_labels, n_classes) if method.startswith('lsr-a') else None),[]
     if method == 'ols': return None,[OnlineLabelSmoothing()]
     if method == 'ccl':
         kw = ({} if head is None else dict(widths=[int(w) for w in str(head).split(',')])) | ({} if ccl_patience is None else dict(patience=ccl_patience))
@@ -190,8 +191,9 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     cbs = cbs + ([GradientClip(clip)] if clip else [])
     metrics = multi_label_metrics() if d['multi_label'] else single_label_metrics()
     prefix = f"[{method} seed {seed} corruption {corruption:g}]"
-    learn = Learner(dls, model, loss_func=loss_func, opt_func=opt_func, metrics=metrics, cbs=cbs + ([] if args.progress else [EpochLog(prefix)]), path=out)   # bars or lines, not both
-    ctx = learn.no_bar() if not args.progress else contextlib.nullcontext()
+    bars = progress_bars(getattr(args, 'progress', 'auto'))   # bars or lines, not both
+    learn = Learner(dls, model, loss_func=loss_func, opt_func=opt_func, metrics=metrics, cbs=cbs + ([] if bars else [EpochLog(prefix)]), path=out)
+    ctx = contextlib.nullcontext() if bars else learn.no_bar()
     start = time.time()
     with ctx, learn.no_logging(): fit_schedule(learn, getattr(args, 'schedule', 'one_cycle'), args.epochs, args.lr, wd)
     names,values = list(learn.recorder.metric_names[1:-1]),[list(v) for v in learn.recorder.values]

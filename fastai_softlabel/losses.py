@@ -6,36 +6,37 @@
 from __future__ import annotations
 import math
 from fastai.basics import *
+from fastai.losses import BaseLoss, LabelSmoothingCrossEntropy
 
 # %% auto #0
 __all__ = ['normalized_sq_distance', 'class_orthogonality_loss', 'ccl_head_loss', 'soft_label_matrix',
-           'equidistant_smoothing_eps', 'smoothed_targets', 'soft_label_kl', 'LabelSmoothingCE', 'class_prior',
-           'soft_target_cross_entropy', 'soft_bce_with_logits', 'inverse_prevalence_weights']
+           'equidistant_smoothing_eps', 'smoothed_targets', 'soft_label_kl', 'LabelSmoothingCE', 'LabelSmoothingCEFlat',
+           'class_prior', 'soft_target_cross_entropy', 'soft_bce_with_logits', 'inverse_prevalence_weights']
 
 # %% ../nbs/01_losses.ipynb #7c421b31
 def normalized_sq_distance(
     a:Tensor, # (N, D) embeddings
     b:Tensor, # (M, D) embeddings
-)->Tensor:    # (N, M) matrix of $f_d(a_i, b_j)$
+)->Tensor:    # (N, M) matrix of f_d(a_i, b_j)
     "Squared Euclidean distance between the L2-normalised rows of `a` and `b`"
     a,b = F.normalize(a.float(), dim=-1),F.normalize(b.float(), dim=-1)
     return (2 - 2*a@b.T).clamp_min(0)
 
 # %% ../nbs/01_losses.ipynb #d856c84b
 def class_orthogonality_loss(
-    dictionary:Tensor, # (K, D) class embeddings $c_k$
-    margin:float=2.,   # $b$: pairs farther apart than this are penalised (2 = orthogonal)
+    dictionary:Tensor, # (K, D) class embeddings c_k
+    margin:float=2.,   # b: pairs farther apart than this are penalised (2 = orthogonal)
 )->Tensor:
-    "$l_{CC}$: mean over all K² ordered pairs of `relu(f_d(c_k1, c_k2) - margin)`"
+    "l_CC: mean over all K² ordered pairs of `relu(f_d(c_k1, c_k2) - margin)`"
     return F.relu(normalized_sq_distance(dictionary, dictionary) - margin).mean()
 
 # %% ../nbs/01_losses.ipynb #1442465b
 def ccl_head_loss(
-    embeddings:Tensor, # (B, D) head outputs $e = f_2(f)$
+    embeddings:Tensor, # (B, D) head outputs e = f_2(f)
     dictionary:Tensor, # (K, D) class embeddings
     target:Tensor,     # (B,) integer class indices
-    alpha_cc:float=10., # $\alpha_{CC}$, weight of $l_{CC}$
-    margin:float=2.,   # $b$ in $l_{CC}$
+    alpha_cc:float=10., # α_CC, weight of l_CC
+    margin:float=2.,   # b in l_CC
 )->tuple:              # `(L_CCL, CE, l_CC)`
     "The CCL head's loss `CE(softmax(-d), y) + alpha_cc*l_CC` and its two terms"
     ce = F.cross_entropy(-normalized_sq_distance(embeddings, dictionary), target)
@@ -52,7 +53,7 @@ def soft_label_matrix(
 # %% ../nbs/01_losses.ipynb #87d3efb1
 def equidistant_smoothing_eps(
     n_classes:int, # K
-    distance:float=2., # the common pairwise $f_d$ of the class embeddings
+    distance:float=2., # the common pairwise f_d of the class embeddings
 )->float:
     "ε of the uniform label smoothing that equals `soft_label_matrix` of equidistant class embeddings (Proposition S1)"
     e = math.exp(-distance)
@@ -63,7 +64,7 @@ def smoothed_targets(
     target:Tensor,      # (B,) integer class indices
     n_classes:int,      # K
     eps:float,          # ε, the probability mass spread by the prior
-    prior:Tensor|None=None, # (K,) $u$; uniform when `None`
+    prior:Tensor|None=None, # (K,) u; uniform when `None`
 )->Tensor:              # (B, K) rows summing to 1
     "Label-smoothed targets `(1-eps)*onehot(y) + eps*prior`"
     u = torch.full((n_classes,), 1/n_classes, device=target.device) if prior is None else prior.to(target.device).float()
@@ -71,51 +72,64 @@ def smoothed_targets(
 
 # %% ../nbs/01_losses.ipynb #4c80ae29
 def soft_label_kl(
-    logits:Tensor,       # (B, K) classifier outputs $z$
-    soft_targets:Tensor, # (B, K) target distributions $p$, e.g. `P[y]`
+    logits:Tensor,       # (B, K) classifier outputs z
+    soft_targets:Tensor, # (B, K) target distributions p, e.g. `P[y]`
 )->Tensor:
     "Batch mean of `KL(p || softmax(logits))`, computed in float32"
     return F.kl_div(F.log_softmax(logits.float(), dim=-1), soft_targets.float().detach(), reduction='batchmean')
 
 # %% ../nbs/01_losses.ipynb #e001fc23
-class LabelSmoothingCE(nn.Module):
-    "Cross entropy against label-smoothed targets `(1-eps)*onehot(y) + eps*u`, with `u` uniform or a class prior"
+class LabelSmoothingCE(LabelSmoothingCrossEntropy):
+    "fastai's `LabelSmoothingCrossEntropy`, whose smoothing mass can follow a class prior: cross entropy against `(1-eps)*onehot(y) + eps*prior`"
     y_int = True
     def __init__(self,
-        eps:float=0.1,          # ε, the probability mass moved to the prior
-        prior:Tensor|None=None, # (K,) class prior $u$; uniform when `None` (see `class_prior`)
-        reduction:str='mean',   # 'mean', 'sum' or 'none'
+        eps:float=0.1,           # ε, the probability mass moved to the prior
+        prior:Tensor|None=None,  # (K,) class prior u (see `class_prior`); uniform when `None`: fastai's loss
+        reduction:str='mean',    # 'mean', 'sum' or 'none'
+        weight:Tensor|None=None, # (K,) class weights of the (1-ε) cross-entropy term, as in fastai's loss
     ):
-        super().__init__()
         if not 0 <= eps < 1: raise ValueError(f"eps must be in [0, 1), got {eps}")
         if prior is not None:
             prior = torch.as_tensor(prior, dtype=torch.float32)
             if prior.ndim != 1 or (prior < 0).any() or not math.isclose(prior.sum().item(), 1, rel_tol=1e-4):
                 raise ValueError("prior must be a 1-D vector of class probabilities summing to 1; `class_prior(labels, K)` estimates one")
-        self.eps,self.reduction = eps,reduction
+        super().__init__(eps=eps, weight=weight, reduction=reduction)
         self.register_buffer('prior', prior)
 
     def forward(self, output:Tensor, target:Tensor)->Tensor:
-        "Cross entropy of `output` logits against the smoothed targets of class indices `target`"
-        if self.prior is not None and len(self.prior) != output.shape[-1]:
-            raise ValueError(f"prior has {len(self.prior)} classes but the model outputs {output.shape[-1]}")
-        p = smoothed_targets(target, output.shape[-1], self.eps, self.prior)
-        loss = -(p*F.log_softmax(output.float(), dim=-1)).sum(-1)
-        return loss.mean() if self.reduction=='mean' else loss.sum() if self.reduction=='sum' else loss
+        "fastai's loss without a prior; with one, `eps` times the cross entropy against the prior plus `1-eps` times the NLL of `target` (class axis 1)"
+        if self.prior is None: return super().forward(output, target)
+        if len(self.prior) != output.shape[1]:
+            raise ValueError(f"prior has {len(self.prior)} classes but the model outputs {output.shape[1]}")
+        log_preds = F.log_softmax(output, dim=1)
+        u = self.prior.to(log_preds).view(-1, *[1]*(output.ndim - 2))
+        loss = -(log_preds*u).sum(dim=1)
+        if self.reduction == 'sum': loss = loss.sum()
+        elif self.reduction == 'mean': loss = loss.mean()
+        return self.eps*loss + (1-self.eps)*F.nll_loss(log_preds, target.long(), weight=self.weight, reduction=self.reduction)
 
+@delegates(LabelSmoothingCE)
+class LabelSmoothingCEFlat(BaseLoss):
+    "Same as `LabelSmoothingCE`, but flattens input and target (fastai's `BaseLoss`): class axis `axis`, outputs (B, K, ...)"
+    y_int = True
+    def __init__(self,
+        *args,
+        axis:int=-1, # the class axis
+        **kwargs,
+    ): super().__init__(LabelSmoothingCE, *args, axis=axis, **kwargs)
     def activation(self, out:Tensor)->Tensor:
-        "Probabilities, for `get_preds`"
-        return F.softmax(out, dim=-1)
+        "Probabilities along the class axis, for `get_preds`"
+        return F.softmax(out, dim=self.axis)
     def decodes(self, out:Tensor)->Tensor:
         "Predicted class indices, for `predict`"
-        return out.argmax(dim=-1)
+        return out.argmax(dim=self.axis)
 
 # %% ../nbs/01_losses.ipynb #91bf33eb
 def class_prior(
     labels,        # integer class indices of the training set
     n_classes:int, # K
 )->Tensor:         # (K,) class frequencies
-    "Class prior estimated from training labels (LSR-e's $u$)"
+    "Class prior estimated from training labels (LSR-e's u)"
     counts = torch.bincount(torch.as_tensor(labels).long().flatten(), minlength=n_classes).float()
     if len(counts) > n_classes: raise ValueError(f"labels contain class {len(counts)-1}, but n_classes is {n_classes}")
     return counts/counts.sum()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from fastai.basics import *
 from fastai.callback.hook import hook_outputs
 from fastai.metrics import ActivationType
+import sklearn.metrics as skm
 from sklearn.metrics import roc_auc_score
 from sklearn.cluster import KMeans
 
@@ -15,9 +16,13 @@ __all__ = ['single_label_metrics', 'mean_auroc', 'MeanAUROC', 'multi_label_metri
            'recorder_curve', 'curve_summaries', 'cluster_r2', 'layer_r2']
 
 # %% ../nbs/07_metrics.ipynb #86476fae
+def _skm_metric(func, thresh=None, **kwargs):
+    "A scikit-learn metric wrapped as fastai's `F1Score`/`F1ScoreMulti` wrap it (`thresh`: multi-label), an undefined score counting as 0 without a warning"
+    return skm_to_fastai(func, thresh=thresh, flatten=thresh is None, zero_division=0, **kwargs)
+
 def single_label_metrics()->list:
-    "accuracy, Cohen's kappa, unweighted (macro) mean F1 and mean Jaccard, as fastai metrics"
-    return [accuracy, CohenKappa(), F1Score(average='macro'), Jaccard(average='macro')]
+    "accuracy, Cohen's kappa, unweighted (macro) mean F1 and mean Jaccard, as fastai metrics; an undefined F1 or Jaccard counts as 0"
+    return [accuracy, CohenKappa(), _skm_metric(skm.f1_score, average='macro'), _skm_metric(skm.jaccard_score, average='macro')]
 
 # %% ../nbs/07_metrics.ipynb #0a145a38
 def mean_auroc(
@@ -34,21 +39,35 @@ def mean_auroc(
 
 # %% ../nbs/07_metrics.ipynb #5098a12b
 class MeanAUROC(AccumMetric):
-    "Multi-label mean AUROC as a fastai metric; classes without positives or negatives are left out, with a warning"
-    def __init__(self, sigmoid:bool=True):
+    "Multi-label mean AUROC as a fastai metric; classes without positives or negatives are left out, with a warning that names them"
+    def __init__(self,
+        sigmoid:bool=True, # apply a sigmoid to the model's outputs
+        names=None,        # the class names, for the warning (default: the `DataLoaders`' vocab, else class indices)
+    ):
         super().__init__(self._score, activation=ActivationType.Sigmoid if sigmoid else ActivationType.No,
                          flatten=False, to_np=True, name='mean_auroc')
-        self.skipped = []
+        self.names,self.skipped,self._vocab = names,[],None
+
+    def accumulate(self, learn):
+        "Accumulate the batch, noting the vocabulary of the Learner's `DataLoaders` for the warning"
+        self._vocab = getattr(getattr(learn, 'dls', None), 'vocab', None)
+        super().accumulate(learn)
+
+    def skipped_names(self)->list:
+        "The classes left out by the last evaluation: their names where known, else their indices"
+        names = ifnone(self.names, self._vocab)
+        if names is None or len(names) <= max(self.skipped, default=-1): return list(self.skipped)
+        return [str(names[c]) for c in self.skipped]
 
     def _score(self, preds, targs):
         score,self.skipped = mean_auroc(preds, targs)
         if self.skipped: warn(f"mean_auroc: {len(self.skipped)} class(es) without both positive and negative examples "
-                              f"left out: {self.skipped}")
+                              f"left out: {', '.join(map(str, self.skipped_names()))}")
         return score
 
 def multi_label_metrics()->list:
-    "Mean AUROC (scorable classes) and macro F1 at threshold 0.5, as fastai metrics"
-    return [MeanAUROC(), F1ScoreMulti(thresh=0.5, average='macro')]
+    "Mean AUROC (scorable classes) and macro F1 at threshold 0.5 (an undefined F1 counts as 0), as fastai metrics"
+    return [MeanAUROC(), _skm_metric(skm.f1_score, thresh=0.5, average='macro')]   # sigmoid, then threshold
 
 # %% ../nbs/07_metrics.ipynb #pc000002
 def per_class_metrics(

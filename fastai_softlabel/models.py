@@ -11,9 +11,18 @@ from fastai.layers import ConvLayer
 from fastai.vision.models.xresnet import xresnet34
 
 # %% auto #0
-__all__ = ['create_backbone', 'densenet121_stem2', 'resnet1d34', 'model_blocks', 'flowmixup_points']
+__all__ = ['check_model_name', 'create_backbone', 'densenet121_stem2', 'resnet1d34', 'model_blocks', 'flowmixup_points']
 
 # %% ../nbs/10_models.ipynb #0ffc0536
+def check_model_name(
+    name:str, # a timm model name
+)->str:       # `name`, when timm knows it
+    "`name` if timm has a model of that name, else a `ValueError` listing close matches"
+    models = timm.list_models()
+    if name in models: return name
+    close = difflib.get_close_matches(name, models, n=5)
+    raise ValueError(f"unknown model name {name!r}" + (f" (close matches: {', '.join(close)})" if close else ''))
+
 def create_backbone(
     name:str,           # a timm model name ('resnet18', 'densenet121', 'efficientnet_b0', ...)
     n_out:int,          # number of outputs (classes)
@@ -22,10 +31,7 @@ def create_backbone(
     **kwargs,           # passed to `timm.create_model`
 )->nn.Module:
     "A timm classification model, without downloading anything; optional local weights"
-    if name not in timm.list_models():
-        close = difflib.get_close_matches(name, timm.list_models(), n=5)
-        raise ValueError(f"Unknown model name {name!r}." + (f" Close matches: {', '.join(close)}." if close else ''))
-    model = timm.create_model(name, pretrained=False, num_classes=n_out, in_chans=in_chans, **kwargs)
+    model = timm.create_model(check_model_name(name), pretrained=False, num_classes=n_out, in_chans=in_chans, **kwargs)
     if weights is not None:
         sd = torch.load(weights, map_location='cpu', weights_only=True)
         own = model.state_dict()

@@ -13,9 +13,9 @@ __all__ = ['ols_soft_ce', 'ols_loss', 'ols_accumulate', 'ols_next_matrix', 'Onli
 
 # %% ../nbs/19_ols.ipynb #ol000005
 def ols_soft_ce(
-    logits:Tensor,       # (B, K) classifier outputs $z$
-    target:Tensor,       # (B,) class indices $y$
-    soft_matrix:Tensor,  # (K, K) $S$: row $y$ is the soft label of class $y$
+    logits:Tensor,       # (B, K) classifier outputs z
+    target:Tensor,       # (B,) class indices y
+    soft_matrix:Tensor,  # (K, K) S: row y is the soft label of class y
 )->Tensor:
     "Batch mean of `-sum_k S[y, k] log softmax(z)_k`, in float32"
     return -(soft_matrix.to(logits.device).float()[target]*F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
@@ -37,7 +37,7 @@ def ols_accumulate(
         counts.index_add_(0, target[ok], torch.ones_like(target[ok], dtype=counts.dtype))
 
 def ols_next_matrix(prev:Tensor, sums:Tensor, counts:Tensor)->Tensor:
-    "$S^t$: the mean softmax output of each class's correctly classified items; rows of classes with none stay as in `prev`"
+    "S^t: the mean softmax output of each class's correctly classified items; rows of classes with none stay as in `prev`"
     seen = counts > 0
     return torch.where(seen[:, None], sums/counts.clamp_min(1)[:, None], prev.to(sums.device))
 

@@ -1,5 +1,5 @@
 "The `softlabel` command: a short run on the synthetic default, resuming after a real SIGINT, and bad input refused with one line and nothing written."
-import json, os, signal, subprocess, sys, time
+import io, json, os, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 
@@ -70,6 +70,28 @@ def test_help_loads_neither_torch_nor_fastai():
             "print(sorted(m for m in ('torch', 'fastai', 'timm', 'pandas', 'scipy') if m in sys.modules))")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and '--resume' in r.stdout and r.stdout.strip().splitlines()[-1] == '[]', r.stdout + r.stderr
+
+def test_help_prints_nothing_on_stderr():
+    "Not even the FutureWarning torch gives for fastai's `torch.jit.script` (the command filters exactly that one)"
+    r = subprocess.run([str(EXE), '--help'], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and '--progress' in r.stdout and r.stderr == '', r.stderr
+
+class _Terminal(io.StringIO):
+    "A stdout that says it is a terminal"
+    def isatty(self): return True
+
+@pytest.mark.parametrize('terminal', [True, False])
+def test_progress_bars_on_a_terminal_epoch_lines_otherwise(tmp_path, monkeypatch, terminal):
+    "The default `--progress auto`, in-process: on a terminal progress bars only, otherwise one line per epoch only"
+    from fastai_softlabel.cli import main
+    out = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, 'stdout', out)
+    main(['--epochs', '2', '--n-per-class', '8', '--size', '16', '--backbone', 'resnet10t', '--methods', 'baseline', '--out', str(tmp_path/'res')])
+    text = out.getvalue()
+    epoch_lines = [l for l in text.splitlines() if l.startswith('[baseline seed 0 corruption 0] epoch ')]
+    bars = 'Epoch 2/2' in text or '\u2588' in text
+    assert (bars, len(epoch_lines)) == ((True, 0) if terminal else (False, 2)), text[-3000:]
+    assert 'run 1/1 (baseline, seed 0, corruption 0)' in text and 'results in' in text
 
 def test_multilabel_with_corruption(tmp_path):
     r = softlabel(*FAST, '--backbone', 'resnet18', '--task', 'multi', '--methods', 'erm,flowmixup', '--corruption', '0,0.3', '--out', 'res', cwd=tmp_path)
@@ -178,6 +200,7 @@ def _bad_npz(path):
     (['--data', 'ecg.npz', '--in-chans', '1'], '--in-chans is for images'),
     (['--ccl-patience', '0'], '--ccl-patience must be at least 1'),
     (['--data', 'twochan.npz'], r'images must be \(N, H, W\)'),
+    (['--data', 'split.npz', '--valid', 'val'], r"split has no 'val' items; its values are \['test', 'train'\]"),   # plain str, no np.str_
 ])
 def test_bad_input_one_line_and_nothing_written(tmp_path, args, message, monkeypatch, capsys):
     "In-process (`cli.main`), the way the console script calls it: exit status 2, one `softlabel: error:` line, nothing written"
@@ -186,6 +209,7 @@ def test_bad_input_one_line_and_nothing_written(tmp_path, args, message, monkeyp
     _ecg_npz(tmp_path/'nan.npz', nan=True); _ecg_npz(tmp_path/'ecg.npz'); (tmp_path/'emptydir').mkdir()
     np.savez(tmp_path/'nokey.npz', pictures=np.zeros((2, 4, 4), np.uint8), labels=np.zeros(2))
     np.savez(tmp_path/'twochan.npz', images=np.zeros((4, 8, 8, 2), np.uint8), labels=np.array([0, 1, 0, 1]))
+    np.savez(tmp_path/'split.npz', images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, 0, 1]), split=np.array(['train', 'train', 'test', 'test']))
     np.savez(tmp_path/'outside.npz', images=np.zeros((3, 8, 8), np.uint8), labels=np.array([0, 1, 7]), class_names=np.array(['a', 'b']))
     before = sorted(p.name for p in tmp_path.iterdir())
     monkeypatch.chdir(tmp_path)
@@ -208,9 +232,9 @@ def test_grayscale_stays_one_channel_with_in_chans_1(tmp_path):
     assert len(pd.read_csv(tmp_path/'res'/'runs.csv')) == 2
 
 def test_console_script_error_is_one_line(tmp_path):
+    "The whole of stderr is the one line: no warning from importing fastai either"
     r = softlabel('--data', 'missing.npz', '--out', 'res', cwd=tmp_path)
-    lines = [l for l in r.stderr.splitlines() if l.strip() and 'Warning' not in l and 'warnings.warn' not in l]
-    assert r.returncode == 2 and lines == ['softlabel: error: No such file: missing.npz'] and not (tmp_path/'res').exists()
+    assert r.returncode == 2 and r.stderr.splitlines() == ['softlabel: error: No such file: missing.npz'] and not (tmp_path/'res').exists(), r.stderr
 
 @pytest.mark.slow
 def test_synthetic_ccl_recovers_the_true_similarity(tmp_path):

@@ -42,6 +42,7 @@ def test_mapping_names_scored_codes_and_min_count():
 
 def test_dataloaders_normalised_per_lead():
     dls = wfdb_dls(CINC, fs=250, mapping=CINC/'dx_mapping_scored.csv', bs=8, num_workers=0, device='cpu')
+    assert dls.vocab and all(type(v) is str for v in dls.vocab)    # plain str, not np.str_
     x = np.concatenate([xb.numpy() for xb, _ in dls.train])
     assert x.shape[1:] == (12, 2500)
     np.testing.assert_allclose(x.mean(axis=(0, 2)), 0, atol=0.05)   # the training records' per-lead statistics
