@@ -11,7 +11,7 @@ from fastai.callback.training import GradientAccumulation
 from fastai.layers import Flatten
 from .losses import ccl_head_loss, soft_label_matrix, soft_label_kl, normalized_sq_distance
 from .core import *
-from .flowmixup import FlowMixup
+from .flowmixup import FlowMixup, flow_components, mix_along_flow
 
 # %% auto #0
 __all__ = ['CCLHead', 'last_linear', 'find_features', 'epochs_without_drop', 'scheduled_peak_lr', 'CCL']
@@ -121,7 +121,7 @@ class CCL(Callback):
     columns = ('ce', 'kl', 'head_ce', 'l_cc', 'p_bar')
     # what one fit needs and `export` leaves out (restored empty by `_init_state` after unpickling)
     _stateattrs = ('ccl_opt', '_where', '_handles', '_ours', '_feats', '_sums', '_counts', '_epoch_row',
-                   '_peak_lr', '_fit_start', '_columns_added')
+                   '_peak_lr', '_columns_added', '_logged')
 
     def __init__(self,
         features:str|nn.Module|None=None, # module whose input are the pooled features; default: found automatically (`find_features`)
@@ -142,8 +142,8 @@ class CCL(Callback):
 
     def _init_state(self):
         self.__dict__.update(_state={}, ccl_opt=None, _where=None, _handles=[], _ours=False, _feats=None, _sums=None,
-                             _counts=Counter(), _epoch_row=None, _peak_lr=None, _fit_start=0,
-                             _columns_added=False)
+                             _counts=Counter(), _epoch_row=None, _peak_lr=None,
+                             _columns_added=False, _logged=False)
 
     # ---------------------------------------------------------------- what was learned
     @property
@@ -218,7 +218,7 @@ class CCL(Callback):
         "Check the Learner again, drop what an interrupted fit left, add CCL's columns to the Recorder"
         self._remove_hooks()
         self._check_learner()
-        self._peak_lr,self._fit_start,self._epoch_row = None,len(self.history),None   # peak lr: read at the first training epoch
+        self._peak_lr,self._epoch_row,self._logged = None,None,False   # peak lr: read at the first training epoch
         # Not fastai's `ValueMetric`: a metric must be in `learn.metrics` before the Recorder's `before_fit`, and would
         # then also be a value of every `validate()` and of the exported Learner. The columns are for training fits only.
         rec = getattr(self.learn, 'recorder', None)
@@ -238,8 +238,7 @@ class CCL(Callback):
         if self._peak_lr is None: self._peak_lr = scheduled_peak_lr(self.learn)
         self._head_to(device)
         if self.ccl_opt is None: self.ccl_opt = self._make_head_opt()
-        self.ccl_head.train()
-        self.ccl_opt.zero_grad(set_to_none=True)
+        self.ccl_head.train()   # gradients held back by `GradientAccumulation` carry over to the next step, as the backbone's do
         # backbone CE, KL, head CE, l_CC sums; items seen by the backbone and by the head
         self._sums,self._counts,self._epoch_row = torch.zeros(6, device=device),Counter(),{}
 
@@ -247,6 +246,7 @@ class CCL(Callback):
     def before_batch(self):
         "Refuse targets that are not one class index per item, hook this training batch's forward pass"
         self._remove_hooks()
+        self._ours = False
         try: check_batch_targets(self.learn.yb, False, None, 'CCL')
         except ValueError as e: self._refuse(str(e))
         name,module,how,_ = self._where
@@ -267,7 +267,8 @@ class CCL(Callback):
         if not isinstance(f, Tensor) or f.ndim != 2: self._refuse(
             f"The {how} of `{name}` is not of shape (batch, width); CCL needs pooled features: "
             "name the module that receives the pooled, flattened features with CCL(features=...).")
-        self._feats = f
+        fm = self._mixer()
+        self._feats = f,(fm.mixing_so_far() if fm is not None else [])   # the features, and the mixing before them
     def _grab_input(self, module, args): self._grab(args[0] if args else None)
     def _grab_output(self, module, args, output): self._grab(output)
 
@@ -275,7 +276,8 @@ class CCL(Callback):
         "Add `KL(P[y] || softmax(pred))` to the backbone's loss, mixed along FlowMixup's flow if there is one"
         if self._feats is None: self._refuse(
             f"Module `{self._where[0]}` did not run in the forward pass: name one that does with CCL(features=...).")
-        fm,k = self._flow_mixup(),self.ccl_head.dictionary.shape[0]
+        fm,k = self._mixer(),self.ccl_head.dictionary.shape[0]
+        if fm is not None and fm.flow is None: fm = None   # a batch that did not mix
         pred = fm.flow.pred if fm is not None else self.learn.pred
         if pred.shape[-1] != k: self._refuse(f"The model outputs {pred.shape[-1]} scores per item but there are {k} classes.")
         y = self._target()
@@ -336,10 +338,9 @@ class CCL(Callback):
     # ---------------------------------------------------------------- the batch's pieces
     def _target(self)->Tensor: return self.learn.yb[0].as_subclass(Tensor).long()
 
-    def _flow_mixup(self):
-        "This batch's `FlowMixup` (or `Mixup`, `ManifoldMixup`) if it mixed, else None"
-        fm = first(cb for cb in self.learn.cbs if isinstance(cb, FlowMixup))
-        return fm if fm is not None and fm.flow is not None else None
+    def _mixer(self):
+        "The Learner's `FlowMixup` (or `Mixup`, `ManifoldMixup`), or None"
+        return first(cb for cb in self.learn.cbs if isinstance(cb, FlowMixup))
 
     def _loss_scale(self)->float:
         "The factor fastai's `GradientAccumulation` applied to `loss_grad` in its `after_loss` (order 6)"
@@ -350,13 +351,14 @@ class CCL(Callback):
 
     def _head_batch(self)->tuple:
         "Features and targets the head learns from: the original items, or every row of a flow that has none un-mixed"
-        feats,y = self._feats.detach().float(),self._target()
-        fm = self._flow_mixup()
-        if fm is None: return feats,y
-        if len(feats) == len(fm.flow.idx):   # features on the flow (also Mixup's flow of N mixed rows)
-            return (feats[:len(y)],y) if fm.flow.original else (feats,fm.mix_targets(F.one_hot(y, self.ccl_head.dictionary.shape[0])))
-        if len(feats) == len(y): return feats,y   # read before any mixing module
-        self._refuse(f"The features have {len(feats)} rows, the batch {len(y)} and FlowMixup's flow {len(fm.flow.idx)}.")
+        (feats,ops),y = self._feats,self._target()
+        feats = feats.detach().float()
+        # the flow as it was where the features were read: mixing modules after them do not change the features
+        idx,w = flow_components(len(y), ops, feats.device)
+        if len(feats) != len(idx): self._refuse(
+            f"The features have {len(feats)} rows, but the batch has {len(y)} items and the flow {len(idx)} rows where they were read.")
+        if all(keep for _,_,keep in ops): return feats[:len(y)],y   # the un-mixed original items lead the flow
+        return feats,mix_along_flow(F.one_hot(y, self.ccl_head.dictionary.shape[0]), idx, w)
 
     def _gather_head_batch(self, feats:Tensor, target:Tensor)->tuple:
         "Under DDP, the head batch of every rank, so that every rank takes the same head step on the whole batch"
@@ -428,13 +430,14 @@ class CCL(Callback):
         "Append this epoch's CCL columns to the Recorder's log (NaN for an epoch that trained on no item)"
         if self._columns_added and self._epoch_row is not None:
             self.learn.recorder.log += [self._epoch_row.get(c, float('nan')) for c in self.columns]
+            self._logged = True
         self._epoch_row = None
 
     def after_fit(self):
         "Nothing stays on the model; a fit that trained nothing (get_preds, validate) leaves no CCL columns"
         self._remove_hooks()
         if self.ccl_head is not None: self.ccl_head.eval()
-        if len(self.history) == self._fit_start: self._remove_columns()
+        if not self._logged: self._remove_columns()
 
     def after_cancel_fit(self):
         "Nothing stays on the model after an interrupted fit"

@@ -242,7 +242,9 @@ class FlowMixup(Callback):
         learn = self.learn
         ours = learn is not None and len(args) > 0 and len(learn.xb) > 0 and args[0] is learn.xb[0]
         self._ops = {} if ours else None
-        if not (ours and model.training): remove_hooks(self._handles)   # another forward pass, or eval mode: no mixing
+        # another forward pass, or eval mode: no mixing (PyTorch has already taken the model's own pre-hooks for this call,
+        # so `_mix` checks the mode too)
+        if not (ours and model.training): remove_hooks(self._handles)
 
     def _mix(self,
         name:str,  # the module's name
@@ -250,7 +252,7 @@ class FlowMixup(Callback):
         x,         # its input or output
     ):
         "`x` mixed (`flow_mix`), the weights and permutation recorded for the targets; None when the hooks are not armed"
-        if self._ops is None: return None   # a module called outside the training batch's forward pass
+        if self._ops is None or not self.learn.model.training: return None   # another forward pass, or eval mode
         if name in self._ops: raise ValueError(f"Module {name!r} ran twice in one forward pass; FlowMixup can mix only at modules that run once.")
         if not isinstance(x, Tensor): raise ValueError(f"The {self.at} of {name!r} is a {type(x).__name__}, not a tensor.")
         n = x.shape[0]
@@ -314,7 +316,11 @@ class FlowMixup(Callback):
         self.flow,self._ops = None,None
     after_batch = after_cancel_batch = after_fit = after_cancel_fit = _cleanup
 
-    # ---- for other callbacks (CCL's soft labels)
+    # ---- for other callbacks (CCL's soft labels and features)
+    def mixing_so_far(self)->list:
+        "`(p, perm, keep)` of each mixing operation applied so far in this training forward pass (for a hook reading hidden features)"
+        return list(self._ops.values()) if self._ops else []
+
     def mix_targets(self,
         t:Tensor, # (N, ...) one tensor per original item of the batch (one-hot targets, CCL's soft labels)
     )->Tensor:    # (R, ...) one per row of the flow, in float32

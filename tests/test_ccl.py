@@ -257,6 +257,12 @@ def test_epochs_continue_across_fits_and_fine_tune(tmp_path):
     ax = learn.ccl.plot_pbar()
     test_eq(list(ax.lines[0].get_xdata()), [0, 1, 2, 3])
 
+def test_an_epoch_without_training_items_keeps_the_recorder_consistent(tmp_path):
+    learn = ccl_learner(make_dls(n_per_class=2, bs=64), tmp_path)   # the training loader drops its one short batch
+    learn.fit(1, 1e-2)
+    assert learn.ccl.history == [] and len(learn.dls.train) == 0
+    test_eq(len(learn.recorder.values[0]), len(learn.recorder.metric_names) - 2)   # a value under every name but epoch, time
+
 def test_load_without_saved_state_warns(dls, tmp_path):
     plain = Learner(dls, tiny_cnn(dls.c), path=tmp_path)
     plain.save('plain')
@@ -287,7 +293,7 @@ def test_head_steps_in_fp32_under_autocast(dls, tmp_path):
     class Feats(Callback):
         order = 50.5
         def after_loss(self):
-            if self.training: seen.append(self.learn.ccl._feats.dtype)
+            if self.training: seen.append(self.learn.ccl._feats[0].dtype)
     learn = ccl_learner(dls, tmp_path, cbs=[CPUAutocast(), Feats(), GradientClip(0.5)])
     learn.fit(1, 1e-2)   # creates the head
     out_dtypes = []

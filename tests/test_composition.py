@@ -50,6 +50,22 @@ def test_ccl_gradient_accumulation_equals_one_large_batch(tmp_path):
     for col in ('ce', 'kl', 'head_ce', 'l_cc'):                  # logged as per-item means, not divided by n_acc
         test_close(big.ccl.history[0][col], acc.ccl.history[0][col], eps=1e-5)
 
+def test_ccl_gradient_accumulation_carries_across_epochs_like_the_backbone(tmp_path):
+    "12 items in micro-batches of 4 with n_acc=8, 2 epochs: steps on items 0-7, 8-11+0-3, 4-11, as one epoch of bs 8 over that order"
+    acc_dls = item_dls(n=12, bs=4)
+    order = list(acc_dls.train.dataset)*2
+    runs = {}
+    for name, dls, epochs, cbs in [('big', DataLoaders(DataLoader(order, bs=8, shuffle=False), acc_dls.valid), 1, []),
+                                   ('acc', acc_dls, 2, [GradientAccumulation(8)])]:
+        set_seed(0)
+        learn = Learner(dls, plain_net(), loss_func=CrossEntropyLossFlat(), path=tmp_path, cbs=[ccl(), s := Steps(), *cbs])
+        learn.fit(epochs, 1e-2)
+        runs[name] = learn, s
+    (big, sb), (acc, sa) = runs['big'], runs['acc']
+    assert sb.n == sa.n == 3
+    for k, v in params_of(big.model).items(): test_close(v, params_of(acc.model)[k], eps=1e-6)
+    for k, v in params_of(big.ccl.ccl_head).items(): test_close(v, params_of(acc.ccl.ccl_head)[k], eps=1e-6)
+
 def test_flowmixup_gradient_accumulation_counts_original_items(tmp_path):
     learn = Learner(item_dls(n=96, bs=32), plain_net(), loss_func=CrossEntropyLossFlat(), path=tmp_path,
                     cbs=[FlowMixup(['2', '4']), GradientAccumulation(64), s := Steps()])
@@ -162,7 +178,10 @@ def test_ccl_with_flowmixup_alpha0_equals_ccl_alone(tmp_path):
 
 @pytest.mark.parametrize('make,head_rows,mixed', [(lambda: FlowMixup(['2', '4']), 8, False), (lambda: Mixup(), 8, True),
                                                   (lambda: FlowMixup(['2', '4'], op=False), 16, True),
-                                                  (lambda: ManifoldMixup(['2', '4']), 8, True)])
+                                                  (lambda: ManifoldMixup(['2', '4']), 8, True),
+                                                  # mixing after the features ('5', the Flatten) leaves them un-mixed
+                                                  (lambda: ManifoldMixup(['6']), 8, False),
+                                                  (lambda: FlowMixup(['2', '6'], op=False), 8, False)])
 def test_ccl_soft_labels_are_mixed_along_the_flow(make, head_rows, mixed, tmp_path):
     learn, spy = first_batch(plain_net(), [ccl(), make()], tmp_path)
     head_targets, head_loss = [], learn.ccl.ccl_head.loss

@@ -367,3 +367,25 @@ def test_survives_torch_compile(tmp_path):
     learn.fit(1, 1e-3)
     assert {rows == 4*n for t, rows, n in seen if t} == {True} and {rows == n for t, rows, n in seen if not t} == {True}
     assert no_hooks(compiled)
+
+
+class _EvalBatch(Callback):
+    "Puts the model in eval mode for the training batch (after FlowMixup's before_batch) and keeps the flow and a plain forward"
+    order = 1
+    def before_batch(self): self.learn.model.eval()
+    def after_pred(self):
+        if not self.training: return
+        fm = first(cb for cb in self.learn.cbs if isinstance(cb, FlowMixup))
+        with torch.no_grad(): self.ref = self.learn.model(*self.learn.xb)
+        self.flow, self.pred = fm.flow, self.learn.pred.detach()
+        raise CancelFitException
+
+@pytest.mark.parametrize('make', [lambda: Mixup(), lambda: FlowMixup(['', '1']), lambda: FlowMixup(['1'])], ids=['mixup', 'input+1', '1'])
+def test_a_training_batch_in_eval_mode_is_not_mixed(make):
+    dls = make_dls(bs=8)
+    spy = _EvalBatch()
+    learn = Learner(dls, small_cnn(dls.c), cbs=[make(), spy])
+    learn.fit(1, 1e-3)
+    test_eq(spy.flow.idx.shape, (8, 1))          # one component per row: nothing mixed
+    test_close(spy.pred, spy.ref, eps=1e-6)
+    assert no_hooks(learn.model)
