@@ -180,8 +180,10 @@ def test_index_page_renders(site, browser):
     _load(browser, site[1] + 'index.html')
     f = _page_facts(browser)
     assert f['title'] == 'fastai_softlabel'
-    assert {'ccl', 'flowmixup'} <= set(f['signatures'])
-    assert any('lr_ccl:float' in s for s in f['signature_code'])
+    assert {'ccl', 'flowmixup', 'mixup', 'manifoldmixup'} <= set(f['signatures'])   # the arguments tables' headings
+    rows = browser.execute_script(
+        "return [...document.querySelectorAll('[data-mime-type=\"text/markdown\"] tr')].map(r => [...r.cells].map(c => c.innerText.trim()))")
+    assert next(r for r in rows if r and r[0] == 'lr_ccl')[:3] == ['lr_ccl', 'float', '1.0']   # argument, type, default
     assert f['code_cells'] >= 4 and f['plots'] >= 1
     assert {'tutorial_ccl.html', 'ccl.html', 'flowmixup.html', 'cli.html'} <= set(f['nav'])
     assert not _severe_console(browser)

@@ -16,7 +16,7 @@ The build fails on a notebook that stored an error output, a page missing from `
 page or anchor of the site that does not exist. Quarto's own settings (`nbs/_quarto.yml`, `nbs/nbdev.yml`,
 `nbs/sidebar.yml`, `nbs/styles.css`) are kept so that `nbdev-docs` works where Quarto is installed.
 """
-import argparse, html, re, shutil, sys
+import argparse, base64, html, re, shutil, sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -74,11 +74,19 @@ def _is_warning(o)->bool:
     "A stderr stream of Python warnings (library deprecation notices), which the pages leave out"
     return o.output_type == 'stream' and o.name == 'stderr' and bool(re.search(r'\w+Warning: ', o.text))
 
+def png_width(png_b64:str)->int:
+    "Width in pixels of a base64-encoded PNG (from its IHDR chunk)"
+    return int.from_bytes(base64.b64decode(png_b64[:44])[16:20], 'big')
+
 def clean_outputs(outputs)->list:
-    "Outputs as the page shows them: show_doc's Markdown cleaned, streams as a terminal shows them, no warnings"
+    "Outputs as the page shows them: show_doc's Markdown cleaned, streams as a terminal shows them, no warnings, figures at their size"
     shown = []
     for o in outputs:
         if 'text/markdown' in o.get('data', {}): o.data['text/markdown'] = clean_show_doc_md(o.data['text/markdown'])
+        if 'image/png' in o.get('data', {}) and not o.get('metadata', {}).get('image/png', {}).get('width'):
+            # execnb (tools/run_nbs.py, nbdev-test) stores retina figures: twice the pixels of the figure's size, which
+            # Jupyter shows at half their pixel width; so does the page (nbdev-clean drops the width Jupyter records)
+            o.setdefault('metadata', {})['image/png'] = {'width': png_width(o.data['image/png']) // 2}
         if o.output_type == 'stream':
             if _is_warning(o): continue
             o.text = terminal_text(o.text)
@@ -203,14 +211,16 @@ def render_site(proc:Path, out:Path)->list:
 
 # ---------------------------------------------------------------------------------------------------------- README
 def readme_from_index(index:Path)->str:
-    "README.md from `nbs/index.ipynb`: its Markdown, and the code of its shown cells (outputs are on the site)"
+    "README.md from `nbs/index.ipynb`: its Markdown, the code of its shown cells (their outputs are on the site), and the Markdown output of cells whose code is hidden (e.g. the arguments tables)"
     nb,parts = nbformat.read(index, as_version=4),[]
     for cell in nb.cells:
         if cell.cell_type == 'markdown': parts.append(cell.source.strip())
         elif cell.cell_type == 'code':
             opts,src = split_directives(cell.source)
-            if {'hide', 'include'} & set(opts) or opts.get('echo') == 'false' or not src.strip(): continue
-            parts.append(f"```python\n{src.strip()}\n```")
+            if {'hide', 'include'} & set(opts) or not src.strip(): continue
+            if opts.get('echo') == 'false':
+                parts += [clean_show_doc_md(o.data['text/markdown']).strip() for o in cell.get('outputs', []) if 'text/markdown' in o.get('data', {})]
+            else: parts.append(f"```python\n{src.strip()}\n```")
     text = '\n\n'.join(parts) + '\n'
     # links to notebooks resolve from the repository root
     return re.sub(r'\]\((?!https?:|#|nbs/)([^)\s]+\.ipynb)\)', r'](nbs/\1)', text)
