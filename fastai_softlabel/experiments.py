@@ -107,7 +107,7 @@ def method_setup(
     model:nn.Module,   # the backbone (for the mixing points)
     train_labels,      # the training labels (for the a-priori u(k) of lsr-a*)
     n_classes:int,     # K
-    lr_ccl:float=5e-4, # CCL's head learning rate
+    lr_ccl:float|None=None, # CCL's head learning rate (default: CCL's)
     alpha:float|None=None,   # replaces the method's Beta(α, α) (mixup-a1: 1, mixup-a3/manifold/flowmixup: 3, cutmix: 1)
     lsr_eps:float|None=None, # replaces ε of the lsr methods (u1/a1: 0.1; u5/a5: Proposition S1's ε for K)
     points=None,       # module names the mixing methods use (default `flowmixup_points(model)`)
@@ -121,8 +121,9 @@ def method_setup(
         return LabelSmoothingCEFlat(eps, class_prior(train_labels, n_classes) if method.startswith('lsr-a') else None),[]
     if method == 'ols': return None,[OnlineLabelSmoothing()]
     if method == 'ccl':
-        kw = ({} if head is None else dict(widths=[int(w) for w in str(head).split(',')])) | ({} if ccl_patience is None else dict(patience=ccl_patience))
-        return None,[CCL(lr_ccl=lr_ccl, **kw)]
+        kw = ({} if head is None else dict(widths=[int(w) for w in str(head).split(',')])) | ({} if ccl_patience is None else dict(patience=ccl_patience)) \
+             | ({} if lr_ccl is None else dict(lr_ccl=lr_ccl))
+        return None,[CCL(**kw)]
     if method == 'cutmix': return None,[CutMix(ifnone(alpha, 1.))]
     if method in ('mixup-a1', 'mixup-a3'): return None,[Mixup(ifnone(alpha, float(method[-1])))]
     points = list(points) if points else flowmixup_points(model)

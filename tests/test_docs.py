@@ -193,7 +193,7 @@ def test_ccl_page_renders(site, browser):
     _load(browser, site[1] + 'ccl.html')
     f = _page_facts(browser)
     assert f['title'].startswith('CCL')
-    assert {'cclhead', 'ccl', 'ccl.after_step', 'ccl.plot_soft_labels'} <= set(f['signatures'])
+    assert {'cclhead', 'ccl', 'ccl.freeze_dictionary', 'ccl.plot_soft_labels', 'ccl.plot_pbar'} <= set(f['signatures'])
     sig = next(s for s in f['signature_code'] if s.startswith('def CCL('))
     for arg in ('features', 'lr_ccl', 'alpha_cc', 'margin', 'patience'): assert arg in sig
     assert f['code_cells'] >= 5 and f['plots'] >= 1 and f['math'] >= 5
