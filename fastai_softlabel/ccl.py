@@ -9,7 +9,8 @@ from fastai.basics import *
 from fastai.callback.schedule import ParamScheduler
 from fastai.callback.training import GradientAccumulation
 from fastai.layers import Flatten
-from .losses import ccl_head_loss, soft_label_matrix, soft_label_kl, normalized_sq_distance
+from .losses import (ccl_head_loss, soft_label_matrix, soft_label_kl, normalized_sq_distance, multilabel_head_targets,
+                                     multilabel_soft_targets, binary_soft_label_kl)
 from .core import *
 from .flowmixup import FlowMixup, flow_components, mix_along_flow
 
@@ -173,10 +174,6 @@ class CCL(Callback):
         if self.n_classes is not None and k_data is not None and self.n_classes != k_data:
             raise ValueError(f"CCL(n_classes={self.n_classes}) but the data has {k_data} classes (dls.c): "
                              f"leave n_classes out or set it to {k_data}.")
-        if is_multilabel(self.learn.dls, self.learn.loss_func):
-            raise ValueError("CCL needs single-label targets (one class per item, e.g. CategoryBlock with cross entropy); "
-                             "this Learner is set up for multi-label targets (MultiCategoryBlock or a BCE loss). "
-                             "Multi-label CCL is not implemented: use FlowMixup for multi-label data.")
         clf = last_linear(model)
         k = ifnone(self.n_classes, k_data)
         if clf is not None and k is not None and clf[1].out_features != k:
@@ -188,6 +185,11 @@ class CCL(Callback):
             raise ValueError(f"The CCL head was trained for {self.ccl_head.dictionary.shape[0]} classes but the data has {k}: "
                              "use a new CCL() for a new label set.")
         return k
+
+    @property
+    def multi_label(self)->bool:
+        "Whether the Learner is set up for multi-label targets (`MultiCategoryBlock` or a BCE loss): CCL's multi-label form"
+        return self.learn is not None and is_multilabel(self.learn.dls, self.learn.loss_func)
 
     def _locate_features(self)->tuple:
         "`(name, module, 'input'/'output', width)` of the features, found once per model with one eval-mode forward pass"
@@ -247,7 +249,7 @@ class CCL(Callback):
         "Refuse targets that are not one class index per item, hook this training batch's forward pass"
         self._remove_hooks()
         self._ours = False
-        try: check_batch_targets(self.learn.yb, False, None, 'CCL')
+        try: check_batch_targets(self.learn.yb, self.multi_label, self.ccl_head.dictionary.shape[0], 'CCL')
         except ValueError as e: self._refuse(str(e))
         name,module,how,_ = self._where
         grab = WeakHook(self._grab_input) if how == 'input' else WeakHook(self._grab_output)
@@ -273,16 +275,16 @@ class CCL(Callback):
     def _grab_output(self, module, args, output): self._grab(output)
 
     def after_loss(self):
-        "Add `KL(P[y] || softmax(pred))` to the backbone's loss, mixed along FlowMixup's flow if there is one"
+        "Add the soft-label KL to the backbone's loss (softmax: `KL(P[y] || softmax(pred))`; multi-label: a Bernoulli KL per label), mixed along FlowMixup's flow"
         if self._feats is None: self._refuse(
             f"Module `{self._where[0]}` did not run in the forward pass: name one that does with CCL(features=...).")
         fm,k = self._mixer(),self.ccl_head.dictionary.shape[0]
         if fm is not None and fm.flow is None: fm = None   # a batch that did not mix
         pred = fm.flow.pred if fm is not None else self.learn.pred
         if pred.shape[-1] != k: self._refuse(f"The model outputs {pred.shape[-1]} scores per item but there are {k} classes.")
-        y = self._target()
-        soft = self.ccl_head.soft_labels()[y]
-        kl = soft_label_kl(pred, fm.mix_targets(soft) if fm is not None else soft)
+        y,P = self._target(),self.ccl_head.soft_labels()
+        soft,kl_of = (multilabel_soft_targets(P, y),binary_soft_label_kl) if self.multi_label else (P[y],soft_label_kl)
+        kl = kl_of(pred, fm.mix_targets(soft) if fm is not None else soft)
         self._sums[:2] += torch.stack([self.learn.loss.detach().float().mean(), kl.detach()])*len(y)
         self._sums[4] += len(y)
         self.learn.loss_grad = self.learn.loss_grad + kl*self._loss_scale()
@@ -336,7 +338,10 @@ class CCL(Callback):
         self._remove_hooks()
 
     # ---------------------------------------------------------------- the batch's pieces
-    def _target(self)->Tensor: return self.learn.yb[0].as_subclass(Tensor).long()
+    def _target(self)->Tensor:
+        "The batch's targets: class indices, or multi-hot rows as floats"
+        y = self.learn.yb[0].as_subclass(Tensor)
+        return y.float() if self.multi_label else y.long()
 
     def _mixer(self):
         "The Learner's `FlowMixup` (or `Mixup`, `ManifoldMixup`), or None"
@@ -357,8 +362,18 @@ class CCL(Callback):
         idx,w = flow_components(len(y), ops, feats.device)
         if len(feats) != len(idx): self._refuse(
             f"The features have {len(feats)} rows, but the batch has {len(y)} items and the flow {len(idx)} rows where they were read.")
-        if all(keep for _,_,keep in ops): return feats[:len(y)],y   # the un-mixed original items lead the flow
-        return feats,mix_along_flow(F.one_hot(y, self.ccl_head.dictionary.shape[0]), idx, w)
+        multi = self.multi_label
+        if all(keep for _,_,keep in ops):   # the un-mixed original items lead the flow
+            feats = feats[:len(y)]
+            if not multi: return feats,y
+            keep,dist = multilabel_head_targets(y)   # items without a positive label are left out
+            return feats[keep],dist
+        # every row mixed: the targets mixed as the rows were (multi-label: the items' spread positives, renormalised)
+        one = y/y.sum(1, keepdim=True).clamp_min(1) if multi else F.one_hot(y, self.ccl_head.dictionary.shape[0])
+        mixed = mix_along_flow(one, idx, w)
+        if not multi: return feats,mixed
+        mass = mixed.sum(1)
+        return feats[mass > 0],mixed[mass > 0]/mass[mass > 0, None]
 
     def _gather_head_batch(self, feats:Tensor, target:Tensor)->tuple:
         "Under DDP, the head batch of every rank, so that every rank takes the same head step on the whole batch"
@@ -498,7 +513,8 @@ class CCL(Callback):
         if ax is None: _,ax = plt.subplots(figsize=figsize)
         im = ax.imshow(P.numpy(), cmap=cmap, vmin=0)
         ax.set_xticks(range(K), names, rotation=45, ha='right'); ax.set_yticks(range(K), names)
-        ax.set_xlabel('soft label over classes'); ax.set_ylabel('true class')
+        what = 'label' if self.multi_label else 'class'
+        ax.set_xlabel(f"soft label over {what}s"); ax.set_ylabel(f"{what} k (row: {what} k's soft label)")
         ax.set_title(f"CCL soft labels (p̄ = {P.diagonal().mean():.3f})")
         if ifnone(annotate, K <= 12):
             for i in range(K):

@@ -9,12 +9,13 @@ from pathlib import Path
 # torch, fastai and timm are imported by `main` once the arguments are parsed: `softlabel --help` answers at once
 
 # %% auto #0
-__all__ = ['SINGLE_METHODS', 'MULTI_METHODS', 'RECIPES', 'resolve_recipe', 'progress_bars', 'data_fingerprint', 'result_settings',
-           'settings_differences', 'run_id', 'build_tables', 'main']
+__all__ = ['SINGLE_METHODS', 'MULTI_METHODS', 'BEYOND_THE_PAPERS', 'RECIPES', 'resolve_recipe', 'progress_bars',
+           'data_fingerprint', 'result_settings', 'settings_differences', 'run_id', 'build_tables', 'main']
 
 # %% ../nbs/13_cli.ipynb #ffbd600b
 SINGLE_METHODS = ('baseline', 'lsr-u1', 'lsr-u5', 'lsr-a1', 'lsr-a5', 'ols', 'ccl', 'cutmix')
-MULTI_METHODS = ('erm', 'mixup-a1', 'mixup-a3', 'manifold', 'flowmixup', 'flowmixup-noop')
+MULTI_METHODS = ('erm', 'mixup-a1', 'mixup-a3', 'manifold', 'flowmixup', 'flowmixup-noop', 'ccl', 'ccl+flowmixup')
+BEYOND_THE_PAPERS = ('ccl', 'ccl+flowmixup')   # multi-label CCL: run when named, not in the papers' default comparison
 
 RECIPES = {   # what each recipe sets, per task; None: not used by that task
     'single': {'fast':  dict(opt='adam', lr=2e-3, wd=0.01, schedule='one_cycle', bs=32, clip=0., lr_ccl=1.0, weighted_bce='no'),
@@ -42,7 +43,7 @@ def _parser():
     p.add_argument('--images', help="image folder of a CSV table given as --data")
     p.add_argument('--task', choices=['single', 'multi'], default='single', help="synthetic data: single-label or multi-label (default single)")
     p.add_argument('--valid', default='valid', help="split value evaluated on, e.g. 'test' for ISIC 2018's official test set (default valid)")
-    p.add_argument('--methods', help=f"comma-separated; single-label: {','.join(SINGLE_METHODS)}; multi-label: {','.join(MULTI_METHODS)} (default: all of the task's); the first is the reference of the paired differences")
+    p.add_argument('--methods', help=f"comma-separated; single-label: {','.join(SINGLE_METHODS)}; multi-label: {','.join(MULTI_METHODS)} (default: all of the task's, but multi-label {' and '.join(BEYOND_THE_PAPERS)}, which go beyond the papers, only when named); the first is the reference of the paired differences")
     p.add_argument('--corruption', default='0', help="comma-separated label-corruption rates in [0, 1) applied to the training labels (default 0)")
     p.add_argument('--seeds', default='0', help="comma-separated integer seeds (default 0)")
     p.add_argument('--backbone', default=None, help="timm model name for images, built without pretrained weights (default resnet18); signals train resnet1d34")
@@ -147,7 +148,8 @@ def _prepare(args)->tuple:
         from fastai_softlabel.data import to_channels
         to_channels(d['images'][:1], args.in_chans)
     allowed = MULTI_METHODS if d['multi_label'] else SINGLE_METHODS
-    methods = list(allowed) if args.methods is None else [m.strip() for m in args.methods.split(',') if m.strip()]
+    default = [m for m in allowed if not (d['multi_label'] and m in BEYOND_THE_PAPERS)]
+    methods = default if args.methods is None else [m.strip() for m in args.methods.split(',') if m.strip()]
     wrong = [m for m in methods if m not in allowed]
     if wrong: raise ValueError(f"method(s) {wrong} do not fit {'multi' if d['multi_label'] else 'single'}-label data; choose from {', '.join(allowed)}")
     if len(set(methods)) < len(methods): raise ValueError(f"--methods has repeated names: {args.methods}")
@@ -157,7 +159,7 @@ def _prepare(args)->tuple:
     if args.lsr_eps is not None and not 0 <= args.lsr_eps < 1: raise ValueError(f"--lsr-eps must be in [0, 1), got {args.lsr_eps}")
     if args.alpha is not None and args.alpha < 0: raise ValueError(f"--alpha must be at least 0, got {args.alpha}")
     args.points = [s.strip() for s in args.points.split(',') if s.strip()] if isinstance(args.points, str) else args.points
-    if {'manifold', 'flowmixup', 'flowmixup-noop'} & set(methods):
+    if {'manifold', 'flowmixup', 'flowmixup-noop', 'ccl+flowmixup'} & set(methods):
         model = resnet1d34(len(d['names']), d['signals'].shape[1]) if signals else create_backbone(args.backbone, len(d['names']), in_chans=args.in_chans)
         if args.points:
             names = dict(model.named_modules())

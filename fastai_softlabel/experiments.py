@@ -120,16 +120,16 @@ def method_setup(
         eps = lsr_eps if lsr_eps is not None else (0.1 if method.endswith('1') else equidistant_smoothing_eps(n_classes))
         return LabelSmoothingCEFlat(eps, class_prior(train_labels, n_classes) if method.startswith('lsr-a') else None),[]
     if method == 'ols': return None,[OnlineLabelSmoothing()]
-    if method == 'ccl':
-        kw = ({} if head is None else dict(widths=[int(w) for w in str(head).split(',')])) | ({} if ccl_patience is None else dict(patience=ccl_patience)) \
+    ccl_kw = ({} if head is None else dict(widths=[int(w) for w in str(head).split(',')])) | ({} if ccl_patience is None else dict(patience=ccl_patience)) \
              | ({} if lr_ccl is None else dict(lr_ccl=lr_ccl))
-        return None,[CCL(**kw)]
+    if method == 'ccl': return None,[CCL(**ccl_kw)]   # single- or multi-label, as the targets are
     if method == 'cutmix': return None,[CutMix(ifnone(alpha, 1.))]
     if method in ('mixup-a1', 'mixup-a3'): return None,[Mixup(ifnone(alpha, float(method[-1])))]
     points = list(points) if points else flowmixup_points(model)
     if method == 'manifold': return None,[ManifoldMixup(points, alpha=ifnone(alpha, 3.))]
     if method == 'flowmixup': return None,[FlowMixup(points, alpha=ifnone(alpha, 3.))]
     if method == 'flowmixup-noop': return None,[FlowMixup(points, alpha=ifnone(alpha, 3.), op=False)]
+    if method == 'ccl+flowmixup': return None,[CCL(**ccl_kw), FlowMixup(points, alpha=ifnone(alpha, 3.))]
     raise ValueError(f"Unknown method {method!r}; choose from {', '.join(SINGLE_METHODS + MULTI_METHODS)}")
 
 # %% ../nbs/17_experiments.ipynb #299d88d0
@@ -206,7 +206,7 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     pc = per_class_metrics(probs.numpy(), targs.numpy(), list(learn.dls.vocab))   # the model's output order
     pc.insert(0, 'method', method); pc.insert(1, 'seed', seed); pc.insert(2, 'corruption', corruption)
     pc.to_csv(out/'per_class.csv', index=False)
-    if method == 'ccl':
+    if 'ccl' in learn.cbs.attrgot('name'):   # ccl, ccl+flowmixup
         P = learn.ccl.soft_labels.numpy()
         ax = learn.ccl.plot_soft_labels(); ax.figure.savefig(out/'soft_labels.png', dpi=100, bbox_inches='tight'); plt.close(ax.figure)
         np.savetxt(out/'soft_labels.csv', P, delimiter=',', fmt='%.6f')

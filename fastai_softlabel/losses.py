@@ -10,8 +10,9 @@ from fastai.losses import BaseLoss, LabelSmoothingCrossEntropy
 
 # %% auto #0
 __all__ = ['normalized_sq_distance', 'class_orthogonality_loss', 'ccl_head_loss', 'soft_label_matrix',
-           'equidistant_smoothing_eps', 'smoothed_targets', 'soft_label_kl', 'LabelSmoothingCE', 'LabelSmoothingCEFlat',
-           'class_prior', 'soft_target_cross_entropy', 'soft_bce_with_logits', 'inverse_prevalence_weights']
+           'equidistant_smoothing_eps', 'smoothed_targets', 'soft_label_kl', 'multilabel_head_targets',
+           'multilabel_soft_targets', 'binary_soft_label_kl', 'LabelSmoothingCE', 'LabelSmoothingCEFlat', 'class_prior',
+           'soft_target_cross_entropy', 'soft_bce_with_logits', 'inverse_prevalence_weights']
 
 # %% ../nbs/01_losses.ipynb #7c421b31
 def normalized_sq_distance(
@@ -34,7 +35,7 @@ def class_orthogonality_loss(
 def ccl_head_loss(
     embeddings:Tensor, # (B, D) head outputs e = f_2(f)
     dictionary:Tensor, # (K, D) class embeddings
-    target:Tensor,     # (B,) integer class indices
+    target:Tensor,     # (B,) integer class indices, or (B, K) target distributions (e.g. `multilabel_head_targets`)
     alpha_cc:float=10., # α_CC, weight of l_CC
     margin:float=2.,   # b in l_CC
 )->tuple:              # `(L_CCL, CE, l_CC)`
@@ -77,6 +78,35 @@ def soft_label_kl(
 )->Tensor:
     "Batch mean of `KL(p || softmax(logits))`, computed in float32"
     return F.kl_div(F.log_softmax(logits.float(), dim=-1), soft_targets.float().detach(), reduction='batchmean')
+
+# %% ../nbs/01_losses.ipynb #6e45492b
+def multilabel_head_targets(
+    target:Tensor, # (B, K) multi-hot labels
+)->tuple:          # `(keep, dist)`: (B,) rows with a positive label, (n_kept, K) their target distributions
+    "The CCL head's targets for multi-hot labels: each item's positive labels spread evenly, items without any left out"
+    y = target.float()
+    n = y.sum(1)
+    keep = n > 0
+    return keep,y[keep]/n[keep, None]
+
+# %% ../nbs/01_losses.ipynb #1509faf9
+def multilabel_soft_targets(
+    P:Tensor,      # (K, K) soft-label matrix, row k the soft label of class k
+    target:Tensor, # (B, K) multi-hot labels
+)->Tensor:         # (B, K) soft multi-hot targets in [0, 1]
+    "Soft multi-hot targets: for each label j, the largest `P[k,j]/P[k,k]` over the item's positive labels k (1 on positives, 0 without any)"
+    R = P.float()/P.float().diagonal()[:, None]   # each row scaled so that its own class gets 1
+    return (target.float()[:, :, None]*R[None]).amax(1)
+
+# %% ../nbs/01_losses.ipynb #5f00fd47
+def binary_soft_label_kl(
+    logits:Tensor,       # (B, K) per-label scores z
+    soft_targets:Tensor, # (B, K) per-label target probabilities t, e.g. `multilabel_soft_targets`
+)->Tensor:
+    "Mean over items and labels of `KL(Bernoulli(t) || Bernoulli(sigmoid(z)))`, computed in float32"
+    z,t = logits.float(),soft_targets.float().detach()
+    entropy = -(torch.xlogy(t, t) + torch.xlogy(1-t, 1-t))
+    return (F.binary_cross_entropy_with_logits(z, t, reduction='none') - entropy).mean()
 
 # %% ../nbs/01_losses.ipynb #e001fc23
 class LabelSmoothingCE(LabelSmoothingCrossEntropy):

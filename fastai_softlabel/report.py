@@ -149,7 +149,7 @@ def write_report(
     parts.append('<h2>Curves</h2>')
     for metric in [main, 'valid_loss']:
         if metric in curves: parts.append(_img(png_data_uri(plot_curves(curves, metric, cfg['methods'])), f"{metric} per epoch: mean over seeds, band from the lowest to the highest seed"))
-    ccl = [d for d in sorted((out/'runs').glob('ccl_*')) if (d/'ccl_history.json').exists()]
+    ccl = [d for d in sorted((out/'runs').glob('ccl*')) if (d/'ccl_history.json').exists()]
     if ccl:
         parts += ['<h2>CCL</h2>', _img(png_data_uri(plot_ccl_pbar(ccl)), "CCL's p̄ per epoch; × the epoch the dictionary froze")]
         for d in ccl:

@@ -323,13 +323,6 @@ def test_mixed_precision_on_gpu(amp, tmp_path):
 
 # ---------------------------------------------------------------- bad input
 
-def multilabel_dls():
-    d = synthetic_class_images(n_per_class=8, size=16, n_classes=3)
-    names = d['class_names'][d['labels']]
-    block = DataBlock(blocks=(ImageBlock, MultiCategoryBlock), get_x=IndexInto(d['images']),
-                      get_y=IndexInto([[n] for n in names]), splitter=RandomSplitter(seed=0))
-    return block.dataloaders(np.arange(len(names)), bs=8, num_workers=0)
-
 def untouched_after_failed_fit(learn, ccl, match):
     "A fit with `ccl` fails with `match` before any step, and leaves the Learner as it was"
     state, lf, cbs = params_of(learn.model), learn.loss_func, list(learn.cbs)
@@ -338,13 +331,10 @@ def untouched_after_failed_fit(learn, ccl, match):
     assert learn.loss_func is lf and list(learn.cbs) == cbs and no_hooks(learn.model)
     assert not set(CCL.columns) & set(getattr(learn.recorder, 'metric_names', []))
 
-@pytest.mark.parametrize('case', ['multilabel', 'n_classes', 'model_outputs', 'no_linear', 'unknown_module', 'unpooled_module'])
+@pytest.mark.parametrize('case', ['n_classes', 'model_outputs', 'no_linear', 'unknown_module', 'unpooled_module'])
 def test_bad_input_is_refused_before_training(dls, tmp_path, case):
     model = tiny_cnn(dls.c)
-    if case == 'multilabel':
-        dls = multilabel_dls(); model = tiny_cnn(dls.c)
-        ccl, match = CCL, 'single-label targets'
-    elif case == 'n_classes': ccl, match = partial(CCL, n_classes=5), r'n_classes=5\) but the data has 4 classes'
+    if case == 'n_classes': ccl, match = partial(CCL, n_classes=5), r'n_classes=5\) but the data has 4 classes'
     elif case == 'model_outputs': model, ccl, match = tiny_cnn(3), CCL, 'has 3 outputs but the data has 4 classes'
     elif case == 'no_linear':
         model = nn.Sequential(ConvLayer(3, 8, stride=2), nn.Conv2d(8, dls.c, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())

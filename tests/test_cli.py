@@ -101,6 +101,20 @@ def test_multilabel_with_corruption(tmp_path):
     frac = runs.loc[runs.corruption == 0.3, 'corrupted_fraction']
     assert ((frac > 0.25) & (frac < 0.35)).all() and (runs.loc[runs.corruption == 0, 'corrupted_fraction'] == 0).all()
 
+def test_multilabel_ccl_and_ccl_with_flowmixup(tmp_path):
+    "Multi-label CCL runs when named (not in the papers' default comparison), with its soft labels written per run"
+    from fastai_softlabel.cli import _parser, _prepare, BEYOND_THE_PAPERS
+    default = _prepare(_parser().parse_args(['--task', 'multi', '--out', str(tmp_path/'x')]))[1]
+    assert default == ['erm', 'mixup-a1', 'mixup-a3', 'manifold', 'flowmixup', 'flowmixup-noop'] and not set(BEYOND_THE_PAPERS) & set(default)
+    r = softlabel(*FAST, '--backbone', 'resnet18', '--task', 'multi', '--methods', 'erm,ccl,ccl+flowmixup', '--out', 'res', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = pd.read_csv(tmp_path/'res'/'runs.csv')
+    assert list(runs.method) == ['erm', 'ccl', 'ccl+flowmixup'] and runs.mean_auroc.between(0, 1).all()
+    for m in ('ccl', 'ccl+flowmixup'):
+        h = json.loads((tmp_path/'res'/'runs'/f'{m}_seed0_c0'/'ccl_history.json').read_text())
+        assert len(h['history']) == 1 and 0 < h['history'][0]['p_bar'] < 1
+    assert 'ccl+flowmixup' in (tmp_path/'res'/'report.html').read_text()
+
 def test_paper_recipes(tmp_path):
     "--recipe paper resolves each task's training section (overridable), recorded in config.json, and trains"
     r = softlabel(*FAST, '--recipe', 'paper', '--bs', '16', '--methods', 'baseline,ccl', '--out', 'single', cwd=tmp_path)
