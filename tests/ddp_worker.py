@@ -17,7 +17,7 @@ use_cpu_broadcast()
 
 p = argparse.ArgumentParser()
 p.add_argument('--out', required=True)
-p.add_argument('--setup', default='ccl', choices=['ccl', 'ccl_named', 'flowmixup', 'ccl+flowmixup', 'ccl+mixup', 'ccl_drift', 'gather'])
+p.add_argument('--setup', default='ccl', choices=['ccl', 'ccl_named', 'flowmixup', 'ccl+flowmixup', 'ccl+mixup', 'ccl_drift', 'ccl_multilabel', 'gather'])
 p.add_argument('--epochs', type=int, default=3)
 a = p.parse_args()
 rank = int(os.environ['RANK'])
@@ -50,14 +50,23 @@ class Drift(Callback):
             with torch.no_grad(): self.learn.ccl.ccl_head.dictionary.add_(1e-3)
 
 dls = make_dls(n_per_class=24, size=16, n_classes=4, bs=8, device='cpu')
+if a.setup == 'ccl_multilabel':   # odd classes also carry the previous class's label; the gathered targets are distributions
+    from fastai_softlabel.data import synthetic_class_images, array_image_dls
+    d = synthetic_class_images(n_per_class=24, size=16, n_classes=4, seed=0)
+    k = d['labels']
+    y = (np.eye(4)[k] + (k % 2 == 1)[:, None]*np.eye(4)[k - 1]).clip(0, 1).astype(np.uint8)
+    dls = array_image_dls(d['images'], y, d['class_names'], bs=8, num_workers=0, device='cpu')
 head = dict(widths=(32, 16), lr_ccl=0.05, patience=1, min_delta=1.)   # the tests freeze after epoch 1
 cbs = {'ccl': lambda: [CCL(**head)],
        'ccl_named': lambda: [CCL(features='4', **head)],
        'flowmixup': lambda: [FlowMixup(['1', '2'])],
        'ccl+flowmixup': lambda: [CCL(**head), FlowMixup(['1', '2'])],
        'ccl+mixup': lambda: [CCL(**head), Mixup()],     # every row mixed: the head learns from mixed one-hot targets
-       'ccl_drift': lambda: [CCL(**head, head_opt_func=torch.optim.AdamW), Drift()]}[a.setup]()   # Adam: 'step' state on the CPU
-learn = Learner(dls, tiny_cnn(dls.c), metrics=accuracy, path=Path(a.out)/f'rank{rank}', cbs=cbs)
+       'ccl_drift': lambda: [CCL(**head, head_opt_func=torch.optim.AdamW), Drift()],   # Adam: 'step' state on the CPU
+       'ccl_multilabel': lambda: [CCL(**head)]}[a.setup]()
+multi = a.setup == 'ccl_multilabel'
+learn = Learner(dls, tiny_cnn(dls.c), metrics=[] if multi else accuracy, loss_func=BCEWithLogitsLossFlat() if multi else None,
+                path=Path(a.out)/f'rank{rank}', cbs=cbs)
 
 with learn.distrib_ctx(sync_bn=False, cpu=True), warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
