@@ -2,6 +2,7 @@
 
     python bench/bench_ccl.py                        # CPU, 64 px
     python bench/bench_ccl.py --device cuda          # GPU, 224 px
+    python bench/bench_ccl.py --task multi           # multi-label targets with a BCE loss (multi-label CCL)
 """
 import argparse, json, sys
 from pathlib import Path
@@ -12,15 +13,18 @@ CONFIGS = ('plain', 'ccl')
 
 def worker(args):
     import timm
-    from fastai.basics import Learner, CrossEntropyLossFlat
+    from fastai.basics import Learner, CrossEntropyLossFlat, BCEWithLogitsLossFlat
     from fastai_softlabel.ccl import CCL
+    multi = args.task == 'multi'
     model = timm.create_model('resnet18', pretrained=False, num_classes=args.classes)
-    learn = Learner(harness.random_dls(args), model, loss_func=CrossEntropyLossFlat(), cbs=[CCL()] if args.worker == 'ccl' else [])
+    learn = Learner(harness.random_dls(args, multi_label=multi), model, loss_func=BCEWithLogitsLossFlat() if multi else CrossEntropyLossFlat(),
+                    cbs=[CCL()] if args.worker == 'ccl' else [])
     print(json.dumps(harness.time_fit(learn, args)))
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     harness.add_args(p)
+    p.add_argument('--task', choices=['single', 'multi'], default='single', help="class indices with cross entropy, or multi-hot targets with BCE")
     args = harness.finish_args(p.parse_args())
     if args.worker: return worker(args)
     runs, med = harness.run_workers(__file__, CONFIGS, args)
@@ -30,6 +34,6 @@ def main():
         ratios['peak_rss_growth'] = med['ccl']['peak_rss_growth_bytes']/med['plain']['peak_rss_growth_bytes']
     print(f"\nstep time plain {med['plain']['step_s']*1e3:.1f} ms, CCL {med['ccl']['step_s']*1e3:.1f} ms: ratio {ratios['step_time']:.3f}")
     print('peak memory ratio ' + ', '.join(f'{k} {v:.3f}' for k, v in ratios.items() if k != 'step_time'))
-    harness.write_json('ccl', args, dict(model='resnet18 (timm, pretrained=False)', runs=runs, median=med, ratios=ratios))
+    harness.write_json('ccl' if args.task == 'single' else 'ccl_multi', args, dict(model='resnet18 (timm, pretrained=False)', task=args.task, runs=runs, median=med, ratios=ratios))
 
 if __name__ == '__main__': main()

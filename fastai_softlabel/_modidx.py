@@ -160,6 +160,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                        'fastai_softlabel.data.resize_images': ('data.html#resize_images', 'fastai_softlabel/data.py'),
                                        'fastai_softlabel.data.synthetic_class_images': ( 'data.html#synthetic_class_images',
                                                                                          'fastai_softlabel/data.py'),
+                                       'fastai_softlabel.data.synthetic_multilabel_images': ( 'data.html#synthetic_multilabel_images',
+                                                                                              'fastai_softlabel/data.py'),
                                        'fastai_softlabel.data.to_channels': ('data.html#to_channels', 'fastai_softlabel/data.py')},
             'fastai_softlabel.datasets': { 'fastai_softlabel.datasets._need_columns': ( 'datasets.html#_need_columns',
                                                                                         'fastai_softlabel/datasets.py'),

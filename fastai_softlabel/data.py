@@ -8,7 +8,8 @@ from fastai.vision.all import *
 import PIL.Image
 
 # %% auto #0
-__all__ = ['IndexInto', 'ImageAt', 'to_channels', 'resize_images', 'TensorImageAt', 'array_image_dls', 'synthetic_class_images']
+__all__ = ['IndexInto', 'ImageAt', 'to_channels', 'resize_images', 'TensorImageAt', 'array_image_dls', 'synthetic_class_images',
+           'synthetic_multilabel_images']
 
 # %% ../nbs/02_data.ipynb #23723a60
 class IndexInto:
@@ -116,3 +117,41 @@ def synthetic_class_images(
     flat /= np.linalg.norm(flat, axis=1, keepdims=True)
     return dict(images=images, labels=labels, class_names=np.array([f'class{k}' for k in range(n_classes)]),
                 similarity=flat@flat.T)
+
+# %% ../nbs/02_data.ipynb #bad6970d
+def synthetic_multilabel_images(
+    n_items:int=400,    # number of images
+    size:int=32,        # image height and width
+    n_labels:int=6,     # K
+    n_patterns:int=4,   # random smooth patterns along the chain
+    noise:float=1.0,    # noise standard deviation, relative to the prototypes' contrast
+    width:float=1.0,    # how many patterns each label mixes (Gaussian width along the chain)
+    together=((0, 5),), # pairs of labels that always occur together
+    p_second:float=0.3, # chance that an item also shows a second label (not one of a pair)
+    seed:int=0,         # everything is drawn from this seed
+)->dict:                # images (N,S,S,3) uint8, labels (N,K) uint8 multi-hot, class_names (K,), similarity (K,K)
+    "Multi-label images: each positive label adds its prototype (labels placed along a chain of shared patterns); the labels' true similarity"
+    rng = np.random.default_rng(seed)
+    low = rng.normal(size=(n_patterns, 3, 4, 4)).astype(np.float32)
+    pats = F.interpolate(torch.from_numpy(low), size=(size, size), mode='bicubic', align_corners=False).numpy()
+    pos = np.linspace(0, n_patterns - 1, n_labels)
+    weights = np.exp(-(np.arange(n_patterns)[None] - pos[:, None])**2/(2*width**2))
+    protos = np.einsum('kp,pchw->kchw', weights, pats)
+    protos /= protos.std()
+    partner = {a: b for a,b in together} | {b: a for a,b in together}
+    y = np.zeros((n_items, n_labels), dtype=np.uint8)
+    first = rng.integers(0, n_labels, n_items)
+    y[np.arange(n_items), first] = 1
+    for i,k in enumerate(first):
+        if k in partner: y[i, partner[k]] = 1
+        elif rng.random() < p_second:
+            j = rng.choice([j for j in range(n_labels) if j != k and j not in partner])
+            y[i, j] = 1
+    clean = np.einsum('nk,kchw->nchw', y.astype(np.float32), protos)/y.sum(1)[:, None, None, None]
+    x = clean + noise*rng.normal(size=clean.shape)
+    images = np.clip(127.5 + 40*x, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    # true similarity: cosine of the labels' mean clean images (centred across labels) -- shared patterns and co-occurrence alike
+    means = np.stack([clean[y[:, k] == 1].mean(0).reshape(-1) for k in range(n_labels)])
+    means = means - means.mean(0)
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    return dict(images=images, labels=y, class_names=np.array([f'label{k}' for k in range(n_labels)]), similarity=means@means.T)

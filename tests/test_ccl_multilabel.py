@@ -120,3 +120,18 @@ def test_soft_targets_are_mixed_along_the_flow(make, originals, tmp_path):
         mixed = mix_along_flow(chk.y/chk.y.sum(1, keepdim=True).clamp_min(1), chk.flow.idx, chk.flow.weight)
         test_close(chk.head_t, mixed/mixed.sum(1, keepdim=True), eps=1e-6)  # every mixed row, renormalised
         test_close(chk.head_t.sum(1), torch.ones(len(chk.head_t)), eps=1e-6)
+
+@pytest.mark.slow
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_labels_that_always_occur_together_end_up_each_others_closest(seed, tmp_path):
+    "Synthetic multi-label images (labels 0 and 5 always together, far apart on the chain of shared patterns)"
+    from fastai_softlabel.data import synthetic_multilabel_images
+    d = synthetic_multilabel_images(n_items=400, size=16, n_labels=6, noise=1.5, width=1.5, together=((0, 5),), seed=seed)
+    dls = array_image_dls(d['images'], d['labels'], d['class_names'], bs=32, num_workers=0)
+    set_seed(seed)
+    model = nn.Sequential(ConvLayer(3, 16, stride=2), ConvLayer(16, 16, stride=2), ConvLayer(16, 16), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 6))
+    learn = Learner(dls, model, loss_func=BCEWithLogitsLossFlat(), path=tmp_path, cbs=CCL(widths=(32, 16), patience=100))
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(15, 1e-2)
+    P = learn.ccl.soft_labels.clone()
+    P.fill_diagonal_(-1)
+    assert P[0].argmax() == 5 and P[5].argmax() == 0
