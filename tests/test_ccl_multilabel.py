@@ -121,7 +121,6 @@ def test_soft_targets_are_mixed_along_the_flow(make, originals, tmp_path):
         test_close(chk.head_t, mixed/mixed.sum(1, keepdim=True), eps=1e-6)  # every mixed row, renormalised
         test_close(chk.head_t.sum(1), torch.ones(len(chk.head_t)), eps=1e-6)
 
-@pytest.mark.slow
 @pytest.mark.parametrize('seed', [0, 1, 2])
 def test_labels_that_always_occur_together_end_up_each_others_closest(seed, tmp_path):
     "Synthetic multi-label images (labels 0 and 5 always together, far apart on the chain of shared patterns)"
