@@ -157,6 +157,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                        'fastai_softlabel.data.TensorImageAt.__init__': ( 'data.html#tensorimageat.__init__',
                                                                                          'fastai_softlabel/data.py'),
                                        'fastai_softlabel.data.array_image_dls': ('data.html#array_image_dls', 'fastai_softlabel/data.py'),
+                                       'fastai_softlabel.data.centred_cosine': ('data.html#centred_cosine', 'fastai_softlabel/data.py'),
+                                       'fastai_softlabel.data.chain_prototypes': ('data.html#chain_prototypes', 'fastai_softlabel/data.py'),
                                        'fastai_softlabel.data.resize_images': ('data.html#resize_images', 'fastai_softlabel/data.py'),
                                        'fastai_softlabel.data.synthetic_class_images': ( 'data.html#synthetic_class_images',
                                                                                          'fastai_softlabel/data.py'),

@@ -8,8 +8,8 @@ from fastai.vision.all import *
 import PIL.Image
 
 # %% auto #0
-__all__ = ['IndexInto', 'ImageAt', 'to_channels', 'resize_images', 'TensorImageAt', 'array_image_dls', 'synthetic_class_images',
-           'synthetic_multilabel_images']
+__all__ = ['IndexInto', 'ImageAt', 'to_channels', 'resize_images', 'TensorImageAt', 'array_image_dls', 'chain_prototypes',
+           'centred_cosine', 'synthetic_class_images', 'synthetic_multilabel_images']
 
 # %% ../nbs/02_data.ipynb #23723a60
 class IndexInto:
@@ -92,6 +92,30 @@ def array_image_dls(
     return block.dataloaders(list(range(len(images))), **kwargs) # items are plain ints: `learn.predict(i)` predicts row i
 
 # %% ../nbs/02_data.ipynb #70860d2a
+def chain_prototypes(
+    rng,             # numpy random generator (the patterns are drawn from it)
+    n:int,           # number of prototypes (classes or labels)
+    size:int,        # image height and width
+    n_patterns:int,  # random smooth patterns along the chain
+    width:float,     # how many patterns each prototype mixes (Gaussian width along the chain)
+)->np.ndarray:       # (n, 3, size, size), unit standard deviation
+    "Prototypes placed evenly along a chain of smooth random patterns: neighbours on the chain share patterns"
+    low = rng.normal(size=(n_patterns, 3, 4, 4)).astype(np.float32)
+    pats = F.interpolate(torch.from_numpy(low), size=(size, size), mode='bicubic', align_corners=False).numpy()
+    pos = np.linspace(0, n_patterns - 1, n)
+    weights = np.exp(-(np.arange(n_patterns)[None] - pos[:, None])**2/(2*width**2))
+    protos = np.einsum('kp,pchw->kchw', weights, pats)
+    return protos/protos.std()
+
+def centred_cosine(
+    x:np.ndarray, # (n, ...) one array per class or label
+)->np.ndarray:    # (n, n)
+    "Cosine similarity of the rows of `x` after subtracting their mean: the classes' similarity, relative to each other"
+    flat = x.reshape(len(x), -1)
+    flat = flat - flat.mean(0)
+    flat = flat/np.linalg.norm(flat, axis=1, keepdims=True)
+    return flat@flat.T
+
 def synthetic_class_images(
     n_per_class:int=50, # images per class
     size:int=32,        # image height and width
@@ -103,20 +127,12 @@ def synthetic_class_images(
 )->dict:                # images (N,S,S,3) uint8, labels (N,), class_names (K,), similarity (K,K)
     "Images drawn from class prototypes placed along a chain of shared patterns, and the classes' true similarity"
     rng = np.random.default_rng(seed)
-    low = rng.normal(size=(n_patterns, 3, 4, 4)).astype(np.float32)
-    pats = F.interpolate(torch.from_numpy(low), size=(size, size), mode='bicubic', align_corners=False).numpy()
-    pos = np.linspace(0, n_patterns - 1, n_classes)
-    weights = np.exp(-(np.arange(n_patterns)[None] - pos[:, None])**2/(2*width**2))
-    protos = np.einsum('kp,pchw->kchw', weights, pats)
-    protos /= protos.std()
+    protos = chain_prototypes(rng, n_classes, size, n_patterns, width)
     labels = np.repeat(np.arange(n_classes), n_per_class)
     x = protos[labels] + noise*rng.normal(size=(len(labels), 3, size, size))
     images = np.clip(127.5 + 40*x, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
-    flat = protos.reshape(n_classes, -1)
-    flat = flat - flat.mean(0)
-    flat /= np.linalg.norm(flat, axis=1, keepdims=True)
     return dict(images=images, labels=labels, class_names=np.array([f'class{k}' for k in range(n_classes)]),
-                similarity=flat@flat.T)
+                similarity=centred_cosine(protos))
 
 # %% ../nbs/02_data.ipynb #bad6970d
 def synthetic_multilabel_images(
@@ -132,12 +148,7 @@ def synthetic_multilabel_images(
 )->dict:                # images (N,S,S,3) uint8, labels (N,K) uint8 multi-hot, class_names (K,), similarity (K,K)
     "Multi-label images: each positive label adds its prototype (labels placed along a chain of shared patterns); the labels' true similarity"
     rng = np.random.default_rng(seed)
-    low = rng.normal(size=(n_patterns, 3, 4, 4)).astype(np.float32)
-    pats = F.interpolate(torch.from_numpy(low), size=(size, size), mode='bicubic', align_corners=False).numpy()
-    pos = np.linspace(0, n_patterns - 1, n_labels)
-    weights = np.exp(-(np.arange(n_patterns)[None] - pos[:, None])**2/(2*width**2))
-    protos = np.einsum('kp,pchw->kchw', weights, pats)
-    protos /= protos.std()
+    protos = chain_prototypes(rng, n_labels, size, n_patterns, width)
     partner = {a: b for a,b in together} | {b: a for a,b in together}
     y = np.zeros((n_items, n_labels), dtype=np.uint8)
     first = rng.integers(0, n_labels, n_items)
@@ -151,7 +162,5 @@ def synthetic_multilabel_images(
     x = clean + noise*rng.normal(size=clean.shape)
     images = np.clip(127.5 + 40*x, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
     # true similarity: cosine of the labels' mean clean images (centred across labels) -- shared patterns and co-occurrence alike
-    means = np.stack([clean[y[:, k] == 1].mean(0).reshape(-1) for k in range(n_labels)])
-    means = means - means.mean(0)
-    means /= np.linalg.norm(means, axis=1, keepdims=True)
-    return dict(images=images, labels=y, class_names=np.array([f'label{k}' for k in range(n_labels)]), similarity=means@means.T)
+    means = np.stack([clean[y[:, k] == 1].mean(0) for k in range(n_labels)])
+    return dict(images=images, labels=y, class_names=np.array([f'label{k}' for k in range(n_labels)]), similarity=centred_cosine(means))
