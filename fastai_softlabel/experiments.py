@@ -166,6 +166,7 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
                  else corrupt_single_label(labels[train_idx], corruption, k, seed=seed))
         labels[train_idx],frac = noisy[0],noisy[2]
     else: frac = 0.
+    set_seed(seed)   # before the DataLoaders: fastai's DataLoader seeds its shuffling from Python's `random` when created
     keep = np.flatnonzero(d['split'] != 'unused')
     split = d['split'][keep]
     if 'signals' in d:   # per-lead normalisation with the training items' statistics, a 1-D ResNet-34
@@ -175,7 +176,7 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
         stats = imagenet_stats if chans == 3 else ([float(np.mean(imagenet_stats[0]))], [float(np.mean(imagenet_stats[1]))])
         dls = array_image_dls(d['images'][keep], labels[keep], d['names'], splitter=ColumnSplitter(split), bs=args.bs,
                               num_workers=0, size=args.size, channels=chans, batch_tfms=[Normalize.from_stats(*stats)])
-    set_seed(seed)
+    set_seed(seed)   # the model's initial weights, whatever building the DataLoaders drew
     model = (resnet1d34(k, leads=d['signals'].shape[1]) if 'signals' in d else
              create_backbone(args.backbone, k, in_chans=getattr(args, 'in_chans', 3) or 3))
     loss_func,cbs = method_setup(method, model, labels[train_idx], k, args.lr_ccl, getattr(args, 'alpha', None),
