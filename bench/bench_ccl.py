@@ -3,6 +3,9 @@
     python bench/bench_ccl.py                        # CPU, 64 px
     python bench/bench_ccl.py --device cuda          # GPU, 224 px
     python bench/bench_ccl.py --task multi           # multi-label targets with a BCE loss (multi-label CCL)
+
+The step-time ratio is the ratio of the two configurations' median step times, and also the median over repeats of the
+ratio of each repeat's back-to-back runs. Each JSON in bench/results/ records the settings it was taken with.
 """
 import argparse, json, sys
 from pathlib import Path
@@ -29,11 +32,13 @@ def main():
     if args.worker: return worker(args)
     runs, med = harness.run_workers(__file__, CONFIGS, args)
     mk = harness.mem_key(args)
-    ratios = {'step_time': med['ccl']['step_s']/med['plain']['step_s'], 'peak_memory': med['ccl'][mk]/med['plain'][mk]}
+    ratios = {'step_time': med['ccl']['step_s']/med['plain']['step_s'], 'step_time_paired': harness.paired_ratio(runs, 'plain', 'ccl'),
+              'peak_memory': med['ccl'][mk]/med['plain'][mk]}
     if med['plain'].get('peak_rss_growth_bytes'):
         ratios['peak_rss_growth'] = med['ccl']['peak_rss_growth_bytes']/med['plain']['peak_rss_growth_bytes']
-    print(f"\nstep time plain {med['plain']['step_s']*1e3:.1f} ms, CCL {med['ccl']['step_s']*1e3:.1f} ms: ratio {ratios['step_time']:.3f}")
-    print('peak memory ratio ' + ', '.join(f'{k} {v:.3f}' for k, v in ratios.items() if k != 'step_time'))
+    print(f"\nstep time plain {med['plain']['step_s']*1e3:.1f} ms, CCL {med['ccl']['step_s']*1e3:.1f} ms: ratio {ratios['step_time']:.3f}"
+          f" (median of the {args.repeats} back-to-back ratios: {ratios['step_time_paired']:.3f})")
+    print('peak memory ratio ' + ', '.join(f'{k} {v:.3f}' for k, v in ratios.items() if not k.startswith('step_time')))
     harness.write_json('ccl' if args.task == 'single' else 'ccl_multi', args, dict(model='resnet18 (timm, pretrained=False)', task=args.task, runs=runs, median=med, ratios=ratios))
 
 if __name__ == '__main__': main()

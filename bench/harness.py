@@ -84,6 +84,10 @@ def run_workers(script, configs, args):
     median = {c: {k: statistics.median(run[k] for run in rs) for k in rs[0]} for c, rs in runs.items()}
     return runs, median
 
+def paired_ratio(runs, base, other, key='step_s'):
+    "Median over repeats of `other/base`, each repeat's two runs back to back (less sensitive to the machine's drift than the ratio of medians)"
+    return statistics.median(o[key]/b[key] for b, o in zip(runs[base], runs[other]))
+
 def mem_key(args): return 'peak_mem_bytes' if args.device.startswith('cuda') else 'peak_rss_bytes'
 
 def write_json(name, args, payload):
