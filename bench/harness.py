@@ -70,16 +70,57 @@ def time_fit(learn, args):
         res.update(peak_rss_bytes=peak*1024, peak_rss_growth_bytes=max(0, peak - rss0)*1024)
     return res
 
+def time_interleaved(learners:dict, args, rounds:int=20, batches:int=5)->dict:
+    """Step times of several Learners in one process, taking turns: `batches` training batches each per round, the
+    order reversed every other round, the first round left out (warm-up). The machine's drift over seconds, which
+    separate processes see at different moments, falls on every configuration alike."""
+    import torch
+    from fastai.basics import Callback, CancelFitException
+    dev = torch.device(args.device)
+    class Turn(Callback):
+        order = 100
+        def before_fit(self): self.times = []
+        def before_batch(self):
+            if dev.type == 'cuda': torch.cuda.synchronize()
+            self.t0 = time.perf_counter()
+        def after_batch(self):
+            if not self.training: return
+            if dev.type == 'cuda': torch.cuda.synchronize()
+            self.times.append(time.perf_counter() - self.t0)
+            if len(self.times) >= batches: raise CancelFitException
+    timers = {}
+    for name, learn in learners.items():
+        timers[name] = Turn(); learn.add_cb(timers[name]); learn.model.to(dev)
+        if args.amp: learn.to_fp16()
+    per_round = {name: [] for name in learners}
+    for r in range(rounds + 1):
+        for name in (list(learners) if r % 2 == 0 else list(learners)[::-1]):
+            with learners[name].no_bar(), learners[name].no_logging(): learners[name].fit(1, 1e-3)
+            if r: per_round[name].append(list(timers[name].times))
+    return per_round
+
+def interleaved_ratio(per_round:dict, base:str, other:str)->dict:
+    "Ratio of the median step times over all timed batches, and the median over rounds of each round's ratio of medians"
+    med = statistics.median
+    allb = {k: [t for rnd in v for t in rnd] for k, v in per_round.items()}
+    return dict(base_step_s=med(allb[base]), other_step_s=med(allb[other]), ratio=med(allb[other])/med(allb[base]),
+                ratio_per_round_median=med(med(o)/med(b) for b, o in zip(per_round[base], per_round[other])),
+                rounds=len(per_round[base]), batches_per_round=len(per_round[base][0]))
+
+def run_worker(script, config, args)->dict:
+    "Run `script --worker=config` with the same arguments in a fresh process; its last line of output, as JSON"
+    cmd = [sys.executable, script] + [f'--{k}={v}' for k, v in vars(args).items()
+                                      if k not in ('worker', 'out', 'amp') and v is not None] + (['--amp'] if args.amp else [])
+    out = subprocess.run(cmd + [f'--worker={config}'], capture_output=True, text=True)
+    if out.returncode: sys.exit(f"{config} run failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
 def run_workers(script, configs, args):
     "Run each configuration in a fresh process, `args.repeats` rounds in alternation; medians per configuration"
     runs = {c: [] for c in configs}
-    base = [sys.executable, script] + [f'--{k}={v}' for k, v in vars(args).items()
-                                       if k not in ('worker', 'out', 'amp') and v is not None] + (['--amp'] if args.amp else [])
     for r in range(args.repeats):
         for c in configs:
-            out = subprocess.run(base + [f'--worker={c}'], capture_output=True, text=True)
-            if out.returncode: sys.exit(f"{c} run failed:\n{out.stderr[-3000:]}")
-            runs[c].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            runs[c].append(run_worker(script, c, args))
             print(f"repeat {r} {c:24s} {runs[c][-1]['step_s']*1e3:8.1f} ms/step", flush=True)
     median = {c: {k: statistics.median(run[k] for run in rs) for k in rs[0]} for c, rs in runs.items()}
     return runs, median

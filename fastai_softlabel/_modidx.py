@@ -69,7 +69,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'fastai_softlabel.ccl.epochs_without_drop': ( 'ccl.html#epochs_without_drop',
                                                                                     'fastai_softlabel/ccl.py'),
                                       'fastai_softlabel.ccl.find_features': ('ccl.html#find_features', 'fastai_softlabel/ccl.py'),
-                                      'fastai_softlabel.ccl.head_sgd': ('ccl.html#head_sgd', 'fastai_softlabel/ccl.py'),
                                       'fastai_softlabel.ccl.last_linear': ('ccl.html#last_linear', 'fastai_softlabel/ccl.py'),
                                       'fastai_softlabel.ccl.scheduled_peak_lr': ('ccl.html#scheduled_peak_lr', 'fastai_softlabel/ccl.py')},
             'fastai_softlabel.cli': { 'fastai_softlabel.cli._check_arguments': ('cli.html#_check_arguments', 'fastai_softlabel/cli.py'),

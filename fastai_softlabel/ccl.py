@@ -15,7 +15,7 @@ from .core import *
 from .flowmixup import FlowMixup, flow_components, mix_along_flow
 
 # %% auto #0
-__all__ = ['CCLHead', 'last_linear', 'find_features', 'epochs_without_drop', 'scheduled_peak_lr', 'head_sgd', 'CCL']
+__all__ = ['CCLHead', 'last_linear', 'find_features', 'epochs_without_drop', 'scheduled_peak_lr', 'CCL']
 
 # %% ../nbs/03_ccl.ipynb #c0f62ad0
 class CCLHead(Module):
@@ -115,19 +115,6 @@ def scheduled_peak_lr(learn:Learner)->float:
         peak = max([peak] + [float(np.asarray(f(p)).reshape(-1)[-1]) for p in np.linspace(0, 1, 501)])
     return peak
 
-# %% ../nbs/03_ccl.ipynb #81b79842
-def head_sgd(
-    params,                 # the head's parameter groups
-    lr:float,               # learning rate (CCL sets it at every step)
-    momentum:float=0.9,     # the paper's momentum
-    weight_decay:float=1e-4, # the paper's weight decay
-)->torch.optim.SGD:
-    "The CCL head's default optimizer: the paper's SGD, fused into one kernel when every parameter is on the CPU or a CUDA device"
-    params = list(params)
-    tensors = [p for g in params for p in (g['params'] if isinstance(g, dict) else [g])]
-    fused = all(p.device.type in ('cpu', 'cuda') and p.is_floating_point() for p in tensors)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
-
 # %% ../nbs/03_ccl.ipynb #740bd6a1
 class CCL(Callback):
     "Class-correlation learning (CCL-Net): learn class embeddings with a plug-in head and regularise the backbone with their soft labels"
@@ -146,11 +133,11 @@ class CCL(Callback):
         margin:float=2.,        # margin b of l_CC (2: class embeddings at most orthogonal)
         patience:int=10,        # freeze the class dictionary after this many epochs without a drop of the label softness p̄
         min_delta:float=0.,     # smallest decrease of p̄ that counts as a drop
-        head_opt_func:Callable|None=None, # `(param_groups, lr) -> torch optimizer` for the head; default `head_sgd` (SGD, momentum 0.9, weight decay 1e-4)
+        head_opt_func:Callable|None=None, # `(param_groups, lr) -> torch optimizer` for the head; default SGD(momentum=0.9, weight_decay=1e-4)
     ):
         store_attr('features,n_classes,lr_ccl,alpha_cc,margin,patience,min_delta')
         self.widths = tuple(widths)
-        self.head_opt_func = ifnone(head_opt_func, head_sgd)
+        self.head_opt_func = ifnone(head_opt_func, partial(torch.optim.SGD, momentum=0.9, weight_decay=1e-4))
         self.ccl_head,self.history,self.frozen_at = None,[],None
         self._init_state()
 
@@ -220,8 +207,6 @@ class CCL(Callback):
     def _head_to(self, device):
         "Move the head and its optimizer state to `device`"
         self.ccl_head.to(device)
-        if self.ccl_opt is not None and device.type not in ('cpu', 'cuda'):   # PyTorch's fused SGD runs on the CPU and CUDA
-            for g in self.ccl_opt.param_groups: g['fused'] = False
         for st in (self.ccl_opt.state.values() if self.ccl_opt is not None else []):
             for k,v in st.items():
                 if isinstance(v, Tensor) and k != 'step': st[k] = v.to(device)
