@@ -47,7 +47,7 @@ def main():
     for seed in map(int, a.seeds.split(',')):
         t = time.time()
         runs.append(recovery_run(seed, n_items=a.n_items, size=a.size, noise=a.noise, width=a.width, p_second=a.p_second,
-                                 lr_ccl=a.lr_ccl, epochs=a.epochs) | dict(seconds=None))
+                                 lr_ccl=a.lr_ccl, epochs=a.epochs))
         runs[-1]['seconds'] = round(time.time() - t, 1)
         print(f"seed {seed}: Spearman {runs[-1]['spearman']:.3f}, labels 0 and 5 each other's closest: {runs[-1]['pair_closest']}")
     rho = [r['spearman'] for r in runs]

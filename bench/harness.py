@@ -39,12 +39,11 @@ def random_dls(args, multi_label=False):
     return DataLoaders(DataLoader(items, bs=args.bs, shuffle=True, drop_last=True, device=dev),
                        DataLoader(items[:args.bs], bs=args.bs, device=dev), device=dev)
 
-def time_fit(learn, args):
-    "Fit until `warmup + steps` training batches are timed; return the worker's result dict"
+def batch_timer(dev, stop_after:int):
+    "A callback timing each training batch, `before_batch` to `after_batch` (synchronised on CUDA), that ends the fit after `stop_after` of them"
     import torch
     from fastai.basics import Callback, CancelFitException
-    dev = torch.device(args.device)
-    class Timer(Callback):
+    class BatchTimer(Callback):
         order = 100
         def before_fit(self): self.times = []
         def before_batch(self):
@@ -54,8 +53,14 @@ def time_fit(learn, args):
             if not self.training: return
             if dev.type == 'cuda': torch.cuda.synchronize()
             self.times.append(time.perf_counter() - self.t0)
-            if len(self.times) >= args.warmup + args.steps: raise CancelFitException
-    timer = Timer()
+            if len(self.times) >= stop_after: raise CancelFitException
+    return BatchTimer()
+
+def time_fit(learn, args):
+    "Fit until `warmup + steps` training batches are timed; return the worker's result dict"
+    import torch
+    dev = torch.device(args.device)
+    timer = batch_timer(dev, args.warmup + args.steps)
     learn.add_cb(timer)
     learn.model.to(dev)
     if args.amp: learn.to_fp16()
@@ -72,25 +77,14 @@ def time_fit(learn, args):
 
 def time_interleaved(learners:dict, args, rounds:int=20, batches:int=5)->dict:
     """Step times of several Learners in one process, taking turns: `batches` training batches each per round, the
-    order reversed every other round, the first round left out (warm-up). The machine's drift over seconds, which
-    separate processes see at different moments, falls on every configuration alike."""
+    order reversed every other round, the first round left out (warm-up), without progress bars (`time_fit` keeps
+    them). The machine's drift over seconds, which separate processes see at different moments, falls on every
+    configuration alike."""
     import torch
-    from fastai.basics import Callback, CancelFitException
     dev = torch.device(args.device)
-    class Turn(Callback):
-        order = 100
-        def before_fit(self): self.times = []
-        def before_batch(self):
-            if dev.type == 'cuda': torch.cuda.synchronize()
-            self.t0 = time.perf_counter()
-        def after_batch(self):
-            if not self.training: return
-            if dev.type == 'cuda': torch.cuda.synchronize()
-            self.times.append(time.perf_counter() - self.t0)
-            if len(self.times) >= batches: raise CancelFitException
     timers = {}
     for name, learn in learners.items():
-        timers[name] = Turn(); learn.add_cb(timers[name]); learn.model.to(dev)
+        timers[name] = batch_timer(dev, batches); learn.add_cb(timers[name]); learn.model.to(dev)
         if args.amp: learn.to_fp16()
     per_round = {name: [] for name in learners}
     for r in range(rounds + 1):
