@@ -4,6 +4,7 @@
 
 # %% ../nbs/03_ccl.ipynb #353e139b
 from __future__ import annotations
+import math, numbers
 from collections import Counter
 from fastai.basics import *
 from fastai.callback.schedule import ParamScheduler
@@ -15,7 +16,7 @@ from .core import *
 from .flowmixup import FlowMixup, flow_components, mix_along_flow
 
 # %% auto #0
-__all__ = ['CCLHead', 'last_linear', 'find_features', 'epochs_without_drop', 'scheduled_peak_lr', 'CCL']
+__all__ = ['CCLHead', 'last_linear', 'find_features', 'epochs_without_drop', 'scheduled_peak_lr', 'check_ccl_arguments', 'CCL']
 
 # %% ../nbs/03_ccl.ipynb #c0f62ad0
 class CCLHead(Module):
@@ -115,6 +116,25 @@ def scheduled_peak_lr(learn:Learner)->float:
         peak = max([peak] + [float(np.asarray(f(p)).reshape(-1)[-1]) for p in np.linspace(0, 1, 501)])
     return peak
 
+# %% ../nbs/03_ccl.ipynb #ca000002
+def check_ccl_arguments(
+    features, n_classes, widths, lr_ccl, alpha_cc, margin, patience, min_delta, # `CCL`'s arguments
+):
+    "Raise a clear error for a `CCL` argument that cannot train, when the callback is built (not at the first fit)"
+    def number(name, v, strict):
+        ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 if strict else v >= 0)
+        if not ok: raise ValueError(f"CCL({name}={v!r}): {name} must be a finite number {'> 0' if strict else '>= 0'}.")
+    number('lr_ccl', lr_ccl, True); number('alpha_cc', alpha_cc, False); number('margin', margin, False); number('min_delta', min_delta, False)
+    integer = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    if not integer(patience) or patience < 1: raise ValueError(
+        f"CCL(patience={patience!r}): patience must be a whole number of epochs, at least 1.")
+    if not is_listy(widths) or not widths or not all(integer(w) and w >= 1 for w in widths): raise ValueError(
+        f"CCL(widths={widths!r}): widths must be one or more positive whole numbers, e.g. (1024, 1024, 512).")
+    if n_classes is not None and (not integer(n_classes) or n_classes < 1): raise ValueError(
+        f"CCL(n_classes={n_classes!r}): n_classes must be a positive whole number, or None to take dls.c.")
+    if features is not None and not isinstance(features, (str, nn.Module)): raise ValueError(
+        f"CCL(features={features!r}): features must be a module name (str), a module of the model, or None.")
+
 # %% ../nbs/03_ccl.ipynb #740bd6a1
 class CCL(Callback):
     "Class-correlation learning (CCL-Net): learn class embeddings with a plug-in head and regularise the backbone with their soft labels"
@@ -122,7 +142,7 @@ class CCL(Callback):
     columns = ('ce', 'kl', 'head_ce', 'l_cc', 'p_bar')
     # what one fit needs and `export` leaves out (restored empty by `_init_state` after unpickling)
     _stateattrs = ('ccl_opt', '_where', '_handles', '_ours', '_feats', '_sums', '_counts', '_epoch_row',
-                   '_peak_lr', '_columns_added', '_logged')
+                   '_peak_lr', '_columns_added', '_logged', '_batches', '_train_cancelled')
 
     def __init__(self,
         features:str|nn.Module|None=None, # module whose input are the pooled features; default: found automatically (`find_features`)
@@ -135,8 +155,9 @@ class CCL(Callback):
         min_delta:float=0.,     # smallest decrease of p̄ that counts as a drop
         head_opt_func:Callable|None=None, # `(param_groups, lr) -> torch optimizer` for the head; default SGD(momentum=0.9, weight_decay=1e-4)
     ):
+        check_ccl_arguments(features, n_classes, widths, lr_ccl, alpha_cc, margin, patience, min_delta)
         store_attr('features,n_classes,lr_ccl,alpha_cc,margin,patience,min_delta')
-        self.widths = tuple(widths)
+        self.widths = tuple(int(w) for w in widths)
         self.head_opt_func = ifnone(head_opt_func, partial(torch.optim.SGD, momentum=0.9, weight_decay=1e-4))
         self.ccl_head,self.history,self.frozen_at = None,[],None
         self._init_state()
@@ -144,7 +165,7 @@ class CCL(Callback):
     def _init_state(self):
         self.__dict__.update(_state={}, ccl_opt=None, _where=None, _handles=[], _ours=False, _feats=None, _sums=None,
                              _counts=Counter(), _epoch_row=None, _peak_lr=None,
-                             _columns_added=False, _logged=False)
+                             _columns_added=False, _logged=False, _batches=0, _train_cancelled=False)
 
     # ---------------------------------------------------------------- what was learned
     @property
@@ -168,6 +189,9 @@ class CCL(Callback):
     def _check_learner(self)->int:
         "Raise a clear error for anything CCL cannot train with, before any work; return K"
         refuse_fastai_mixing(self.learn, 'CCL')
+        if any(isinstance(cb, CCL) and cb is not self for cb in self.learn.cbs): raise ValueError(
+            "This Learner has two CCL callbacks: each would train its own head and log its own columns. Use one CCL "
+            "(remove the other with learn.remove_cb).")
         model = plain_model(self.learn.model)
         if self.features is not None: named_module(model, self.features, 'CCL features module')
         k_data = getattr(self.learn.dls, 'c', None)
@@ -220,7 +244,7 @@ class CCL(Callback):
         "Check the Learner again, drop what an interrupted fit left, add CCL's columns to the Recorder"
         self._remove_hooks()
         self._check_learner()
-        self._peak_lr,self._epoch_row,self._logged = None,None,False   # peak lr: read at the first training epoch
+        self._peak_lr,self._epoch_row,self._logged,self._sums = None,None,False,None   # peak lr: read at the first training epoch
         # Not fastai's `ValueMetric`: a metric must be in `learn.metrics` before the Recorder's `before_fit`, and would
         # then also be a value of every `validate()` and of the exported Learner. The columns are for training fits only.
         rec = getattr(self.learn, 'recorder', None)
@@ -235,6 +259,7 @@ class CCL(Callback):
         try:
             k,(_,_,_,width) = self._check_learner(),self._locate_features()
         except Exception: self._remove_columns(); raise
+        if training_batch_count(self.learn.dl) == 0: refuse_fit(self.learn, no_training_batch_message(self.learn.dl, 'CCL'))
         device = first(self.learn.model.parameters()).device
         if self.ccl_head is None: self.ccl_head = broadcast_module_(CCLHead(width, k, self.widths).to(device))
         if self._peak_lr is None: self._peak_lr = scheduled_peak_lr(self.learn)
@@ -243,6 +268,7 @@ class CCL(Callback):
         self.ccl_head.train()   # gradients held back by `GradientAccumulation` carry over to the next step, as the backbone's do
         # backbone CE, KL, head CE, l_CC sums; items seen by the backbone and by the head
         self._sums,self._counts,self._epoch_row = torch.zeros(6, device=device),Counter(),{}
+        self._batches,self._train_cancelled = 0,False
 
     # ---------------------------------------------------------------- one training batch
     def before_batch(self):
@@ -315,6 +341,10 @@ class CCL(Callback):
         self._sums[2:4] += torch.stack([ce.detach(), lcc.detach()])*len(feats)
         self._sums[5] += len(feats)
 
+    def after_cancel_train(self):
+        "A callback cancelled this training epoch: an epoch without a batch is then intended"
+        self._train_cancelled = True
+
     def after_cancel_step(self):
         "The backbone's step was cancelled (e.g. GradScaler): no head step either"
         if any(p.grad is not None for p in self._head_params()): self._counts['whose step was cancelled'] += 1
@@ -332,6 +362,10 @@ class CCL(Callback):
             self._counts['steps'] += 1
         else: self._counts['with non-finite head gradients'] += 1
         self.ccl_opt.zero_grad(set_to_none=True)
+
+    def after_batch(self):
+        "Count the epoch's training batches (cancelled ones too: a callback decided about them)"
+        self._batches += 1
 
     def after_cancel_batch(self):
         "Remove the hooks of a batch cancelled before its forward pass (head gradients stay, as the backbone's do)"
@@ -387,10 +421,13 @@ class CCL(Callback):
 
     # ---------------------------------------------------------------- end of the training epoch
     def after_train(self):
-        "Epoch means of the loss terms (across ranks), p̄, the freeze rule, and a warning for batches the head left out"
+        "Epoch means of the loss terms (across ranks), p̄, the freeze rule, and a warning for batches the head left out; an epoch without a batch is refused"
         self._remove_hooks()
+        if self._batches == 0 and not self._train_cancelled: refuse_fit(self.learn, no_training_batch_message(self.learn.dl, 'CCL'))
+        if self._sums is None: return   # a callback cancelled the epoch before CCL's before_train: nothing of it to log
+        sums,self._sums = self._sums,None
         nonfinite = self._counts.pop('with non-finite features', 0)   # counted on the rank that had them
-        stats = all_reduce_mean_([torch.cat([self._sums, self._sums.new_tensor([nonfinite])])])[0].tolist()  # one sync per epoch
+        stats = all_reduce_mean_([torch.cat([sums, sums.new_tensor([nonfinite])])])[0].tolist()  # one sync per epoch
         (ce,kl,head_ce,lcc,n,n_head),nonfinite = stats[:6],stats[6]
         if nonfinite: self._counts['with non-finite features'] = round(nonfinite*distributed_world())
         steps = self._counts.pop('steps', 0)
@@ -465,9 +502,12 @@ class CCL(Callback):
 
     def _refuse(self, msg:str):
         "Raise `ValueError(msg)` mid-fit, leaving the Learner as it was (an exception skips the `after_*` events)"
+        refuse_fit(self.learn, msg)
+
+    def _abandon_fit(self):
+        "Undo this fit's set-up before a refusal (`refuse_fit`): no hooks, no CCL columns"
         self._remove_hooks()
         self._remove_columns()
-        raise ValueError(msg)
 
     def _remove_columns(self):
         "Take CCL's columns out of the Recorder again (a fit that trained nothing, or failed)"
@@ -482,14 +522,23 @@ class CCL(Callback):
                     opt=None if self.ccl_opt is None else self.ccl_opt.state_dict(),
                     frozen_at=self.frozen_at, history=[dict(h) for h in self.history])
 
+    def check_state_dict(self, sd:dict):
+        "Raise a clear error for a saved state this CCL cannot take (`learn.load` asks before it loads anything)"
+        if not sd: return
+        if list(self.widths) != list(sd['widths']): raise ValueError(
+            f"The saved CCL state has a head of widths {tuple(sd['widths'])}, but this CCL was built with widths={self.widths}: "
+            f"build it with CCL(widths={tuple(sd['widths'])}) to load this state.")
+        if self.n_classes is not None and self.n_classes != sd['n_classes']: raise ValueError(
+            f"The saved CCL state is for {sd['n_classes']} classes, but this CCL was built with n_classes={self.n_classes}.")
+
     def load_state_dict(self, sd:dict):
-        "Restore a `state_dict` (called by `learn.load`)"
+        "Restore a `state_dict` (called by `learn.load`): the head, its optimizer, the freeze state and the history as they were when saved"
         if not sd:
             self.ccl_head,self.ccl_opt,self.history,self.frozen_at = None,None,[],None
             return
+        self.check_state_dict(sd)
         if self.ccl_head is None or self.ccl_head.dictionary.shape != (sd['n_classes'], sd['widths'][-1]) \
-                or self.ccl_head.embed[0].in_features != sd['in_features'] or list(self.widths) != sd['widths']:
-            self.widths = tuple(sd['widths'])
+                or self.ccl_head.embed[0].in_features != sd['in_features']:
             self.ccl_head = CCLHead(sd['in_features'], sd['n_classes'], self.widths)
         self.ccl_head.load_state_dict(sd['head'])
         self.frozen_at,self.history = sd['frozen_at'],[dict(h) for h in sd['history']]
@@ -513,8 +562,8 @@ class CCL(Callback):
         if ax is None: _,ax = plt.subplots(figsize=figsize)
         im = ax.imshow(P.numpy(), cmap=cmap, vmin=0)
         ax.set_xticks(range(K), names, rotation=45, ha='right'); ax.set_yticks(range(K), names)
-        what = 'label' if self.multi_label else 'class'
-        ax.set_xlabel(f"soft label over {what}s"); ax.set_ylabel(f"{what} k (row: {what} k's soft label)")
+        what,whats = ('label','labels') if self.multi_label else ('class','classes')
+        ax.set_xlabel(f"soft label over {whats}"); ax.set_ylabel(f"{what} k (row: {what} k's soft label)")
         ax.set_title(f"CCL soft labels (p̄ = {P.diagonal().mean():.3f})")
         if ifnone(annotate, K <= 12):
             for i in range(K):

@@ -11,7 +11,7 @@ from fastai.basics import *
 __all__ = ['stateful_callbacks', 'callback_state_file', 'named_module', 'undistributed_dl', 'one_batch_inputs', 'plain_model',
            'WeakHook', 'hooks_for_next_forward', 'remove_hooks', 'probe_forward', 'refuse_fastai_mixing',
            'distributed_world', 'broadcast_module_', 'all_reduce_mean_', 'all_gather_rows', 'is_multilabel',
-           'check_batch_targets']
+           'check_batch_targets', 'training_batch_count', 'no_training_batch_message', 'refuse_fit']
 
 # %% ../nbs/00_core.ipynb #4f940ebb
 def stateful_callbacks(learn:Learner) -> L:
@@ -45,11 +45,14 @@ def save(self:Learner, file, **kwargs):
 @delegates(load_model)
 def load(self:Learner, file, device=None, **kwargs):
     "Load model and optimizer state (if `with_opt`) from `self.path/self.model_dir/file`, and the state of stateful callbacks saved with it"
-    res = _fastai_load(self, file, device=device, **kwargs)
     cbs = stateful_callbacks(self)
-    if not cbs: return res
+    if not cbs: return _fastai_load(self, file, device=device, **kwargs)
     side = callback_state_file(join_path_file(file, self.path/self.model_dir, ext='.pth'))
     states = torch.load(side, map_location='cpu', weights_only=True) if side.exists() else {}
+    for cb in cbs:   # a state that does not fit its callback is refused before anything is loaded
+        check = getattr(type(cb), 'check_state_dict', None)
+        if check is not None and cb.name in states: check(cb, states[cb.name])
+    res = _fastai_load(self, file, device=device, **kwargs)
     for cb in cbs:
         if cb.name in states: cb.load_state_dict(states[cb.name])
         else: warn(f"{side.name} holds no state for callback `{cb.name}`: it keeps its current state. "
@@ -238,3 +241,33 @@ def check_batch_targets(
     elif not isinstance(y, Tensor): got = f"targets of type {type(y).__name__}"
     else: got = f"targets of shape {tuple(y.shape)} and dtype {y.dtype}"
     raise ValueError(f"{who} got {got}; it needs {need}.")
+
+# %% ../nbs/00_core.ipynb #rf000002
+def training_batch_count(dl)->int|None:
+    "Batches `dl` gives per epoch (`len(dl)`), or None for a loader that cannot tell"
+    try: return len(dl)
+    except TypeError: return None
+
+def no_training_batch_message(
+    dl,       # the training `DataLoader`
+    who:str,  # the callback that refuses, named in the message
+)->str:
+    "Why a training epoch saw no batch, and what would give it one"
+    inner = undistributed_dl(dl)
+    n,bs,drop = getattr(inner, 'n', None),getattr(inner, 'bs', None),getattr(inner, 'drop_last', False)
+    if not n: why = "the training DataLoader has no items"
+    elif drop and bs and n < bs: why = (f"the training DataLoader has {n} items, fewer than its batch size {bs}, and drops the last "
+                                        f"incomplete batch (drop_last=True); use a batch size of at most {n} (bs= when building "
+                                        "the DataLoaders) or more training items")
+    else: why = "the training DataLoader gave no batch"
+    return f"{who}: this training epoch has no batch to train on: {why}. Nothing was trained."
+
+def refuse_fit(
+    learn:Learner, # the Learner being fitted
+    msg:str,       # what is wrong and what to do
+):
+    "Raise `ValueError(msg)` mid-fit after every callback of this library undid its set-up (an exception skips the `after_*` events)"
+    for cb in learn.cbs:
+        undo = getattr(type(cb), '_abandon_fit', None)
+        if undo is not None: undo(cb)
+    raise ValueError(msg)

@@ -4,12 +4,13 @@
 
 # %% ../nbs/05_flowmixup.ipynb #a691af0f
 from __future__ import annotations
-import random, inspect
+import math, numbers, random, inspect
 from collections import Counter
 from typing import NamedTuple
 from fastai.basics import *
 from .core import (named_module, is_multilabel, one_batch_inputs, plain_model, WeakHook, probe_forward,
-                                   hooks_for_next_forward, remove_hooks, refuse_fastai_mixing, check_batch_targets)
+                                   hooks_for_next_forward, remove_hooks, refuse_fastai_mixing, check_batch_targets,
+                                   training_batch_count, no_training_batch_message, refuse_fit)
 from .losses import inverse_prevalence_weights
 
 # %% auto #0
@@ -142,7 +143,7 @@ class Flow(NamedTuple):
 class FlowMixup(Callback):
     "Flow-Mixup: mixing modules at chosen hidden states keep the original features and add mixed copies along a flow dimension"
     order,run_valid = 0,False
-    _stateattrs = ('flow', '_handles', '_ops', '_order', '_class_weight')   # not pickled: `export` carries no hook or flow
+    _stateattrs = ('flow', '_handles', '_ops', '_order', '_class_weight', '_batches', '_train_cancelled')   # not pickled: `export` carries no hook or flow
 
     # ---- set-up and checks: when the Learner is created, at every fit, at a fit's first training epoch
     def __init__(self,
@@ -157,7 +158,7 @@ class FlowMixup(Callback):
     ):
         points = list(modules) if is_listy(modules) else [modules]
         if not points: raise ValueError("FlowMixup needs at least one module to mix at.")
-        if alpha < 0: raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if not (isinstance(alpha, numbers.Real) and math.isfinite(alpha) and alpha >= 0): raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
         if at not in ('input', 'output'): raise ValueError(f"at must be 'input' or 'output', got {at!r}")
         if isinstance(class_weights, str) and class_weights != 'inverse_prevalence':
             raise ValueError(f"class_weights must be None, 'inverse_prevalence' or a tensor, got {class_weights!r}")
@@ -169,7 +170,8 @@ class FlowMixup(Callback):
         # per batch: flow (after_pred to after_batch), _handles (the hooks), _ops (the forward pass's mixing operations
         # by module name, None while the hooks are not armed); per fit: _order (`(name, module)` of the mixing points
         # in forward order, None until the first training epoch), _class_weight
-        self.__dict__.update(_state={}, flow=None, _handles=[], _ops=None, _order=None, _class_weight=None)
+        self.__dict__.update(_state={}, flow=None, _handles=[], _ops=None, _order=None, _class_weight=None, _batches=0,
+                             _train_cancelled=False)
 
     def _resolve(self)->list:
         "`(name, module)` of each mixing point in the model (inside a DDP wrapper), with a clear error for unknown names"
@@ -198,7 +200,11 @@ class FlowMixup(Callback):
         "`(name, module)` of the mixing points in the order the forward pass reaches them, with clear errors for points it cannot mix"
         named,model = self._resolve(),plain_model(self.learn.model)
         point = {m:i for i,(_,m) in enumerate(named)}
-        _,calls = probe_forward(model, one_batch_inputs(self.learn.dls, first(model.parameters()).device), list(point))
+        out,calls = probe_forward(model, one_batch_inputs(self.learn.dls, first(model.parameters()).device), list(point))
+        k = getattr(self.learn.dls, 'c', None)
+        if isinstance(out, Tensor) and out.ndim == 2 and k is not None and out.shape[1] != k: raise ValueError(
+            f"The model outputs {out.shape[1]} scores per item but the data has {k} classes (dls.c): build the model with "
+            f"{k} outputs, or give it DataLoaders with its own label set.")
         if self.at == 'output': calls = sorted(calls, key=lambda c: c[3])   # outputs are mixed where calls end
         seen = [(point[m], type(x if self.at == 'input' else o)) for m,x,o,_ in calls]
         names = [n for n,_ in named]
@@ -279,8 +285,10 @@ class FlowMixup(Callback):
         self._order = None
 
     def before_train(self):
-        "Find the modules' order and the class weights (first epoch of the fit)"
+        "Refuse an epoch without a batch; find the modules' order and the class weights (first epoch of the fit)"
+        if training_batch_count(self.learn.dl) == 0: refuse_fit(self.learn, no_training_batch_message(self.learn.dl, 'FlowMixup'))
         if self._order is None: self._order,self._class_weight = self._probe_order(),self._class_weight_tensor()
+        self._batches,self._train_cancelled = 0,False
 
     def before_batch(self):
         "Refuse targets FlowMixup cannot mix, hook this batch's forward pass"
@@ -309,12 +317,24 @@ class FlowMixup(Callback):
         loss = flow_loss(self.learn.loss_func, self.flow.pred, self.learn.yb[0], self.flow.idx, self.flow.weight, self._class_weight)
         self.learn.loss_grad,self.learn.loss = loss,loss.detach().clone()
 
+    def after_cancel_train(self):
+        "A callback cancelled this training epoch: an epoch without a batch is then intended"
+        self._train_cancelled = True
+
+    def after_train(self):
+        "Refuse a training epoch that saw no batch (a loader that could not tell its length beforehand)"
+        if self._batches == 0 and not self._train_cancelled: refuse_fit(self.learn, no_training_batch_message(self.learn.dl, 'FlowMixup'))
+
     # ---- clean-up: after every batch and fit, cancelled ones too
     def _cleanup(self):
         "Remove this batch's hooks (if its forward pass did not run) and forget the flow: nothing stays on the model"
         remove_hooks(self._handles)
         self.flow,self._ops = None,None
-    after_batch = after_cancel_batch = after_fit = after_cancel_fit = _cleanup
+    after_cancel_batch = after_fit = after_cancel_fit = _abandon_fit = _cleanup
+    def after_batch(self):
+        "Count the epoch's training batches (cancelled ones too: a callback decided about them), then clean up"
+        self._batches += 1
+        self._cleanup()
 
     # ---- for other callbacks (CCL's soft labels and features)
     def mixing_so_far(self)->list:

@@ -257,11 +257,89 @@ def test_epochs_continue_across_fits_and_fine_tune(tmp_path):
     ax = learn.ccl.plot_pbar()
     test_eq(list(ax.lines[0].get_xdata()), [0, 1, 2, 3])
 
-def test_an_epoch_without_training_items_keeps_the_recorder_consistent(tmp_path):
-    learn = ccl_learner(make_dls(n_per_class=2, bs=64), tmp_path)   # the training loader drops its one short batch
+def test_an_epoch_without_a_training_batch_is_refused(tmp_path):
+    "A training set smaller than the batch size gives no batch (fastai drops the short one): refused, nothing logged"
+    dls = make_dls(n_per_class=2, bs=64)   # 7 of the 8 items train (a seeded random split), batch size 64
+    assert len(dls.train) == 0
+    learn = Learner(dls, tiny_cnn(dls.c), path=tmp_path, metrics=accuracy)
+    untouched_after_failed_fit(learn, CCL(widths=(8,)), 'CCL: this training epoch has no batch to train on: the training '
+                               'DataLoader has 7 items, fewer than its batch size 64')
+    learn = ccl_learner(dls, tmp_path)
+    with pytest.raises(ValueError, match='fewer than its batch size 64'): learn.fit_one_cycle(2, 1e-2)
+    assert learn.ccl.history == [] and learn.ccl.ccl_head is None
+
+class _Nothing(torch.utils.data.IterableDataset):
+    "A dataset that yields nothing"
+    def __iter__(self): return iter([])
+
+def test_an_epoch_that_saw_no_batch_is_refused_at_its_end(dls, tmp_path):
+    "A loader whose length promises a batch it does not give: refused at the end of the training epoch, no NaN row"
+    learn = ccl_learner(dls, tmp_path)
+    learn.fit(1, 1e-2)   # the head exists
+    hist = [dict(h) for h in learn.ccl.history]
+    empty = DataLoader(_Nothing(), bs=8, n=8)
+    assert len(empty) == 1 and list(empty) == []
+    learn.dls = DataLoaders(empty, dls.valid)
+    with pytest.raises(ValueError, match='CCL: this training epoch has no batch to train on: the training DataLoader gave no batch'):
+        learn.fit(1, 1e-2)
+    assert learn.ccl.history == hist and not set(CCL.columns) & set(learn.recorder.metric_names) and no_hooks(learn.model)
+
+def test_a_training_epoch_cancelled_by_a_callback_is_not_refused(dls, tmp_path):
+    class SkipTraining(Callback):
+        def before_train(self): raise CancelTrainException
+    learn = ccl_learner(dls, tmp_path)
     learn.fit(1, 1e-2)
-    assert learn.ccl.history == [] and len(learn.dls.train) == 0
-    test_eq(len(learn.recorder.values[0]), len(learn.recorder.metric_names) - 2)   # a value under every name but epoch, time
+    learn.fit(1, 1e-2, cbs=SkipTraining())   # before CCL's before_train: the last epoch's sums are not logged again
+    assert len(learn.ccl.history) == 1 and len(learn.recorder.values) == 1
+
+def test_two_ccl_callbacks_are_refused(dls, tmp_path):
+    with pytest.raises(ValueError, match='This Learner has two CCL callbacks'): Learner(dls, tiny_cnn(dls.c), cbs=[CCL(), CCL()], path=tmp_path)
+    learn = ccl_learner(dls, tmp_path)
+    untouched_after_failed_fit(learn, CCL(widths=(8,)), 'two CCL callbacks')
+
+@pytest.mark.parametrize('kwargs,match', [(dict(lr_ccl=-1), r'CCL\(lr_ccl=-1\): lr_ccl must be a finite number > 0'),
+                                          (dict(alpha_cc=float('nan')), 'alpha_cc'), (dict(patience=0), 'patience'),
+                                          (dict(widths=(64, -1)), 'widths')])
+def test_arguments_are_checked_when_ccl_is_built(kwargs, match):
+    with pytest.raises(ValueError, match=match): CCL(**kwargs)
+
+def test_a_state_of_other_widths_is_refused_before_loading(dls, tmp_path):
+    learn = ccl_learner(dls, tmp_path)   # widths (32, 16)
+    learn.fit(1, 1e-2)
+    learn.save('w32')
+    other = ccl_learner(dls, tmp_path, widths=(64, 32))
+    before = params_of(other.model)
+    with pytest.raises(ValueError, match=r'head of widths \(32, 16\), but this CCL was built with widths=\(64, 32\)'): other.load('w32')
+    assert_same(before, params_of(other.model), 'model loaded anyway')
+    assert other.ccl.widths == (64, 32) and other.ccl.ccl_head is None
+
+class _FixedMetric(Metric):
+    "A metric whose value per epoch is given: makes the best epoch of `SaveModelCallback` known"
+    def __init__(self, values): self.vals,self.i = values,-1
+    def reset(self): self.i += 1
+    def accumulate(self, learn): pass
+    @property
+    def value(self): return self.vals[self.i]
+    @property
+    def name(self): return 'fixed'
+
+def test_save_model_callback_restores_ccl_to_the_best_epoch(dls, tmp_path):
+    "Reloading the best epoch restores CCL to that epoch, history included; the Recorder keeps every epoch (documented)"
+    learn = ccl_learner(dls, tmp_path, cbs=SaveModelCallback(monitor='fixed', comp=np.less, fname='best'))
+    learn.metrics = [_FixedMetric([3., 1., 2.])]   # the best epoch is epoch 1
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        learn.fit(3, 1e-2)
+    assert [h['epoch'] for h in learn.ccl.history] == [0, 1] and len(learn.recorder.values) == 3
+    best = torch.load(tmp_path/'models'/'best.callbacks.pth', weights_only=True)['ccl']
+    assert_same(best['head'], learn.ccl.ccl_head.state_dict(), 'head not from the best epoch')
+
+def test_heat_map_axis_reads_classes(dls, tmp_path):
+    learn = ccl_learner(dls, tmp_path)
+    learn.fit(1, 1e-2)
+    ax = learn.ccl.plot_soft_labels()
+    assert ax.get_xlabel() == 'soft label over classes'
+    plt.close(ax.figure)
 
 def test_load_without_saved_state_warns(dls, tmp_path):
     plain = Learner(dls, tiny_cnn(dls.c), path=tmp_path)

@@ -280,8 +280,32 @@ def test_bad_input_is_refused_and_learner_untouched(tmp_path, case):
     assert_same(state, params_of(learn.model), 'model changed')
     assert learn.loss_func is lf and list(learn.cbs) == cbs and no_hooks(learn.model)
 
+def test_more_classes_than_the_model_outputs_is_refused_before_training(tmp_path):
+    "DataLoaders swapped for a larger label set: refused with what to do, not an IndexError in the loss"
+    dls4, dls6 = make_dls(bs=8), make_dls(bs=8, n_classes=6)
+    learn = Learner(dls4, small_cnn(dls4.c), path=tmp_path, cbs=FlowMixup(['1']))
+    learn.dls = dls6
+    state = params_of(learn.model)
+    with pytest.raises(ValueError, match=r'The model outputs 4 scores per item but the data has 6 classes \(dls.c\)'): learn.fit(1, 1e-3)
+    assert_same(state, params_of(learn.model), 'model changed')
+    assert no_hooks(learn.model)
+
+@pytest.mark.parametrize('with_ccl', [False, True])
+def test_an_epoch_without_a_training_batch_is_refused(tmp_path, with_ccl):
+    "A training set smaller than the batch size: refused before the epoch; with CCL too, whichever refuses, no CCL column stays"
+    from fastai_softlabel.ccl import CCL
+    dls = make_dls(n_per_class=2, bs=64)
+    learn = Learner(dls, small_cnn(dls.c), path=tmp_path, metrics=accuracy)
+    state = params_of(learn.model)
+    cbs = [FlowMixup(['1'])] + ([CCL(widths=(8,))] if with_ccl else [])
+    with pytest.raises(ValueError, match='FlowMixup: this training epoch has no batch to train on: the training DataLoader has 7 items'):
+        learn.fit(1, 1e-3, cbs=cbs)
+    assert_same(state, params_of(learn.model), 'model changed')
+    assert no_hooks(learn.model) and not {'ce', 'kl', 'p_bar'} & set(learn.recorder.metric_names)
+
 def test_invalid_arguments():
     with pytest.raises(ValueError, match='alpha'): FlowMixup(['1'], alpha=-1)
+    with pytest.raises(ValueError, match='alpha must be a finite number'): FlowMixup(['1'], alpha=float('nan'))
     with pytest.raises(ValueError, match="'input' or 'output'"): FlowMixup(['1'], at='middle')
     with pytest.raises(ValueError, match='at least one'): FlowMixup([])
 
