@@ -8,20 +8,40 @@ from fastai.vision.all import *
 import PIL.Image
 
 # %% auto #0
-__all__ = ['IndexInto', 'ImageAt', 'to_channels', 'resize_images', 'TensorImageAt', 'array_image_dls', 'chain_prototypes',
-           'centred_cosine', 'synthetic_class_images', 'synthetic_multilabel_images']
+__all__ = ['IndexInto', 'ImageAt', 'to_channels', 'resize_images', 'read_image', 'TensorImageAt', 'array_image_dls',
+           'chain_prototypes', 'centred_cosine', 'synthetic_class_images', 'synthetic_multilabel_images']
 
 # %% ../nbs/02_data.ipynb #23723a60
+_LEAVE_ROWS_OUT = [False]   # True while `Learner.export` pickles: the getters of this module leave their training arrays out
+
+def _state_without(obj, *names)->dict:
+    "`obj`'s attributes to pickle: all of them, but during `Learner.export` without the arrays `names`"
+    state = dict(obj.__dict__)
+    if _LEAVE_ROWS_OUT[0]: state.update({n: None for n in names})
+    return state
+
+def _no_rows():
+    raise ValueError("This Learner was exported without its training arrays: `predict` and `test_dl` take new items "
+                     "(an image array or file, a signal array or file), not row numbers of the training data.")
+
 class IndexInto:
     "Picklable getter: `IndexInto(arr)(i)` is `arr[i]` (items of an array `DataBlock` are row indices)"
     def __init__(self, arr): self.arr = arr
-    def __call__(self, i): return self.arr[i]
+    def __call__(self, i):
+        if self.arr is None: _no_rows()
+        return self.arr[i]
+    def __getstate__(self): return _state_without(self, 'arr')
 
 # %% ../nbs/02_data.ipynb #f3accc06
-class ImageAt:
-    "Picklable getter: `ImageAt(images)(i)` is row i of an (N, H, W, 3) or (N, H, W) uint8 array as an RGB PIL image"
-    def __init__(self, images): self.images = images
-    def __call__(self, i): return PILImage.create(PIL.Image.fromarray(self.images[i]).convert('RGB'))
+class ImageAt(Transform):
+    "Picklable getter: row i of an (N, H, W, 3) or (N, H, W) uint8 array as an RGB PIL image, or a new image (file, array, PIL image) as one"
+    input_types = object   # `predict`/`test_dl` hand every new item to the getter (fastai skips a getter whose input type does not match)
+    def __init__(self, images): super().__init__(); self.images = images
+    def encodes(self, i):
+        if not isinstance(i, (int, np.integer)): return PILImage.create(PIL.Image.fromarray(read_image(i, 3)))
+        if self.images is None: _no_rows()
+        return PILImage.create(PIL.Image.fromarray(self.images[i]).convert('RGB'))
+    def __getstate__(self): return _state_without(self, 'images')
 
 # %% ../nbs/02_data.ipynb #dt000001
 def to_channels(
@@ -32,28 +52,81 @@ def to_channels(
     if channels not in (1, 3): raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
     if images.ndim == 3: images = images[..., None]
     if images.ndim == 4 and images.shape[-1] == 4: images = images[..., :3]   # RGBA: alpha dropped, as PIL's convert('RGB') does
+    if images.ndim == 4 and images.shape[1] in (1, 3, 4) and images.shape[-1] not in (1, 3): raise ValueError(
+        f"images of shape {images.shape} look channels-first, (N, C, H, W); give them channels-last, (N, H, W, C): "
+        "images.transpose(0, 2, 3, 1)")
     if images.ndim != 4 or images.shape[-1] not in (1, 3): raise ValueError(f"images must be (N, H, W), (N, H, W, 3) or (N, H, W, 4), got {images.shape}")
     if images.shape[-1] == channels: return images
     if channels == 3: return np.repeat(images, 3, axis=-1)
     rgb = images.astype(np.uint32)   # ITU-R 601-2 luma in PIL's fixed point: (19595 R + 38470 G + 7471 B + 2^15) >> 16
     return ((rgb[..., 0]*19595 + rgb[..., 1]*38470 + rgb[..., 2]*7471 + 0x8000) >> 16).astype(np.uint8)[..., None]
 
-def resize_images(images:np.ndarray, size:int)->np.ndarray:
-    "(N, H, W, C) uint8 images resized once to `size` x `size`, bilinear: fastai's `Resize(size)` for square images; others are squished, not cropped"
-    if images.shape[1:3] == (size, size): return images
-    out = [np.asarray(PIL.Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im).resize((size, size), PIL.Image.BILINEAR)) for im in images]
-    return np.stack(out).reshape(len(images), size, size, images.shape[-1])
+def resize_images(
+    images:np.ndarray, # (N, H, W, C) uint8
+    size,              # an int (size x size) or (height, width)
+)->np.ndarray:
+    "Images resized once, bilinear: fastai's `Resize(size)` for square images; others are squished, not cropped"
+    h,w = (size, size) if np.isscalar(size) else tuple(size)
+    if images.shape[1:3] == (h, w): return images
+    out = [np.asarray(PIL.Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im).resize((w, h), PIL.Image.BILINEAR)) for im in images]
+    return np.stack(out).reshape(len(images), h, w, images.shape[-1])
 
-class TensorImageAt:
-    "Picklable getter: `TensorImageAt(images)(i)` is row i of an (N, C, H, W) uint8 tensor as a fastai `TensorImage`, no PIL"
-    def __init__(self, images): self.images = images
-    def __call__(self, i): return TensorImage(self.images[i])
+def read_image(
+    x,                # an image file (path), a PIL image, or an (H, W), (H, W, 3) or (H, W, 4) uint8 array or tensor
+    channels:int=3,   # the channels the model takes (`to_channels`)
+    size=None,        # resize to this (`resize_images`), or keep the size
+)->np.ndarray:        # (H, W, channels) uint8
+    "A new image made as the training images were: uint8, the model's channels, its size"
+    if isinstance(x, (str, Path)):
+        p = Path(x)
+        if not p.is_file(): raise FileNotFoundError(f"No such image file: {p}")
+        try: x = PIL.Image.open(p)
+        except PIL.UnidentifiedImageError: raise ValueError(f"{p.name} is not an image file that PIL can read") from None
+    if isinstance(x, PIL.Image.Image): x = np.asarray(x.convert('L' if channels == 1 else 'RGB'))
+    if isinstance(x, Tensor): x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if x.dtype != np.uint8: raise ValueError(f"A new image must be uint8, as the training images were; got {x.dtype} "
+                                             "(for values in [0, 1]: (x*255).round().astype(np.uint8))")
+    if x.ndim not in (2, 3): raise ValueError(f"A new image must be (H, W) or (H, W, C), got shape {x.shape}")
+    x = to_channels(x[None], channels)
+    return (x if size is None else resize_images(x, size))[0]
+
+class TensorImageAt(Transform):
+    "Picklable getter: row i of an (N, C, H, W) uint8 tensor as a fastai `TensorImage`, no PIL; or a new image (file, array, PIL image) made like the rows"
+    input_types = object   # `predict`/`test_dl` hand every new item to the getter
+    def __init__(self, images): super().__init__(); self.images,self.shape = images,tuple(images.shape[1:])
+    def encodes(self, i):
+        if isinstance(i, TensorImage): return i   # already an image as the model takes it
+        if not isinstance(i, (int, np.integer)):   # a new image: the rows' channels and size
+            c,h,w = self.shape
+            return TensorImage(torch.from_numpy(np.ascontiguousarray(read_image(i, c, (h, w)).transpose(2, 0, 1))))
+        if self.images is None: _no_rows()
+        return TensorImage(self.images[i])
+    def __getstate__(self): return _state_without(self, 'images')
 
 # %% ../nbs/02_data.ipynb #d84be90e
+def _single_label_targets(labels:np.ndarray, class_names)->tuple:
+    "`(names, targets)` of single-label data: `labels` are class indices into `class_names`, the class values, or class names"
+    given = None if class_names is None else np.asarray(class_names).astype(str).tolist()
+    if labels.dtype.kind in 'USO':   # the classes by name
+        ys = labels.astype(str).tolist()
+        names = given if given is not None else sorted(set(ys))
+        unknown = sorted(set(ys) - set(names))
+        if unknown: raise ValueError(f"labels {unknown[:5]} are not among the class names {names}")
+        return names,ys
+    if labels.dtype.kind not in 'iu': raise ValueError(
+        f"single-label labels must be integer class indices or class names (strings), got dtype {labels.dtype}; "
+        "multi-label data takes (N, K) multi-hot labels")
+    if given is None:   # the label values themselves are the classes
+        return [str(v) for v in np.unique(labels)],[str(v) for v in labels]
+    bad = labels[(labels < 0) | (labels >= len(given))]
+    if len(bad): raise ValueError(f"class index {int(bad[0])} is outside the {len(given)} class names {given}")
+    return given,[given[k] for k in labels]
+
 def array_image_dls(
     images:np.ndarray,        # (N, H, W, 3) or (N, H, W) uint8 images
-    labels:np.ndarray,        # (N,) integer class indices, or (N, K) multi-hot labels for multi-label data
-    class_names=None,         # K names; `labels` index into them (default: the label values, or 0..K-1 for multi-hot)
+    labels:np.ndarray,        # (N,) class indices or class names, or (N, K) multi-hot labels for multi-label data
+    class_names=None,         # K names; integer `labels` index into them (default: the sorted label values, or 0..K-1 for multi-hot)
     valid_idx=None,           # indices of the validation items; default: a seeded random `valid_pct` split
     valid_pct:float=0.2,      # fraction for validation when `valid_idx` is not given
     seed:int=42,              # seed of the random split
@@ -76,16 +149,17 @@ def array_image_dls(
         if size is not None: images = resize_images(images, size)
         xblock,get_x = TransformBlock(batch_tfms=IntToFloatTensor),TensorImageAt(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))))
     else: xblock,get_x = ImageBlock,ImageAt(images)
-    multi = labels.ndim == 2
     # the vocabulary as plain `str` (not numpy's `np.str_`): what `dls.vocab`, `learn.predict` and messages show
-    if multi:
+    if labels.ndim == 2:
+        if not np.isin(labels, (0, 1)).all(): raise ValueError("multi-hot labels (N, K) must hold only 0 and 1")
         names = np.asarray(class_names if class_names is not None else np.arange(labels.shape[1])).astype(str).tolist()
         if len(names) != labels.shape[1]: raise ValueError(f"{len(names)} class names for {labels.shape[1]} label columns")
         ys = [[names[k] for k in np.flatnonzero(row)] for row in labels]
         yblock = MultiCategoryBlock(vocab=names)
-    else:
-        names = np.asarray(class_names if class_names is not None else np.unique(labels)).astype(str).tolist()
-        ys,yblock = [names[k] for k in labels],CategoryBlock(vocab=names, sort=False)   # output k is class_names[k], as the labels index them
+    elif labels.ndim == 1:
+        names,ys = _single_label_targets(labels, class_names)
+        yblock = CategoryBlock(vocab=names, sort=False)   # output k is names[k], as the labels index them
+    else: raise ValueError(f"labels must be (N,) single-label or (N, K) multi-hot, got shape {labels.shape}")
     if splitter is None: splitter = RandomSplitter(valid_pct, seed=seed) if valid_idx is None else IndexSplitter(valid_idx)
     block = DataBlock(blocks=(xblock, yblock), get_x=get_x, get_y=IndexInto(ys),
                       splitter=splitter, item_tfms=item_tfms, batch_tfms=batch_tfms)
@@ -164,3 +238,14 @@ def synthetic_multilabel_images(
     # true similarity: cosine of the labels' mean clean images (centred across labels) -- shared patterns and co-occurrence alike
     means = np.stack([clean[y[:, k] == 1].mean(0) for k in range(n_labels)])
     return dict(images=images, labels=y, class_names=np.array([f'label{k}' for k in range(n_labels)]), similarity=centred_cosine(means))
+
+# %% ../nbs/02_data.ipynb #dt000014
+_fastai_export = Learner.export
+
+@patch
+@delegates(_fastai_export)
+def export(self:Learner, fname='export.pkl', **kwargs):
+    "fastai's `export`, leaving out the training arrays of this library's getters: the file holds the model and the transforms, not the training data"
+    _LEAVE_ROWS_OUT[0] = True
+    try: return _fastai_export(self, fname, **kwargs)
+    finally: _LEAVE_ROWS_OUT[0] = False

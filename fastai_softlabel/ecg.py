@@ -9,7 +9,7 @@ from fastai.basics import *
 from .signals import signal_dls
 
 # %% auto #0
-__all__ = ['dx_codes', 'fit_length', 'resample', 'read_wfdb_folder', 'wfdb_dls']
+__all__ = ['dx_codes', 'fit_length', 'resample', 'read_record', 'WFDBRecord', 'read_wfdb_folder', 'wfdb_dls', 'record_splits']
 
 # %% ../nbs/18_ecg.ipynb #eg000005
 def _wfdb():
@@ -38,6 +38,36 @@ def resample(x:np.ndarray, fs_from:float, fs_to:float)->np.ndarray:
     return resample_poly(x, r.numerator, r.denominator, axis=-1)
 
 # %% ../nbs/18_ecg.ipynb #eg000008
+def read_record(
+    path,                # a WFDB record: `<record>.hea`, its signal file, or the path without suffix
+    fs:float=500,        # sampling frequency to resample to (Hz)
+    seconds:float=10,    # length kept: the first `seconds`, zero-padded when shorter
+    leads=None,          # the lead names the record must have, in this order (None: any)
+)->dict:                 # `signal` (leads, fs·seconds) float32 mV, `leads`, `codes` (the `Dx:` SNOMED-CT codes)
+    "One WFDB record read, resampled and cut or padded, with a clear error naming the record for anything wrong in it"
+    wfdb = _wfdb()
+    p = Path(path)
+    p = p.with_suffix('') if p.suffix in ('.hea', '.mat', '.dat') else p
+    if not p.with_suffix('.hea').is_file(): raise FileNotFoundError(f"No WFDB header {p.with_suffix('.hea')}")
+    try: rec = wfdb.rdrecord(str(p))
+    except Exception as e: raise ValueError(f"record {p.name} in {p.parent} cannot be read as WFDB: its header {p.name}.hea "
+                                            f"or its signal file is damaged or missing ({type(e).__name__}: {e})") from None
+    if rec.p_signal is None or rec.fs is None: raise ValueError(f"record {p.name} in {p.parent} has no physical signal or no sampling frequency in its header")
+    if leads is not None and list(rec.sig_name) != list(leads): raise ValueError(
+        f"record {p.name} has the leads {list(rec.sig_name)}, not {list(leads)}: all records need the same leads, in the same order")
+    x = rec.p_signal.T.astype(np.float64)
+    bad = ~np.isfinite(x)
+    if bad.any(): raise ValueError(f"record {p.name} in {p.parent} has NaN or infinite samples (lead {rec.sig_name[int(bad.any(1).argmax())]}, "
+                                   f"{int(bad.sum())} samples)")
+    n = int(round(fs*seconds))
+    return dict(signal=fit_length(resample(x, rec.fs, fs), n).astype(np.float32), leads=list(rec.sig_name),
+                codes=dx_codes(rec.comments or []))
+
+class WFDBRecord:
+    "Picklable reader of new records for a trained Learner (`SignalAt`'s `reader`): as the training records were read"
+    def __init__(self, fs:float, seconds:float, leads): self.fs,self.seconds,self.leads = fs,seconds,list(leads)
+    def __call__(self, path)->np.ndarray: return read_record(path, self.fs, self.seconds, self.leads)['signal']
+
 def read_wfdb_folder(
     folder,                  # folder of WFDB records (`<record>.hea` with `.mat` or `.dat`)
     fs:float=500,            # sampling frequency to resample every record to (Hz)
@@ -46,27 +76,22 @@ def read_wfdb_folder(
     min_count:int=1,         # drop diagnoses with fewer records
 )->dict:                     # `signals` (N, leads, T) float32 mV, `labels` (N, C) uint8, `label_names`, `records`, `leads`, `fs`
     "The records of a PhysioNet/CinC folder as arrays: resampled, cut or padded, with multi-hot diagnosis labels"
-    wfdb = _wfdb()
+    _wfdb()
     folder = Path(folder)
     if not folder.is_dir(): raise FileNotFoundError(f"No such folder: {folder}")
     heads = sorted(folder.glob('*.hea'))
     if not heads: raise ValueError(f"{folder} holds no WFDB records (no <record>.hea files)")
     if fs <= 0 or seconds <= 0: raise ValueError(f"fs and seconds must be positive, got fs={fs}, seconds={seconds}")
-    n = int(round(fs*seconds))
     signals,codes,leads = [],[],None
     for h in heads:
-        try: rec = wfdb.rdrecord(str(h.with_suffix('')))
-        except Exception as e: raise ValueError(f"record {h.stem} in {folder} cannot be read: {e}") from e
-        if leads is None: leads = list(rec.sig_name)
-        elif list(rec.sig_name) != leads: raise ValueError(
-            f"record {h.stem} has the leads {rec.sig_name}, the records before it {leads}: all records need the same leads")
-        x = rec.p_signal.T.astype(np.float64)
-        if not np.isfinite(x).all(): raise ValueError(f"record {h.stem} has NaN or infinite samples")
-        signals.append(fit_length(resample(x, rec.fs, fs), n).astype(np.float32))
-        codes.append(dx_codes(rec.comments or []))
+        r = read_record(h, fs, seconds, leads)
+        leads = r['leads']
+        signals.append(r['signal']); codes.append(r['codes'])
     names = None
     if mapping is not None:
-        table = pd.read_csv(mapping, dtype=str)
+        if not Path(mapping).is_file(): raise FileNotFoundError(f"No such file: {mapping}")
+        try: table = pd.read_csv(mapping, dtype=str)
+        except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{Path(mapping).name} is not a CSV table: {e}") from None
         missing = {'SNOMEDCTCode', 'Abbreviation'} - set(table.columns)
         if missing: raise ValueError(f"{Path(mapping).name} lacks the column(s) {sorted(missing)}: give the challenge's dx_mapping_*.csv")
         names = dict(zip(table.SNOMEDCTCode.str.strip(), table.Abbreviation.str.strip()))
@@ -81,7 +106,7 @@ def read_wfdb_folder(
             if c in col: labels[i, col[c]] = 1
     label_names = np.array([names[c] if names else c for c in kept])
     return dict(signals=np.stack(signals), labels=labels, label_names=label_names, records=np.array([h.stem for h in heads]),
-                leads=np.array(leads), fs=fs)
+                leads=np.array(leads), fs=fs, seconds=seconds)
 
 # %% ../nbs/18_ecg.ipynb #eg000011
 def wfdb_dls(
@@ -90,8 +115,35 @@ def wfdb_dls(
     splitter=None,         # a fastai splitter; default a seeded random 80:20 split
     **kwargs,              # passed to `signal_dls` (bs, num_workers, device, ...)
 )->DataLoaders:
-    "Multi-label `DataLoaders` of a WFDB folder: signals normalised per lead with the training records' statistics"
+    "Multi-label `DataLoaders` of a WFDB folder: signals normalised per lead with the training records' statistics; `predict` reads new records as these were read"
     d = read_wfdb_folder(folder, fs, seconds, mapping, min_count)
-    dls = signal_dls(d['signals'], d['labels'], d['label_names'], splitter=splitter, **kwargs)
+    dls = signal_dls(d['signals'], d['labels'], d['label_names'], splitter=splitter, reader=WFDBRecord(fs, seconds, d['leads']), **kwargs)
     dls.records = d['records']
     return dls
+
+# %% ../nbs/18_ecg.ipynb #eg000022
+def _record_name(r:str)->str:
+    "A record's name from a table's entry: `HR00001`, `records500/00000/00001_hr` or `.../E00001.hea` name the record alike"
+    p = Path(str(r).strip())
+    return p.with_suffix('').name if p.suffix in ('.hea', '.mat', '.dat') else p.name
+
+def record_splits(
+    records,            # the folder's record names (`read_wfdb_folder`'s `records`)
+    table,              # a CSV with a `record` column (record names, or paths to them) and the split column
+    column:str='split', # the split column: e.g. train/valid/test, or PTB-XL's `strat_fold` (1 to 10)
+)->np.ndarray:          # one split value per record, as strings; '' for a record the table does not name
+    "The split of each record of a WFDB folder, from a table the user gives (a folder has no split of its own)"
+    p = Path(table)
+    if not p.is_file(): raise FileNotFoundError(f"No such file: {p}")
+    try: df = pd.read_csv(p, dtype=str, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{p.name} is not a CSV table ({e})") from None
+    missing = [c for c in ('record', column) if c not in df.columns]
+    if missing: raise ValueError(f"{p.name} has no column(s) {missing}: it needs `record` (the record names) and `{column}` "
+                                 f"(the split); its columns are {list(df.columns)}")
+    names,values = [_record_name(r) for r in df['record']],df[column].str.strip()
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice: raise ValueError(f"{p.name} names record(s) {twice[:5]} more than once")
+    empty = [n for n,v in zip(names, values) if not v]
+    if empty: raise ValueError(f"{p.name} gives no {column} for record(s) {empty[:5]}")
+    split = dict(zip(names, values))
+    return np.array([split.get(str(r), '') for r in records], dtype=object).astype(str)

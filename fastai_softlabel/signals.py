@@ -6,7 +6,7 @@
 from __future__ import annotations
 from fastai.basics import *
 from fastai.data.block import MultiCategoryBlock, TransformBlock
-from .data import IndexInto
+from .data import IndexInto, _no_rows, _state_without
 
 # %% auto #0
 __all__ = ['ECG_CONDITIONS', 'TensorSignal', 'SignalAt', 'NormalizeLeads', 'lead_stats', 'signal_dls', 'synthetic_ecg']
@@ -24,10 +24,39 @@ class TensorSignal(TensorBase):
         if title is not None: ctx.set_title(str(title))
         return ctx
 
-class SignalAt:
-    "Picklable getter: `SignalAt(signals)(i)` is row i of an (N, leads, T) array as a float `TensorSignal`"
-    def __init__(self, signals): self.signals = signals
-    def __call__(self, i): return TensorSignal(torch.as_tensor(np.asarray(self.signals[i]), dtype=torch.float32))
+class SignalAt(Transform):
+    "Picklable getter: row i of an (N, leads, T) array as a float `TensorSignal`, or a new signal: a (leads, T) array or tensor, a `.npy` file of one, or a record `reader` reads"
+    input_types = object   # `predict`/`test_dl` hand every new item to the getter (fastai skips a getter whose input type does not match)
+    def __init__(self,
+        signals,      # (N, leads, T) array
+        reader=None,  # reads a new recording from its path as (leads, T), e.g. `fastai_softlabel.ecg.WFDBRecord`
+    ):
+        super().__init__()
+        self.signals,self.reader,self.leads = signals,reader,np.shape(signals)[1]
+    def encodes(self, i):
+        if isinstance(i, TensorSignal): return i
+        if not isinstance(i, (int, np.integer)): return TensorSignal(torch.from_numpy(self.read(i)))
+        if self.signals is None: _no_rows()
+        return TensorSignal(torch.as_tensor(np.asarray(self.signals[i]), dtype=torch.float32))
+    def read(self, x)->np.ndarray:
+        "A new recording as (leads, T) float32, checked against the training signals' leads"
+        if isinstance(x, (str, Path)):
+            p = Path(x)
+            if p.suffix == '.npy':
+                if not p.is_file(): raise FileNotFoundError(f"No such file: {p}")
+                x = np.load(p, allow_pickle=False)
+            elif self.reader is not None: x = self.reader(p)
+            else: raise ValueError(f"{p.name}: this Learner was made from arrays; give a new recording as a (leads, T) array "
+                                   "or a .npy file of one")
+        x = np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x)
+        if x.ndim != 2 or not np.issubdtype(x.dtype, np.number): raise ValueError(
+            f"A new recording must be numbers of shape (leads, T) = ({self.leads}, T), got {x.dtype} {x.shape}")
+        if x.shape[0] != self.leads:
+            hint = f": it looks like (T, leads), so transpose it (x.T)" if x.shape[1] == self.leads else ''
+            raise ValueError(f"A new recording must have the {self.leads} leads of the training signals first, (leads, T); got {x.shape}{hint}")
+        if not np.isfinite(x).all(): raise ValueError("A new recording holds NaN or infinite samples")
+        return x.astype(np.float32)
+    def __getstate__(self): return _state_without(self, 'signals')
 
 # %% ../nbs/11_signals.ipynb #2a0add3f
 class NormalizeLeads(DisplayedTransform):
@@ -56,6 +85,7 @@ def signal_dls(
     splitter=None,          # a fastai splitter (see `fastai_softlabel.splits`); default a seeded random 80:20 split
     normalize:bool=True,    # per-lead normalisation with the training items' statistics
     seed:int=42,
+    reader=None,            # reads a new recording from a file for `predict`/`test_dl` (e.g. `fastai_softlabel.ecg.WFDBRecord`); `.npy` files always work
     **kwargs,               # passed to `DataBlock.dataloaders` (bs, num_workers, device, ...)
 )->DataLoaders:
     "Multi-label (or single-label) `DataLoaders` for (N, leads, T) signals, normalised per lead"
@@ -76,7 +106,7 @@ def signal_dls(
     names = [str(n) for n in names]
     y_block,targets = ((MultiCategoryBlock(vocab=names), [[names[j] for j in np.flatnonzero(r)] for r in labels]) if labels.ndim == 2
                        else (CategoryBlock(vocab=names, sort=False), [names[j] for j in labels]))   # output k is label_names[k]
-    block = DataBlock(blocks=(TransformBlock(), y_block), get_x=SignalAt(signals), get_y=IndexInto(targets),
+    block = DataBlock(blocks=(TransformBlock(), y_block), get_x=SignalAt(signals, reader), get_y=IndexInto(targets),
                       splitter=splitter, batch_tfms=batch_tfms)
     return block.dataloaders(list(range(len(signals))), **kwargs)
 

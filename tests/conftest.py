@@ -29,6 +29,11 @@ def make_dls(n_per_class=16, size=16, n_classes=4, bs=16, seed=0, **kwargs):
 @pytest.fixture
 def dls(): return make_dls()
 
+def item_images(dls, items):
+    "The images of row numbers `items` of `array_image_dls`'s data, as new (H, W, C) uint8 arrays (an exported Learner takes no row number)"
+    rows = dls.train_ds.tls[0].tfms.fs[0].images
+    return [rows[i].permute(1, 2, 0).numpy() for i in items]
+
 def params_of(module):
     "Detached copies of all parameters and buffers, by name"
     return {k: v.detach().clone() for k, v in module.state_dict().items()}

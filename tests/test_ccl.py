@@ -6,7 +6,7 @@ from fastai.callback.training import GradientClip
 from fastai_softlabel.ccl import CCL, CCLHead
 from fastai_softlabel.data import IndexInto, synthetic_class_images
 from fastai_softlabel.losses import class_orthogonality_loss
-from conftest import no_hooks, StopAfterBatches, CPUAutocast, tiny_cnn, make_dls, params_of, assert_same, snapshot, assert_nested_equal
+from conftest import item_images, no_hooks, StopAfterBatches, CPUAutocast, tiny_cnn, make_dls, params_of, assert_same, snapshot, assert_nested_equal
 
 def ccl_learner(dls, path, model=None, cbs=(), seed=0, **ccl_kwargs):
     set_seed(seed)
@@ -223,10 +223,11 @@ def test_export_and_load_learner(dls, tmp_path):
         loaded = load_learner(tmp_path/'export.pkl')
     assert no_hooks(loaded.model) and loaded.ccl.ccl_opt is None
     assert torch.equal(loaded.ccl.soft_labels, learn.ccl.soft_labels)
-    assert torch.equal(loaded.get_preds(dl=loaded.dls.test_dl(list(range(10))))[0], preds)
+    new = item_images(dls, range(10))   # the exported Learner holds no training image: it predicts on new ones
+    assert torch.equal(loaded.get_preds(dl=loaded.dls.test_dl(new))[0], preds)
     loaded.remove_cb(loaded.ccl)      # the model alone predicts: the head is not needed
-    assert torch.equal(loaded.get_preds(dl=loaded.dls.test_dl(list(range(10))))[0], preds)
-    assert loaded.predict(3)[0] == learn.predict(3)[0]
+    assert torch.equal(loaded.get_preds(dl=loaded.dls.test_dl(new))[0], preds)
+    assert loaded.predict(new[3])[0] == learn.predict(3)[0]
 
 def test_save_load_resume_continues_as_if_uninterrupted(tmp_path):
     kw = dict(patience=2, min_delta=10.)   # the dictionary freezes after epoch 2: the resumed run must get there too

@@ -6,7 +6,7 @@ from copy import deepcopy
 from fastai.vision.models.xresnet import xresnet18
 from fastai_softlabel.flowmixup import FlowMixup, Mixup, ManifoldMixup, flow_mix
 from fastai_softlabel.data import IndexInto, synthetic_class_images
-from conftest import no_hooks, StopAfterBatches, CPUAutocast, make_dls, params_of, assert_same
+from conftest import item_images, no_hooks, StopAfterBatches, CPUAutocast, make_dls, params_of, assert_same
 
 def small_cnn(n_out, c=8):
     return nn.Sequential(ConvLayer(3, c, stride=2), ConvLayer(c, c, stride=2), ConvLayer(c, c), nn.AdaptiveAvgPool2d(1),
@@ -317,7 +317,7 @@ def test_export_has_no_mixing(tmp_path):
     learn.export('export.pkl')
     loaded = load_learner(tmp_path/'export.pkl')
     assert no_hooks(loaded.model) and list(loaded.model.state_dict()) == list(learn.model.state_dict())
-    test_eq(loaded.get_preds(dl=loaded.dls.test_dl(list(dls.valid_ds.items)))[0], preds)
+    test_eq(loaded.get_preds(dl=loaded.dls.test_dl(item_images(dls, dls.valid_ds.items)))[0], preds)
     loaded.model.train()
     x = dls.one_batch()[0][:4]
     assert loaded.model(x).shape[0] == 4      # even in training mode, outside a FlowMixup fit nothing mixes
