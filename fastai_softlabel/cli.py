@@ -4,18 +4,24 @@
 
 # %% ../nbs/13_cli.ipynb #f7a88e6f
 from __future__ import annotations
-import argparse, datetime, hashlib, json, math, platform, shutil, sys, time
+import argparse, datetime, hashlib, json, math, os, platform, shutil, sys, tempfile, time
 from pathlib import Path
 # torch, fastai and timm are imported by `main` once the arguments are parsed: `softlabel --help` answers at once
 
 # %% auto #0
-__all__ = ['SINGLE_METHODS', 'MULTI_METHODS', 'BEYOND_THE_PAPERS', 'RECIPES', 'resolve_recipe', 'progress_bars',
-           'data_fingerprint', 'result_settings', 'settings_differences', 'run_id', 'build_tables', 'main']
+__all__ = ['SINGLE_METHODS', 'MULTI_METHODS', 'BEYOND_THE_PAPERS', 'CCL_METHODS', 'MIXING_METHODS', 'POINT_METHODS',
+           'LSR_METHODS', 'RECIPES', 'resolve_recipe', 'progress_bars', 'data_kind', 'not_applied', 'data_fingerprint',
+           'applied_arguments', 'result_settings', 'settings_differences', 'run_id', 'run_status', 'planned_runs',
+           'build_tables', 'main']
 
 # %% ../nbs/13_cli.ipynb #ffbd600b
 SINGLE_METHODS = ('baseline', 'lsr-u1', 'lsr-u5', 'lsr-a1', 'lsr-a5', 'ols', 'ccl', 'cutmix')
 MULTI_METHODS = ('erm', 'mixup-a1', 'mixup-a3', 'manifold', 'flowmixup', 'flowmixup-noop', 'ccl', 'ccl+flowmixup')
 BEYOND_THE_PAPERS = ('ccl', 'ccl+flowmixup')   # multi-label CCL: run when named, not in the papers' default comparison
+CCL_METHODS = ('ccl', 'ccl+flowmixup')
+MIXING_METHODS = ('mixup-a1', 'mixup-a3', 'manifold', 'flowmixup', 'flowmixup-noop', 'ccl+flowmixup', 'cutmix')   # they draw from Beta(α, α)
+POINT_METHODS = ('manifold', 'flowmixup', 'flowmixup-noop', 'ccl+flowmixup')   # they mix at --points
+LSR_METHODS = ('lsr-u1', 'lsr-u5', 'lsr-a1', 'lsr-a5')
 
 RECIPES = {   # what each recipe sets, per task; None: not used by that task
     'single': {'fast':  dict(opt='adam', lr=2e-3, wd=0.01, schedule='one_cycle', bs=32, clip=0., lr_ccl=1.0, weighted_bce='no'),
@@ -36,13 +42,18 @@ def resolve_recipe(args, multi_label:bool)->dict:
     if args.head is None: args.head = '1024,1024,512'
     return {k: getattr(args, k) for k in (*rec, 'head')}
 
+class _Parser(argparse.ArgumentParser):
+    "argparse, with its errors as the command's one line (`softlabel: error: ...`, exit status 2) instead of a usage block"
+    def error(self, message): _fail(f"error: {message}")
+
 def _parser():
-    p = argparse.ArgumentParser(prog='softlabel', description="Compare soft-label training methods (CCL, LSR, Mixup, Manifold Mixup, FlowMixup) on medical image data. "
-                                "`softlabel report OUT` rebuilds the tables of a results folder.")
+    p = _Parser(prog='softlabel', description="Compare soft-label training methods (CCL, LSR, Mixup, Manifold Mixup, FlowMixup) on medical image data. "
+                "`softlabel report OUT` rebuilds the tables of a results folder.")
     p.add_argument('--data', help="dataset .npz file (images or signals, labels, class_names/label_names, optional split), a HAM10000/ISIC or NIH ChestX-ray14 CSV table with --images, or a folder of WFDB records (PhysioNet/CinC ECGs); default: embedded synthetic data")
     p.add_argument('--images', help="image folder of a CSV table given as --data")
-    p.add_argument('--task', choices=['single', 'multi'], default='single', help="synthetic data: single-label or multi-label (default single)")
-    p.add_argument('--valid', default='valid', help="split value evaluated on, e.g. 'test' for ISIC 2018's official test set (default valid)")
+    p.add_argument('--task', choices=['single', 'multi'], default=None, help="synthetic data only: single-label or multi-label (default single)")
+    p.add_argument('--valid', default=None, help="split value evaluated on (default valid), e.g. 'test' for ISIC 2018's official test set; for data with a split of its own (a .npz with a split array, a WFDB folder with --splits)")
+    p.add_argument('--train', default=None, help="comma-separated split value(s) trained on (default train), e.g. 1,2,3,4,5,6,7,8 for PTB-XL's strat_fold; other values are left out")
     p.add_argument('--methods', help=f"comma-separated; single-label: {','.join(SINGLE_METHODS)}; multi-label: {','.join(MULTI_METHODS)} (default: all of the task's, but multi-label {' and '.join(BEYOND_THE_PAPERS)}, which go beyond the papers, only when named); the first is the reference of the paired differences")
     p.add_argument('--corruption', default='0', help="comma-separated label-corruption rates in [0, 1) applied to the training labels (default 0)")
     p.add_argument('--seeds', default='0', help="comma-separated integer seeds (default 0)")
@@ -50,27 +61,30 @@ def _parser():
     p.add_argument('--recipe', choices=list(RECIPES['single']), default='fast', help="'fast': one-cycle Adam, a few epochs; 'paper': each paper's training section (CCL-Net for single-label, Flow-Mixup for multi-label data); every value below overrides the recipe's")
     p.add_argument('--epochs', type=int, default=5)
     p.add_argument('--lr', type=float, default=None, help="peak/initial learning rate (recipe: fast 2e-3; paper 0.1 single-label, 1e-4 multi-label)")
-    p.add_argument('--bs', type=int, default=None, help="batch size (recipe: fast 32; paper 128 single-label, 32 multi-label)")
+    p.add_argument('--bs', type=int, default=None, help="batch size, at most the training items (recipe: fast 32; paper 128 single-label, 32 multi-label)")
     p.add_argument('--opt', choices=['adam', 'sgd'], default=None, help="optimizer (recipe: fast adam; paper sgd single-label, adam multi-label)")
     p.add_argument('--wd', type=float, default=None, help="weight decay (recipe: fast 0.01 decoupled; paper 1e-4 L2 for SGD, 0 for Adam)")
     p.add_argument('--schedule', choices=['one_cycle', 'step', 'plateau'], default=None, help="lr schedule: one-cycle; ×0.1 at 50%% and 75%% of the epochs; ÷10 on a validation-loss plateau")
     p.add_argument('--clip', type=float, default=None, help="gradient clipping max-norm, 0 for none (recipe: paper single-label 5.0)")
-    p.add_argument('--weighted-bce', choices=['yes', 'no'], default=None, help="multi-label: BCE weighted by inverse label prevalence (recipe: paper yes)")
+    p.add_argument('--weighted-bce', choices=['yes', 'no'], default=None, help="multi-label data: BCE weighted by inverse label prevalence (recipe: paper yes)")
     p.add_argument('--head', default=None, help="CCL head widths, comma-separated (default 1024,1024,512: the paper's three fc layers)")
     p.add_argument('--alpha', type=float, default=None, help="replaces α of Beta(α, α) of the mixing methods (mixup-a1, mixup-a3, manifold, flowmixup*, cutmix)")
     p.add_argument('--lsr-eps', type=float, default=None, help="replaces ε of the lsr methods (default 0.1 for lsr-u1/a1, Proposition S1's ε for K for lsr-u5/a5)")
     p.add_argument('--points', default=None, help="comma-separated module names where manifold/flowmixup mix (default: the inputs of the 3rd and 5th residual blocks)")
     p.add_argument('--ccl-patience', type=int, default=None, help="CCL freezes its class dictionary after this many epochs without a drop of p_bar (default 10)")
     p.add_argument('--lr-ccl', type=float, default=None, help="CCL's head learning rate lr_CCL (recipe: fast 1.0, for runs of a few epochs; paper 5e-4)")
-    p.add_argument('--size', type=int, default=None, help="resize images to this size (default: keep)")
-    p.add_argument('--in-chans', type=int, choices=[1, 3], default=3, help="image channels the backbone takes: 3 (RGB; grayscale repeated) or 1 (grayscale; RGB converted) (default 3)")
-    p.add_argument('--n-per-class', type=int, default=100, help="synthetic data: images per class (default 100)")
-    p.add_argument('--fs', type=float, default=500, help="WFDB records: sampling frequency to resample to, Hz (default 500)")
-    p.add_argument('--seconds', type=float, default=10, help="WFDB records: seconds kept, zero-padded when shorter (default 10)")
+    p.add_argument('--size', type=int, default=None, help="images: resize to this size (default: keep; CSV tables 64)")
+    p.add_argument('--in-chans', type=int, choices=[1, 3], default=None, help="images: channels the backbone takes: 3 (RGB; grayscale repeated) or 1 (grayscale; RGB converted) (default 3)")
+    p.add_argument('--n-per-class', type=int, default=None, help="synthetic data: images per class (default 100)")
+    p.add_argument('--fs', type=float, default=None, help="WFDB records: sampling frequency to resample to, Hz (default 500)")
+    p.add_argument('--seconds', type=float, default=None, help="WFDB records: seconds kept, zero-padded when shorter (default 10)")
     p.add_argument('--mapping', help="WFDB records: the challenge's SNOMED-CT table (dx_mapping_scored.csv) naming the diagnoses; only its codes are kept")
-    p.add_argument('--min-count', type=int, default=1, help="WFDB records: drop diagnoses with fewer records (default 1)")
+    p.add_argument('--min-count', type=int, default=None, help="WFDB records: drop diagnoses with fewer records (default 1)")
+    p.add_argument('--splits', help="WFDB records: a CSV of each record's split (columns record and --split-column); without one the records are split at random 80:20")
+    p.add_argument('--split-column', default=None, help="the split column of --splits (default split), e.g. strat_fold for PTB-XL's table")
     p.add_argument('--out', default='softlabel_results', help="results folder (default ./softlabel_results); must not exist yet, unless --resume")
     p.add_argument('--resume', action='store_true', help="go on with the unfinished runs of --out (made by the same command)")
+    p.add_argument('--export', action='store_true', help="also export each run's trained Learner to runs/<run>/export.pkl (fastai's load_learner reads it; it predicts on new images, signals or records)")
     p.add_argument('--threads', type=int, default=None, help="torch's CPU threads (default: torch's choice)")
     p.add_argument('--progress', choices=['auto', 'bar', 'log'], default='auto', help="'bar': progress bars; 'log': one line per epoch; 'auto' (default): bars on a terminal, lines otherwise, never both")
     return p
@@ -87,80 +101,231 @@ def progress_bars(
 
 # %% ../nbs/13_cli.ipynb #5a7e0c01
 def _floats(s, what):
-    try: return [float(x) for x in s.split(',') if x.strip()]
-    except ValueError: raise ValueError(f"{what} must be comma-separated numbers, got {s!r}")
+    try: vals = [float(x) for x in s.split(',') if x.strip()]
+    except ValueError: raise ValueError(f"{what} must be comma-separated numbers, got {s!r}") from None
+    if not vals: raise ValueError(f"{what} names no value, got {s!r}")
+    return vals
 
 def _ints(s, what):
     vals = _floats(s, what)
-    if any(v != int(v) for v in vals): raise ValueError(f"{what} must be comma-separated integers, got {s!r}")
+    if any(not math.isfinite(v) or v != int(v) for v in vals): raise ValueError(f"{what} must be comma-separated integers, got {s!r}")
     return [int(v) for v in vals]
 
+def _flag(name:str)->str: return '--' + name.replace('_', '-')
+
+# (name, lowest, highest, whether the lowest is excluded): numbers given on the command line, finite and in range
+_NUMBERS = [('lr', 0, None, True), ('lr_ccl', 0, None, True), ('wd', 0, None, False), ('clip', 0, None, False),
+            ('alpha', 0, None, False), ('lsr_eps', 0, 1, False), ('fs', 0, None, True), ('seconds', 0, None, True)]
+_WHOLE = [('epochs', 1, None), ('bs', 2, None), ('n_per_class', 1, 100_000), ('min_count', 1, None), ('ccl_patience', 1, None),
+          ('threads', 1, None), ('size', 1, 4096)]
+
+def _check_numbers(args):
+    "Every numeric argument finite and in its range"
+    for name,low,high,strict in _NUMBERS:
+        v = getattr(args, name)
+        if v is None: continue
+        if not math.isfinite(v) or v < low or (strict and v == low) or (high is not None and v >= high): raise ValueError(
+            f"{_flag(name)} must be a finite number {'>' if strict else '>='} {low:g}{f' and < {high:g}' if high is not None else ''}, got {v:g}")
+    for name,low,high in _WHOLE:
+        v = getattr(args, name)
+        if v is None: continue
+        if v < low: raise ValueError(f"{_flag(name)} must be at least {low}{' (a batch of one item cannot train BatchNorm)' if name == 'bs' else ''}, got {v}")
+        if high is not None and v > high: raise ValueError(f"{_flag(name)} must be at most {high}, got {v}")
+
 def _check_arguments(args)->tuple:
-    "The checks that need no data: `(rates, seeds)`"
+    "The checks that need no data: `(rates, seeds)`; then the results folder (`_check_out`)"
     rates = _floats(args.corruption, '--corruption')
     bad = [r for r in rates if not 0 <= r < 1]
     if bad: raise ValueError(f"corruption rates must be in [0, 1), got {bad}")
     if len({f'{r:g}' for r in rates}) < len(rates): raise ValueError(f"--corruption has repeated rates: {args.corruption}")
     seeds = _ints(args.seeds, '--seeds')
+    if any(not 0 <= s < 2**32 for s in seeds): raise ValueError(f"--seeds must be in [0, 2**32), got {args.seeds}")
     if len(set(seeds)) < len(seeds): raise ValueError(f"--seeds has repeated values: {args.seeds}")
-    for name in ('lr', 'lr_ccl'):
-        if getattr(args, name) is not None and getattr(args, name) <= 0: raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.clip is not None and args.clip < 0: raise ValueError(f"--clip must be at least 0, got {args.clip}")
-    if args.wd is not None and args.wd < 0: raise ValueError(f"--wd must be at least 0, got {args.wd}")
+    _check_numbers(args)
     if args.head is not None:
         try: widths = [int(w) for w in args.head.split(',')]
         except ValueError: widths = []
         if not widths or min(widths) < 1: raise ValueError(f"--head must be comma-separated positive widths, e.g. 1024,1024,512; got {args.head!r}")
-    if args.size is not None and args.size < 1: raise ValueError(f"--size must be at least 1, got {args.size}")
-    for name in ('epochs', 'bs', 'n_per_class', 'min_count', 'ccl_patience'):
-        if getattr(args, name) is not None and getattr(args, name) < 1: raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.fs <= 0 or args.seconds <= 0: raise ValueError(f"--fs and --seconds must be positive, got {args.fs:g} and {args.seconds:g}")
-    if args.threads is not None and args.threads < 1: raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    for name in ('methods', 'points', 'train', 'valid', 'split_column'):
+        v = getattr(args, name)
+        if v is not None and not [x for x in v.split(',') if x.strip()]: raise ValueError(f"{_flag(name)} names nothing, got {v!r}")
+    if args.valid is not None and ',' in args.valid: raise ValueError(f"--valid names one split value, got {args.valid!r}")
+    _check_out(args)
+    return rates,seeds
+
+# ---------------------------------------------------------------- the results folder, before any work
+def _read_config(out:Path)->dict:
+    "A results folder's `config.json`, with a clear error when it is not one of softlabel's"
+    f = Path(out)/'config.json'
+    try: cfg = json.loads(f.read_text())
+    except (OSError, ValueError) as e: raise ValueError(f"{f} cannot be read ({type(e).__name__}): the folder was not made by softlabel, or "
+                                                        "its config.json was damaged; choose another --out") from None
+    missing = [k for k in ('settings', 'methods', 'corruption', 'seeds', 'multi_label', 'classes') if not isinstance(cfg, dict) or k not in cfg]
+    if missing: raise ValueError(f"{f} lacks {missing}: the folder was not made by softlabel, or its config.json was damaged; choose another --out")
+    return cfg
+
+def _lock(f, shared:bool=False)->bool:
+    "Take an advisory lock on the open file `f` without waiting; False when another process holds one"
+    try: import fcntl
+    except ImportError: return True   # no advisory locks on this platform: no protection against a second command
+    try: fcntl.flock(f.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError: return False
+    return True
+
+def _claim(out:Path):
+    "The results folder's `config.json`, opened and locked for this command; None while another command holds it"
+    f = open(Path(out)/'config.json')
+    if _lock(f): return f
+    f.close()
+
+def _in_use(out:Path)->bool:
+    "Whether a softlabel command (or `softlabel report`) is writing into `out` now"
+    if not (Path(out)/'config.json').is_file(): return False
+    f = _claim(out)
+    if f is None: return True
+    f.close(); return False
+
+def _in_use_message(out:Path, resume:bool)->str:
+    return (f"the results folder {out} is in use by another softlabel command: wait for it to finish" +
+            (" (it finishes the runs itself; --resume is for a command that was stopped)" if resume else ", or choose another --out"))
+
+def _writable(folder:Path)->bool:
+    "Whether a folder can be made in `folder` (tried: permissions alone do not tell, e.g. for root on a read-only file system)"
+    try: os.rmdir(tempfile.mkdtemp(dir=folder, prefix='.softlabel-'))
+    except OSError: return False
+    return True
+
+def _check_out(args):
+    "`--out`: a new folder that can be made, or under `--resume` a results folder of softlabel that no command is using"
     out = Path(args.out)
     if args.resume:
         if not (out/'config.json').is_file(): raise ValueError(f"--resume: {out} is not a results folder of softlabel (no config.json)")
-    elif out.exists(): raise ValueError(f"the results folder {out} exists already: choose another --out, or add --resume to finish its runs")
-    elif not out.resolve().parent.is_dir(): raise ValueError(f"the folder that would hold {out} does not exist")
-    return rates,seeds
+        if _in_use(out): raise ValueError(_in_use_message(out, True))
+        _read_config(out)
+        if not _writable(out): raise ValueError(f"--resume: the results folder {out} cannot be written to")
+    elif out.exists():
+        if _in_use(out): raise ValueError(_in_use_message(out, False))
+        raise ValueError(f"the results folder {out} exists already{' (a file)' if out.is_file() else ''}: choose another --out"
+                         + ("" if out.is_file() else ", or add --resume to finish its runs"))
+    else:
+        parent = out.absolute().parent
+        if not parent.is_dir(): raise ValueError(f"the folder that would hold {out} does not exist")
+        if not _writable(parent): raise ValueError(f"the results folder {out} cannot be made: {parent} is not writable; choose another --out")
 
-def _npz_has(path, key)->bool:
-    import numpy as np
-    with np.load(path, allow_pickle=False) as z: return key in z.files
+# ---------------------------------------------------------------- which options apply to the data and the methods
+def data_kind(data)->str:
+    "What `--data` is: 'synthetic' (none), 'table' (.csv), 'wfdb' (a folder), 'images' or 'signals' (.npz)"
+    if data is None: return 'synthetic'
+    p = Path(data)
+    if p.is_dir(): return 'wfdb'
+    if not p.exists(): raise FileNotFoundError(f"No such file: {p}")
+    if p.suffix.lower() == '.csv': return 'table'
+    if p.suffix.lower() != '.npz': raise ValueError(f"--data must be a .npz file, a .csv table (with --images) or a folder of WFDB records, got {p.name}")
+    from fastai_softlabel.datasets import npz_keys
+    return 'signals' if 'signals' in npz_keys(p) else 'images'
+
+_IMAGES = ('synthetic', 'images', 'table')
+# option: (whether it applies, what it is for); `c` has kind, split (the data has a split of its own), multi, methods
+_APPLIES = {
+    'task':         (lambda c: c.kind == 'synthetic', "the embedded synthetic data (no --data)"),
+    'n_per_class':  (lambda c: c.kind == 'synthetic', "the embedded synthetic data (no --data)"),
+    'images':       (lambda c: c.kind == 'table', "a CSV table given as --data"),
+    'size':         (lambda c: c.kind in _IMAGES, "images"),
+    'in_chans':     (lambda c: c.kind in _IMAGES, "images"),
+    'fs':           (lambda c: c.kind == 'wfdb', "folders of WFDB records"),
+    'seconds':      (lambda c: c.kind == 'wfdb', "folders of WFDB records"),
+    'mapping':      (lambda c: c.kind == 'wfdb', "folders of WFDB records"),
+    'min_count':    (lambda c: c.kind == 'wfdb', "folders of WFDB records"),
+    'splits':       (lambda c: c.kind == 'wfdb', "folders of WFDB records"),
+    'split_column': (lambda c: c.kind == 'wfdb' and c.split, "a WFDB folder's --splits table"),
+    'valid':        (lambda c: c.split, "data with a split of its own: a .npz with a split array, or a WFDB folder with --splits"),
+    'train':        (lambda c: c.split, "data with a split of its own: a .npz with a split array, or a WFDB folder with --splits"),
+    'weighted_bce': (lambda c: c.multi, "multi-label data"),
+    'head':         (lambda c: bool(set(c.methods) & set(CCL_METHODS)), f"the CCL methods ({', '.join(CCL_METHODS)})"),
+    'lr_ccl':       (lambda c: bool(set(c.methods) & set(CCL_METHODS)), f"the CCL methods ({', '.join(CCL_METHODS)})"),
+    'ccl_patience': (lambda c: bool(set(c.methods) & set(CCL_METHODS)), f"the CCL methods ({', '.join(CCL_METHODS)})"),
+    'alpha':        (lambda c: bool(set(c.methods) & set(MIXING_METHODS)), f"the mixing methods ({', '.join(MIXING_METHODS)})"),
+    'points':       (lambda c: bool(set(c.methods) & set(POINT_METHODS)), f"the methods that mix at hidden states ({', '.join(POINT_METHODS)})"),
+    'lsr_eps':      (lambda c: bool(set(c.methods) & set(LSR_METHODS)), f"the label-smoothing methods ({', '.join(LSR_METHODS)})"),
+}
+_DATA_ONLY = ('task', 'n_per_class', 'images', 'size', 'in_chans', 'fs', 'seconds', 'mapping', 'min_count', 'splits')   # decided by the kind alone
+
+def _describe_data(args, kind:str)->str:
+    name = Path(args.data).name if args.data is not None else ''
+    return dict(synthetic='the embedded synthetic data', table=f'the table {name}', wfdb=f'the WFDB folder {name}',
+                images=f'{name} (images)', signals=f'{name} (signals)')[kind]
+
+def not_applied(
+    args,              # the parsed arguments
+    ctx,               # `kind`, `split`, `multi`, `methods` of the comparison
+    names=None,        # the options to look at (default: all of `_APPLIES`)
+)->list:               # the options that do not apply
+    "The options that do not apply to this data and these methods (not recorded in `config.json`; refused when given)"
+    return [n for n in (names or _APPLIES) if not _APPLIES[n][0](ctx)]
+
+def _refuse_unused(args, ctx, names=None):
+    "A clear error for an option given on the command line that this data or these methods would ignore"
+    for n in not_applied(args, ctx, names):
+        if getattr(args, n) is not None:
+            by = f"none of --methods {','.join(ctx.methods)} uses it" if n in ('head', 'lr_ccl', 'ccl_patience', 'alpha', 'points', 'lsr_eps') \
+                 else f"{_describe_data(args, ctx.kind)} does not use it"
+            if n in ('valid', 'train') and ctx.kind == 'wfdb': by = f"{_describe_data(args, ctx.kind)} has no split of its own: give --splits TABLE (record, split) for it, or leave it out for a random 80:20 split"
+            elif n in ('valid', 'train'): by = f"{_describe_data(args, ctx.kind)} has no split array: it is split at random 80:20"
+            raise ValueError(f"{_flag(n)} is for {_APPLIES[n][1]}; {by}")
+
+# ---------------------------------------------------------------- the data and the methods
+def _load_data(args, kind:str)->dict:
+    from fastai_softlabel.experiments import synthetic_dataset, real_dataset, table_dataset, signal_dataset
+    data,train = args.data,[t.strip() for t in (args.train or 'train').split(',') if t.strip()]
+    valid = (args.valid or 'valid').strip()
+    if kind == 'synthetic': return synthetic_dataset(args.task or 'single', args.n_per_class or 100)
+    if kind == 'table': return table_dataset(data, args.images, args.size or 64)
+    if kind == 'images': return real_dataset(data, valid, train)
+    return signal_dataset(data, valid, 500. if args.fs is None else args.fs, 10. if args.seconds is None else args.seconds, args.mapping, args.min_count or 1,
+                          args.splits, args.split_column or 'split', train)
+
+def _check_training_fits(args, d:dict, kind:str, bs_given:bool):
+    "A training split that fills at least one batch (fastai drops the last incomplete one), and something to evaluate on"
+    n_train,n_valid = int((d['split'] == 'train').sum()),int((d['split'] == 'valid').sum())
+    if not n_valid: raise ValueError(f"{_describe_data(args, kind)} has no item to evaluate on: its {d['split_used']['valid']!r} split is empty")
+    if n_train < 2: raise ValueError(f"{_describe_data(args, kind)} has {n_train} training item(s): at least 2 are needed")
+    if n_train < args.bs:
+        given = '--bs' if bs_given else f"--recipe {args.recipe}'s batch size"
+        raise ValueError(f"the training split has {n_train} items, fewer than the batch size {args.bs} ({given}): fastai drops the last "
+                         f"incomplete batch, so not one step would train. Use --bs {n_train} or less"
+                         + (", or a larger --n-per-class" if kind == 'synthetic' else ", or more training data"))
+    if not d['multi_label'] and len(d['names']) < 2: raise ValueError(f"{_describe_data(args, kind)} has one class: there is nothing to classify")
 
 def _prepare(args)->tuple:
-    "Check everything before any work: `(dataset, methods, rates, seeds)`"
+    "Check everything before any work: `(dataset, methods, rates, seeds)`; `d['kind']` and `d['not_applied']` say what the data is and which options it does not use"
     rates,seeds = _check_arguments(args)
-    from fastai_softlabel.experiments import synthetic_dataset, real_dataset, table_dataset, signal_dataset
+    from types import SimpleNamespace
     from fastai_softlabel.models import check_model_name, create_backbone, flowmixup_points, resnet1d34
-    data = None if args.data is None else Path(args.data)
-    signals = data is not None and (data.is_dir() or (data.suffix == '.npz' and data.is_file() and _npz_has(data, 'signals')))
-    if signals:
-        if args.backbone not in (None, 'resnet1d34'): raise ValueError(f"{data} holds 1-D signals, which train resnet1d34; --backbone {args.backbone} is an image model")
-        if args.in_chans != 3: raise ValueError(f"{data} holds 1-D signals: --in-chans is for images (the signals' leads are the channels)")
+    kind = data_kind(args.data)
+    ctx = SimpleNamespace(kind=kind, split=kind == 'wfdb' and args.splits is not None, multi=False, methods=())
+    _refuse_unused(args, ctx, _DATA_ONLY)
+    if kind in ('signals', 'wfdb'):
+        if args.backbone not in (None, 'resnet1d34'): raise ValueError(f"{_describe_data(args, kind)} holds 1-D signals, which train resnet1d34; --backbone {args.backbone} is an image model")
         args.backbone = 'resnet1d34'
-    else:
-        args.backbone = check_model_name(args.backbone or 'resnet18')
-    if data is None: d = synthetic_dataset(args.task, args.n_per_class)
-    elif signals: d = signal_dataset(data, args.valid, args.fs, args.seconds, args.mapping, args.min_count)
-    elif data.suffix == '.csv': d = table_dataset(data, args.images, args.size or 64)
-    else: d = real_dataset(data, args.valid)
+    else: args.backbone = check_model_name(args.backbone or 'resnet18')
+    d = _load_data(args, kind)
+    ctx.split,ctx.multi = kind in ('images', 'signals', 'wfdb') and d['own_split'],bool(d['multi_label'])
     if 'images' in d:   # the image channels fit --in-chans (RGBA, RGB, grayscale), checked before any work
         from fastai_softlabel.data import to_channels
-        to_channels(d['images'][:1], args.in_chans)
+        to_channels(d['images'][:1], args.in_chans or 3)
     allowed = MULTI_METHODS if d['multi_label'] else SINGLE_METHODS
-    default = [m for m in allowed if not (d['multi_label'] and m in BEYOND_THE_PAPERS)]
+    default = [m for m in allowed if not (d['multi_label'] and m in BEYOND_THE_PAPERS) and not (kind in ('signals', 'wfdb') and m == 'cutmix')]
     methods = default if args.methods is None else [m.strip() for m in args.methods.split(',') if m.strip()]
     wrong = [m for m in methods if m not in allowed]
     if wrong: raise ValueError(f"method(s) {wrong} do not fit {'multi' if d['multi_label'] else 'single'}-label data; choose from {', '.join(allowed)}")
     if len(set(methods)) < len(methods): raise ValueError(f"--methods has repeated names: {args.methods}")
-    if signals and args.methods is None: methods.remove('cutmix')   # the default list: the single-label methods that fit signals
-    if signals and 'cutmix' in methods: raise ValueError("cutmix cuts and pastes image patches: it does not fit 1-D signals")
+    if kind in ('signals', 'wfdb') and 'cutmix' in methods: raise ValueError("cutmix cuts and pastes image patches: it does not fit 1-D signals")
+    ctx.methods = methods
+    _refuse_unused(args, ctx)
     if args.alpha == 0 and 'cutmix' in methods: raise ValueError("--alpha 0 leaves CutMix without a Beta(α, α) to draw from: use α > 0")
-    if args.lsr_eps is not None and not 0 <= args.lsr_eps < 1: raise ValueError(f"--lsr-eps must be in [0, 1), got {args.lsr_eps}")
-    if args.alpha is not None and args.alpha < 0: raise ValueError(f"--alpha must be at least 0, got {args.alpha}")
     args.points = [s.strip() for s in args.points.split(',') if s.strip()] if isinstance(args.points, str) else args.points
-    if {'manifold', 'flowmixup', 'flowmixup-noop', 'ccl+flowmixup'} & set(methods):
-        model = resnet1d34(len(d['names']), d['signals'].shape[1]) if signals else create_backbone(args.backbone, len(d['names']), in_chans=args.in_chans)
+    if set(POINT_METHODS) & set(methods):
+        model = resnet1d34(len(d['names']), d['signals'].shape[1]) if 'signals' in d else create_backbone(args.backbone, len(d['names']), in_chans=args.in_chans or 3)
         if args.points:
             names = dict(model.named_modules())
             wrong = [n for n in args.points if n not in names]
@@ -168,14 +333,21 @@ def _prepare(args)->tuple:
         else:
             try: flowmixup_points(model)
             except ValueError as e: raise ValueError(str(e).replace('yourself.', 'with --points (module names of the model)')) from None
+    bs_given = args.bs is not None
     resolve_recipe(args, d['multi_label'])
-    # what was asked, as parsed: "0, 1" and "0,1" are the same settings for --resume
+    _check_training_fits(args, d, kind, bs_given)
+    # the options that apply, at their defaults; what was asked, as parsed ("0, 1" and "0,1" are the same settings for --resume)
+    defaults = dict(task='single', n_per_class=100, in_chans=3, fs=500., seconds=10., min_count=1, split_column='split', valid='valid', train='train')
+    for k,v in defaults.items():
+        if _APPLIES[k][0](ctx) and getattr(args, k) is None: setattr(args, k, v)
+    if kind == 'table': args.size = args.size or 64
+    if args.train is not None: args.train = ','.join(t.strip() for t in args.train.split(',') if t.strip())
     args.methods,args.corruption,args.seeds = ','.join(methods),','.join(f'{r:g}' for r in rates),','.join(map(str, seeds))
-    if data is not None and data.suffix == '.csv': args.size = args.size or 64
+    d['kind'],d['not_applied'] = kind,not_applied(args, ctx)
     return d,methods,rates,seeds
 
 # %% ../nbs/13_cli.ipynb #rf000002
-_NOT_RESULTS = ('out', 'resume', 'progress', 'threads', 'data', 'images')   # arguments that do not change a run's result
+_NOT_RESULTS = ('out', 'resume', 'progress', 'threads', 'data', 'images', 'export')   # arguments that do not change a run's result
 
 def _sha256(path)->str:
     h = hashlib.sha256()
@@ -197,17 +369,21 @@ def data_fingerprint(
     for f in files: h.update(f"{f.relative_to(p)}\0{_sha256(f)}\n".encode())
     return dict(kind='folder', name=p.name, files=len(files), bytes=sum(f.stat().st_size for f in files), sha256=h.hexdigest())
 
-def result_settings(args, versions:dict|None=None)->dict:
-    "The arguments that change a run's result, the fingerprints of the data (image folder, mapping table) and the package versions: what `--resume` must find unchanged"
+def applied_arguments(args, left_out=())->dict:
+    "The arguments that change a run's result and apply to its data and methods (`left_out`: those that do not)"
+    return {k:v for k,v in sorted(vars(args).items()) if k not in _NOT_RESULTS + tuple(left_out)}
+
+def result_settings(args, versions:dict|None=None, left_out=())->dict:
+    "The arguments that change a run's result, the fingerprints of the data (image folder, mapping and split tables) and the package versions: what `--resume` must find unchanged"
     fp = lambda k: data_fingerprint(getattr(args, k, None), exclude=args.out)
-    return dict(arguments={k:v for k,v in sorted(vars(args).items()) if k not in _NOT_RESULTS + ('mapping',)},
-                data=fp('data'), images=fp('images'), mapping=fp('mapping'), versions=versions or {})
+    return dict(arguments=applied_arguments(args, tuple(left_out) + ('mapping', 'splits')),
+                data=fp('data'), images=fp('images'), mapping=fp('mapping'), splits=fp('splits'), versions=versions or {})
 
 def settings_differences(old:dict, new:dict)->list:
     "The settings in which `new` differs from `old`, as `--name old → new` strings"
     diffs = [f"--{k.replace('_', '-')} {old['arguments'].get(k)!r} → {v!r}" for k,v in new['arguments'].items() if old['arguments'].get(k) != v]
-    for k in ('data', 'images', 'mapping'):
-        if old.get(k) != new.get(k): diffs.append(f"the {'data' if k == 'data' else f'--{k}'} ({old.get(k, {}).get('sha256', '-')[:12]} → {new.get(k, {}).get('sha256', '-')[:12]})")
+    for k in ('data', 'images', 'mapping', 'splits'):   # a folder made before `splits` was recorded had none
+        if old.get(k, data_fingerprint(None)) != new.get(k, data_fingerprint(None)): diffs.append(f"the {'data' if k == 'data' else f'--{k}'} ({old.get(k, {}).get('sha256', '-')[:12]} → {new.get(k, {}).get('sha256', '-')[:12]})")
     diffs += [f"{p} {v!r} → {new.get('versions', {}).get(p)!r}" for p,v in old.get('versions', {}).items() if new.get('versions', {}).get(p) != v]
     return diffs
 
@@ -227,17 +403,57 @@ def _write_run(out:Path, rid:str, make, config:dict|None=None)->None:
     shutil.rmtree(part/'models', ignore_errors=True)
     part.rename(out/'runs'/rid)   # a run's folder exists only once complete
 
-def build_tables(
+_RUN_FILES = ('row.json', 'curves.csv', 'per_class.csv')   # what every finished run has
+
+def _run_problem(d:Path)->str|None:
+    "Why the run folder `d` is not complete (None: it is)"
+    missing = [f for f in _RUN_FILES if not (d/f).is_file()]
+    if missing: return f"no {', '.join(missing)}"
+    try:
+        row = json.loads((d/'row.json').read_text())
+        if not {'method', 'seed', 'corruption'} <= set(row): return "row.json lacks method, seed or corruption"
+    except (OSError, ValueError): return "row.json cannot be read"
+    import pandas as pd
+    for f in ('curves.csv', 'per_class.csv'):
+        try: pd.read_csv(d/f)
+        except (OSError, ValueError): return f"{f} cannot be read"
+    return None
+
+def run_status(
     out, # a results folder of `softlabel`
-)->tuple: # `(runs, summary)` DataFrames
-    "Rebuild runs.csv, runs.json, curves.csv, per_class.csv and summary.csv from the finished runs under `out/runs`"
+)->tuple: # `(complete, incomplete)`: the complete run folders, and `{run id: why}` of the others (folders in progress or left unfinished)
+    "Which runs of a results folder are complete, and why the others are not"
+    complete,incomplete,runs = [],{},Path(out)/'runs'
+    for d in (sorted(runs.iterdir()) if runs.is_dir() else []):
+        if not d.is_dir(): continue
+        if d.name.startswith('.partial-'): incomplete[d.name[len('.partial-'):]] = 'in progress, or stopped before it finished'
+        elif not d.name.startswith('.'):
+            why = _run_problem(d)
+            if why is None: complete.append(d)
+            else: incomplete[d.name] = why
+    return complete,incomplete
+
+def planned_runs(cfg:dict)->list:
+    "The run ids of a results folder's comparison, from its `config.json`"
+    return [run_id(m, s, r) for r in cfg['corruption'] for m in cfg['methods'] for s in cfg['seeds']]
+
+def _write_atomic(path:Path, write):
+    "Write `path` through `write(tmp)` and a rename: a reader never sees half a file"
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    write(tmp); os.replace(tmp, path)
+
+def build_tables(
+    out,              # a results folder of `softlabel`
+    write:bool=True,  # write the tables into `out` (False: only return them)
+)->tuple:             # `(runs, summary)` DataFrames
+    "Rebuild runs.csv, runs.json, curves.csv, per_class.csv and summary.csv from the complete runs under `out/runs` (`run_status`)"
     import pandas as pd
     from fastai_softlabel.stats import summarize_runs
-    out = Path(out)
-    cfg = json.loads((out/'config.json').read_text())
-    dirs = [d for d in sorted((out/'runs').glob('*')) if not d.name.startswith('.') and (d/'row.json').exists()] if (out/'runs').exists() else []
-    if not dirs: raise ValueError(f"{out} holds no finished run yet")
     from fastai_softlabel.metrics import curve_summaries
+    out = Path(out)
+    cfg = _read_config(out)
+    dirs,_ = run_status(out)
+    if not dirs: raise ValueError(f"{out} holds no finished run yet")
     def row(d):   # the run's row, its curve summaries recomputed from its curves (one definition for every folder)
         c = pd.read_csv(d/'curves.csv')
         return json.loads((d/'row.json').read_text()) | curve_summaries(c, n_first=min(5, len(c)))
@@ -247,17 +463,19 @@ def build_tables(
     curves = pd.concat([pd.read_csv(d/'curves.csv') for d in dirs], ignore_index=True)
     metrics = [c for c in runs.columns if c not in ('method', 'seed', 'corruption', 'seconds') and pd.api.types.is_numeric_dtype(runs[c])]
     summary = summarize_runs(runs, metrics, reference=cfg['methods'][0])
-    runs.to_csv(out/'runs.csv', index=False)
-    (out/'runs.json').write_text(json.dumps(runs.to_dict('records'), indent=2))
-    curves.to_csv(out/'curves.csv', index=False)
-    per_class = [pd.read_csv(d/'per_class.csv') for d in dirs if (d/'per_class.csv').exists()]
-    if per_class: pd.concat(per_class, ignore_index=True).to_csv(out/'per_class.csv', index=False)
-    summary.to_csv(out/'summary.csv', index=False)
+    if write:
+        _write_atomic(out/'runs.csv', lambda f: runs.to_csv(f, index=False))
+        _write_atomic(out/'runs.json', lambda f: f.write_text(json.dumps(runs.to_dict('records'), indent=2)))
+        _write_atomic(out/'curves.csv', lambda f: curves.to_csv(f, index=False))
+        per_class = pd.concat([pd.read_csv(d/'per_class.csv') for d in dirs], ignore_index=True)
+        _write_atomic(out/'per_class.csv', lambda f: per_class.to_csv(f, index=False))
+        _write_atomic(out/'summary.csv', lambda f: summary.to_csv(f, index=False))
     return runs,summary
 
 # %% ../nbs/13_cli.ipynb #ffbd600c
 def _fail(msg, status=2):
-    print(f"softlabel: {msg}", file=sys.stderr); sys.exit(status)
+    "Print `softlabel: <msg>` as one line on stderr (a message from a library may span lines) and exit"
+    print('softlabel: ' + ' '.join(l.strip() for l in str(msg).splitlines() if l.strip()), file=sys.stderr); sys.exit(status)
 
 def _versions()->dict:
     from importlib.metadata import version, PackageNotFoundError
@@ -277,23 +495,51 @@ def _print_table(out, runs, summary, multi:bool, reference:str):
     with pd.option_context('display.width', 250, 'display.max_columns', 30): print(format_summary(summary, shown).to_string())
     print(f"\nresults in {out}/ (report.html, config.json, runs/, runs.csv, runs.json, curves.csv, per_class.csv, summary.csv)")
 
+def _unfinished(cfg:dict, complete:list, incomplete:dict)->dict:
+    "`{run id: why}` of the comparison's runs that are not complete: incomplete folders, and planned runs not started"
+    done = {d.name for d in complete}
+    return incomplete | {r: 'not run yet' for r in planned_runs(cfg) if r not in done and r not in incomplete}
+
+def _print_unfinished(unfinished:dict):
+    if not unfinished: return
+    shown = '; '.join(f'{r} ({why})' for r,why in list(unfinished.items())[:8]) + ('; ...' if len(unfinished) > 8 else '')
+    print(f"\n{len(unfinished)} run(s) not in the tables: {shown}")
+
 def _report(argv):
-    p = argparse.ArgumentParser(prog='softlabel report', description="Rebuild the tables and report.html of a softlabel results folder from its runs/")
+    p = _Parser(prog='softlabel report', description="Rebuild the tables and report.html of a softlabel results folder from its complete runs/, naming the others")
     p.add_argument('out', help="results folder")
     a = p.parse_args(argv)
-    if not (Path(a.out)/'config.json').is_file(): _fail(f"error: {a.out} is not a results folder of softlabel (no config.json)")
-    try: runs,summary = build_tables(a.out)
+    out = Path(a.out)
+    if not (out/'config.json').is_file(): _fail(f"error: {a.out} is not a results folder of softlabel (no config.json)")
+    try: cfg = _read_config(out)
     except ValueError as e: _fail(f"error: {e}")
-    from fastai_softlabel.report import write_report
-    write_report(a.out)
-    cfg = json.loads((Path(a.out)/'config.json').read_text())
-    _print_table(a.out, runs, summary, cfg['multi_label'], cfg['methods'][0])
+    lock = _claim(out)   # None: a command is writing into the folder; its tables are shown, nothing is written
+    try:
+        complete,incomplete = run_status(out)
+        unfinished = _unfinished(cfg, complete, incomplete)
+        try: runs,summary = build_tables(out, write=lock is not None)
+        except ValueError as e: _fail(f"error: {e}")
+        if lock is not None:
+            from fastai_softlabel.report import write_report
+            write_report(out, unfinished)
+    finally:
+        if lock is not None: lock.close()
+    _print_table(out, runs, summary, cfg['multi_label'], cfg['methods'][0])
+    _print_unfinished(unfinished)
+    if lock is None: print(f"\n{out} is in use by a running softlabel command: these are the tables of its finished runs; nothing was "
+                           "written (the command writes the tables and report.html when it finishes)")
 
-def _run_all(args, d, methods, rates, seeds, out:Path):
+def _run_all(args, d, methods, rates, seeds, out:Path, left_out=()):
     from fastai_softlabel.experiments import run_one
     plan = [(r, m, s) for r in rates for m in methods for s in seeds]
-    done = [p for p in plan if (out/'runs'/run_id(p[1], p[2], p[0])/'row.json').exists()]
+    complete,incomplete = run_status(out)
+    finished = {c.name for c in complete}
+    done = [p for p in plan if run_id(p[1], p[2], p[0]) in finished]
     if done: print(f"{len(done)} of {len(plan)} runs already finished in {out}: going on with the others", flush=True)
+    redo = {r: why for r,why in incomplete.items() if not r.startswith('.') and (out/'runs'/r).is_dir()}
+    if redo:   # a run folder that lost a file: run again
+        print(f"running again {len(redo)} incomplete run(s): " + '; '.join(f'{r} ({why})' for r,why in redo.items()), flush=True)
+        for r in redo: shutil.rmtree(out/'runs'/r)
     todo = [p for p in plan if p not in done]
     start,finished = time.time(),0
     try:
@@ -301,7 +547,7 @@ def _run_all(args, d, methods, rates, seeds, out:Path):
             el = time.time() - start
             eta = f", ETA {_hms(el/finished*(len(todo) - i))}" if finished else ''
             print(f"run {len(done) + i + 1}/{len(plan)} ({method}, seed {seed}, corruption {rate:g}); elapsed {_hms(el)}{eta}", flush=True)
-            config = {k: v for k,v in sorted(vars(args).items()) if k not in _NOT_RESULTS + ('methods', 'seeds')} | dict(method=method, seed=seed, corruption=rate)
+            config = applied_arguments(args, tuple(left_out) + ('methods', 'seeds')) | dict(method=method, seed=seed, corruption=rate)
             _write_run(out, run_id(method, seed, rate), lambda folder: run_one(d, method, seed, rate, args, folder), config)
             finished += 1
     except KeyboardInterrupt:
@@ -314,37 +560,59 @@ def _quiet_imports():
     import warnings
     warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
 
+def _new_results_folder(out:Path, config:dict):
+    "Create `out` with its `config.json`, locked for this command; a clear error when another command got there first"
+    try: out.mkdir()
+    except FileExistsError: _fail(f"error: {_in_use_message(out, False) if _in_use(out) else f'the results folder {out} was made by another command meanwhile: choose another --out'}")
+    except OSError as e: _fail(f"error: the results folder {out} cannot be made ({e})")
+    f = open(out/'config.json', 'w')
+    _lock(f)
+    f.write(json.dumps(config, indent=2)); f.flush()
+    return f
+
 def main(argv=None):
     "Console entry point of `softlabel` (and `softlabel report OUT`)"
     _quiet_imports()   # before anything imports fastai: every command would start with torch's FutureWarning otherwise
     argv = sys.argv[1:] if argv is None else list(argv)
+    lock = None
     try:
         if argv[:1] == ['report']: return _report(argv[1:])
         args = _parser().parse_args(argv)
         try: d,methods,rates,seeds = _prepare(args)
-        except (ValueError, FileNotFoundError) as e: _fail(f"error: {e}")
+        except (ValueError, OSError, ImportError) as e: _fail(f"error: {e}")
+        from fastai_softlabel.experiments import split_summary
         out = Path(args.out)
-        settings = result_settings(args, _versions())
+        settings = result_settings(args, _versions(), d['not_applied'])
         if args.resume:
-            cfg = json.loads((out/'config.json').read_text())
+            lock = _claim(out)
+            if lock is None: _fail(f"error: {_in_use_message(out, True)}")
+            try: cfg = _read_config(out)
+            except ValueError as e: _fail(f"error: {e}")
             diffs = settings_differences(cfg['settings'], settings)
             if diffs: _fail(f"error: --resume: {out} was made with other settings ({'; '.join(diffs)}): rerun with those, or choose another --out")
         else:
             import torch
-            out.mkdir()
-            (out/'config.json').write_text(json.dumps(dict(
+            lock = _new_results_folder(out, dict(
                 settings=settings, methods=methods, corruption=rates, seeds=seeds, multi_label=bool(d['multi_label']),
                 classes=[str(n) for n in d['names']], items={s: int((d['split'] == s).sum()) for s in ('train', 'valid')},
+                split=dict(source=d['split_source'], counts=d['split_counts'], **d['split_used']),
                 command=['softlabel', *argv], versions=_versions(),
                 device=torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu',
-                threads=args.threads, started=datetime.datetime.now().astimezone().isoformat(timespec='seconds')), indent=2))
+                threads=args.threads, started=datetime.datetime.now().astimezone().isoformat(timespec='seconds')))
+        print(f"data: {args.data or f'synthetic ({args.task}-label)'}: {split_summary(d)}", flush=True)
         if args.threads:
             import torch; torch.set_num_threads(args.threads)
         args.progress = progress_bars(args.progress)   # decided once: bars only on a terminal, one line per epoch otherwise
-        _run_all(args, d, methods, rates, seeds, out)
+        _run_all(args, d, methods, rates, seeds, out, d['not_applied'])
+        cfg = _read_config(out)
+        complete,incomplete = run_status(out)
         runs,summary = build_tables(out)
         from fastai_softlabel.report import write_report
-        write_report(out)
+        unfinished = _unfinished(cfg, complete, incomplete)
+        write_report(out, unfinished)
         print(f"\ndata: {args.data or f'synthetic ({args.task}-label)'}; backbone {args.backbone}; {args.epochs} epochs; seeds {seeds}")
         _print_table(out, runs, summary, d['multi_label'], methods[0])
+        _print_unfinished(unfinished)
     except KeyboardInterrupt: _fail("interrupted (finished runs are kept: rerun the same command with --resume)", 130)
+    finally:
+        if lock is not None: lock.close()

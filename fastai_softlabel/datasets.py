@@ -9,7 +9,8 @@ from .data import array_image_dls, ImageAt, IndexInto
 from .splits import StratifiedSplitter, ColumnSplitter, PatientSplitter
 
 # %% auto #0
-__all__ = ['finding_labels', 'check_images', 'ham10000_dls', 'nih_dls', 'check_labels', 'load_npz', 'npz_dls']
+__all__ = ['finding_labels', 'check_images', 'ham10000_dls', 'nih_dls', 'check_labels', 'read_npz', 'load_npz', 'npz_dls',
+           'npz_keys']
 
 # %% ../nbs/12_datasets.ipynb #5b748be2
 def _need_columns(df, cols, what):
@@ -85,29 +86,60 @@ def check_labels(
     lab = np.asarray(labels)
     if lab.ndim == 2 and lab.shape[1] == 1: lab = lab[:, 0]
     single_ok = lab.ndim == 1 and np.issubdtype(lab.dtype, np.integer) and (lab >= 0).all()
-    multi_ok = lab.ndim == 2 and np.isin(lab, (0, 1)).all()
+    multi_ok = lab.ndim == 2 and np.issubdtype(lab.dtype, np.number) and np.isin(lab, (0, 1)).all()
     if not (single_ok or multi_ok): raise ValueError(
         f"{what}: 'labels' must be (N,) non-negative integer class indices or (N, C) multi-hot 0/1 labels; got shape {lab.shape} and dtype {lab.dtype}")
+    if not len(lab): raise ValueError(f"{what} holds no items")
     n_cls = lab.shape[1] if lab.ndim == 2 else int(lab.max()) + 1
     names = np.asarray(names).astype(str) if names is not None else np.arange(n_cls).astype(str)
+    if names.ndim != 1: raise ValueError(f"{what}: the class names must be one name per class, got shape {names.shape}")
     if lab.ndim == 1 and n_cls > len(names): raise ValueError(f"{what}: label {n_cls - 1} is outside the {len(names)} class names {names.tolist()}")
     if lab.ndim == 2 and n_cls != len(names): raise ValueError(f"{what}: {n_cls} label columns but {len(names)} label names")
     return lab,names
 
+def read_npz(path)->dict:
+    "The arrays of an `.npz` file, with a clear error for a file that is not one or holds Python objects (never unpickled)"
+    p = Path(path)
+    if not p.is_file(): raise FileNotFoundError(f"No such file: {p}")
+    try: z = np.load(p, allow_pickle=False)
+    except Exception as e: raise ValueError(f"{p.name} is not a readable .npz file (numpy.savez), or it is truncated ({type(e).__name__})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile): raise ValueError(f"{p.name} holds a single array (.npy), not the named arrays of an .npz file (numpy.savez)")
+    out = {}
+    with z:
+        for k in z.files:
+            try: out[k] = z[k]
+            except ValueError as e:
+                if 'Object arrays' not in str(e): raise ValueError(f"{p.name}: array {k!r} cannot be read ({e})") from None
+                raise ValueError(f"{p.name}: array {k!r} holds Python objects (dtype=object), which are never unpickled here; "
+                                 f"save it as numbers or strings, e.g. np.array(values, dtype=str)") from None
+            except Exception as e: raise ValueError(f"{p.name} is truncated or damaged: array {k!r} cannot be read ({type(e).__name__})") from None
+    return out
+
+def _check_split_array(split, n:int, what:str)->np.ndarray:
+    "A `split` array as strings, one per item"
+    split = np.asarray(split)
+    if split.ndim != 1 or len(split) != n: raise ValueError(f"{what}: 'split' must have one value per item ({n}), got shape {split.shape}")
+    return split.astype(str)
+
 def load_npz(path)->dict:
     "The arrays of a dataset `.npz` file, checked: images, labels, names, and split/group arrays when present"
     p = Path(path)
-    if not p.exists(): raise FileNotFoundError(f"No such file: {p}")
-    with np.load(p, allow_pickle=False) as z: d = {k: z[k] for k in z.files}
+    d = read_npz(p)
     if 'images' not in d and {'train_images', 'train_labels'} <= set(d):   # MedMNIST: one array pair per split
         parts = [(s, v) for s,v in (('train', 'train'), ('val', 'valid'), ('test', 'test')) if f'{s}_images' in d]
         d = dict(images=np.concatenate([d[f'{s}_images'] for s,_ in parts]), labels=np.concatenate([d[f'{s}_labels'] for s,_ in parts]),
                  split=np.concatenate([np.full(len(d[f'{s}_images']), v) for s,v in parts]))
     for k in ('images', 'labels'):
         if k not in d: raise ValueError(f"{p.name} has no '{k}' array; it has {sorted(d)}")
-    if d['images'].dtype != np.uint8 or d['images'].ndim not in (3, 4): raise ValueError(f"'images' must be (N, H, W) or (N, H, W, 3) uint8, got {d['images'].shape} {d['images'].dtype}")
-    if len(d['labels']) != len(d['images']): raise ValueError(f"{len(d['images'])} images but {len(d['labels'])} labels")
+    im = d['images']
+    if im.dtype != np.uint8 or im.ndim not in (3, 4): raise ValueError(f"{p.name}: 'images' must be (N, H, W) or (N, H, W, 3) uint8, got {im.shape} {im.dtype}")
+    if im.ndim == 4 and im.shape[1] in (1, 3, 4) and im.shape[-1] not in (1, 3, 4): raise ValueError(
+        f"{p.name}: 'images' of shape {im.shape} look channels-first, (N, C, H, W); save them channels-last, (N, H, W, C): "
+        "images.transpose(0, 2, 3, 1)")
+    if im.ndim == 4 and im.shape[-1] not in (1, 3, 4): raise ValueError(f"{p.name}: 'images' must have 1, 3 or 4 channels last, got {im.shape}")
+    if len(d['labels']) != len(im): raise ValueError(f"{p.name}: {len(im)} images but {len(d['labels'])} labels")
     d['labels'],d['names'] = check_labels(d['labels'], d.get('class_names', d.get('label_names')), p.name)
+    if 'split' in d: d['split'] = _check_split_array(d['split'], len(im), p.name)
     d['multi_label'] = d['labels'].ndim == 2
     return d
 
@@ -125,3 +157,12 @@ def npz_dls(
     elif not d['multi_label']: splitter = StratifiedSplitter(d['labels'], valid_pct, seed)
     else: splitter = RandomSplitter(valid_pct, seed)
     return array_image_dls(d['images'], d['labels'], d['names'], splitter=splitter, **kwargs)
+
+def npz_keys(path)->list:
+    "The array names of an `.npz` file, without reading its arrays (a file that is not one is refused as by `read_npz`)"
+    p = Path(path)
+    if not p.is_file(): raise FileNotFoundError(f"No such file: {p}")
+    try: z = np.load(p, allow_pickle=False)
+    except Exception as e: raise ValueError(f"{p.name} is not a readable .npz file (numpy.savez), or it is truncated ({type(e).__name__})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile): raise ValueError(f"{p.name} holds a single array (.npy), not the named arrays of an .npz file (numpy.savez)")
+    with z: return list(z.files)

@@ -22,84 +22,147 @@ from .splits import ColumnSplitter, StratifiedSplitter, PatientSplitter
 from .cli import SINGLE_METHODS, MULTI_METHODS, progress_bars
 
 # %% auto #0
-__all__ = ['synthetic_dataset', 'real_dataset', 'signal_dataset', 'table_dataset', 'method_setup', 'EpochLog', 'fit_schedule',
-           'run_one']
+__all__ = ['synthetic_dataset', 'split_summary', 'real_dataset', 'signal_dataset', 'table_dataset', 'method_setup', 'EpochLog',
+           'fit_schedule', 'run_one']
 
 # %% ../nbs/17_experiments.ipynb #076b24b6
 def synthetic_dataset(task='single', n_per_class=100, size=32, n_classes=8, seed=0)->dict:
     "The embedded synthetic data: single-label classes with a known similarity, or correlated multi-hot labels"
     d = synthetic_class_images(n_per_class=n_per_class, size=size, n_classes=n_classes, seed=seed, noise=2.0, width=1.5)
-    d['split'] = np.where(np.random.default_rng(seed).random(len(d['labels'])) < 0.8, 'train', 'valid')
     d['names'] = d.pop('class_names')
     if task == 'multi':   # each item keeps its class and, for odd classes, also gets the class before it
         k = d['labels']
         d['labels'] = (np.eye(n_classes)[k] + (k % 2 == 1)[:, None]*np.eye(n_classes)[np.maximum(k - 1, 0)]).clip(0, 1).astype(np.uint8)
     d['multi_label'] = task == 'multi'
-    return d
+    return _train_valid(d, None, seed=seed)
 
-def _train_valid(d:dict, split, valid:str, name:str)->dict:
-    "`d` with its `split`: the file's own ('train', `valid`, others unused), or a seeded random 80:20"
-    if split is None: d['split'] = np.where(np.random.default_rng(0).random(len(d['labels'])) < 0.8, 'train', 'valid')
+def _train_valid(
+    d:dict,              # a dataset as arrays
+    split,               # its split value per item, or None: a seeded random 80:20 split
+    valid:str='valid',   # the value evaluated on
+    name:str='',         # the file, named in errors
+    train=('train',),    # the value(s) trained on
+    seed:int=0,          # of the random split
+    source:str|None=None, # where the split comes from, as the summary says it (default: the file's, or the random split)
+)->dict:
+    "`d` with `split` ('train', 'valid' or 'unused' per item) and what the summary and `config.json` say of it: `split_counts` (items per split value), `split_used`, `split_source`"
+    if split is None:
+        values = np.where(np.random.default_rng(seed).random(len(d['labels'])) < 0.8, 'train', 'valid')
+        train,valid,source = ['train'],'valid',source or f'random 80:20 (seed {seed})'
     else:
-        split = np.asarray(split).astype(str)
-        values = sorted(set(split.tolist()))   # plain str, as the message shows them
-        if valid not in values: raise ValueError(f"{name}'s split has no {valid!r} items; its values are {values} (see --valid)")
-        d['split'] = np.where(split == 'train', 'train', np.where(split == valid, 'valid', 'unused'))
+        values,train = np.asarray(split).astype(str),[str(t) for t in train]
+        known = sorted(set(values.tolist()))   # plain str, as the message shows them
+        if valid in train: raise ValueError(f"the split value {valid!r} is both trained on (--train) and evaluated on (--valid)")
+        for v,opt in [(t, '--train') for t in train] + [(valid, '--valid')]:
+            if v not in known: raise ValueError(f"{name}'s split has no {v!r} items; its values are {known} (see {opt})")
+        source = source or f"{name}'s split"
+    d['split'] = np.where(np.isin(values, train), 'train', np.where(values == valid, 'valid', 'unused'))
+    d['split_counts'] = {v: int((values == v).sum()) for v in dict.fromkeys(sorted(set(values.tolist())))}
+    d['split_used'],d['split_source'],d['own_split'] = dict(train=list(train), valid=valid),source,split is not None
     return d
 
-def real_dataset(path, valid='valid')->dict:
+def split_summary(d:dict)->str:
+    "One line on a dataset's split: the items of each split value, what trains, what is evaluated and what is left out"
+    counts,used = d['split_counts'],d['split_used']
+    n = lambda vs: sum(counts.get(v, 0) for v in vs)
+    left = {v: k for v,k in counts.items() if v not in used['train'] and v != used['valid']}
+    return (f"{len(d['labels'])} items, split {d['split_source']}: " + ', '.join(f'{v} {k}' for v,k in counts.items()) +
+            f"; training on {'+'.join(used['train'])} ({n(used['train'])}), evaluating on {used['valid']} ({n([used['valid']])})" +
+            (f"; left out: {', '.join(f'{v} {k}' for v,k in left.items())}" if left else ''))
+
+def real_dataset(path, valid='valid', train=('train',))->dict:
     "A dataset `.npz` file (see `fastai_softlabel.datasets.load_npz`), with a train/valid split"
     d = load_npz(path)
-    return _train_valid(d, d.get('split'), valid, Path(path).name)
+    return _train_valid(d, d.get('split'), valid, Path(path).name, train)
+
+def _check_signals(x:np.ndarray, name:str):
+    "Signals as the command reads them: numbers (N, leads, T), leads before time, every sample finite"
+    if x.ndim != 3 or not np.issubdtype(x.dtype, np.number): raise ValueError(f"{name}: 'signals' must be numbers of shape (N, leads, T), got {x.dtype} {x.shape}")
+    if not len(x): raise ValueError(f"{name} holds no items")
+    if x.shape[1] > x.shape[2]: raise ValueError(
+        f"{name}: 'signals' of shape {x.shape} have more leads ({x.shape[1]}) than samples ({x.shape[2]}): they look like (N, T, leads); "
+        "the command expects leads before time, (N, leads, T): signals.transpose(0, 2, 1)")
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=(1, 2)))
+    if len(bad): raise ValueError(f"{name}: 'signals' holds NaN or infinite values in {len(bad)} item(s): {bad[:5].tolist()}")
 
 def signal_dataset(
     path,                # a folder of WFDB records, or a `.npz` with `signals` (N, leads, T), `labels`, `label_names`/`class_names`, optional `split`
-    valid:str='valid',   # the split value evaluated on (a `.npz` with a `split`)
+    valid:str='valid',   # the split value evaluated on
     fs:float=500, seconds:float=10, mapping=None, min_count:int=1, # WFDB folders: see `fastai_softlabel.ecg.read_wfdb_folder`
+    splits=None,         # WFDB folders: a table of each record's split (`fastai_softlabel.ecg.record_splits`); without one, a random 80:20 split
+    split_column:str='split', # the table's split column (e.g. PTB-XL's `strat_fold`)
+    train=('train',),    # the split value(s) trained on
 )->dict:
     "1-D signals as arrays with a train/valid split: multi-hot or class-index labels"
     p = Path(path)
     if p.is_dir():
-        from fastai_softlabel.ecg import read_wfdb_folder
+        from fastai_softlabel.ecg import read_wfdb_folder, record_splits, WFDBRecord
         r = read_wfdb_folder(p, fs, seconds, mapping, min_count)
-        d,split = dict(signals=r['signals'], labels=r['labels'], names=r['label_names']),None
+        d = dict(signals=r['signals'], labels=r['labels'], names=r['label_names'], records=r['records'], reader=WFDBRecord(fs, seconds, r['leads']))
+        split = None
+        if splits is not None:
+            split = record_splits(r['records'], splits, split_column)
+            split = np.where(split == '', '(not in the table)', split)
+        source = f"from {Path(splits).name} ({split_column})" if splits is not None else None
     else:
-        if not p.exists(): raise FileNotFoundError(f"No such file: {p}")
-        with np.load(p, allow_pickle=False) as z: z = {k: z[k] for k in z.files}
-        x,y = z['signals'],z.get('labels')
-        if x.ndim != 3 or not np.issubdtype(x.dtype, np.number): raise ValueError(f"{p.name}: 'signals' must be numbers of shape (N, leads, T), got {x.dtype} {x.shape}")
-        if not np.isfinite(x).all(): raise ValueError(f"{p.name}: 'signals' holds NaN or infinite values (in {int((~np.isfinite(x)).any(axis=(1, 2)).sum())} items)")
+        from fastai_softlabel.datasets import read_npz, _check_split_array
+        z = read_npz(p)
+        x,y = z.get('signals'),z.get('labels')
+        if x is None: raise ValueError(f"{p.name} has no 'signals' array; it has {sorted(z)}")
+        _check_signals(x, p.name)
         if y is None or len(y) != len(x): raise ValueError(f"{p.name} needs 'labels' with one row per signal ({len(x)})")
         y,names = check_labels(y, z.get('label_names', z.get('class_names')), p.name)
-        d,split = dict(signals=x.astype(np.float32), labels=y, names=np.asarray(names).astype(str)),z.get('split')
+        d = dict(signals=x.astype(np.float32), labels=y, names=np.asarray(names).astype(str))
+        split,source = (None if 'split' not in z else _check_split_array(z['split'], len(x), p.name)),None
     d['multi_label'] = d['labels'].ndim == 2
-    return _train_valid(d, split, valid, p.name)
+    return _train_valid(d, split, valid, p.name, train, source=source)
 
 # %% ../nbs/17_experiments.ipynb #0165428a
+def _read_csv_table(p:Path)->pd.DataFrame:
+    try: df = pd.read_csv(p)
+    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{p.name} is not a readable CSV table ({type(e).__name__}: {e})") from None
+    if not len(df): raise ValueError(f"{p.name} holds no rows")
+    return df
+
+def _read_image(path:Path, size:int)->np.ndarray:
+    try:
+        with Image.open(path) as im: return np.asarray(im.convert('RGB').resize((size, size)))
+    except OSError as e: raise ValueError(f"image {path.name} in {path.parent} cannot be read ({type(e).__name__}: {e})") from None
+
 def table_dataset(table, image_dir, size:int=64, valid_pct:float=0.2, seed:int=0)->dict:
     "A HAM10000/ISIC (`image_id`, `dx`) or NIH ChestX-ray14 (`Image Index`, `Finding Labels`) table with its image folder, as arrays"
     p = Path(table)
-    if not p.exists(): raise FileNotFoundError(f"No such file: {p}")
+    if not p.is_file(): raise FileNotFoundError(f"No such file: {p}")
     if image_dir is None: raise ValueError("a table needs its image folder: pass --images DIR")
-    df = pd.read_csv(p)
+    df = _read_csv_table(p)
     if {'image_id', 'dx'} <= set(df.columns):
-        files,groups = [f'{i}.jpg' for i in df.image_id],df.get('lesion_id')
-        names = np.array(sorted(df.dx.unique()))
-        labels = np.searchsorted(names, df.dx.values)
+        empty = df.index[df.dx.isna() | df.image_id.isna()].tolist()
+        if empty: raise ValueError(f"{p.name}: row(s) {[i + 2 for i in empty[:5]]} (line numbers) have no image_id or no dx")
+        files,groups,group_col = [f'{i}.jpg' for i in df.image_id],df.get('lesion_id'),'lesion_id'
+        names = np.array(sorted(df.dx.astype(str).unique()))
+        labels = np.searchsorted(names, df.dx.astype(str).values)
     elif {'Image Index', 'Finding Labels'} <= set(df.columns):
-        files,groups = list(df['Image Index']),df.get('Patient ID')
-        tags = finding_labels(df['Finding Labels'])
+        empty = df.index[df['Image Index'].isna()].tolist()
+        if empty: raise ValueError(f"{p.name}: row(s) {[i + 2 for i in empty[:5]]} (line numbers) have no Image Index")
+        files,groups,group_col = list(df['Image Index']),df.get('Patient ID'),'Patient ID'
+        tags = finding_labels(df['Finding Labels'].fillna('No Finding'))
         names = np.array(sorted({t for ts in tags for t in ts}))
+        if not len(names): raise ValueError(f"{p.name}: no row has a finding (every one is 'No Finding'): nothing to classify")
         labels = np.array([[n in ts for n in names] for ts in tags], dtype=np.uint8)
     else: raise ValueError(f"{p.name} has neither the HAM10000 columns (image_id, dx) nor the NIH ones (Image Index, "
                            f"Finding Labels); its columns are {list(df.columns)}")
+    if groups is not None and groups.isna().any(): groups = None   # not every row has one: split the images
     check_images(image_dir, files)
-    images = np.stack([np.asarray(Image.open(Path(image_dir)/f).convert('RGB').resize((size, size))) for f in files])
+    images = np.stack([_read_image(Path(image_dir)/f, size) for f in files])
     idx = list(range(len(files)))
-    tr,va = (PatientSplitter(groups.values, valid_pct, seed) if groups is not None else
-             StratifiedSplitter(labels, valid_pct, seed) if labels.ndim == 1 else RandomSplitter(valid_pct, seed))(idx)
+    if groups is not None: splitter,source = PatientSplitter(groups.values, valid_pct, seed),f'by {group_col}, {1 - valid_pct:.0%}:{valid_pct:.0%} (seed {seed})'
+    elif labels.ndim == 1: splitter,source = StratifiedSplitter(labels, valid_pct, seed),f'stratified {1 - valid_pct:.0%}:{valid_pct:.0%} (seed {seed})'
+    else: splitter,source = RandomSplitter(valid_pct, seed),f'random {1 - valid_pct:.0%}:{valid_pct:.0%} (seed {seed})'
+    try: tr,va = splitter(idx)
+    except ValueError as e: raise ValueError(f"{p.name} cannot be split {source}: {e}") from None
     split = np.full(len(files), 'train', dtype=object); split[list(va)] = 'valid'
-    return dict(images=images, labels=labels, names=names.astype(str), split=split.astype(str), multi_label=labels.ndim == 2)
+    d = dict(images=images, labels=labels, names=names.astype(str), multi_label=labels.ndim == 2)
+    return _train_valid(d, split.astype(str), source=source)
 
 # %% ../nbs/17_experiments.ipynb #5859cb35
 def method_setup(
@@ -157,7 +220,7 @@ def fit_schedule(learn:Learner, schedule:str, epochs:int, lr:float, wd:float|Non
     raise ValueError(f"Unknown schedule {schedule!r}: one_cycle, step or plateau")
 
 def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tuple:
-    "Train and evaluate one configuration, writing its per-class metrics (and CCL's soft labels) into the folder `out`; return its row of results and its curves"
+    "Train and evaluate one configuration, writing its per-class metrics (CCL's soft labels; with `args.export`, the trained Learner as `export.pkl`) into the folder `out`; return its row of results and its curves"
     train_idx = np.flatnonzero(d['split'] == 'train')
     labels = d['labels'].copy()
     k = len(d['names'])
@@ -170,7 +233,8 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     keep = np.flatnonzero(d['split'] != 'unused')
     split = d['split'][keep]
     if 'signals' in d:   # per-lead normalisation with the training items' statistics, a 1-D ResNet-34
-        dls = signal_dls(d['signals'][keep], labels[keep], d['names'], splitter=ColumnSplitter(split), bs=args.bs, num_workers=0)
+        dls = signal_dls(d['signals'][keep], labels[keep], d['names'], splitter=ColumnSplitter(split), bs=args.bs, num_workers=0,
+                         reader=d.get('reader'))   # a WFDB folder's Learner reads new records as the training ones were
     else:   # tensors to the model, resized once; one channel keeps ImageNet's mean statistics
         chans = getattr(args, 'in_chans', 3) or 3
         stats = imagenet_stats if chans == 3 else ([float(np.mean(imagenet_stats[0]))], [float(np.mean(imagenet_stats[1]))])
@@ -215,5 +279,8 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
         if 'similarity' in d:
             off = ~np.eye(k, dtype=bool)
             row['spearman_vs_true_similarity'] = float(spearmanr(P[off], d['similarity'][off]).correlation)
+    if getattr(args, 'export', False):   # the trained Learner, for `load_learner` (predicts on new images, signals, records)
+        learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, EpochLog)])
+        learn.export('export.pkl')
     curves = curves.assign(epoch=range(len(values)), method=method, seed=seed, corruption=corruption)
     return row,curves

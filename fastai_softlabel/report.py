@@ -125,9 +125,10 @@ table.results{border-collapse:collapse;font-size:13px}table.results td,table.res
 div.scroll{overflow-x:auto}figure{margin:1em 0}img{max-width:100%}figcaption{font-size:13px;color:#555}code{font-size:12px}"""
 
 def write_report(
-    out, # a results folder of `softlabel` whose tables are built (`fastai_softlabel.cli.build_tables`)
-)->Path: # the page written, `out/report.html`
-    "Write `report.html` in `out`: the comparison table and the figures, with every image embedded"
+    out,             # a results folder of `softlabel` whose tables are built (`fastai_softlabel.cli.build_tables`)
+    unfinished=None, # `{run id: why}` of the comparison's runs that are not in the tables (incomplete, or not run yet)
+)->Path:             # the page written, `out/report.html`
+    "Write `report.html` in `out`: the comparison table and the figures, with every image embedded, and the runs the tables leave out"
     out = Path(out)
     cfg = json.loads((out/'config.json').read_text())
     runs,summary,curves = pd.read_csv(out/'runs.csv'),pd.read_csv(out/'summary.csv'),pd.read_csv(out/'curves.csv')
@@ -138,6 +139,8 @@ def write_report(
              f"<p>{len(runs)} runs ({', '.join(f'{html.escape(str(m))} {k}' for m,k in n.items())}); "
              f"{'multi' if multi else 'single'}-label, {len(cfg['classes'])} classes; device {html.escape(str(cfg.get('device')))}; "
              f"started {html.escape(str(cfg.get('started')))}.</p>",
+             *([f"<p><b>{len(unfinished)} run(s) of the comparison are not in the tables</b>: " +
+                '; '.join(f"{html.escape(r)} ({html.escape(w)})" for r,w in unfinished.items()) + ".</p>"] if unfinished else []),
              f"<h2>Comparison</h2><p>Mean ± half-width of the 95% confidence interval over seeds; Δ: the paired difference "
              f"to <b>{html.escape(ref)}</b>, seed by seed, with its 95% interval. Metrics of the last epoch.</p>",
              _table(summary, table_metrics(multi)),
@@ -149,7 +152,8 @@ def write_report(
     parts.append('<h2>Curves</h2>')
     for metric in [main, 'valid_loss']:
         if metric in curves: parts.append(_img(png_data_uri(plot_curves(curves, metric, cfg['methods'])), f"{metric} per epoch: mean over seeds, band from the lowest to the highest seed"))
-    ccl = [d for d in sorted((out/'runs').glob('ccl*')) if (d/'ccl_history.json').exists()]
+    unfinished = unfinished or {}
+    ccl = [d for d in sorted((out/'runs').glob('ccl*')) if d.name not in unfinished and (d/'ccl_history.json').exists()]
     if ccl:
         parts += ['<h2>CCL</h2>', _img(png_data_uri(plot_ccl_pbar(ccl)), "CCL's p̄ per epoch; × the epoch the dictionary froze")]
         for d in ccl:
@@ -157,7 +161,7 @@ def write_report(
                 parts.append(_img('data:image/png;base64,' + base64.b64encode((d/'soft_labels.png').read_bytes()).decode(), f"Soft labels of {d.name}"))
     if (out/'per_class.csv').exists():
         parts += ['<h2>Per class</h2>', _img(png_data_uri(plot_per_class(pd.read_csv(out/'per_class.csv'))), "AUROC per class, mean over seeds")]
-    shown = {k: cfg.get(k) for k in ('versions', 'device', 'threads', 'started')} | dict(items=cfg.get('items'), classes=cfg.get('classes'))
+    shown = {k: cfg.get(k) for k in ('versions', 'device', 'threads', 'started')} | dict(items=cfg.get('items'), split=cfg.get('split'), classes=cfg.get('classes'))
     parts.append(f"<h2>Configuration</h2><pre>{html.escape(' '.join(cfg.get('command', [])))}\n\n{html.escape(json.dumps(shown, indent=1))}</pre>"
                  f"<p>Every argument, with the data's SHA-256, is in <code>config.json</code>.</p>")
     page = out/'report.html'

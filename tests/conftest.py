@@ -29,6 +29,19 @@ def make_dls(n_per_class=16, size=16, n_classes=4, bs=16, seed=0, **kwargs):
 @pytest.fixture
 def dls(): return make_dls()
 
+def wfdb_folder(d, n=12, corrupt=False):
+    "A folder of `n` two-lead WFDB records R000, R001, ... (1000 Hz, 2 s) with Dx codes; `corrupt`: R000's header cut short"
+    wfdb = pytest.importorskip('wfdb')
+    import numpy as np
+    d.mkdir()
+    t = np.arange(2000)/1000
+    for i in range(n):
+        x = np.stack([np.sin(2*np.pi*(3 + i % 3)*t), np.cos(2*np.pi*2*t)])
+        wfdb.wrsamp(f'R{i:03d}', fs=1000, units=['mV']*2, sig_name=['I', 'II'], p_signal=x.T, fmt=['16']*2,
+                    comments=[f"Dx: {'164889003' if i % 2 else '59118001'}"], write_dir=str(d))
+    if corrupt: (d/'R000.hea').write_text('R000 2\n')
+    return d
+
 def item_images(dls, items):
     "The images of row numbers `items` of `array_image_dls`'s data, as new (H, W, C) uint8 arrays (an exported Learner takes no row number)"
     rows = dls.train_ds.tls[0].tfms.fs[0].images

@@ -1,0 +1,251 @@
+"""Every option and input format of `softlabel`, with bad values: exit status 2, one `softlabel: error:` line that names
+what is wrong, no traceback, nothing written (and a results folder under `--resume` left as it was).
+
+The table below goes through the options one by one; `test_every_option_is_in_the_table` fails when an option is
+added to the command without a bad value here."""
+import contextlib, fcntl, hashlib, json, os, re
+from pathlib import Path
+import numpy as np, pandas as pd, pytest
+from conftest import wfdb_folder
+
+def _results_folder(d:Path, **settings):
+    "A results folder as softlabel makes it, with no run yet"
+    d.mkdir()
+    (d/'config.json').write_text(json.dumps(dict(settings=dict(arguments=settings), methods=['baseline'], corruption=[0.], seeds=[0],
+                                                 multi_label=False, classes=['a', 'b'])))
+    return d
+
+@pytest.fixture(scope='module')
+def inputs(tmp_path_factory):
+    "Every bad (and some good) input file and folder the table refers to, made once"
+    d = tmp_path_factory.mktemp('inputs')
+    from fastai_softlabel.signals import synthetic_ecg
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    e = synthetic_ecg(n=40, length=100)
+    np.savez(d/'ecg.npz', signals=e['signals'], labels=e['labels'], label_names=e['label_names'])
+    np.savez(d/'one.npz', signals=e['signals'], labels=e['labels'][:, 0].astype(np.int64))
+    nan = e['signals'].copy(); nan[7, 2, 10] = np.nan
+    np.savez(d/'nan.npz', signals=nan, labels=e['labels'])
+    np.savez(d/'swapped.npz', signals=e['signals'].transpose(0, 2, 1), labels=e['labels'])
+    np.savez(d/'bad.npz', images=np.zeros((4, 8, 8, 3), np.uint8), labels=np.zeros((4, 2, 2)))
+    np.savez(d/'nokey.npz', pictures=np.zeros((2, 4, 4), np.uint8), labels=np.zeros(2))
+    np.savez(d/'twochan.npz', images=np.zeros((4, 8, 8, 2), np.uint8), labels=np.array([0, 1, 0, 1]))
+    np.savez(d/'chw.npz', images=np.zeros((4, 3, 8, 8), np.uint8), labels=np.array([0, 1, 0, 1]))
+    np.savez(d/'split.npz', images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, 0, 1]), split=np.array(['train', 'train', 'test', 'test']))
+    np.savez(d/'nosplit.npz', images=rng.integers(0, 255, (60, 8, 8), dtype=np.uint8), labels=np.arange(60) % 2)
+    np.savez(d/'notrain.npz', images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, 0, 1]), split=np.array(['fit', 'fit', 'valid', 'valid']))
+    np.savez(d/'outside.npz', images=np.zeros((3, 8, 8), np.uint8), labels=np.array([0, 1, 7]), class_names=np.array(['a', 'b']))
+    np.savez(d/'onecls.npz', images=np.zeros((60, 8, 8), np.uint8), labels=np.zeros(60, np.int64))
+    np.savez(d/'small.npz', images=rng.integers(0, 255, (40, 8, 8), dtype=np.uint8), labels=np.arange(40) % 2,
+             split=np.array(['train']*30 + ['valid']*10))   # 30 training items: less than the default batch of 32
+    np.savez(d/'obj.npz', images=np.zeros((2, 8, 8), np.uint8), labels=np.array([0, 1]), class_names=np.array(['a', None]))
+    (d/'text.npz').write_text('not an archive')
+    (d/'cut.npz').write_bytes((d/'split.npz').read_bytes()[:300])
+    (d/'data.txt').write_text('x')
+    (d/'emptydir').mkdir()
+    (d/'img').mkdir()
+    df = pd.DataFrame(dict(image_id=[f'ISIC_{i:04d}' for i in range(24)], dx=np.repeat(['nv', 'mel', 'bkl'], 8),
+                           lesion_id=[f'HAM_{i//2}' for i in range(24)]))
+    for i in df.image_id: Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(d/'img'/f'{i}.jpg')
+    df.to_csv(d/'ham.csv', index=False)
+    pd.concat([df, pd.DataFrame(dict(image_id=['ISIC_9999'], dx=['nv'], lesion_id=['HAM_99']))]).to_csv(d/'ham_missing.csv', index=False)
+    (d/'empty.csv').write_text('')
+    (d/'bin.csv').write_bytes(bytes(range(256))*4)
+    wfdb_folder(d/'wfdb')
+    wfdb_folder(d/'badwfdb', n=3, corrupt=True)
+    pd.DataFrame(dict(record=[f'R{i:03d}' for i in range(11)], split=['train']*8 + ['test']*3)).to_csv(d/'splits.csv', index=False)
+    pd.DataFrame(dict(record=['R000'], fold=['1'])).to_csv(d/'badsplits.csv', index=False)
+    (d/'existing').mkdir()
+    _results_folder(d/'other', epochs=99)
+    _results_folder(d/'locked')
+    _results_folder(d/'norun')
+    (d/'corrupt').mkdir(); (d/'corrupt'/'config.json').write_text('{"settings": ')
+    return d
+
+def _read_only_parent(d:Path)->str:
+    "A folder nobody can make a folder in: /sys as root (who ignores permissions), else a folder without write permission"
+    if os.geteuid() == 0: return '/sys'
+    ro = d/'readonly'
+    ro.mkdir(exist_ok=True); ro.chmod(0o555)
+    return str(ro)
+
+WFDB = ['--data', 'wfdb']
+MULTI = ['--task', 'multi']
+CASES = [
+    # --data: files that are not what they claim to be, data the command would read other than meant
+    (['--data', 'missing.npz'], 'No such file: missing.npz'),
+    (['--data', 'data.txt'], '--data must be a .npz file, a .csv table'),
+    (['--data', 'text.npz'], 'text.npz is not a readable .npz file'),
+    (['--data', 'cut.npz'], 'cut.npz is (not a readable|truncated)'),
+    (['--data', 'obj.npz'], r"array 'class_names' holds Python objects \(dtype=object\)"),
+    (['--data', 'bad.npz'], "'labels' must be"),
+    (['--data', 'nokey.npz'], "has no 'images' array"),
+    (['--data', 'chw.npz'], r'look channels-first, \(N, C, H, W\)'),
+    (['--data', 'twochan.npz'], '1, 3 or 4 channels last'),
+    (['--data', 'outside.npz'], 'label 7 is outside the 2 class names'),
+    (['--data', 'onecls.npz'], 'has one class: there is nothing to classify'),
+    (['--data', 'notrain.npz'], r"split has no 'train' items; its values are \['fit', 'valid'\] \(see --train\)"),
+    (['--data', 'small.npz'], r'the training split has 30 items, fewer than the batch size 32 \(--recipe fast.s batch size\).*Use --bs 30 or less'),
+    (['--data', 'nan.npz'], r"'signals' holds NaN or infinite values in 1 item\(s\): \[7\]"),
+    (['--data', 'swapped.npz'], r'they look like \(N, T, leads\)'),
+    (['--data', 'emptydir'], 'holds no WFDB records'),
+    (['--data', 'badwfdb'], 'record R000 in .* cannot be read as WFDB'),
+    (['--data', 'empty.csv', '--images', 'img'], 'empty.csv is not a readable CSV table'),
+    (['--data', 'bin.csv', '--images', 'img'], 'bin.csv is not a readable CSV table'),
+    # --images
+    (['--data', 'ham.csv'], 'a table needs its image folder: pass --images DIR'),
+    (['--data', 'ham.csv', '--images', 'noimg'], 'No such image folder: noimg'),
+    (['--data', 'ham_missing.csv', '--images', 'img'], r'1 image\(s\) listed in the table are not in img, e.g. ISIC_9999.jpg'),
+    (['--images', 'img'], '--images is for a CSV table given as --data; the embedded synthetic data does not use it'),
+    # --task, --n-per-class: the synthetic data only
+    (['--data', 'ecg.npz', '--task', 'multi'], r'--task is for the embedded synthetic data \(no --data\); ecg.npz \(signals\) does not use it'),
+    (['--task', 'both'], "argument --task: invalid choice: 'both'"),
+    (['--data', 'nosplit.npz', '--n-per-class', '5'], '--n-per-class is for the embedded synthetic data'),
+    (['--n-per-class', '0'], '--n-per-class must be at least 1, got 0'),
+    (['--n-per-class', '1000000'], '--n-per-class must be at most 100000'),
+    (['--n-per-class', '5'], r'the training split has \d+ items, fewer than the batch size 32 .*or a larger --n-per-class'),
+    # --valid, --train: data with a split of its own
+    (['--data', 'split.npz', '--valid', 'val'], r"split has no 'val' items; its values are \['test', 'train'\] \(see --valid\)"),
+    (['--data', 'split.npz', '--valid', 'test', '--train', 'train,test'], "the split value 'test' is both trained on"),
+    (['--data', 'split.npz', '--valid', 'a,b'], '--valid names one split value'),
+    (['--data', 'split.npz', '--train', ','], '--train names nothing'),
+    (['--data', 'nosplit.npz', '--valid', 'test'], r'--valid is for data with a split of its own.*nosplit.npz \(images\) has no split array'),
+    (['--data', 'ham.csv', '--images', 'img', '--train', 'train'], '--train is for data with a split of its own'),
+    ([*WFDB, '--valid', 'test'], 'the WFDB folder wfdb has no split of its own: give --splits TABLE'),
+    # WFDB folders: --fs, --seconds, --mapping, --min-count, --splits, --split-column
+    ([*WFDB, '--fs', 'nan'], '--fs must be a finite number > 0, got nan'),
+    ([*WFDB, '--seconds', '0'], '--seconds must be a finite number > 0, got 0'),
+    ([*WFDB, '--mapping', 'missing.csv'], 'No such file: missing.csv'),
+    ([*WFDB, '--mapping', 'ham.csv'], r"ham.csv lacks the column\(s\) \['Abbreviation', 'SNOMEDCTCode'\]"),
+    ([*WFDB, '--min-count', '99'], 'no diagnosis has at least 99 records'),
+    ([*WFDB, '--min-count', '0'], '--min-count must be at least 1'),
+    ([*WFDB, '--splits', 'missing.csv'], 'No such file: missing.csv'),
+    ([*WFDB, '--splits', 'badsplits.csv'], r"badsplits.csv has no column\(s\) \['split'\]"),
+    ([*WFDB, '--splits', 'splits.csv', '--valid', 'nope'], r"split has no 'nope' items; its values are \['\(not in the table\)', 'test', 'train'\]"),
+    ([*WFDB, '--split-column', 'fold'], "--split-column is for a WFDB folder's --splits table"),
+    ([*WFDB, '--splits', 'splits.csv', '--split-column', ''], '--split-column names nothing'),
+    ([*WFDB, '--bs', '64', '--splits', 'splits.csv', '--valid', 'test'], r'the training split has 8 items, fewer than the batch size 64 \(--bs\)'),
+    ([*WFDB, '--backbone', 'resnet18'], 'holds 1-D signals, which train resnet1d34'),
+    (['--fs', '250'], '--fs is for folders of WFDB records; the embedded synthetic data does not use it'),
+    (['--data', 'ecg.npz', '--seconds', '5'], r'--seconds is for folders of WFDB records; ecg.npz \(signals\) does not use it'),
+    (['--mapping', 'splits.csv'], '--mapping is for folders of WFDB records'),
+    (['--data', 'nosplit.npz', '--min-count', '2'], '--min-count is for folders of WFDB records'),
+    (['--splits', 'splits.csv'], '--splits is for folders of WFDB records'),
+    # images: --size, --in-chans, --backbone
+    (['--data', 'ecg.npz', '--size', '16'], r'--size is for images; ecg.npz \(signals\) does not use it'),
+    (['--data', 'ecg.npz', '--in-chans', '1'], '--in-chans is for images'),
+    (['--in-chans', '2'], "argument --in-chans: invalid choice: 2"),
+    (['--size', '0'], '--size must be at least 1, got 0'),
+    (['--size', '100000'], '--size must be at most 4096'),
+    (['--backbone', 'resnet81'], "unknown model name 'resnet81'"),
+    (['--data', 'ecg.npz', '--backbone', 'resnet18'], 'train resnet1d34'),
+    # --methods and the options of one kind of method
+    (['--methods', ','], '--methods names nothing'),
+    (['--methods', 'flowmixup'], 'do not fit single-label data'),
+    (['--methods', 'baseline,baseline'], '--methods has repeated names'),
+    (['--data', 'one.npz', '--methods', 'baseline,cutmix'], 'cutmix cuts and pastes image patches: it does not fit 1-D signals'),
+    ([*MULTI, '--methods', 'flowmixup', '--backbone', 'resnet10t'], 'fewer than 5'),
+    ([*MULTI, '--methods', 'flowmixup', '--points', 'nomodule'], r"--points \['nomodule'\] are not modules of resnet18"),
+    (['--methods', 'baseline', '--points', 'layer1'], r'--points is for the methods that mix at hidden states .*; none of --methods baseline uses it'),
+    (['--methods', 'baseline', '--alpha', '0.4'], '--alpha is for the mixing methods'),
+    (['--methods', 'cutmix', '--alpha', '0'], 'alpha 0'),
+    (['--methods', 'cutmix', '--alpha', 'nan'], '--alpha must be a finite number >= 0, got nan'),
+    (['--methods', 'baseline', '--lsr-eps', '0.1'], '--lsr-eps is for the label-smoothing methods'),
+    (['--methods', 'lsr-u1', '--lsr-eps', '1'], '--lsr-eps must be a finite number >= 0 and < 1, got 1'),
+    (['--methods', 'baseline', '--head', '64'], '--head is for the CCL methods'),
+    (['--methods', 'ccl', '--head', '64,x'], '--head must be comma-separated positive widths'),
+    (['--methods', 'baseline', '--lr-ccl', '0.1'], '--lr-ccl is for the CCL methods'),
+    (['--methods', 'ccl', '--lr-ccl', '-1'], '--lr-ccl must be a finite number > 0, got -1'),
+    (['--methods', 'baseline', '--ccl-patience', '3'], '--ccl-patience is for the CCL methods'),
+    (['--methods', 'ccl', '--ccl-patience', '0'], '--ccl-patience must be at least 1'),
+    (['--weighted-bce', 'yes'], '--weighted-bce is for multi-label data; the embedded synthetic data does not use it'),
+    ([*MULTI, '--weighted-bce', 'maybe'], "argument --weighted-bce: invalid choice: 'maybe'"),
+    # --corruption, --seeds
+    (['--corruption', '1.0'], r'corruption rates must be in \[0, 1\)'),
+    (['--corruption', '-0.1'], r'corruption rates must be in \[0, 1\)'),
+    (['--corruption', 'nan'], r'corruption rates must be in \[0, 1\)'),
+    (['--corruption', 'x'], '--corruption must be comma-separated numbers'),
+    (['--corruption', ''], '--corruption names no value'),
+    (['--corruption', '0.3,0.30000001'], 'repeated rates'),
+    (['--seeds', '1.7'], 'integers'),
+    (['--seeds', 'nan'], 'integers'),
+    (['--seeds', '-1'], r'--seeds must be in \[0, 2\*\*32\)'),
+    (['--seeds', '0,0'], 'repeated'),
+    # training settings
+    (['--recipe', 'slow'], "argument --recipe: invalid choice: 'slow'"),
+    (['--epochs', '0'], '--epochs must be at least 1, got 0'),
+    (['--epochs', '1.5'], "argument --epochs: invalid int value: '1.5'"),
+    (['--lr', '0'], '--lr must be a finite number > 0, got 0'),
+    (['--lr', 'nan'], '--lr must be a finite number > 0, got nan'),
+    (['--lr', 'inf'], '--lr must be a finite number > 0, got inf'),
+    (['--bs', '1'], r'--bs must be at least 2 \(a batch of one item cannot train BatchNorm\)'),
+    (['--bs', 'x'], "argument --bs: invalid int value: 'x'"),
+    (['--bs', '5000'], r'fewer than the batch size 5000 \(--bs\)'),
+    (['--opt', 'rmsprop'], "argument --opt: invalid choice: 'rmsprop'"),
+    (['--wd', '-1'], '--wd must be a finite number >= 0, got -1'),
+    (['--wd', 'nan'], '--wd must be a finite number >= 0, got nan'),
+    (['--schedule', 'cosine'], "argument --schedule: invalid choice: 'cosine'"),
+    (['--clip', 'inf'], '--clip must be a finite number >= 0, got inf'),
+    (['--threads', '0'], '--threads must be at least 1, got 0'),
+    (['--progress', 'quiet'], "argument --progress: invalid choice: 'quiet'"),
+    (['--export=yes'], "argument --export: ignored explicit argument 'yes'"),
+    (['--unknown'], 'unrecognized arguments: --unknown'),
+    # --out, --resume
+    (['--out', 'no/such/folder/res'], 'the folder that would hold no/such/folder/res does not exist'),
+    (['--out', 'ham.csv'], r'the results folder ham.csv exists already \(a file\): choose another --out'),
+    (['--out', 'existing'], 'the results folder existing exists already: choose another --out, or add --resume'),
+    (['--out', 'READ_ONLY/res'], 'cannot be made: .* is not writable'),
+    (['--out', 'locked'], 'the results folder locked is in use by another softlabel command: wait for it to finish, or choose another --out'),
+    (['--resume', '--out', 'nofolder'], 'not a results folder'),
+    (['--resume', '--out', 'existing'], r'--resume: existing is not a results folder of softlabel \(no config.json\)'),
+    (['--resume', '--out', 'corrupt'], r'corrupt/config.json cannot be read \(JSONDecodeError\)'),
+    (['--resume', '--out', 'locked'], r'in use by another softlabel command: wait for it to finish \(it finishes the runs itself'),
+    (['--resume', '--out', 'other'], r"--resume: other was made with other settings \(.*--epochs 99 → 5"),
+    # softlabel report
+    (['report'], 'the following arguments are required: out'),
+    (['report', 'nofolder'], 'nofolder is not a results folder of softlabel'),
+    (['report', 'corrupt'], 'corrupt/config.json cannot be read'),
+    (['report', 'norun'], 'norun holds no finished run yet'),
+]
+
+def _tree(d:Path)->dict:
+    "Every file and folder under `d` with its contents' hash: what 'nothing written' compares"
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else 'dir' for p in sorted(d.rglob('*'))}
+
+@contextlib.contextmanager
+def _held_by_another_command(folder:Path):
+    "The lock a running softlabel command holds on its results folder"
+    with open(folder/'config.json') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+@pytest.mark.parametrize('args,message', CASES, ids=[' '.join(a) or '(none)' for a,_ in CASES])
+def test_bad_input_one_line_nothing_written(inputs, args, message, monkeypatch, capsys):
+    "In-process (`cli.main`, as the console script calls it): exit 2, one `softlabel: error:` line naming the problem, nothing written"
+    from fastai_softlabel.cli import main
+    args = [a.replace('READ_ONLY', _read_only_parent(inputs)) for a in args]
+    if not any(a in args for a in ('--out', 'report')): args = [*args, '--out', 'res']
+    before = _tree(inputs)
+    monkeypatch.chdir(inputs)
+    with _held_by_another_command(inputs/'locked'), pytest.raises(SystemExit) as e: main(args)
+    assert e.value.code == 2
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith('softlabel: error: '), lines
+    assert re.search(message, lines[0]), lines[0]
+    assert _tree(inputs) == before, 'something was written'
+
+def test_every_option_is_in_the_table():
+    "A new option of the command needs a bad value in `CASES`"
+    from fastai_softlabel.cli import _parser
+    options = {s for a in _parser()._actions for s in a.option_strings if s.startswith('--') and s != '--help'}
+    used = {a.split('=')[0] for args,_ in CASES for a in args if a.startswith('--')}
+    assert options - used == set(), f"options without a bad value in CASES: {sorted(options - used)}"
+
+def test_console_script_error_is_the_whole_of_stderr(tmp_path):
+    "No warning from importing fastai either: the one line is all of stderr"
+    import subprocess, sys
+    exe = Path(sys.executable).parent/'softlabel'
+    r = subprocess.run([str(exe), '--lr', 'nan', '--out', 'res'], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.splitlines() == ['softlabel: error: --lr must be a finite number > 0, got nan'], r.stderr
+    assert list(tmp_path.iterdir()) == []

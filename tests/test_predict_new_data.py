@@ -1,0 +1,72 @@
+"""A saved model predicts on new data: `load_learner` in a fresh Python process (which imports nothing of this library
+itself) reads an exported Learner of `array_image_dls`, of `signal_dls` and of the `softlabel` command, and predicts on
+a new array and on a file -- what the Learner predicted before it was exported."""
+import json, subprocess, sys
+from pathlib import Path
+import numpy as np, pytest, torch
+from fastai.vision.all import *
+from fastai_softlabel.data import array_image_dls, synthetic_class_images
+from fastai_softlabel.signals import signal_dls, synthetic_ecg
+from conftest import tiny_cnn, wfdb_folder
+
+EXE = Path(sys.executable).parent/'softlabel'
+PREDICT = """
+import json, sys, numpy as np
+from fastai.learner import load_learner
+export, array, file, out = sys.argv[1:5]
+learn = load_learner(export)
+with learn.no_bar(): by_array,by_file = learn.predict(np.load(array)),learn.predict(file)
+json.dump(dict(array=by_array[2].tolist(), file=by_file[2].tolist(), label=str(by_array[0]), vocab=[str(v) for v in learn.dls.vocab]), open(out, 'w'))
+"""
+
+def predict_in_a_fresh_process(export:Path, array:np.ndarray, file:Path)->dict:
+    np.save(export.parent/'new.npy', array)
+    r = subprocess.run([sys.executable, '-c', PREDICT, str(export), str(export.parent/'new.npy'), str(file), str(export.parent/'out.json')],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads((export.parent/'out.json').read_text())
+
+@pytest.mark.parametrize('path', ['tensor', 'pil'])
+def test_array_image_dls(tmp_path, path):
+    d = synthetic_class_images(n_per_class=10, size=16, n_classes=3, seed=0)
+    kw = dict(item_tfms=Resize(16)) if path == 'pil' else dict(size=16)
+    dls = array_image_dls(d['images'], d['labels'], d['class_names'], bs=8, num_workers=0, device='cpu', **kw)
+    learn = Learner(dls, tiny_cnn(dls.c), path=tmp_path)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
+    new = synthetic_class_images(n_per_class=1, size=16, n_classes=3, seed=5)['images'][2]   # an image the model never saw
+    PILImage.create(new).save(tmp_path/'new.png')
+    with learn.no_bar(): expected = learn.predict(new)
+    learn.export('export.pkl')
+    got = predict_in_a_fresh_process(tmp_path/'export.pkl', new, tmp_path/'new.png')
+    assert np.allclose(got['array'], expected[2], atol=1e-6) and np.allclose(got['file'], expected[2], atol=1e-6)
+    assert got['label'] == expected[0] and got['vocab'] == ['class0', 'class1', 'class2']
+
+def test_signal_dls(tmp_path):
+    e = synthetic_ecg(n=40, length=100)
+    dls = signal_dls(e['signals'], e['labels'], e['label_names'], bs=8, num_workers=0, device='cpu')
+    learn = Learner(dls, nn.Sequential(nn.Flatten(), nn.Linear(12*100, dls.c)), loss_func=BCEWithLogitsLossFlat(), path=tmp_path)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
+    new = synthetic_ecg(n=1, length=100, seed=7)['signals'][0]
+    np.save(tmp_path/'recording.npy', new)
+    with learn.no_bar(): expected = learn.predict(new)
+    learn.export('export.pkl')
+    got = predict_in_a_fresh_process(tmp_path/'export.pkl', new, tmp_path/'recording.npy')
+    assert np.allclose(got['array'], expected[2], atol=1e-6) and np.allclose(got['file'], expected[2], atol=1e-6)
+
+def test_the_commands_exported_learners(tmp_path):
+    "`softlabel --export`: a run's Learner predicts on a new image array and file, and a WFDB run's on a new record's array and header file"
+    r = subprocess.run([str(EXE), '--epochs', '1', '--n-per-class', '8', '--size', '16', '--bs', '16', '--backbone', 'resnet10t',
+                        '--methods', 'baseline', '--export', '--progress', 'log', '--out', 'images'], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    new = synthetic_class_images(n_per_class=1, size=40, n_classes=8, seed=3)['images'][5]   # 40 px: resized to the runs' 16
+    PILImage.create(new).save(tmp_path/'new.png')
+    got = predict_in_a_fresh_process(tmp_path/'images'/'runs'/'baseline_seed0_c0'/'export.pkl', new, tmp_path/'new.png')
+    assert np.allclose(got['array'], got['file'], atol=1e-6) and np.isclose(sum(got['array']), 1, atol=1e-5) and got['label'] in got['vocab']
+    from fastai_softlabel.ecg import read_record
+    wfdb_folder(tmp_path/'ecg', n=12)
+    r = subprocess.run([str(EXE), '--data', 'ecg', '--fs', '100', '--seconds', '2', '--methods', 'erm', '--epochs', '1', '--bs', '4',
+                        '--export', '--progress', 'log', '--out', 'signals'], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    record = tmp_path/'ecg'/'R005.hea'
+    got = predict_in_a_fresh_process(tmp_path/'signals'/'runs'/'erm_seed0_c0'/'export.pkl', read_record(record, 100, 2)['signal'], record)
+    assert np.allclose(got['array'], got['file'], atol=1e-6) and len(got['array']) == 2 and all(0 <= p <= 1 for p in got['array'])
