@@ -256,8 +256,7 @@ def _describe_data(args, kind:str)->str:
                 images=f'{name} (images)', signals=f'{name} (signals)')[kind]
 
 def not_applied(
-    args,              # the parsed arguments
-    ctx,               # `kind`, `split`, `multi`, `methods` of the comparison
+    ctx,               # `kind`, `split` (the data has a split of its own), `multi`, `methods` of the comparison
     names=None,        # the options to look at (default: all of `_APPLIES`)
 )->list:               # the options that do not apply
     "The options that do not apply to this data and these methods (not recorded in `config.json`; refused when given)"
@@ -265,7 +264,7 @@ def not_applied(
 
 def _refuse_unused(args, ctx, names=None):
     "A clear error for an option given on the command line that this data or these methods would ignore"
-    for n in not_applied(args, ctx, names):
+    for n in not_applied(ctx, names):
         if getattr(args, n) is not None:
             by = f"none of --methods {','.join(ctx.methods)} uses it" if n in ('head', 'lr_ccl', 'ccl_patience', 'alpha', 'points', 'lsr_eps') \
                  else f"{_describe_data(args, ctx.kind)} does not use it"
@@ -343,7 +342,7 @@ def _prepare(args)->tuple:
     if kind == 'table': args.size = args.size or 64
     if args.train is not None: args.train = ','.join(t.strip() for t in args.train.split(',') if t.strip())
     args.methods,args.corruption,args.seeds = ','.join(methods),','.join(f'{r:g}' for r in rates),','.join(map(str, seeds))
-    d['kind'],d['not_applied'] = kind,not_applied(args, ctx)
+    d['kind'],d['not_applied'] = kind,not_applied(ctx)
     return d,methods,rates,seeds
 
 # %% ../nbs/13_cli.ipynb #rf000002
