@@ -220,6 +220,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                              'fastai_softlabel/datasets.py'),
                                            'fastai_softlabel.datasets._need_columns': ( 'datasets.html#_need_columns',
                                                                                         'fastai_softlabel/datasets.py'),
+                                           'fastai_softlabel.datasets._open_npz': ( 'datasets.html#_open_npz',
+                                                                                    'fastai_softlabel/datasets.py'),
                                            'fastai_softlabel.datasets._read_table': ( 'datasets.html#_read_table',
                                                                                       'fastai_softlabel/datasets.py'),
                                            'fastai_softlabel.datasets.check_images': ( 'datasets.html#check_images',

@@ -97,14 +97,18 @@ def check_labels(
     if lab.ndim == 2 and n_cls != len(names): raise ValueError(f"{what}: {n_cls} label columns but {len(names)} label names")
     return lab,names
 
-def read_npz(path)->dict:
-    "The arrays of an `.npz` file, with a clear error for a file that is not one or holds Python objects (never unpickled)"
-    p = Path(path)
+def _open_npz(p:Path):
+    "`np.load(p)` of an `.npz` file (never unpickling), with a clear error for a file that is not one"
     if not p.is_file(): raise FileNotFoundError(f"No such file: {p}")
     try: z = np.load(p, allow_pickle=False)
     except Exception as e: raise ValueError(f"{p.name} is not a readable .npz file (numpy.savez), or it is truncated ({type(e).__name__})") from None
     if not isinstance(z, np.lib.npyio.NpzFile): raise ValueError(f"{p.name} holds a single array (.npy), not the named arrays of an .npz file (numpy.savez)")
-    out = {}
+    return z
+
+def read_npz(path)->dict:
+    "The arrays of an `.npz` file, with a clear error for a file that is not one or holds Python objects (never unpickled)"
+    p = Path(path)
+    z,out = _open_npz(p),{}
     with z:
         for k in z.files:
             try: out[k] = z[k]
@@ -160,9 +164,4 @@ def npz_dls(
 
 def npz_keys(path)->list:
     "The array names of an `.npz` file, without reading its arrays (a file that is not one is refused as by `read_npz`)"
-    p = Path(path)
-    if not p.is_file(): raise FileNotFoundError(f"No such file: {p}")
-    try: z = np.load(p, allow_pickle=False)
-    except Exception as e: raise ValueError(f"{p.name} is not a readable .npz file (numpy.savez), or it is truncated ({type(e).__name__})") from None
-    if not isinstance(z, np.lib.npyio.NpzFile): raise ValueError(f"{p.name} holds a single array (.npy), not the named arrays of an .npz file (numpy.savez)")
-    with z: return list(z.files)
+    with _open_npz(Path(path)) as z: return list(z.files)
