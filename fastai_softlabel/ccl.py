@@ -155,6 +155,7 @@ class CCL(Callback):
         min_delta:float=0.,     # smallest decrease of p̄ that counts as a drop
         head_opt_func:Callable|None=None, # `(param_groups, lr) -> torch optimizer` for the head; default SGD(momentum=0.9, weight_decay=1e-4)
     ):
+        if isinstance(widths, Iterable) and not isinstance(widths, (str, bytes)): widths = tuple(widths)   # a generator is read once
         check_ccl_arguments(features, n_classes, widths, lr_ccl, alpha_cc, margin, patience, min_delta)
         store_attr('features,n_classes,lr_ccl,alpha_cc,margin,patience,min_delta')
         self.widths = tuple(int(w) for w in widths)

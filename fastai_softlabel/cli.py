@@ -10,9 +10,9 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['SINGLE_METHODS', 'MULTI_METHODS', 'BEYOND_THE_PAPERS', 'CCL_METHODS', 'MIXING_METHODS', 'POINT_METHODS',
-           'LSR_METHODS', 'RECIPES', 'resolve_recipe', 'progress_bars', 'data_kind', 'not_applied', 'data_fingerprint',
-           'applied_arguments', 'result_settings', 'settings_differences', 'run_id', 'run_status', 'planned_runs',
-           'build_tables', 'main']
+           'LSR_METHODS', 'RECIPES', 'LOCK_FILE', 'resolve_recipe', 'progress_bars', 'data_kind', 'not_applied',
+           'data_fingerprint', 'applied_arguments', 'result_settings', 'settings_differences', 'run_id', 'run_status',
+           'planned_runs', 'build_tables', 'main']
 
 # %% ../nbs/13_cli.ipynb #ffbd600b
 SINGLE_METHODS = ('baseline', 'lsr-u1', 'lsr-u5', 'lsr-a1', 'lsr-a5', 'ols', 'ccl', 'cutmix')
@@ -115,9 +115,9 @@ def _flag(name:str)->str: return '--' + name.replace('_', '-')
 
 # (name, lowest, highest, whether the lowest is excluded): numbers given on the command line, finite and in range
 _NUMBERS = [('lr', 0, None, True), ('lr_ccl', 0, None, True), ('wd', 0, None, False), ('clip', 0, None, False),
-            ('alpha', 0, None, False), ('lsr_eps', 0, 1, False), ('fs', 0, None, True), ('seconds', 0, None, True)]
+            ('alpha', 0, 1000, False), ('lsr_eps', 0, 1, False), ('fs', 1, 100_000, False), ('seconds', 0, 86_400, True)]
 _WHOLE = [('epochs', 1, None), ('bs', 2, None), ('n_per_class', 1, 100_000), ('min_count', 1, None), ('ccl_patience', 1, None),
-          ('threads', 1, None), ('size', 1, 4096)]
+          ('threads', 1, 1024), ('size', 1, 4096)]
 
 def _check_numbers(args):
     "Every numeric argument finite and in its range"
@@ -131,6 +131,8 @@ def _check_numbers(args):
         if v is None: continue
         if v < low: raise ValueError(f"{_flag(name)} must be at least {low}{' (a batch of one item cannot train BatchNorm)' if name == 'bs' else ''}, got {v}")
         if high is not None and v > high: raise ValueError(f"{_flag(name)} must be at most {high}, got {v}")
+    if args.alpha is not None and 0 < args.alpha < 1e-3: raise ValueError(
+        f"--alpha must be 0 (no mixing) or at least 0.001 (smaller values underflow in float32), got {args.alpha:g}")
 
 def _check_arguments(args)->tuple:
     "The checks that need no data: `(rates, seeds)`; then the results folder (`_check_out`)"
@@ -138,6 +140,8 @@ def _check_arguments(args)->tuple:
     bad = [r for r in rates if not 0 <= r < 1]
     if bad: raise ValueError(f"corruption rates must be in [0, 1), got {bad}")
     if len({f'{r:g}' for r in rates}) < len(rates): raise ValueError(f"--corruption has repeated rates: {args.corruption}")
+    long = [r for r in rates if float(f'{r:g}') != r]
+    if long: raise ValueError(f"--corruption rates have at most 6 significant digits (a run's folder is named by its rate), got {long}")
     seeds = _ints(args.seeds, '--seeds')
     if any(not 0 <= s < 2**32 for s in seeds): raise ValueError(f"--seeds must be in [0, 2**32), got {args.seeds}")
     if len(set(seeds)) < len(seeds): raise ValueError(f"--seeds has repeated values: {args.seeds}")
@@ -145,11 +149,15 @@ def _check_arguments(args)->tuple:
     if args.head is not None:
         try: widths = [int(w) for w in args.head.split(',')]
         except ValueError: widths = []
-        if not widths or min(widths) < 1: raise ValueError(f"--head must be comma-separated positive widths, e.g. 1024,1024,512; got {args.head!r}")
+        if not widths or min(widths) < 1 or max(widths) > 65536: raise ValueError(
+            f"--head must be comma-separated widths from 1 to 65536, e.g. 1024,1024,512; got {args.head!r}")
+        args.head = ','.join(map(str, widths))   # '64, 32' and '64,32' are the same head
     for name in ('methods', 'points', 'train', 'valid', 'split_column'):
         v = getattr(args, name)
         if v is not None and not [x for x in v.split(',') if x.strip()]: raise ValueError(f"{_flag(name)} names nothing, got {v!r}")
     if args.valid is not None and ',' in args.valid: raise ValueError(f"--valid names one split value, got {args.valid!r}")
+    if args.valid is not None: args.valid = args.valid.strip()
+    if args.train is not None: args.train = ','.join(sorted({t.strip() for t in args.train.split(',') if t.strip()}))   # a set of values
     _check_out(args)
     return rates,seeds
 
@@ -164,23 +172,28 @@ def _read_config(out:Path)->dict:
     if missing: raise ValueError(f"{f} lacks {missing}: the folder was not made by softlabel, or its config.json was damaged; choose another --out")
     return cfg
 
-def _lock(f, shared:bool=False)->bool:
-    "Take an advisory lock on the open file `f` without waiting; False when another process holds one"
+LOCK_FILE = '.softlabel-lock'   # in a results folder: locked by the command that writes into it
+
+def _lock(f, wait:float=0.)->bool:
+    "Take the exclusive advisory lock on the open file `f`, trying for up to `wait` seconds; False when another process holds it"
     try: import fcntl
     except ImportError: return True   # no advisory locks on this platform: no protection against a second command
-    try: fcntl.flock(f.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-    except BlockingIOError: return False
-    return True
+    deadline = time.monotonic() + wait
+    while True:
+        try: fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB); return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline: return False
+            time.sleep(0.05)
 
-def _claim(out:Path):
-    "The results folder's `config.json`, opened and locked for this command; None while another command holds it"
-    f = open(Path(out)/'config.json')
-    if _lock(f): return f
+def _claim(out:Path, wait:float=1.):
+    "The results folder's lock file, opened and locked for this command; None while another command holds it"
+    f = open(Path(out)/LOCK_FILE, 'a')   # made by the command that made the folder (or by the first command on an older folder)
+    if _lock(f, wait): return f
     f.close()
 
 def _in_use(out:Path)->bool:
-    "Whether a softlabel command (or `softlabel report`) is writing into `out` now"
-    if not (Path(out)/'config.json').is_file(): return False
+    "Whether a softlabel command (or `softlabel report`) is writing into `out` now (a folder without a lock file: none is)"
+    if not (Path(out)/LOCK_FILE).is_file(): return False
     f = _claim(out)
     if f is None: return True
     f.close(); return False
@@ -199,8 +212,8 @@ def _check_out(args):
     "`--out`: a new folder that can be made, or under `--resume` a results folder of softlabel that no command is using"
     out = Path(args.out)
     if args.resume:
+        if out.is_dir() and _in_use(out): raise ValueError(_in_use_message(out, True))   # also while its config.json is being written
         if not (out/'config.json').is_file(): raise ValueError(f"--resume: {out} is not a results folder of softlabel (no config.json)")
-        if _in_use(out): raise ValueError(_in_use_message(out, True))
         _read_config(out)
         if not _writable(out): raise ValueError(f"--resume: the results folder {out} cannot be written to")
     elif out.exists():
@@ -295,6 +308,25 @@ def _check_training_fits(args, d:dict, kind:str, bs_given:bool):
                          + (", or a larger --n-per-class" if kind == 'synthetic' else ", or more training data"))
     if not d['multi_label'] and len(d['names']) < 2: raise ValueError(f"{_describe_data(args, kind)} has one class: there is nothing to classify")
 
+def _check_backbone(args, d:dict, kind:str):
+    "The backbone, after one forward pass of two items as the runs will feed them (their size, channels or leads): it must give one score per class"
+    import torch
+    from fastai_softlabel.models import create_backbone, resnet1d34
+    from fastai_softlabel.data import to_channels, resize_images
+    k = len(d['names'])
+    if 'signals' in d: model,x = resnet1d34(k, d['signals'].shape[1]),torch.as_tensor(d['signals'][:2], dtype=torch.float32)
+    else:
+        im = to_channels(d['images'][:2], args.in_chans or 3)
+        if args.size: im = resize_images(im, args.size)
+        model,x = create_backbone(args.backbone, k, in_chans=args.in_chans or 3),torch.from_numpy(im.transpose(0, 3, 1, 2)).float()/255
+    what = f"{'signals' if 'signals' in d else 'images'} of shape {tuple(x.shape[1:])}"
+    try:
+        with torch.no_grad(): out = model.eval()(x)
+    except Exception as e: raise ValueError(f"the backbone {args.backbone} cannot take {what} ({type(e).__name__}: {e})"
+                                            + ("; choose a larger --size" if 'images' in d else '')) from None
+    if tuple(out.shape) != (len(x), k): raise ValueError(f"the backbone {args.backbone} gives outputs of shape {tuple(out.shape[1:])} for {what}, not one score per class ({k})")
+    return model
+
 def _prepare(args)->tuple:
     "Check everything before any work: `(dataset, methods, rates, seeds)`; `d['kind']` and `d['not_applied']` say what the data is and which options it does not use"
     rates,seeds = _check_arguments(args)
@@ -323,8 +355,8 @@ def _prepare(args)->tuple:
     _refuse_unused(args, ctx)
     if args.alpha == 0 and 'cutmix' in methods: raise ValueError("--alpha 0 leaves CutMix without a Beta(α, α) to draw from: use α > 0")
     args.points = [s.strip() for s in args.points.split(',') if s.strip()] if isinstance(args.points, str) else args.points
+    model = _check_backbone(args, d, kind)
     if set(POINT_METHODS) & set(methods):
-        model = resnet1d34(len(d['names']), d['signals'].shape[1]) if 'signals' in d else create_backbone(args.backbone, len(d['names']), in_chans=args.in_chans or 3)
         if args.points:
             names = dict(model.named_modules())
             wrong = [n for n in args.points if n not in names]
@@ -340,7 +372,6 @@ def _prepare(args)->tuple:
     for k,v in defaults.items():
         if _APPLIES[k][0](ctx) and getattr(args, k) is None: setattr(args, k, v)
     if kind == 'table': args.size = args.size or 64
-    if args.train is not None: args.train = ','.join(t.strip() for t in args.train.split(',') if t.strip())
     args.methods,args.corruption,args.seeds = ','.join(methods),','.join(f'{r:g}' for r in rates),','.join(map(str, seeds))
     d['kind'],d['not_applied'] = kind,not_applied(ctx)
     return d,methods,rates,seeds
@@ -423,13 +454,16 @@ def run_status(
 )->tuple: # `(complete, incomplete)`: the complete run folders, and `{run id: why}` of the others (folders in progress or left unfinished)
     "Which runs of a results folder are complete, and why the others are not"
     complete,incomplete,runs = [],{},Path(out)/'runs'
-    for d in (sorted(runs.iterdir()) if runs.is_dir() else []):
-        if not d.is_dir(): continue
-        if d.name.startswith('.partial-'): incomplete[d.name[len('.partial-'):]] = 'in progress, or stopped before it finished'
-        elif not d.name.startswith('.'):
-            why = _run_problem(d)
-            if why is None: complete.append(d)
-            else: incomplete[d.name] = why
+    dirs = [d for d in sorted(runs.iterdir()) if d.is_dir()] if runs.is_dir() else []
+    for d in dirs:
+        if d.name.startswith('.'): continue
+        why = _run_problem(d)
+        if why is None: complete.append(d)
+        else: incomplete[d.name] = why
+    done = {d.name for d in complete}
+    for d in dirs:   # a partial folder beside its complete run is a leftover, not a run
+        rid = d.name[len('.partial-'):]
+        if d.name.startswith('.partial-') and rid not in done and rid not in incomplete: incomplete[rid] = 'in progress, or stopped before it finished'
     return complete,incomplete
 
 def planned_runs(cfg:dict)->list:
@@ -535,7 +569,8 @@ def _run_all(args, d, methods, rates, seeds, out:Path, left_out=()):
     finished = {c.name for c in complete}
     done = [p for p in plan if run_id(p[1], p[2], p[0]) in finished]
     if done: print(f"{len(done)} of {len(plan)} runs already finished in {out}: going on with the others", flush=True)
-    redo = {r: why for r,why in incomplete.items() if not r.startswith('.') and (out/'runs'/r).is_dir()}
+    for part in (out/'runs').glob('.partial-*'): shutil.rmtree(part)   # left by a command that stopped: this one holds the folder
+    redo = {r: why for r,why in incomplete.items() if r not in finished and (out/'runs'/r).is_dir()}
     if redo:   # a run folder that lost a file: run again
         print(f"running again {len(redo)} incomplete run(s): " + '; '.join(f'{r} ({why})' for r,why in redo.items()), flush=True)
         for r in redo: shutil.rmtree(out/'runs'/r)
@@ -560,13 +595,13 @@ def _quiet_imports():
     warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
 
 def _new_results_folder(out:Path, config:dict):
-    "Create `out` with its `config.json`, locked for this command; a clear error when another command got there first"
+    "Create `out`, lock it for this command, then write its `config.json` (whole or not at all); a clear error when another command got there first"
     try: out.mkdir()
     except FileExistsError: _fail(f"error: {_in_use_message(out, False) if _in_use(out) else f'the results folder {out} was made by another command meanwhile: choose another --out'}")
     except OSError as e: _fail(f"error: the results folder {out} cannot be made ({e})")
-    f = open(out/'config.json', 'w')
-    _lock(f)
-    f.write(json.dumps(config, indent=2)); f.flush()
+    f = open(out/LOCK_FILE, 'a')
+    _lock(f, wait=60.)   # only a moment's check by another command (`_in_use`) can hold it: this command made the folder
+    _write_atomic(out/'config.json', lambda t: t.write_text(json.dumps(config, indent=2)))
     return f
 
 def main(argv=None):
@@ -579,16 +614,20 @@ def main(argv=None):
         args = _parser().parse_args(argv)
         try: d,methods,rates,seeds = _prepare(args)
         except (ValueError, OSError, ImportError) as e: _fail(f"error: {e}")
+        except MemoryError: _fail("error: not enough memory to read the data as asked (see --size, --fs, --seconds)")
         from fastai_softlabel.experiments import split_summary
         out = Path(args.out)
         settings = result_settings(args, _versions(), d['not_applied'])
         if args.resume:
+            def same_settings():
+                try: cfg = _read_config(out)
+                except ValueError as e: _fail(f"error: {e}")
+                diffs = settings_differences(cfg['settings'], settings)
+                if diffs: _fail(f"error: --resume: {out} was made with other settings ({'; '.join(diffs)}): rerun with those, or choose another --out")
+            same_settings()   # before taking the folder: a refused --resume leaves it as it was
             lock = _claim(out)
             if lock is None: _fail(f"error: {_in_use_message(out, True)}")
-            try: cfg = _read_config(out)
-            except ValueError as e: _fail(f"error: {e}")
-            diffs = settings_differences(cfg['settings'], settings)
-            if diffs: _fail(f"error: --resume: {out} was made with other settings ({'; '.join(diffs)}): rerun with those, or choose another --out")
+            same_settings()   # and as the folder is now, held
         else:
             import torch
             lock = _new_results_folder(out, dict(

@@ -6,6 +6,7 @@
 from __future__ import annotations
 from fastai.vision.all import *
 import PIL.Image
+from collections import Counter
 
 # %% auto #0
 __all__ = ['IndexInto', 'ImageAt', 'to_channels', 'resize_images', 'read_image', 'TensorImageAt', 'array_image_dls',
@@ -71,6 +72,8 @@ def resize_images(
     out = [np.asarray(PIL.Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im).resize((w, h), PIL.Image.BILINEAR)) for im in images]
     return np.stack(out).reshape(len(images), h, w, images.shape[-1])
 
+_EIGHT_BIT_MODES = ('1', 'L', 'LA', 'P', 'PA', 'RGB', 'RGBA', 'RGBX', 'CMYK', 'YCbCr', 'LAB', 'HSV')   # PIL modes of 8-bit images
+
 def read_image(
     x,                # an image file (path), a PIL image, or an (H, W), (H, W, 3) or (H, W, 4) uint8 array or tensor
     channels:int=3,   # the channels the model takes (`to_channels`)
@@ -82,7 +85,11 @@ def read_image(
         if not p.is_file(): raise FileNotFoundError(f"No such image file: {p}")
         try: x = PIL.Image.open(p)
         except PIL.UnidentifiedImageError: raise ValueError(f"{p.name} is not an image file that PIL can read") from None
-    if isinstance(x, PIL.Image.Image): x = np.asarray(x.convert('L' if channels == 1 else 'RGB'))
+    if isinstance(x, PIL.Image.Image):
+        if x.mode not in _EIGHT_BIT_MODES: raise ValueError(
+            f"A new image must be 8-bit, as the training images were; this one has PIL mode {x.mode!r} (16-bit or floating point): "
+            "convert it to uint8 the way the training images were made")
+        x = np.asarray(x.convert('L' if channels == 1 else 'RGB'))
     if isinstance(x, Tensor): x = x.detach().cpu().numpy()
     x = np.asarray(x)
     if x.dtype != np.uint8: raise ValueError(f"A new image must be uint8, as the training images were; got {x.dtype} "
@@ -96,7 +103,10 @@ class TensorImageAt(Transform):
     input_types = object   # `predict`/`test_dl` hand every new item to the getter
     def __init__(self, images): super().__init__(); self.images,self.shape = images,tuple(images.shape[1:])
     def encodes(self, i):
-        if isinstance(i, TensorImage): return i   # already an image as the model takes it
+        if isinstance(i, TensorImage):   # an image already as the rows are: their dtype, channels and size
+            if i.dtype != torch.uint8 or tuple(i.shape) != self.shape: raise ValueError(
+                f"A TensorImage must be as the training rows are, uint8 of shape {self.shape}; got {i.dtype} {tuple(i.shape)}")
+            return i
         if not isinstance(i, (int, np.integer)):   # a new image: the rows' channels and size
             c,h,w = self.shape
             return TensorImage(torch.from_numpy(np.ascontiguousarray(read_image(i, c, (h, w)).transpose(2, 0, 1))))
@@ -105,9 +115,16 @@ class TensorImageAt(Transform):
     def __getstate__(self): return _state_without(self, 'images')
 
 # %% ../nbs/02_data.ipynb #d84be90e
+def _unique_names(names)->list:
+    "Class names as plain `str`, refusing a name given twice (two classes would become one)"
+    names = np.asarray(names).astype(str).tolist()
+    twice = sorted({n for n,k in Counter(names).items() if k > 1})
+    if twice: raise ValueError(f"the class names {twice} are given more than once: two classes would be merged into one")
+    return names
+
 def _single_label_targets(labels:np.ndarray, class_names)->tuple:
     "`(names, targets)` of single-label data: `labels` are class indices into `class_names`, the class values, or class names"
-    given = None if class_names is None else np.asarray(class_names).astype(str).tolist()
+    given = None if class_names is None else _unique_names(class_names)
     if labels.dtype.kind in 'USO':   # the classes by name
         ys = labels.astype(str).tolist()
         names = given if given is not None else sorted(set(ys))
@@ -152,7 +169,7 @@ def array_image_dls(
     # the vocabulary as plain `str` (not numpy's `np.str_`): what `dls.vocab`, `learn.predict` and messages show
     if labels.ndim == 2:
         if not np.isin(labels, (0, 1)).all(): raise ValueError("multi-hot labels (N, K) must hold only 0 and 1")
-        names = np.asarray(class_names if class_names is not None else np.arange(labels.shape[1])).astype(str).tolist()
+        names = _unique_names(class_names if class_names is not None else np.arange(labels.shape[1]))
         if len(names) != labels.shape[1]: raise ValueError(f"{len(names)} class names for {labels.shape[1]} label columns")
         ys = [[names[k] for k in np.flatnonzero(row)] for row in labels]
         yblock = MultiCategoryBlock(vocab=names)

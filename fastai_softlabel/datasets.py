@@ -93,6 +93,8 @@ def check_labels(
     n_cls = lab.shape[1] if lab.ndim == 2 else int(lab.max()) + 1
     names = np.asarray(names).astype(str) if names is not None else np.arange(n_cls).astype(str)
     if names.ndim != 1: raise ValueError(f"{what}: the class names must be one name per class, got shape {names.shape}")
+    twice = sorted({n for n,k in Counter(names.tolist()).items() if k > 1})
+    if twice: raise ValueError(f"{what}: the class names {twice} are given more than once: two classes would be merged into one")
     if lab.ndim == 1 and n_cls > len(names): raise ValueError(f"{what}: label {n_cls - 1} is outside the {len(names)} class names {names.tolist()}")
     if lab.ndim == 2 and n_cls != len(names): raise ValueError(f"{what}: {n_cls} label columns but {len(names)} label names")
     return lab,names

@@ -35,6 +35,7 @@ def resample(x:np.ndarray, fs_from:float, fs_to:float)->np.ndarray:
     if fs_from == fs_to: return x
     from scipy.signal import resample_poly
     r = Fraction(fs_to/fs_from).limit_denominator(1000)
+    if r.numerator < 1: raise ValueError(f"cannot resample from {fs_from:g} Hz to {fs_to:g} Hz: less than one sample in a thousand is kept")
     return resample_poly(x, r.numerator, r.denominator, axis=-1)
 
 # %% ../nbs/18_ecg.ipynb #eg000008
@@ -46,7 +47,8 @@ def read_record(
 )->dict:                 # `signal` (leads, fs·seconds) float32 mV, `leads`, `codes` (the `Dx:` SNOMED-CT codes)
     "One WFDB record read, resampled and cut or padded, with a clear error naming the record for anything wrong in it"
     wfdb = _wfdb()
-    p = Path(path)
+    n,p = int(round(fs*seconds)),Path(path)
+    if n < 1: raise ValueError(f"{fs:g} Hz for {seconds:g} s gives no sample: raise fs or seconds")
     p = p.with_suffix('') if p.suffix in ('.hea', '.mat', '.dat') else p
     if not p.with_suffix('.hea').is_file(): raise FileNotFoundError(f"No WFDB header {p.with_suffix('.hea')}")
     try: rec = wfdb.rdrecord(str(p))
@@ -59,7 +61,6 @@ def read_record(
     bad = ~np.isfinite(x)
     if bad.any(): raise ValueError(f"record {p.name} in {p.parent} has NaN or infinite samples (lead {rec.sig_name[int(bad.any(1).argmax())]}, "
                                    f"{int(bad.sum())} samples)")
-    n = int(round(fs*seconds))
     return dict(signal=fit_length(resample(x, rec.fs, fs), n).astype(np.float32), leads=list(rec.sig_name),
                 codes=dx_codes(rec.comments or []))
 
@@ -104,7 +105,8 @@ def read_wfdb_folder(
     for i,cs in enumerate(codes):
         for c in cs:
             if c in col: labels[i, col[c]] = 1
-    label_names = np.array([names[c] if names else c for c in kept])
+    label_names = [names[c] if names else c for c in kept]
+    label_names = np.array([f'{n} ({c})' if label_names.count(n) > 1 else n for n,c in zip(label_names, kept)])   # one name, two codes: both kept apart
     return dict(signals=np.stack(signals), labels=labels, label_names=label_names, records=np.array([h.stem for h in heads]),
                 leads=np.array(leads), fs=fs, seconds=seconds)
 
@@ -141,7 +143,7 @@ def record_splits(
     if missing: raise ValueError(f"{p.name} has no column(s) {missing}: it needs `record` (the record names) and `{column}` "
                                  f"(the split); its columns are {list(df.columns)}")
     names,values = [_record_name(r) for r in df['record']],df[column].str.strip()
-    twice = sorted({n for n in names if names.count(n) > 1})
+    twice = sorted({n for n,k in Counter(names).items() if k > 1})
     if twice: raise ValueError(f"{p.name} names record(s) {twice[:5]} more than once")
     empty = [n for n,v in zip(names, values) if not v]
     if empty: raise ValueError(f"{p.name} gives no {column} for record(s) {empty[:5]}")

@@ -12,7 +12,7 @@ from .ccl import CCL
 from .flowmixup import FlowMixup, Mixup, ManifoldMixup
 from .losses import LabelSmoothingCEFlat, class_prior, equidistant_smoothing_eps, inverse_prevalence_weights
 from .ols import OnlineLabelSmoothing
-from .data import array_image_dls, synthetic_class_images
+from .data import array_image_dls, synthetic_class_images, read_image
 from .datasets import load_npz, finding_labels, check_images, check_labels
 from .corruption import corrupt_single_label, corrupt_multi_label
 from .metrics import single_label_metrics, multi_label_metrics, curve_summaries, per_class_metrics
@@ -125,9 +125,9 @@ def _read_csv_table(p:Path)->pd.DataFrame:
     return df
 
 def _read_image(path:Path, size:int)->np.ndarray:
-    try:
-        with Image.open(path) as im: return np.asarray(im.convert('RGB').resize((size, size)))
-    except OSError as e: raise ValueError(f"image {path.name} in {path.parent} cannot be read ({type(e).__name__}: {e})") from None
+    "An image of the table as RGB, resized as a trained Learner resizes a new image (`fastai_softlabel.data.read_image`)"
+    try: return read_image(path, 3, size)
+    except (OSError, ValueError) as e: raise ValueError(f"image {path.name} in {path.parent} cannot be read ({e})") from None
 
 def table_dataset(table, image_dir, size:int=64, valid_pct:float=0.2, seed:int=0)->dict:
     "A HAM10000/ISIC (`image_id`, `dx`) or NIH ChestX-ray14 (`Image Index`, `Finding Labels`) table with its image folder, as arrays"
@@ -151,11 +151,14 @@ def table_dataset(table, image_dir, size:int=64, valid_pct:float=0.2, seed:int=0
         labels = np.array([[n in ts for n in names] for ts in tags], dtype=np.uint8)
     else: raise ValueError(f"{p.name} has neither the HAM10000 columns (image_id, dx) nor the NIH ones (Image Index, "
                            f"Finding Labels); its columns are {list(df.columns)}")
-    if groups is not None and groups.isna().any(): groups = None   # not every row has one: split the images
+    n_alone = 0 if groups is None else int(groups.isna().sum())
+    if n_alone:   # an image without a lesion or patient id is a group of its own (it shares a group with no other image)
+        groups = groups.astype(object).where(groups.notna(), pd.Series([f'(no {group_col}, row {i})' for i in range(len(df))]))
     check_images(image_dir, files)
     images = np.stack([_read_image(Path(image_dir)/f, size) for f in files])
     idx = list(range(len(files)))
-    if groups is not None: splitter,source = PatientSplitter(groups.values, valid_pct, seed),f'by {group_col}, {1 - valid_pct:.0%}:{valid_pct:.0%} (seed {seed})'
+    if groups is not None: splitter,source = (PatientSplitter(groups.values, valid_pct, seed),
+        f"by {group_col}{f' ({n_alone} images without one, each on its own)' if n_alone else ''}, {1 - valid_pct:.0%}:{valid_pct:.0%} (seed {seed})")
     elif labels.ndim == 1: splitter,source = StratifiedSplitter(labels, valid_pct, seed),f'stratified {1 - valid_pct:.0%}:{valid_pct:.0%} (seed {seed})'
     else: splitter,source = RandomSplitter(valid_pct, seed),f'random {1 - valid_pct:.0%}:{valid_pct:.0%} (seed {seed})'
     try: tr,va = splitter(idx)
@@ -281,6 +284,7 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
             row['spearman_vs_true_similarity'] = float(spearmanr(P[off], d['similarity'][off]).correlation)
     if getattr(args, 'export', False):   # the trained Learner, for `load_learner` (predicts on new images, signals, records)
         learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, EpochLog)])
-        learn.export('export.pkl')
+        learn.path = Path('.')   # fastai's default: the loaded Learner saves where it is used, not in this run's temporary folder
+        learn.export(Path(out).absolute()/'export.pkl')
     curves = curves.assign(epoch=range(len(values)), method=method, seed=seed, corruption=corruption)
     return row,curves

@@ -159,6 +159,7 @@ class FlowMixup(Callback):
         points = list(modules) if is_listy(modules) else [modules]
         if not points: raise ValueError("FlowMixup needs at least one module to mix at.")
         if not (isinstance(alpha, numbers.Real) and math.isfinite(alpha) and alpha >= 0): raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+        if alpha and float(torch.tensor(float(alpha))) == 0: raise ValueError(f"alpha {alpha!r} is 0 in float32, where Beta(α, α) is drawn: use 0 (no mixing) or a larger α")
         if at not in ('input', 'output'): raise ValueError(f"at must be 'input' or 'output', got {at!r}")
         if isinstance(class_weights, str) and class_weights != 'inverse_prevalence':
             raise ValueError(f"class_weights must be None, 'inverse_prevalence' or a tensor, got {class_weights!r}")

@@ -32,14 +32,13 @@ class SignalAt(Transform):
         reader=None,  # reads a new recording from its path as (leads, T), e.g. `fastai_softlabel.ecg.WFDBRecord`
     ):
         super().__init__()
-        self.signals,self.reader,self.leads = signals,reader,np.shape(signals)[1]
+        self.signals,self.reader,(self.leads,self.length) = signals,reader,np.shape(signals)[1:]
     def encodes(self, i):
-        if isinstance(i, TensorSignal): return i
         if not isinstance(i, (int, np.integer)): return TensorSignal(torch.from_numpy(self.read(i)))
         if self.signals is None: _no_rows()
         return TensorSignal(torch.as_tensor(np.asarray(self.signals[i]), dtype=torch.float32))
     def read(self, x)->np.ndarray:
-        "A new recording as (leads, T) float32, checked against the training signals' leads"
+        "A new recording as (leads, T) float32, checked against the training signals' leads and length"
         if isinstance(x, (str, Path)):
             p = Path(x)
             if p.suffix == '.npy':
@@ -50,10 +49,14 @@ class SignalAt(Transform):
                                    "or a .npy file of one")
         x = np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x)
         if x.ndim != 2 or not np.issubdtype(x.dtype, np.number): raise ValueError(
-            f"A new recording must be numbers of shape (leads, T) = ({self.leads}, T), got {x.dtype} {x.shape}")
+            f"A new recording must be numbers of shape (leads, T) = ({self.leads}, {self.length}), got {x.dtype} {x.shape}")
         if x.shape[0] != self.leads:
             hint = f": it looks like (T, leads), so transpose it (x.T)" if x.shape[1] == self.leads else ''
             raise ValueError(f"A new recording must have the {self.leads} leads of the training signals first, (leads, T); got {x.shape}{hint}")
+        if x.shape[1] != self.length: raise ValueError(
+            f"A new recording must have the training signals' length, {self.length} samples (at their sampling frequency), got {x.shape[1]}"
+            + ("; give the record file, which is read as the training records were" if self.reader is not None else
+               "; cut, pad or resample it as the training signals were"))
         if not np.isfinite(x).all(): raise ValueError("A new recording holds NaN or infinite samples")
         return x.astype(np.float32)
     def __getstate__(self): return _state_without(self, 'signals')
@@ -104,6 +107,8 @@ def signal_dls(
         mean,std = lead_stats(signals, list(train_idx))
         batch_tfms = [NormalizeLeads(mean, std)]
     names = [str(n) for n in names]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice: raise ValueError(f"the label names {twice} are given more than once: two labels would be merged into one")
     y_block,targets = ((MultiCategoryBlock(vocab=names), [[names[j] for j in np.flatnonzero(r)] for r in labels]) if labels.ndim == 2
                        else (CategoryBlock(vocab=names, sort=False), [names[j] for j in labels]))   # output k is label_names[k]
     block = DataBlock(blocks=(TransformBlock(), y_block), get_x=SignalAt(signals, reader), get_y=IndexInto(targets),

@@ -300,7 +300,7 @@ def test_two_ccl_callbacks_are_refused(dls, tmp_path):
 
 @pytest.mark.parametrize('kwargs,match', [(dict(lr_ccl=-1), r'CCL\(lr_ccl=-1\): lr_ccl must be a finite number > 0'),
                                           (dict(alpha_cc=float('nan')), 'alpha_cc'), (dict(patience=0), 'patience'),
-                                          (dict(widths=(64, -1)), 'widths')])
+                                          (dict(widths=(64, -1)), 'widths'), (dict(widths=(w for w in ())), 'one or more')])
 def test_arguments_are_checked_when_ccl_is_built(kwargs, match):
     with pytest.raises(ValueError, match=match): CCL(**kwargs)
 

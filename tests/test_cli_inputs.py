@@ -10,7 +10,8 @@ from conftest import wfdb_folder
 
 def _results_folder(d:Path, **settings):
     "A results folder as softlabel makes it, with no run yet"
-    d.mkdir()
+    from fastai_softlabel.cli import LOCK_FILE
+    d.mkdir(); (d/LOCK_FILE).touch()
     (d/'config.json').write_text(json.dumps(dict(settings=dict(arguments=settings), methods=['baseline'], corruption=[0.], seeds=[0],
                                                  multi_label=False, classes=['a', 'b'])))
     return d
@@ -37,6 +38,8 @@ def inputs(tmp_path_factory):
     np.savez(d/'notrain.npz', images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, 0, 1]), split=np.array(['fit', 'fit', 'valid', 'valid']))
     np.savez(d/'outside.npz', images=np.zeros((3, 8, 8), np.uint8), labels=np.array([0, 1, 7]), class_names=np.array(['a', 'b']))
     np.savez(d/'onecls.npz', images=np.zeros((60, 8, 8), np.uint8), labels=np.zeros(60, np.int64))
+    np.savez(d/'dupnames.npz', images=np.zeros((60, 8, 8), np.uint8), labels=np.arange(60) % 3, class_names=np.array(['a', 'a', 'b']))
+    np.savez(d/'empty_images.npz', images=np.zeros((60, 0, 0, 3), np.uint8), labels=np.arange(60) % 2)
     np.savez(d/'small.npz', images=rng.integers(0, 255, (40, 8, 8), dtype=np.uint8), labels=np.arange(40) % 2,
              split=np.array(['train']*30 + ['valid']*10))   # 30 training items: less than the default batch of 32
     np.savez(d/'obj.npz', images=np.zeros((2, 8, 8), np.uint8), labels=np.array([0, 1]), class_names=np.array(['a', None]))
@@ -85,6 +88,8 @@ CASES = [
     (['--data', 'twochan.npz'], '1, 3 or 4 channels last'),
     (['--data', 'outside.npz'], 'label 7 is outside the 2 class names'),
     (['--data', 'onecls.npz'], 'has one class: there is nothing to classify'),
+    (['--data', 'dupnames.npz'], r"the class names \['a'\] are given more than once"),
+    (['--data', 'empty_images.npz'], r'the backbone resnet18 cannot take images of shape \(3, 0, 0\)'),
     (['--data', 'notrain.npz'], r"split has no 'train' items; its values are \['fit', 'valid'\] \(see --train\)"),
     (['--data', 'small.npz'], r'the training split has 30 items, fewer than the batch size 32 \(--recipe fast.s batch size\).*Use --bs 30 or less'),
     (['--data', 'nan.npz'], r"'signals' holds NaN or infinite values in 1 item\(s\): \[7\]"),
@@ -114,8 +119,10 @@ CASES = [
     (['--data', 'ham.csv', '--images', 'img', '--train', 'train'], '--train is for data with a split of its own'),
     ([*WFDB, '--valid', 'test'], 'the WFDB folder wfdb has no split of its own: give --splits TABLE'),
     # WFDB folders: --fs, --seconds, --mapping, --min-count, --splits, --split-column
-    ([*WFDB, '--fs', 'nan'], '--fs must be a finite number > 0, got nan'),
-    ([*WFDB, '--seconds', '0'], '--seconds must be a finite number > 0, got 0'),
+    ([*WFDB, '--fs', 'nan'], '--fs must be a finite number >= 1 and < 100000, got nan'),
+    ([*WFDB, '--fs', '0.001'], '--fs must be a finite number >= 1'),
+    ([*WFDB, '--seconds', '0'], '--seconds must be a finite number > 0 and < 86400, got 0'),
+    ([*WFDB, '--seconds', '1e13'], '--seconds must be a finite number > 0 and < 86400, got 1e[+]13'),
     ([*WFDB, '--mapping', 'missing.csv'], 'No such file: missing.csv'),
     ([*WFDB, '--mapping', 'ham.csv'], r"ham.csv lacks the column\(s\) \['Abbreviation', 'SNOMEDCTCode'\]"),
     ([*WFDB, '--min-count', '99'], 'no diagnosis has at least 99 records'),
@@ -150,11 +157,13 @@ CASES = [
     (['--methods', 'baseline', '--points', 'layer1'], r'--points is for the methods that mix at hidden states .*; none of --methods baseline uses it'),
     (['--methods', 'baseline', '--alpha', '0.4'], '--alpha is for the mixing methods'),
     (['--methods', 'cutmix', '--alpha', '0'], 'alpha 0'),
-    (['--methods', 'cutmix', '--alpha', 'nan'], '--alpha must be a finite number >= 0, got nan'),
+    (['--methods', 'cutmix', '--alpha', 'nan'], '--alpha must be a finite number >= 0 and < 1000, got nan'),
+    (['--methods', 'cutmix', '--alpha', '1e-50'], r'--alpha must be 0 \(no mixing\) or at least 0.001'),
     (['--methods', 'baseline', '--lsr-eps', '0.1'], '--lsr-eps is for the label-smoothing methods'),
     (['--methods', 'lsr-u1', '--lsr-eps', '1'], '--lsr-eps must be a finite number >= 0 and < 1, got 1'),
     (['--methods', 'baseline', '--head', '64'], '--head is for the CCL methods'),
-    (['--methods', 'ccl', '--head', '64,x'], '--head must be comma-separated positive widths'),
+    (['--methods', 'ccl', '--head', '64,x'], '--head must be comma-separated widths from 1 to 65536'),
+    (['--methods', 'ccl', '--head', '99999999999'], '--head must be comma-separated widths from 1 to 65536'),
     (['--methods', 'baseline', '--lr-ccl', '0.1'], '--lr-ccl is for the CCL methods'),
     (['--methods', 'ccl', '--lr-ccl', '-1'], '--lr-ccl must be a finite number > 0, got -1'),
     (['--methods', 'baseline', '--ccl-patience', '3'], '--ccl-patience is for the CCL methods'),
@@ -168,6 +177,7 @@ CASES = [
     (['--corruption', 'x'], '--corruption must be comma-separated numbers'),
     (['--corruption', ''], '--corruption names no value'),
     (['--corruption', '0.3,0.30000001'], 'repeated rates'),
+    (['--corruption', '0.1000001'], r'--corruption rates have at most 6 significant digits'),
     (['--seeds', '1.7'], 'integers'),
     (['--seeds', 'nan'], 'integers'),
     (['--seeds', '-1'], r'--seeds must be in \[0, 2\*\*32\)'),
@@ -188,6 +198,7 @@ CASES = [
     (['--schedule', 'cosine'], "argument --schedule: invalid choice: 'cosine'"),
     (['--clip', 'inf'], '--clip must be a finite number >= 0, got inf'),
     (['--threads', '0'], '--threads must be at least 1, got 0'),
+    (['--threads', '100000000000'], '--threads must be at most 1024'),
     (['--progress', 'quiet'], "argument --progress: invalid choice: 'quiet'"),
     (['--export=yes'], "argument --export: ignored explicit argument 'yes'"),
     (['--unknown'], 'unrecognized arguments: --unknown'),
@@ -216,7 +227,8 @@ def _tree(d:Path)->dict:
 @contextlib.contextmanager
 def _held_by_another_command(folder:Path):
     "The lock a running softlabel command holds on its results folder"
-    with open(folder/'config.json') as f:
+    from fastai_softlabel.cli import LOCK_FILE
+    with open(folder/LOCK_FILE) as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
 

@@ -306,6 +306,7 @@ def test_an_epoch_without_a_training_batch_is_refused(tmp_path, with_ccl):
 def test_invalid_arguments():
     with pytest.raises(ValueError, match='alpha'): FlowMixup(['1'], alpha=-1)
     with pytest.raises(ValueError, match='alpha must be a finite number'): FlowMixup(['1'], alpha=float('nan'))
+    with pytest.raises(ValueError, match='is 0 in float32'): FlowMixup(['1'], alpha=1e-50)
     with pytest.raises(ValueError, match="'input' or 'output'"): FlowMixup(['1'], at='middle')
     with pytest.raises(ValueError, match='at least one'): FlowMixup([])
 

@@ -54,19 +54,33 @@ def test_signal_dls(tmp_path):
     assert np.allclose(got['array'], expected[2], atol=1e-6) and np.allclose(got['file'], expected[2], atol=1e-6)
 
 def test_the_commands_exported_learners(tmp_path):
-    "`softlabel --export`: a run's Learner predicts on a new image array and file, and a WFDB run's on a new record's array and header file"
+    "`softlabel --export`: a run's Learner gives on a new image (array or file) and on a new WFDB record (array or header file) what the training pipeline gives"
+    from fastai_softlabel.experiments import synthetic_dataset, signal_dataset
+    from fastai_softlabel.signals import lead_stats
     r = subprocess.run([str(EXE), '--epochs', '1', '--n-per-class', '8', '--size', '16', '--bs', '16', '--backbone', 'resnet10t',
                         '--methods', 'baseline', '--export', '--progress', 'log', '--out', 'images'], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    new = synthetic_class_images(n_per_class=1, size=40, n_classes=8, seed=3)['images'][5]   # 40 px: resized to the runs' 16
-    PILImage.create(new).save(tmp_path/'new.png')
-    got = predict_in_a_fresh_process(tmp_path/'images'/'runs'/'baseline_seed0_c0'/'export.pkl', new, tmp_path/'new.png')
-    assert np.allclose(got['array'], got['file'], atol=1e-6) and np.isclose(sum(got['array']), 1, atol=1e-5) and got['label'] in got['vocab']
+    export = tmp_path/'images'/'runs'/'baseline_seed0_c0'/'export.pkl'
+    d = synthetic_dataset('single', 8)   # the command's data: 32 px images, trained at --size 16
+    PILImage.create(d['images'][5]).save(tmp_path/'new.png')
+    got = predict_in_a_fresh_process(export, d['images'][5], tmp_path/'new.png')
+    # what the run's own pipeline gives item 5: resized once, normalised with ImageNet's statistics, through the trained model
+    dls = array_image_dls(d['images'], d['labels'], d['names'], size=16, batch_tfms=[Normalize.from_stats(*imagenet_stats)], bs=2,
+                          num_workers=0, device='cpu')
+    loaded = load_learner(export)
+    assert loaded.path == Path('.')   # fastai's default, not the run's temporary folder (a save there would look like a run in progress)
+    model = loaded.model.eval()
+    with torch.no_grad(): expected = model(dls.test_dl([5]).one_batch()[0]).softmax(-1)[0]
+    assert np.allclose(got['array'], expected, atol=1e-5) and np.allclose(got['file'], expected, atol=1e-5), (got, expected)
     from fastai_softlabel.ecg import read_record
     wfdb_folder(tmp_path/'ecg', n=12)
     r = subprocess.run([str(EXE), '--data', 'ecg', '--fs', '100', '--seconds', '2', '--methods', 'erm', '--epochs', '1', '--bs', '4',
                         '--export', '--progress', 'log', '--out', 'signals'], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    record = tmp_path/'ecg'/'R005.hea'
-    got = predict_in_a_fresh_process(tmp_path/'signals'/'runs'/'erm_seed0_c0'/'export.pkl', read_record(record, 100, 2)['signal'], record)
-    assert np.allclose(got['array'], got['file'], atol=1e-6) and len(got['array']) == 2 and all(0 <= p <= 1 for p in got['array'])
+    export = tmp_path/'signals'/'runs'/'erm_seed0_c0'/'export.pkl'
+    sd = signal_dataset(tmp_path/'ecg', fs=100, seconds=2)   # the run's records (sorted: item 5 is R005) and split
+    got = predict_in_a_fresh_process(export, sd['signals'][5], tmp_path/'ecg'/'R005.hea')
+    mean,std = lead_stats(sd['signals'][sd['split'] == 'train'])   # per-lead statistics of the training records
+    x = torch.as_tensor((sd['signals'][5] - mean[:, None])/std[:, None], dtype=torch.float32)[None]
+    with torch.no_grad(): expected = torch.sigmoid(load_learner(export).model.eval()(x))[0]
+    assert np.allclose(got['array'], expected, atol=1e-5) and np.allclose(got['file'], expected, atol=1e-5), (got, expected)
