@@ -546,9 +546,12 @@ def _report(argv):
     if not (out/'config.json').is_file(): _fail(f"error: {a.out} is not a results folder of softlabel (no config.json)")
     try: cfg = _read_config(out)
     except ValueError as e: _fail(f"error: {e}")
-    lock = _claim(out)   # None: a command is writing into the folder; its tables are shown, nothing is written
+    complete,incomplete = run_status(out)
+    if not complete: _fail(f"error: {out} holds no finished run yet")
+    try: lock = _claim(out)   # None: a command is writing into the folder; its tables are shown, nothing is written
+    except OSError as e: _fail(f"error: {out} cannot be written to ({e})")
     try:
-        complete,incomplete = run_status(out)
+        complete,incomplete = run_status(out)   # as the folder is now, held
         unfinished = _unfinished(cfg, complete, incomplete)
         try: runs,summary = build_tables(out, write=lock is not None)
         except ValueError as e: _fail(f"error: {e}")
