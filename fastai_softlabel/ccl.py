@@ -260,7 +260,7 @@ class CCL(Callback):
         try:
             k,(_,_,_,width) = self._check_learner(),self._locate_features()
         except Exception: self._remove_columns(); raise
-        if training_batch_count(self.learn.dl) == 0: refuse_fit(self.learn, no_training_batch_message(self.learn.dl, 'CCL'))
+        if len(self.learn.dl) == 0: refuse_fit(self.learn, no_training_batch_message(self.learn.dl, 'CCL'))
         device = first(self.learn.model.parameters()).device
         if self.ccl_head is None: self.ccl_head = broadcast_module_(CCLHead(width, k, self.widths).to(device))
         if self._peak_lr is None: self._peak_lr = scheduled_peak_lr(self.learn)

@@ -254,13 +254,11 @@ _APPLIES = {
     'valid':        (lambda c: c.split, "data with a split of its own: a .npz with a split array, or a WFDB folder with --splits"),
     'train':        (lambda c: c.split, "data with a split of its own: a .npz with a split array, or a WFDB folder with --splits"),
     'weighted_bce': (lambda c: c.multi, "multi-label data"),
-    'head':         (lambda c: bool(set(c.methods) & set(CCL_METHODS)), f"the CCL methods ({', '.join(CCL_METHODS)})"),
-    'lr_ccl':       (lambda c: bool(set(c.methods) & set(CCL_METHODS)), f"the CCL methods ({', '.join(CCL_METHODS)})"),
-    'ccl_patience': (lambda c: bool(set(c.methods) & set(CCL_METHODS)), f"the CCL methods ({', '.join(CCL_METHODS)})"),
-    'alpha':        (lambda c: bool(set(c.methods) & set(MIXING_METHODS)), f"the mixing methods ({', '.join(MIXING_METHODS)})"),
-    'points':       (lambda c: bool(set(c.methods) & set(POINT_METHODS)), f"the methods that mix at hidden states ({', '.join(POINT_METHODS)})"),
-    'lsr_eps':      (lambda c: bool(set(c.methods) & set(LSR_METHODS)), f"the label-smoothing methods ({', '.join(LSR_METHODS)})"),
 }
+_METHOD_GROUPS = {CCL_METHODS: 'the CCL methods', MIXING_METHODS: 'the mixing methods', POINT_METHODS: 'the methods that mix at hidden states',
+                  LSR_METHODS: 'the label-smoothing methods'}
+_FOR_METHODS = dict(head=CCL_METHODS, lr_ccl=CCL_METHODS, ccl_patience=CCL_METHODS, alpha=MIXING_METHODS, points=POINT_METHODS, lsr_eps=LSR_METHODS)
+_APPLIES |= {n: (lambda c, ms=ms: bool(set(c.methods) & set(ms)), f"{_METHOD_GROUPS[ms]} ({', '.join(ms)})") for n,ms in _FOR_METHODS.items()}
 _DATA_ONLY = ('task', 'n_per_class', 'images', 'size', 'in_chans', 'fs', 'seconds', 'mapping', 'min_count', 'splits')   # decided by the kind alone
 
 def _describe_data(args, kind:str)->str:
@@ -279,8 +277,7 @@ def _refuse_unused(args, ctx, names=None):
     "A clear error for an option given on the command line that this data or these methods would ignore"
     for n in not_applied(ctx, names):
         if getattr(args, n) is not None:
-            by = f"none of --methods {','.join(ctx.methods)} uses it" if n in ('head', 'lr_ccl', 'ccl_patience', 'alpha', 'points', 'lsr_eps') \
-                 else f"{_describe_data(args, ctx.kind)} does not use it"
+            by = f"none of --methods {','.join(ctx.methods)} uses it" if n in _FOR_METHODS else f"{_describe_data(args, ctx.kind)} does not use it"
             if n in ('valid', 'train') and ctx.kind == 'wfdb': by = f"{_describe_data(args, ctx.kind)} has no split of its own: give --splits TABLE (record, split) for it, or leave it out for a random 80:20 split"
             elif n in ('valid', 'train'): by = f"{_describe_data(args, ctx.kind)} has no split array: it is split at random 80:20"
             raise ValueError(f"{_flag(n)} is for {_APPLIES[n][1]}; {by}")
@@ -288,8 +285,7 @@ def _refuse_unused(args, ctx, names=None):
 # ---------------------------------------------------------------- the data and the methods
 def _load_data(args, kind:str)->dict:
     from fastai_softlabel.experiments import synthetic_dataset, real_dataset, table_dataset, signal_dataset
-    data,train = args.data,[t.strip() for t in (args.train or 'train').split(',') if t.strip()]
-    valid = (args.valid or 'valid').strip()
+    data,train,valid = args.data,(args.train or 'train').split(','),args.valid or 'valid'   # as `_check_arguments` normalised them
     if kind == 'synthetic': return synthetic_dataset(args.task or 'single', args.n_per_class or 100)
     if kind == 'table': return table_dataset(data, args.images, args.size or 64)
     if kind == 'images': return real_dataset(data, valid, train)

@@ -11,7 +11,7 @@ from fastai.basics import *
 __all__ = ['stateful_callbacks', 'callback_state_file', 'named_module', 'undistributed_dl', 'one_batch_inputs', 'plain_model',
            'WeakHook', 'hooks_for_next_forward', 'remove_hooks', 'probe_forward', 'refuse_fastai_mixing',
            'distributed_world', 'broadcast_module_', 'all_reduce_mean_', 'all_gather_rows', 'is_multilabel',
-           'check_batch_targets', 'training_batch_count', 'no_training_batch_message', 'refuse_fit']
+           'check_batch_targets', 'no_training_batch_message', 'refuse_fit']
 
 # %% ../nbs/00_core.ipynb #4f940ebb
 def stateful_callbacks(learn:Learner) -> L:
@@ -243,11 +243,6 @@ def check_batch_targets(
     raise ValueError(f"{who} got {got}; it needs {need}.")
 
 # %% ../nbs/00_core.ipynb #rf000002
-def training_batch_count(dl)->int|None:
-    "Batches `dl` gives per epoch (`len(dl)`), or None for a loader that cannot tell"
-    try: return len(dl)
-    except TypeError: return None
-
 def no_training_batch_message(
     dl,       # the training `DataLoader`
     who:str,  # the callback that refuses, named in the message

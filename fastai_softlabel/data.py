@@ -115,11 +115,12 @@ class TensorImageAt(Transform):
     def __getstate__(self): return _state_without(self, 'images')
 
 # %% ../nbs/02_data.ipynb #d84be90e
-def _unique_names(names)->list:
-    "Class names as plain `str`, refusing a name given twice (two classes would become one)"
+def _unique_names(names, kind:str='class')->list:
+    "Class (or label) names as plain `str`, refusing a name given twice (two classes would become one)"
     names = np.asarray(names).astype(str).tolist()
     twice = sorted({n for n,k in Counter(names).items() if k > 1})
-    if twice: raise ValueError(f"the class names {twice} are given more than once: two classes would be merged into one")
+    if twice: raise ValueError(f"the {kind} names {twice} are given more than once: two {dict(label='labels').get(kind, 'classes')} "
+                               "would be merged into one")
     return names
 
 def _single_label_targets(labels:np.ndarray, class_names)->tuple:

@@ -5,7 +5,7 @@
 # %% ../nbs/12_datasets.ipynb #2f0e04dc
 from __future__ import annotations
 from fastai.vision.all import *
-from .data import array_image_dls, ImageAt, IndexInto
+from .data import array_image_dls, ImageAt, IndexInto, _unique_names
 from .splits import StratifiedSplitter, ColumnSplitter, PatientSplitter
 
 # %% auto #0
@@ -17,11 +17,15 @@ def _need_columns(df, cols, what):
     missing = [c for c in cols if c not in df.columns]
     if missing: raise ValueError(f"{what} has no column(s) {missing}; its columns are {list(df.columns)}")
 
-def _read_table(table)->pd.DataFrame:
+def _read_table(table, **kwargs)->pd.DataFrame:
+    "A DataFrame as it is, or a CSV file read with `pd.read_csv(**kwargs)`, with a clear error for a file that is not one or holds no row"
     if isinstance(table, pd.DataFrame): return table.reset_index(drop=True)
     p = Path(table)
-    if not p.exists(): raise FileNotFoundError(f"No such file: {p}")
-    return pd.read_csv(p)
+    if not p.is_file(): raise FileNotFoundError(f"No such file: {p}")
+    try: df = pd.read_csv(p, **kwargs)
+    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{p.name} is not a readable CSV table ({type(e).__name__}: {e})") from None
+    if not len(df): raise ValueError(f"{p.name} holds no rows")
+    return df
 
 def finding_labels(values)->list:
     "NIH `Finding Labels` ('Effusion|Mass', 'No Finding') as lists of labels ('No Finding' is no label)"
@@ -93,8 +97,8 @@ def check_labels(
     n_cls = lab.shape[1] if lab.ndim == 2 else int(lab.max()) + 1
     names = np.asarray(names).astype(str) if names is not None else np.arange(n_cls).astype(str)
     if names.ndim != 1: raise ValueError(f"{what}: the class names must be one name per class, got shape {names.shape}")
-    twice = sorted({n for n,k in Counter(names.tolist()).items() if k > 1})
-    if twice: raise ValueError(f"{what}: the class names {twice} are given more than once: two classes would be merged into one")
+    try: _unique_names(names)
+    except ValueError as e: raise ValueError(f"{what}: {e}") from None
     if lab.ndim == 1 and n_cls > len(names): raise ValueError(f"{what}: label {n_cls - 1} is outside the {len(names)} class names {names.tolist()}")
     if lab.ndim == 2 and n_cls != len(names): raise ValueError(f"{what}: {n_cls} label columns but {len(names)} label names")
     return lab,names

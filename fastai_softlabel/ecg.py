@@ -90,9 +90,8 @@ def read_wfdb_folder(
         signals.append(r['signal']); codes.append(r['codes'])
     names = None
     if mapping is not None:
-        if not Path(mapping).is_file(): raise FileNotFoundError(f"No such file: {mapping}")
-        try: table = pd.read_csv(mapping, dtype=str)
-        except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{Path(mapping).name} is not a CSV table: {e}") from None
+        from fastai_softlabel.datasets import _read_table
+        table = _read_table(mapping, dtype=str)
         missing = {'SNOMEDCTCode', 'Abbreviation'} - set(table.columns)
         if missing: raise ValueError(f"{Path(mapping).name} lacks the column(s) {sorted(missing)}: give the challenge's dx_mapping_*.csv")
         names = dict(zip(table.SNOMEDCTCode.str.strip(), table.Abbreviation.str.strip()))
@@ -135,10 +134,8 @@ def record_splits(
     column:str='split', # the split column: e.g. train/valid/test, or PTB-XL's `strat_fold` (1 to 10)
 )->np.ndarray:          # one split value per record, as strings; '' for a record the table does not name
     "The split of each record of a WFDB folder, from a table the user gives (a folder has no split of its own)"
-    p = Path(table)
-    if not p.is_file(): raise FileNotFoundError(f"No such file: {p}")
-    try: df = pd.read_csv(p, dtype=str, keep_default_na=False)
-    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{p.name} is not a CSV table ({e})") from None
+    from fastai_softlabel.datasets import _read_table
+    p,df = Path(table),_read_table(table, dtype=str, keep_default_na=False)
     missing = [c for c in ('record', column) if c not in df.columns]
     if missing: raise ValueError(f"{p.name} has no column(s) {missing}: it needs `record` (the record names) and `{column}` "
                                  f"(the split); its columns are {list(df.columns)}")

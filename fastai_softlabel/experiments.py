@@ -13,7 +13,7 @@ from .flowmixup import FlowMixup, Mixup, ManifoldMixup
 from .losses import LabelSmoothingCEFlat, class_prior, equidistant_smoothing_eps, inverse_prevalence_weights
 from .ols import OnlineLabelSmoothing
 from .data import array_image_dls, synthetic_class_images, read_image
-from .datasets import load_npz, finding_labels, check_images, check_labels
+from .datasets import load_npz, finding_labels, check_images, check_labels, _read_table
 from .corruption import corrupt_single_label, corrupt_multi_label
 from .metrics import single_label_metrics, multi_label_metrics, curve_summaries, per_class_metrics
 from .models import create_backbone, flowmixup_points, resnet1d34
@@ -118,12 +118,6 @@ def signal_dataset(
     return _train_valid(d, split, valid, p.name, train, source=source)
 
 # %% ../nbs/17_experiments.ipynb #0165428a
-def _read_csv_table(p:Path)->pd.DataFrame:
-    try: df = pd.read_csv(p)
-    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{p.name} is not a readable CSV table ({type(e).__name__}: {e})") from None
-    if not len(df): raise ValueError(f"{p.name} holds no rows")
-    return df
-
 def _read_image(path:Path, size:int)->np.ndarray:
     "An image of the table as RGB, resized as a trained Learner resizes a new image (`fastai_softlabel.data.read_image`)"
     try: return read_image(path, 3, size)
@@ -132,9 +126,8 @@ def _read_image(path:Path, size:int)->np.ndarray:
 def table_dataset(table, image_dir, size:int=64, valid_pct:float=0.2, seed:int=0)->dict:
     "A HAM10000/ISIC (`image_id`, `dx`) or NIH ChestX-ray14 (`Image Index`, `Finding Labels`) table with its image folder, as arrays"
     p = Path(table)
-    if not p.is_file(): raise FileNotFoundError(f"No such file: {p}")
-    if image_dir is None: raise ValueError("a table needs its image folder: pass --images DIR")
-    df = _read_csv_table(p)
+    if image_dir is None and p.is_file(): raise ValueError("a table needs its image folder: pass --images DIR")
+    df = _read_table(p)
     if {'image_id', 'dx'} <= set(df.columns):
         empty = df.index[df.dx.isna() | df.image_id.isna()].tolist()
         if empty: raise ValueError(f"{p.name}: row(s) {[i + 2 for i in empty[:5]]} (line numbers) have no image_id or no dx")

@@ -10,7 +10,7 @@ from typing import NamedTuple
 from fastai.basics import *
 from .core import (named_module, is_multilabel, one_batch_inputs, plain_model, WeakHook, probe_forward,
                                    hooks_for_next_forward, remove_hooks, refuse_fastai_mixing, check_batch_targets,
-                                   training_batch_count, no_training_batch_message, refuse_fit)
+                                   no_training_batch_message, refuse_fit)
 from .losses import inverse_prevalence_weights
 
 # %% auto #0
@@ -287,7 +287,7 @@ class FlowMixup(Callback):
 
     def before_train(self):
         "Refuse an epoch without a batch; find the modules' order and the class weights (first epoch of the fit)"
-        if training_batch_count(self.learn.dl) == 0: refuse_fit(self.learn, no_training_batch_message(self.learn.dl, 'FlowMixup'))
+        if len(self.learn.dl) == 0: refuse_fit(self.learn, no_training_batch_message(self.learn.dl, 'FlowMixup'))
         if self._order is None: self._order,self._class_weight = self._probe_order(),self._class_weight_tensor()
         self._batches,self._train_cancelled = 0,False
 
@@ -323,7 +323,7 @@ class FlowMixup(Callback):
         self._train_cancelled = True
 
     def after_train(self):
-        "Refuse a training epoch that saw no batch (a loader that could not tell its length beforehand)"
+        "Refuse a training epoch that saw no batch (a loader whose length promised one)"
         if self._batches == 0 and not self._train_cancelled: refuse_fit(self.learn, no_training_batch_message(self.learn.dl, 'FlowMixup'))
 
     # ---- clean-up: after every batch and fit, cancelled ones too

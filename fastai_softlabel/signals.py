@@ -6,7 +6,7 @@
 from __future__ import annotations
 from fastai.basics import *
 from fastai.data.block import MultiCategoryBlock, TransformBlock
-from .data import IndexInto, _no_rows, _state_without
+from .data import IndexInto, _no_rows, _state_without, _unique_names
 
 # %% auto #0
 __all__ = ['ECG_CONDITIONS', 'TensorSignal', 'SignalAt', 'NormalizeLeads', 'lead_stats', 'signal_dls', 'synthetic_ecg']
@@ -106,9 +106,7 @@ def signal_dls(
     if normalize:
         mean,std = lead_stats(signals, list(train_idx))
         batch_tfms = [NormalizeLeads(mean, std)]
-    names = [str(n) for n in names]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice: raise ValueError(f"the label names {twice} are given more than once: two labels would be merged into one")
+    names = _unique_names(names, 'label')
     y_block,targets = ((MultiCategoryBlock(vocab=names), [[names[j] for j in np.flatnonzero(r)] for r in labels]) if labels.ndim == 2
                        else (CategoryBlock(vocab=names, sort=False), [names[j] for j in labels]))   # output k is label_names[k]
     block = DataBlock(blocks=(TransformBlock(), y_block), get_x=SignalAt(signals, reader), get_y=IndexInto(targets),
