@@ -5,18 +5,59 @@
 # %% ../nbs/03_ccl.ipynb #353e139b
 from __future__ import annotations
 import math, numbers
+from contextlib import contextmanager
 from collections import Counter
 from fastai.basics import *
 from fastai.callback.schedule import ParamScheduler
-from fastai.callback.training import GradientAccumulation
 from fastai.layers import Flatten
-from .losses import (ccl_head_loss, soft_label_matrix, soft_label_kl, normalized_sq_distance, multilabel_head_targets,
-                                     multilabel_soft_targets, binary_soft_label_kl)
+from .losses import (ccl_head_loss, ccl_loss_terms, unit_rows, unit_sq_distance, soft_label_matrix, soft_label_kl,
+                                     normalized_sq_distance, multilabel_head_targets, multilabel_soft_targets, binary_soft_label_kl)
 from .core import *
+from .lockstep import Lockstep, fused_supported, accumulation_scale
 from .flowmixup import FlowMixup, flow_components, mix_along_flow
 
 # %% auto #0
-__all__ = ['CCLHead', 'last_linear', 'find_features', 'epochs_without_drop', 'scheduled_peak_lr', 'check_ccl_arguments', 'CCL']
+__all__ = ['masked_batch_norm', 'RowMaskBatchNorm1d', 'CCLHead', 'last_linear', 'find_features', 'epochs_without_drop',
+           'scheduled_peak_lr', 'default_head_opt', 'check_ccl_arguments', 'CCL']
+
+# %% ../nbs/03_ccl.ipynb #mb000002
+def masked_batch_norm(
+    bn:nn.BatchNorm1d, # a BatchNorm layer in training mode
+    x:Tensor,          # (B, C) its input; rows that do not count must be finite (e.g. zeros)
+    keep:Tensor,       # (B,) 1 (True) for the rows that count, 0 for the others
+)->Tensor:             # (B, C)
+    "`bn` in training mode with the batch statistics of the kept rows only; its running statistics move only when 2 or more rows are kept"
+    if bn.momentum is None: raise ValueError("masked_batch_norm needs a BatchNorm with a momentum, not a cumulative average.")
+    w = keep.to(x.dtype)[:, None]
+    n = w.sum()
+    mean = (w*x).sum(0)/n.clamp_min(1)
+    var = (w*(x - mean)**2).sum(0)/n.clamp_min(1)
+    y = (x - mean)*torch.rsqrt(var + bn.eps)
+    if bn.affine: y = y*bn.weight + bn.bias
+    if bn.track_running_stats:
+        with torch.no_grad():   # as BatchNorm: the running variance is the unbiased one
+            moved = n >= 2
+            bn.running_mean.lerp_(mean, moved*bn.momentum)
+            bn.running_var.lerp_(var*n/(n - 1).clamp_min(1), moved*bn.momentum)
+            bn.num_batches_tracked += moved
+    return y
+
+class RowMaskBatchNorm1d(nn.BatchNorm1d):
+    "`nn.BatchNorm1d` that can leave rows out, decided on the device: set `keep` to a (B,) mask, or to a 0-d flag for the whole batch"
+    keep = None   # None: plain BatchNorm; set for one forward pass by `CCLHead.loss`
+    def forward(self, x:Tensor)->Tensor:
+        "BatchNorm of the rows of `keep` (`masked_batch_norm`); with a 0-d `keep`, of every row, its running statistics moving only if `keep`"
+        keep = self.keep
+        if keep is None or not self.training or not self.track_running_stats or self.momentum is None: return super().forward(x)
+        if keep.ndim: return masked_batch_norm(self, x, keep)
+        y = F.batch_norm(x, None, None, self.weight, self.bias, True, 0., self.eps)   # batch statistics, running ones untouched
+        with torch.no_grad():
+            var,mean = torch.var_mean(x, 0)   # unbiased, as BatchNorm's running variance
+            w = keep*self.momentum
+            self.running_mean.lerp_(mean, w)
+            self.running_var.lerp_(var, w)
+            self.num_batches_tracked += keep
+        return y
 
 # %% ../nbs/03_ccl.ipynb #c0f62ad0
 class CCLHead(Module):
@@ -31,18 +72,38 @@ class CCLHead(Module):
         layers = []
         for i,(ni,nf) in enumerate(zip((in_features,)+widths[:-1], widths)):
             layers.append(nn.Linear(ni, nf))
-            if i < len(widths)-1: layers += [nn.BatchNorm1d(nf), nn.ReLU(inplace=True)]
+            if i < len(widths)-1: layers += [RowMaskBatchNorm1d(nf), nn.ReLU(inplace=True)]
         self.embed = nn.Sequential(*layers)
         # unit-length start: f_d ignores length, and unit vectors make the dictionary's gradients O(1)
         self.dictionary = nn.Parameter(F.normalize(torch.randn(n_classes, widths[-1]), dim=1))
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for m in self.embed:   # a head pickled when its BatchNorm layers could not leave rows out
+            if type(m) is nn.BatchNorm1d: m.__class__ = RowMaskBatchNorm1d
 
     def forward(self, features:Tensor)->Tensor:
         "Distances $d_k = f_d(f_2(f), c_k)$, shape (B, K); $q_{CCL}$ = `softmax(-d)`"
         return normalized_sq_distance(self.embed(features), self.dictionary)
 
-    def loss(self, features:Tensor, target:Tensor, alpha_cc:float=10., margin:float=2.)->tuple:
+    def dictionary_terms(self)->tuple:
+        "`(c, gram)`: the normalised dictionary and its cosines `c @ c.T`, from which both l_CC and the soft labels come"
+        c = unit_rows(self.dictionary.float())
+        return c,c@c.T
+
+    def loss(self,
+        features:Tensor, target:Tensor, alpha_cc:float=10., margin:float=2., # as in `ccl_head_loss`
+        keep:Tensor|None=None,   # (B,) rows that count, or 0-d: the whole batch or none of it (`RowMaskBatchNorm1d`); None: every row
+        terms:tuple|None=None,   # this step's `dictionary_terms()`, if already computed
+    )->tuple:
         "`(L_CCL, CE, l_CC)` of `ccl_head_loss` for a batch of features"
-        return ccl_head_loss(self.embed(features), self.dictionary, target, alpha_cc, margin)
+        c,gram = terms if terms is not None else self.dictionary_terms()
+        bns = [m for m in self.embed if isinstance(m, RowMaskBatchNorm1d)]
+        for m in bns: m.keep = keep
+        try: e = unit_rows(self.embed(features).float())
+        finally:
+            for m in bns: m.keep = None
+        return ccl_loss_terms(e, c, gram, target, alpha_cc, margin, None if keep is None or keep.ndim == 0 else keep.float())
 
     def soft_labels(self)->Tensor:
         "The K×K soft-label matrix $P$ of the current dictionary (no gradient)"
@@ -116,6 +177,16 @@ def scheduled_peak_lr(learn:Learner)->float:
         peak = max([peak] + [float(np.asarray(f(p)).reshape(-1)[-1]) for p in np.linspace(0, 1, 501)])
     return peak
 
+def default_head_opt(
+    params,    # the head's parameters or parameter groups
+    lr:float,  # the head's learning rate
+)->torch.optim.Optimizer:
+    "CCL-Net's head optimizer: SGD with momentum 0.9 and weight decay 1e-4, fused where the parameters' device has fused kernels"
+    params = list(params)
+    p = first(params)
+    device = (p['params'][0] if isinstance(p, dict) else p).device
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4, fused=fused_supported(device))
+
 # %% ../nbs/03_ccl.ipynb #ca000002
 def check_ccl_arguments(
     features, n_classes, widths, lr_ccl, alpha_cc, margin, patience, min_delta, # `CCL`'s arguments
@@ -141,7 +212,7 @@ class CCL(Callback):
     order,run_valid = 51,False # after `Recorder` (50) adds its columns, before `ProgressCallback`/`LRFinder`/`SaveModelCallback` (60)
     columns = ('ce', 'kl', 'head_ce', 'l_cc', 'p_bar')
     # what one fit needs and `export` leaves out (restored empty by `_init_state` after unpickling)
-    _stateattrs = ('ccl_opt', '_where', '_handles', '_ours', '_feats', '_sums', '_counts', '_epoch_row',
+    _stateattrs = ('_lockstep', '_where', '_handles', '_ours', '_feats', '_terms', '_sums', '_n', '_counts', '_epoch_row',
                    '_peak_lr', '_columns_added', '_logged', '_batches', '_train_cancelled')
 
     def __init__(self,
@@ -153,18 +224,18 @@ class CCL(Callback):
         margin:float=2.,        # margin b of l_CC (2: class embeddings at most orthogonal)
         patience:int=10,        # freeze the class dictionary after this many epochs without a drop of the label softness p̄
         min_delta:float=0.,     # smallest decrease of p̄ that counts as a drop
-        head_opt_func:Callable|None=None, # `(param_groups, lr) -> torch optimizer` for the head; default SGD(momentum=0.9, weight_decay=1e-4)
+        head_opt_func:Callable|None=None, # `(param_groups, lr) -> torch optimizer` for the head; default `default_head_opt`
     ):
         if isinstance(widths, Iterable) and not isinstance(widths, (str, bytes)): widths = tuple(widths)   # a generator is read once
         check_ccl_arguments(features, n_classes, widths, lr_ccl, alpha_cc, margin, patience, min_delta)
         store_attr('features,n_classes,lr_ccl,alpha_cc,margin,patience,min_delta')
         self.widths = tuple(int(w) for w in widths)
-        self.head_opt_func = ifnone(head_opt_func, partial(torch.optim.SGD, momentum=0.9, weight_decay=1e-4))
+        self.head_opt_func = ifnone(head_opt_func, default_head_opt)
         self.ccl_head,self.history,self.frozen_at = None,[],None
         self._init_state()
 
     def _init_state(self):
-        self.__dict__.update(_state={}, ccl_opt=None, _where=None, _handles=[], _ours=False, _feats=None, _sums=None,
+        self.__dict__.update(_state={}, _lockstep=None, _where=None, _handles=[], _ours=False, _feats=None, _terms=None, _sums=None, _n=0,
                              _counts=Counter(), _epoch_row=None, _peak_lr=None,
                              _columns_added=False, _logged=False, _batches=0, _train_cancelled=False)
 
@@ -173,69 +244,33 @@ class CCL(Callback):
     def frozen(self)->bool:
         "Whether the class dictionary is frozen"
         return self.frozen_at is not None
+
     @property
     def pbar_history(self)->list:
         "p̄ (label softness) after each training epoch, over all fits"
         return [h['p_bar'] for h in self.history]
+
     @property
     def soft_labels(self)->Tensor|None:
         "The current K×K soft-label matrix P (row k: soft label of class k), on the CPU"
         return None if self.ccl_head is None else self.ccl_head.soft_labels().cpu()
+
+    @property
+    def ccl_opt(self)->torch.optim.Optimizer|None:
+        "The head's optimizer (stepped by a `Lockstep` in lockstep with `learn.opt`)"
+        return None if self._lockstep is None else self._lockstep.opt
+
     @property
     def feature_module(self)->str|None:
         "Name of the module whose input (or, for a `Flatten`, output) CCL reads as the pooled features"
         return None if self._where is None else self._where[0]
-
-    # ---------------------------------------------------------------- checks and set-up
-    def _check_learner(self)->int:
-        "Raise a clear error for anything CCL cannot train with, before any work; return K"
-        refuse_fastai_mixing(self.learn, 'CCL')
-        if any(isinstance(cb, CCL) and cb is not self for cb in self.learn.cbs): raise ValueError(
-            "This Learner has two CCL callbacks: each would train its own head and log its own columns. Use one CCL "
-            "(remove the other with learn.remove_cb).")
-        model = plain_model(self.learn.model)
-        if self.features is not None: named_module(model, self.features, 'CCL features module')
-        k_data = getattr(self.learn.dls, 'c', None)
-        if self.n_classes is not None and k_data is not None and self.n_classes != k_data:
-            raise ValueError(f"CCL(n_classes={self.n_classes}) but the data has {k_data} classes (dls.c): "
-                             f"leave n_classes out or set it to {k_data}.")
-        clf = last_linear(model)
-        k = ifnone(self.n_classes, k_data)
-        if clf is not None and k is not None and clf[1].out_features != k:
-            raise ValueError(f"The model's classifier `{clf[0]}` has {clf[1].out_features} outputs but the data has {k} classes: "
-                             f"build the model with {k} outputs (e.g. timm's num_classes={k}, or vision_learner(n_out={k})).")
-        k = ifnone(k, clf[1].out_features if clf is not None else None)
-        if k is None: raise ValueError("Cannot tell the number of classes from the data or the model: pass CCL(n_classes=K).")
-        if self.ccl_head is not None and self.ccl_head.dictionary.shape[0] != k:
-            raise ValueError(f"The CCL head was trained for {self.ccl_head.dictionary.shape[0]} classes but the data has {k}: "
-                             "use a new CCL() for a new label set.")
-        return k
 
     @property
     def multi_label(self)->bool:
         "Whether the Learner is set up for multi-label targets (`MultiCategoryBlock` or a BCE loss): CCL's multi-label form"
         return self.learn is not None and is_multilabel(self.learn.dls, self.learn.loss_func)
 
-    def _locate_features(self)->tuple:
-        "`(name, module, 'input'/'output', width)` of the features, found once per model with one eval-mode forward pass"
-        model = plain_model(self.learn.model)
-        if self._where is None or not any(m is self._where[1] for m in model.modules()):
-            self._where = find_features(model, one_batch_inputs(self.learn.dls, first(model.parameters()).device), self.features)
-        return self._where
-
-    def _make_head_opt(self):
-        "The head's optimizer: one group for f_2 and, unless frozen, one for the dictionary"
-        groups = [{'params': list(self.ccl_head.embed.parameters())}]
-        if not self.frozen: groups.append({'params': [self.ccl_head.dictionary]})
-        return self.head_opt_func(groups, lr=self.lr_ccl)
-
-    def _head_to(self, device):
-        "Move the head and its optimizer state to `device`"
-        self.ccl_head.to(device)
-        for st in (self.ccl_opt.state.values() if self.ccl_opt is not None else []):
-            for k,v in st.items():
-                if isinstance(v, Tensor) and k != 'step': st[k] = v.to(device)
-
+    # ---------------------------------------------------------------- set-up: at creation, every fit, a fit's first training epoch
     def after_create(self):
         "Check the Learner, and find the features, as soon as it is created with `cbs=CCL()`"
         self._check_learner()
@@ -264,11 +299,12 @@ class CCL(Callback):
         device = first(self.learn.model.parameters()).device
         if self.ccl_head is None: self.ccl_head = broadcast_module_(CCLHead(width, k, self.widths).to(device))
         if self._peak_lr is None: self._peak_lr = scheduled_peak_lr(self.learn)
-        self._head_to(device)
-        if self.ccl_opt is None: self.ccl_opt = self._make_head_opt()
+        if self._lockstep is None: self._lockstep = self._make_lockstep()
+        self._lockstep.to(device)   # the head, its optimizer state, and new step counters
         self.ccl_head.train()   # gradients held back by `GradientAccumulation` carry over to the next step, as the backbone's do
-        # backbone CE, KL, head CE, l_CC sums; items seen by the backbone and by the head
-        self._sums,self._counts,self._epoch_row = torch.zeros(6, device=device),Counter(),{}
+        # backbone CE and KL sums; head CE and l_CC sums, items seen by the head; batches with non-finite features, and
+        # multi-label head batches of one item: added on the device, read at the end of the epoch. Items seen by the backbone: on the host
+        self._sums,self._n,self._counts,self._epoch_row = torch.zeros(7, device=device),0,Counter(),{}
         self._batches,self._train_cancelled = 0,False
 
     # ---------------------------------------------------------------- one training batch
@@ -283,24 +319,6 @@ class CCL(Callback):
         self._handles = hooks_for_next_forward(self.learn.model, [(self.learn.model, 'first', WeakHook(self._arm)),
                                                                   (module, 'pre' if how == 'input' else 'post', grab)])
 
-    def _arm(self, model, args):
-        "Read features only in the forward pass of the training batch (not, e.g., a callback's extra forward)"
-        learn = self.learn
-        self._ours = learn is not None and len(args) > 0 and len(learn.xb) > 0 and args[0] is learn.xb[0]
-
-    def _grab(self, f):
-        if not self._ours: return
-        name,_,how,_ = self._where
-        if self._feats is not None: self._refuse(
-            f"Module `{name}` runs twice in one forward pass: name a module that runs once with CCL(features=...).")
-        if not isinstance(f, Tensor) or f.ndim != 2: self._refuse(
-            f"The {how} of `{name}` is not of shape (batch, width); CCL needs pooled features: "
-            "name the module that receives the pooled, flattened features with CCL(features=...).")
-        fm = self._mixer()
-        self._feats = f,(fm.mixing_so_far() if fm is not None else [])   # the features, and the mixing before them
-    def _grab_input(self, module, args): self._grab(args[0] if args else None)
-    def _grab_output(self, module, args, output): self._grab(output)
-
     def after_loss(self):
         "Add the soft-label KL to the backbone's loss (softmax: `KL(P[y] || softmax(pred))`; multi-label: a Bernoulli KL per label), mixed along FlowMixup's flow"
         if self._feats is None: self._refuse(
@@ -309,134 +327,78 @@ class CCL(Callback):
         if fm is not None and fm.flow is None: fm = None   # a batch that did not mix
         pred = fm.flow.pred if fm is not None else self.learn.pred
         if pred.shape[-1] != k: self._refuse(f"The model outputs {pred.shape[-1]} scores per item but there are {k} classes.")
-        y,P = self._target(),self.ccl_head.soft_labels()
+        # the dictionary's distances once per step: the soft labels now, l_CC in the head's loss (`after_backward`)
+        self._terms = self.ccl_head.dictionary_terms()
+        y,P = self._target(),F.softmax(2*self._terms[1].detach(), dim=1)   # `soft_label_matrix`: softmax(-f_d) = softmax(2cos)
         soft,kl_of = (multilabel_soft_targets(P, y),binary_soft_label_kl) if self.multi_label else (P[y],soft_label_kl)
         kl = kl_of(pred, fm.mix_targets(soft) if fm is not None else soft)
-        self._sums[:2] += torch.stack([self.learn.loss.detach().float().mean(), kl.detach()])*len(y)
-        self._sums[4] += len(y)
-        self.learn.loss_grad = self.learn.loss_grad + kl*self._loss_scale()
+        loss = self.learn.loss.detach().float()
+        self._sums[:2].add_(torch.stack([loss.mean() if loss.ndim else loss, kl.detach()]), alpha=len(y))
+        self._n += len(y)
+        self.learn.loss_grad = self.learn.loss_grad + kl*accumulation_scale(self.learn)
         self.learn.loss = self.learn.loss + kl.detach()
 
-    def after_cancel_backward(self):
-        "The backbone's backward was cancelled: no head backward for this batch"
-        self._feats = None
-
     def after_backward(self):
-        "Back-propagate the head's loss on the batch of every rank (scaled like the backbone's), unless it cannot reach the head"
+        "Back-propagate the head's loss on the batch of every rank (scaled like the backbone's); rows that cannot train it get weight 0"
         if self._feats is None: return
-        feats,target = self._head_batch()
-        self._feats = None
-        if not torch.isfinite(feats).all():
-            self._counts['with non-finite features'] += 1
-            feats,target = feats[:0],target[:0]
-        feats,target = self._gather_head_batch(feats, target)
-        scale = self._loss_scale()
-        if scale != 1 and distributed_world() > 1:   # the head's loss is a mean over every rank's rows: scale by the mean batch
-            scale = all_reduce_mean_([torch.tensor([scale], device=feats.device)])[0].item()
-        if len(feats) == 0: return
-        if len(feats) < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.ccl_head.modules()):
-            self._counts['of one item'] += 1; return
-        with torch.autocast(feats.device.type, enabled=False):
-            loss,ce,lcc = self.ccl_head.loss(feats, target, self.alpha_cc, self.margin)
-        (loss*scale).backward()
-        self._sums[2:4] += torch.stack([ce.detach(), lcc.detach()])*len(feats)
-        self._sums[5] += len(feats)
+        feats,target,keep = self._head_batch()
+        terms,self._feats,self._terms = self._terms,None,None
+        # on the device: non-finite features never reach the head, not even its BatchNorm statistics. s - s is 0 for a
+        # finite sum, NaN for an infinite or NaN one (features whose sum overflows float32 count as non-finite)
+        s = feats.sum()
+        ok = (s - s) == 0
+        feats = feats.nan_to_num(0., 0., 0.)   # finite rows for the masked statistics; the batch is dropped anyway
+        if keep is not None: keep = keep & ok
+        elif distributed_world() > 1: keep = ok.expand(len(feats))   # the ranks' rows are normalised together: a mask
+        if distributed_world() > 1: feats,target,keep = self._lockstep.gather(feats, target, keep)
+        scale,bn = self._lockstep.scale(self.learn),any(isinstance(m, nn.BatchNorm1d) for m in self.ccl_head.modules())
+        if keep is None:   # single-label, one process: the whole batch, or nothing (ok = 0)
+            if len(feats) < 2 and bn: self._counts['of one item'] += 1; return
+            rows = ok*float(len(feats))
+            ce,lcc = self._head_backward(feats, target, ok, terms, rows, scale)
+            self._sums[2:6] += torch.stack([ce*rows, lcc*rows, rows, ~ok])
+        else:              # rows of `keep` only, their number known to the device alone
+            rows = keep.float().sum()
+            one = (rows == 1) & bn
+            rows = rows*(rows >= (2 if bn else 1))   # the head's BatchNorm cannot normalise one row
+            ce,lcc = self._head_backward(feats, target, keep, terms, rows, scale)
+            self._sums[2:] += torch.stack([ce*rows, lcc*rows, rows, ~ok, one])
 
-    def after_cancel_train(self):
-        "A callback cancelled this training epoch: an epoch without a batch is then intended"
-        self._train_cancelled = True
+    def after_step(self):
+        "The head's step when the backbone stepped, skipped on the device without finite gradients; its lr follows the backbone's schedule"
+        lr_now = float(self.learn.opt.hypers[-1]['lr'])
+        self._peak_lr = max(self._peak_lr, lr_now)
+        self._lockstep.step(self.lr_ccl*lr_now/self._peak_lr)
 
     def after_cancel_step(self):
         "The backbone's step was cancelled (e.g. GradScaler): no head step either"
-        if any(p.grad is not None for p in self._head_params()): self._counts['whose step was cancelled'] += 1
-        self.ccl_opt.zero_grad(set_to_none=True)
-
-    def after_step(self):
-        "The head's step, when the backbone stepped and the head has finite gradients, its lr following the backbone's schedule"
-        grads = [p.grad for p in self._head_params() if p.grad is not None]
-        if not grads: return   # nothing reached the head since its last step (or the step was cancelled)
-        if torch.stack([g.sum() for g in grads]).sum().isfinite():   # one sync; a sum is NaN or inf if any term is
-            lr_now = float(self.learn.opt.hypers[-1]['lr'])
-            self._peak_lr = max(self._peak_lr, lr_now)
-            for g in self.ccl_opt.param_groups: g['lr'] = self.lr_ccl*lr_now/self._peak_lr
-            self.ccl_opt.step()
-            self._counts['steps'] += 1
-        else: self._counts['with non-finite head gradients'] += 1
-        self.ccl_opt.zero_grad(set_to_none=True)
+        self._lockstep.cancel_step()
 
     def after_batch(self):
         "Count the epoch's training batches (cancelled ones too: a callback decided about them)"
         self._batches += 1
 
-    def after_cancel_batch(self):
-        "Remove the hooks of a batch cancelled before its forward pass (head gradients stay, as the backbone's do)"
-        self._remove_hooks()
-
-    # ---------------------------------------------------------------- the batch's pieces
-    def _target(self)->Tensor:
-        "The batch's targets: class indices, or multi-hot rows as floats"
-        y = self.learn.yb[0].as_subclass(Tensor)
-        return y.float() if self.multi_label else y.long()
-
-    def _mixer(self):
-        "The Learner's `FlowMixup` (or `Mixup`, `ManifoldMixup`), or None"
-        return first(cb for cb in self.learn.cbs if isinstance(cb, FlowMixup))
-
-    def _loss_scale(self)->float:
-        "The factor fastai's `GradientAccumulation` applied to `loss_grad` in its `after_loss` (order 6)"
-        scale = 1.
-        for cb in self.learn.cbs:
-            if isinstance(cb, GradientAccumulation): scale *= find_bs(self.learn.yb)/cb.n_acc
-        return scale
-
-    def _head_batch(self)->tuple:
-        "Features and targets the head learns from: the original items, or every row of a flow that has none un-mixed"
-        (feats,ops),y = self._feats,self._target()
-        feats = feats.detach().float()
-        # the flow as it was where the features were read: mixing modules after them do not change the features
-        idx,w = flow_components(len(y), ops, feats.device)
-        if len(feats) != len(idx): self._refuse(
-            f"The features have {len(feats)} rows, but the batch has {len(y)} items and the flow {len(idx)} rows where they were read.")
-        multi = self.multi_label
-        if all(keep for _,_,keep in ops):   # the un-mixed original items lead the flow
-            feats = feats[:len(y)]
-            if not multi: return feats,y
-            keep,dist = multilabel_head_targets(y)   # items without a positive label are left out
-            return feats[keep],dist
-        # every row mixed: the targets mixed as the rows were (multi-label: the items' spread positives, renormalised)
-        one = y/y.sum(1, keepdim=True).clamp_min(1) if multi else F.one_hot(y, self.ccl_head.dictionary.shape[0])
-        mixed = mix_along_flow(one, idx, w)
-        if not multi: return feats,mixed
-        mass = mixed.sum(1)
-        return feats[mass > 0],mixed[mass > 0]/mass[mass > 0, None]
-
-    def _gather_head_batch(self, feats:Tensor, target:Tensor)->tuple:
-        "Under DDP, the head batch of every rank, so that every rank takes the same head step on the whole batch"
-        if distributed_world() == 1: return feats,target
-        soft = target.is_floating_point()   # mixed one-hot rows, or class indices (exact as floats)
-        rows = all_gather_rows(torch.cat([feats, target.float() if soft else target.float()[:,None]], dim=1))
-        w = feats.shape[1]
-        return rows[:,:w],(rows[:,w:] if soft else rows[:,w].long())
-
-    def _head_params(self)->list: return [p for g in self.ccl_opt.param_groups for p in g['params']]
-
-    # ---------------------------------------------------------------- end of the training epoch
+    # ---------------------------------------------------------------- end of the training epoch: p̄ and the freeze rule
     def after_train(self):
         "Epoch means of the loss terms (across ranks), p̄, the freeze rule, and a warning for batches the head left out; an epoch without a batch is refused"
         self._remove_hooks()
         if self._batches == 0 and not self._train_cancelled: refuse_fit(self.learn, no_training_batch_message(self.learn.dl, 'CCL'))
         if self._sums is None: return   # a callback cancelled the epoch before CCL's before_train: nothing of it to log
         sums,self._sums = self._sums,None
-        nonfinite = self._counts.pop('with non-finite features', 0)   # counted on the rank that had them
-        stats = all_reduce_mean_([torch.cat([sums, sums.new_tensor([nonfinite])])])[0].tolist()  # one sync per epoch
-        (ce,kl,head_ce,lcc,n,n_head),nonfinite = stats[:6],stats[6]
-        if nonfinite: self._counts['with non-finite features'] = round(nonfinite*distributed_world())
-        steps = self._counts.pop('steps', 0)
+        stats = all_reduce_mean_([torch.cat([sums, sums.new_tensor([self._n])])])[0].tolist()   # one host synchronisation per epoch
+        ce,kl,head_ce,lcc,n_head,nonfinite,one_item,n = stats
+        if nonfinite: self._counts['with non-finite features'] = round(nonfinite*distributed_world())   # counted on the rank that had them
+        if one_item: self._counts['of one item'] += round(one_item)
+        counts = self._lockstep.counts()
+        steps = counts.pop('steps')
+        self._counts.update({k: v for k,v in counts.items() if v})
         if self._counts and not rank_distrib():
             warn(f"CCL: in epoch {len(self.history)} the head left out " + ', '.join(f'{v} batch(es) {k}' for k,v in self._counts.items())
                  + f" ({steps} head steps taken).")
         if n == 0: return
-        self._check_ranks_agree()
+        if not self._lockstep.agree_across_ranks() and not rank_distrib(): warn(
+            f"CCL: in epoch {len(self.history)} the head differed between ranks (kernels that are not bitwise reproducible, "
+            "e.g. different GPU models); rank 0's head was copied to every rank.")
         pbar = self.ccl_head.soft_labels().diagonal().mean().item()
         self._epoch_row = dict(epoch=len(self.history), ce=ce/n, kl=kl/n, head_ce=head_ce/max(n_head, 1e-12),
                                l_cc=lcc/max(n_head, 1e-12), p_bar=pbar)
@@ -445,23 +407,6 @@ class CCL(Callback):
             self.freeze_dictionary()
             if not rank_distrib(): print(f"CCL: p_bar has not dropped for {self.patience} epochs (now {pbar:.4f}); "
                                          f"class dictionary frozen after epoch {self.frozen_at}.")
-
-    def _check_ranks_agree(self):
-        "Under DDP, make sure the head is the same on every rank; if not, warn and copy rank 0's head and optimizer state"
-        if distributed_world() == 1: return
-        bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}
-        # exact fingerprints: integer sums of the bit patterns (float sums depend on the order; NaN != NaN)
-        sums = all_gather_rows(torch.stack([t.detach().contiguous().view(bits[t.element_size()]).long().sum()
-                                            for t in self.ccl_head.state_dict().values() if t.element_size() in bits])[None])
-        if (sums == sums[0]).all(): return
-        # every rank takes the same step on the same gathered batch: only kernels that are not bitwise reproducible
-        # (e.g. different GPU models on different ranks) can make the heads differ
-        broadcast_module_(self.ccl_head)
-        opt_state = [self.ccl_opt.state_dict() if not rank_distrib() else None]   # its tensors may live on the CPU (Adam's step)
-        torch.distributed.broadcast_object_list(opt_state, src=0)
-        self.ccl_opt.load_state_dict(opt_state[0])
-        if not rank_distrib(): warn(f"CCL: in epoch {len(self.history)} the head differed between ranks (kernels that are not "
-                                    "bitwise reproducible, e.g. different GPU models); rank 0's head was copied to every rank.")
 
     def freeze_dictionary(self):
         "Stop updating the class dictionary: no gradient, and out of the head optimizer (no momentum, no weight decay)"
@@ -474,109 +419,244 @@ class CCL(Callback):
             self.ccl_opt.param_groups[:] = [g for g in self.ccl_opt.param_groups if not any(p is d for p in g['params'])]
             self.ccl_opt.state.pop(d, None)
 
-    # ---------------------------------------------------------------- validation and the end of a fit
-    def before_validate(self):
-        "The head in eval mode (its BatchNorm statistics stay as trained)"
-        if self.ccl_head is not None: self.ccl_head.eval()
+# %% ../nbs/03_ccl.ipynb #cq000000
+@patch
+def _check_learner(self:CCL)->int:
+    "Raise a clear error for anything CCL cannot train with, before any work; return K"
+    refuse_fastai_mixing(self.learn, 'CCL')
+    if any(isinstance(cb, CCL) and cb is not self for cb in self.learn.cbs): raise ValueError(
+        "This Learner has two CCL callbacks: each would train its own head and log its own columns. Use one CCL "
+        "(remove the other with learn.remove_cb).")
+    model = plain_model(self.learn.model)
+    if self.features is not None: named_module(model, self.features, 'CCL features module')
+    k_data = getattr(self.learn.dls, 'c', None)
+    if self.n_classes is not None and k_data is not None and self.n_classes != k_data:
+        raise ValueError(f"CCL(n_classes={self.n_classes}) but the data has {k_data} classes (dls.c): "
+                         f"leave n_classes out or set it to {k_data}.")
+    clf = last_linear(model)
+    k = ifnone(self.n_classes, k_data)
+    if clf is not None and k is not None and clf[1].out_features != k:
+        raise ValueError(f"The model's classifier `{clf[0]}` has {clf[1].out_features} outputs but the data has {k} classes: "
+                         f"build the model with {k} outputs (e.g. timm's num_classes={k}, or vision_learner(n_out={k})).")
+    k = ifnone(k, clf[1].out_features if clf is not None else None)
+    if k is None: raise ValueError("Cannot tell the number of classes from the data or the model: pass CCL(n_classes=K).")
+    if self.ccl_head is not None and self.ccl_head.dictionary.shape[0] != k:
+        raise ValueError(f"The CCL head was trained for {self.ccl_head.dictionary.shape[0]} classes but the data has {k}: "
+                         "use a new CCL() for a new label set.")
+    return k
 
-    def after_validate(self):
-        "Append this epoch's CCL columns to the Recorder's log (NaN for an epoch that trained on no item)"
-        if self._columns_added and self._epoch_row is not None:
-            self.learn.recorder.log += [self._epoch_row.get(c, float('nan')) for c in self.columns]
-            self._logged = True
-        self._epoch_row = None
+@patch
+def _locate_features(self:CCL)->tuple:
+    "`(name, module, 'input'/'output', width)` of the features, found once per model with one eval-mode forward pass"
+    model = plain_model(self.learn.model)
+    if self._where is None or not any(m is self._where[1] for m in model.modules()):
+        self._where = find_features(model, one_batch_inputs(self.learn.dls, first(model.parameters()).device), self.features)
+    return self._where
 
-    def after_fit(self):
-        "Nothing stays on the model; a fit that trained nothing (get_preds, validate) leaves no CCL columns"
-        self._remove_hooks()
-        if self.ccl_head is not None: self.ccl_head.eval()
-        if not self._logged: self._remove_columns()
+@patch
+def _make_lockstep(self:CCL)->Lockstep:
+    "The head's optimizer (one group for f_2 and, unless frozen, one for the dictionary), stepped in lockstep with `learn.opt`"
+    groups = [{'params': list(self.ccl_head.embed.parameters())}]
+    if not self.frozen: groups.append({'params': [self.ccl_head.dictionary]})
+    return Lockstep(self.ccl_head, self.head_opt_func(groups, lr=self.lr_ccl), prefer_fused=self.head_opt_func is default_head_opt)
 
-    def after_cancel_fit(self):
-        "Nothing stays on the model after an interrupted fit"
-        self._remove_hooks()
+# %% ../nbs/03_ccl.ipynb #cq000001
+@patch
+def _arm(self:CCL, model, args):
+    "Read features only in the forward pass of the training batch (not, e.g., a callback's extra forward)"
+    learn = self.learn
+    self._ours = learn is not None and len(args) > 0 and len(learn.xb) > 0 and args[0] is learn.xb[0]
 
-    def _remove_hooks(self):
-        "Remove hooks whose forward pass did not run, forget the batch"
-        remove_hooks(self._handles)
-        self._feats = None
+@patch
+def _grab(self:CCL, f):
+    if not self._ours: return
+    name,_,how,_ = self._where
+    if self._feats is not None: self._refuse(
+        f"Module `{name}` runs twice in one forward pass: name a module that runs once with CCL(features=...).")
+    if not isinstance(f, Tensor) or f.ndim != 2: self._refuse(
+        f"The {how} of `{name}` is not of shape (batch, width); CCL needs pooled features: "
+        "name the module that receives the pooled, flattened features with CCL(features=...).")
+    fm = self._mixer()
+    self._feats = f,(fm.mixing_so_far() if fm is not None else [])   # the features, and the mixing before them
 
-    def _refuse(self, msg:str):
-        "Raise `ValueError(msg)` mid-fit, leaving the Learner as it was (an exception skips the `after_*` events)"
-        refuse_fit(self.learn, msg)
+@patch
+def _grab_input(self:CCL, module, args): self._grab(args[0] if args else None)
 
-    def _abandon_fit(self):
-        "Undo this fit's set-up before a refusal (`refuse_fit`): no hooks, no CCL columns"
-        self._remove_hooks()
-        self._remove_columns()
+@patch
+def _grab_output(self:CCL, module, args, output): self._grab(output)
 
-    def _remove_columns(self):
-        "Take CCL's columns out of the Recorder again (a fit that trained nothing, or failed)"
-        if self._columns_added: self.learn.recorder.metric_names = L(n for n in self.learn.recorder.metric_names if n not in self.columns)
+@patch
+def _remove_hooks(self:CCL):
+    "Remove hooks whose forward pass did not run, forget the batch"
+    remove_hooks(self._handles)
+    self._feats = self._terms = None
 
-    # ---------------------------------------------------------------- state: learn.save / learn.load
-    def state_dict(self)->dict:
-        "Everything needed to resume CCL training (saved by `learn.save`)"
-        if self.ccl_head is None: return {}
-        return dict(in_features=self.ccl_head.embed[0].in_features, n_classes=self.ccl_head.dictionary.shape[0],
-                    widths=list(self.widths), head=self.ccl_head.state_dict(),
-                    opt=None if self.ccl_opt is None else self.ccl_opt.state_dict(),
-                    frozen_at=self.frozen_at, history=[dict(h) for h in self.history])
+@patch
+def after_cancel_batch(self:CCL):
+    "Remove the hooks of a batch cancelled before its forward pass (head gradients stay, as the backbone's do)"
+    self._remove_hooks()
 
-    def check_state_dict(self, sd:dict):
-        "Raise a clear error for a saved state this CCL cannot take (`learn.load` asks before it loads anything)"
-        if not sd: return
-        if list(self.widths) != list(sd['widths']): raise ValueError(
-            f"The saved CCL state has a head of widths {tuple(sd['widths'])}, but this CCL was built with widths={self.widths}: "
-            f"build it with CCL(widths={tuple(sd['widths'])}) to load this state.")
-        if self.n_classes is not None and self.n_classes != sd['n_classes']: raise ValueError(
-            f"The saved CCL state is for {sd['n_classes']} classes, but this CCL was built with n_classes={self.n_classes}.")
+@patch
+def after_cancel_backward(self:CCL):
+    "The backbone's backward was cancelled: no head backward for this batch"
+    self._feats = self._terms = None
 
-    def load_state_dict(self, sd:dict):
-        "Restore a `state_dict` (called by `learn.load`): the head, its optimizer, the freeze state and the history as they were when saved"
-        if not sd:
-            self.ccl_head,self.ccl_opt,self.history,self.frozen_at = None,None,[],None
-            return
-        self.check_state_dict(sd)
-        if self.ccl_head is None or self.ccl_head.dictionary.shape != (sd['n_classes'], sd['widths'][-1]) \
-                or self.ccl_head.embed[0].in_features != sd['in_features']:
-            self.ccl_head = CCLHead(sd['in_features'], sd['n_classes'], self.widths)
-        self.ccl_head.load_state_dict(sd['head'])
-        self.frozen_at,self.history = sd['frozen_at'],[dict(h) for h in sd['history']]
-        self.ccl_head.dictionary.requires_grad_(not self.frozen)
-        self.ccl_opt = self._make_head_opt()
-        if sd['opt'] is not None: self.ccl_opt.load_state_dict(sd['opt'])
+# %% ../nbs/03_ccl.ipynb #cq000002
+@patch
+def _target(self:CCL)->Tensor:
+    "The batch's targets: class indices, or multi-hot rows as floats"
+    y = self.learn.yb[0].as_subclass(Tensor)
+    return y.float() if self.multi_label else y.long()
 
-    # ---------------------------------------------------------------- plots
-    def plot_soft_labels(self,
-        ax=None,            # matplotlib axes to draw on
-        figsize=(4.5, 3.8), # size of a new figure (inches)
-        cmap='Blues',       # colour map
-        annotate:bool|None=None, # write the values in the cells (default: when K <= 12)
-    ):
-        "Heat map of the learned soft-label matrix P, labelled with `dls.vocab`"
-        P = self.soft_labels
-        if P is None: raise ValueError("CCL has not trained yet: fit the Learner first.")
-        K = len(P)
-        vocab = getattr(self.learn.dls, 'vocab', None) if self.learn is not None else None
-        names = [str(v) for v in vocab] if vocab is not None and len(vocab) == K else [str(i) for i in range(K)]
-        if ax is None: _,ax = plt.subplots(figsize=figsize)
-        im = ax.imshow(P.numpy(), cmap=cmap, vmin=0)
-        ax.set_xticks(range(K), names, rotation=45, ha='right'); ax.set_yticks(range(K), names)
-        what,whats = ('label','labels') if self.multi_label else ('class','classes')
-        ax.set_xlabel(f"soft label over {whats}"); ax.set_ylabel(f"{what} k (row: {what} k's soft label)")
-        ax.set_title(f"CCL soft labels (p̄ = {P.diagonal().mean():.3f})")
-        if ifnone(annotate, K <= 12):
-            for i in range(K):
-                for j in range(K): ax.text(j, i, f'{P[i,j]:.2f}', ha='center', va='center', fontsize=8,
-                                           color='white' if P[i,j] > P.max()/2 else 'black')
-        plt.colorbar(im, ax=ax, fraction=0.046)
-        return ax
+@patch
+def _mixer(self:CCL):
+    "The Learner's `FlowMixup` (or `Mixup`, `ManifoldMixup`), or None"
+    return first(cb for cb in self.learn.cbs if isinstance(cb, FlowMixup))
 
-    def plot_pbar(self, ax=None, figsize=(4.5, 2.8)):
-        "p̄ (mean diagonal of P) per training epoch over all fits, with the epoch after which the dictionary was frozen"
-        if ax is None: _,ax = plt.subplots(figsize=figsize)
-        ax.plot([h['epoch'] for h in self.history], self.pbar_history, marker='o')
-        if self.frozen: ax.axvline(self.frozen_at, color='grey', ls=':', label='dictionary frozen'); ax.legend()
-        ax.set_xlabel('epoch (CCL training epochs, all fits)'); ax.set_ylabel('p̄ (mean diagonal of P)')
-        return ax
+@patch
+def _head_batch(self:CCL)->tuple:
+    "Features, targets and rows kept (None: all) the head learns from: the original items, or every row of a flow that has none un-mixed"
+    (feats,ops),y = self._feats,self._target()
+    feats = feats.detach().float()
+    # the flow as it was where the features were read: mixing modules after them do not change the features
+    rows = len(y)*2**sum(keep for _,_,keep in ops)   # each mixing module that keeps its original doubles the rows
+    if len(feats) != rows: self._refuse(
+        f"The features have {len(feats)} rows, but the batch has {len(y)} items and the flow {rows} rows where they were read.")
+    multi = self.multi_label
+    if all(keep for _,_,keep in ops):   # the un-mixed original items lead the flow
+        feats = feats[:len(y)]
+        return (feats,*multilabel_head_targets(y)[::-1]) if multi else (feats,y,None)   # items without a positive label: not kept
+    # every row mixed: the targets mixed as the rows were (multi-label: the items' spread positives, renormalised)
+    k = self.ccl_head.dictionary.shape[0]   # one-hot by comparison: `F.one_hot` checks the classes' range on the host
+    one = y/y.sum(1, keepdim=True).clamp_min(1) if multi else (y[:, None] == torch.arange(k, device=y.device)).float()
+    mixed = mix_along_flow(one, *flow_components(len(y), ops, feats.device))
+    if not multi: return feats,mixed,None
+    mass = mixed.sum(1, keepdim=True)
+    return feats,mixed/mass.clamp_min(1e-12),mass[:, 0] > 0
+
+@patch
+def _head_backward(self:CCL, feats, target, keep, terms, rows, scale)->tuple:
+    "The head's loss in float32 (outside autocast), back-propagated with weight `scale` unless `rows` is 0; `(CE, l_CC)`"
+    with torch.autocast(feats.device.type, enabled=False):
+        loss,ce,lcc = self.ccl_head.loss(feats, target, self.alpha_cc, self.margin, keep, terms)
+    self._lockstep.backward(loss, (rows > 0) if scale == 1 else (rows > 0)*scale)
+    return ce.detach(),lcc.detach()
+
+# %% ../nbs/03_ccl.ipynb #cq000003
+@patch
+def after_cancel_train(self:CCL):
+    "A callback cancelled this training epoch: an epoch without a batch is then intended"
+    self._train_cancelled = True
+
+@patch
+def before_validate(self:CCL):
+    "The head in eval mode (its BatchNorm statistics stay as trained)"
+    if self.ccl_head is not None: self.ccl_head.eval()
+
+@patch
+def after_validate(self:CCL):
+    "Append this epoch's CCL columns to the Recorder's log (NaN for an epoch that trained on no item)"
+    if self._columns_added and self._epoch_row is not None:
+        self.learn.recorder.log += [self._epoch_row.get(c, float('nan')) for c in self.columns]
+        self._logged = True
+    self._epoch_row = None
+
+@patch
+def after_fit(self:CCL):
+    "Nothing stays on the model; a fit that trained nothing (get_preds, validate) leaves no CCL columns"
+    self._remove_hooks()
+    if self.ccl_head is not None: self.ccl_head.eval()
+    if not self._logged: self._remove_columns()
+
+@patch
+def after_cancel_fit(self:CCL):
+    "Nothing stays on the model after an interrupted fit"
+    self._remove_hooks()
+
+@patch
+def _refuse(self:CCL, msg:str):
+    "Raise `ValueError(msg)` mid-fit, leaving the Learner as it was (an exception skips the `after_*` events)"
+    refuse_fit(self.learn, msg)
+
+@patch
+def _abandon_fit(self:CCL):
+    "Undo this fit's set-up before a refusal (`refuse_fit`): no hooks, no CCL columns"
+    self._remove_hooks()
+    self._remove_columns()
+
+@patch
+def _remove_columns(self:CCL):
+    "Take CCL's columns out of the Recorder again (a fit that trained nothing, or failed)"
+    if self._columns_added: self.learn.recorder.metric_names = L(n for n in self.learn.recorder.metric_names if n not in self.columns)
+
+# %% ../nbs/03_ccl.ipynb #cq000004
+@patch
+def state_dict(self:CCL)->dict:
+    "Everything needed to resume CCL training (saved by `learn.save`)"
+    if self.ccl_head is None: return {}
+    return dict(in_features=self.ccl_head.embed[0].in_features, n_classes=self.ccl_head.dictionary.shape[0],
+                widths=list(self.widths), head=self.ccl_head.state_dict(),
+                opt=None if self.ccl_opt is None else self.ccl_opt.state_dict(),
+                frozen_at=self.frozen_at, history=[dict(h) for h in self.history])
+
+@patch
+def check_state_dict(self:CCL, sd:dict):
+    "Raise a clear error for a saved state this CCL cannot take (`learn.load` asks before it loads anything)"
+    if not sd: return
+    if list(self.widths) != list(sd['widths']): raise ValueError(
+        f"The saved CCL state has a head of widths {tuple(sd['widths'])}, but this CCL was built with widths={self.widths}: "
+        f"build it with CCL(widths={tuple(sd['widths'])}) to load this state.")
+    if self.n_classes is not None and self.n_classes != sd['n_classes']: raise ValueError(
+        f"The saved CCL state is for {sd['n_classes']} classes, but this CCL was built with n_classes={self.n_classes}.")
+
+@patch
+def load_state_dict(self:CCL, sd:dict):
+    "Restore a `state_dict` (called by `learn.load`): the head, its optimizer, the freeze state and the history as they were when saved"
+    if not sd:
+        self.ccl_head,self._lockstep,self.history,self.frozen_at = None,None,[],None
+        return
+    self.check_state_dict(sd)
+    if self.ccl_head is None or self.ccl_head.dictionary.shape != (sd['n_classes'], sd['widths'][-1]) \
+            or self.ccl_head.embed[0].in_features != sd['in_features']:
+        self.ccl_head = CCLHead(sd['in_features'], sd['n_classes'], self.widths)
+    self.ccl_head.load_state_dict(sd['head'])
+    self.frozen_at,self.history = sd['frozen_at'],[dict(h) for h in sd['history']]
+    self.ccl_head.dictionary.requires_grad_(not self.frozen)
+    self._lockstep = self._make_lockstep()
+    if sd['opt'] is not None: self.ccl_opt.load_state_dict(sd['opt'])
+
+# %% ../nbs/03_ccl.ipynb #cq000009
+@patch
+def plot_soft_labels(self:CCL,
+    ax=None,            # matplotlib axes to draw on
+    figsize=(4.5, 3.8), # size of a new figure (inches)
+    cmap='Blues',       # colour map
+    annotate:bool|None=None, # write the values in the cells (default: when K <= 12)
+):
+    "Heat map of the learned soft-label matrix P, labelled with `dls.vocab`"
+    P = self.soft_labels
+    if P is None: raise ValueError("CCL has not trained yet: fit the Learner first.")
+    K = len(P)
+    vocab = getattr(self.learn.dls, 'vocab', None) if self.learn is not None else None
+    names = [str(v) for v in vocab] if vocab is not None and len(vocab) == K else [str(i) for i in range(K)]
+    if ax is None: _,ax = plt.subplots(figsize=figsize)
+    im = ax.imshow(P.numpy(), cmap=cmap, vmin=0)
+    ax.set_xticks(range(K), names, rotation=45, ha='right'); ax.set_yticks(range(K), names)
+    what,whats = ('label','labels') if self.multi_label else ('class','classes')
+    ax.set_xlabel(f"soft label over {whats}"); ax.set_ylabel(f"{what} k (row: {what} k's soft label)")
+    ax.set_title(f"CCL soft labels (p̄ = {P.diagonal().mean():.3f})")
+    if ifnone(annotate, K <= 12):
+        for i in range(K):
+            for j in range(K): ax.text(j, i, f'{P[i,j]:.2f}', ha='center', va='center', fontsize=8,
+                                       color='white' if P[i,j] > P.max()/2 else 'black')
+    plt.colorbar(im, ax=ax, fraction=0.046)
+    return ax
+
+@patch
+def plot_pbar(self:CCL, ax=None, figsize=(4.5, 2.8)):
+    "p̄ (mean diagonal of P) per training epoch over all fits, with the epoch after which the dictionary was frozen"
+    if ax is None: _,ax = plt.subplots(figsize=figsize)
+    ax.plot([h['epoch'] for h in self.history], self.pbar_history, marker='o')
+    if self.frozen: ax.axvline(self.frozen_at, color='grey', ls=':', label='dictionary frozen'); ax.legend()
+    ax.set_xlabel('epoch (CCL training epochs, all fits)'); ax.set_ylabel('p̄ (mean diagonal of P)')
+    return ax

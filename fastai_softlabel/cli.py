@@ -629,12 +629,13 @@ def main(argv=None):
             same_settings()   # and as the folder is now, held
         else:
             import torch
+            from fastai.torch_core import default_device
             lock = _new_results_folder(out, dict(
                 settings=settings, methods=methods, corruption=rates, seeds=seeds, multi_label=bool(d['multi_label']),
                 classes=[str(n) for n in d['names']], items={s: int((d['split'] == s).sum()) for s in ('train', 'valid')},
                 split=dict(source=d['split_source'], counts=d['split_counts'], **d['split_used']),
                 command=['softlabel', *argv], versions=_versions(),
-                device=torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu',
+                device=torch.cuda.get_device_name() if default_device().type == 'cuda' else default_device().type,   # where fastai trains
                 threads=args.threads, started=datetime.datetime.now().astimezone().isoformat(timespec='seconds')))
         print(f"data: {args.data or f'synthetic ({args.task}-label)'}: {split_summary(d)}", flush=True)
         if args.threads:

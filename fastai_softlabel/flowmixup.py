@@ -28,7 +28,8 @@ def sample_mix_weights(
     shape = () if n is None else (n,)
     if alpha == 0: return torch.ones(shape, device=device)
     a = torch.tensor(float(alpha), device=device)
-    p = torch.distributions.Beta(a, a).sample(shape)
+    # without argument validation: its checks (`(a > 0).all()`) would ask the host for a value at every draw
+    p = torch.distributions.Beta(a, a, validate_args=False).sample(shape)
     return torch.maximum(p, 1-p) if symmetric else p
 
 # %% ../nbs/05_flowmixup.ipynb #4ace76f9

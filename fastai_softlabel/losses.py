@@ -9,10 +9,11 @@ from fastai.basics import *
 from fastai.losses import BaseLoss, LabelSmoothingCrossEntropy
 
 # %% auto #0
-__all__ = ['normalized_sq_distance', 'class_orthogonality_loss', 'ccl_head_loss', 'soft_label_matrix',
-           'equidistant_smoothing_eps', 'smoothed_targets', 'soft_label_kl', 'multilabel_head_targets',
-           'multilabel_soft_targets', 'binary_soft_label_kl', 'LabelSmoothingCE', 'LabelSmoothingCEFlat', 'class_prior',
-           'soft_target_cross_entropy', 'soft_bce_with_logits', 'inverse_prevalence_weights']
+__all__ = ['normalized_sq_distance', 'unit_rows', 'unit_sq_distance', 'class_orthogonality_loss', 'ccl_head_loss',
+           'ccl_loss_terms', 'soft_label_matrix', 'equidistant_smoothing_eps', 'smoothed_targets', 'soft_label_kl',
+           'multilabel_head_targets', 'multilabel_soft_targets', 'binary_soft_label_kl', 'LabelSmoothingCE',
+           'LabelSmoothingCEFlat', 'class_prior', 'soft_target_cross_entropy', 'soft_bce_with_logits',
+           'inverse_prevalence_weights']
 
 # %% ../nbs/01_losses.ipynb #7c421b31
 def normalized_sq_distance(
@@ -20,7 +21,34 @@ def normalized_sq_distance(
     b:Tensor, # (M, D) embeddings
 )->Tensor:    # (N, M) matrix of f_d(a_i, b_j)
     "Squared Euclidean distance between the L2-normalised rows of `a` and `b`"
-    a,b = F.normalize(a.float(), dim=-1),F.normalize(b.float(), dim=-1)
+    return unit_sq_distance(unit_rows(a.float()), unit_rows(b.float()))
+
+class _UnitRows(torch.autograd.Function):
+    "`F.normalize(x, dim=-1)` with a backward of six ops instead of fifteen (every op is a kernel launch on a GPU)"
+    @staticmethod
+    def forward(ctx, x, eps):
+        n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        r = n.clamp_min(eps).reciprocal()
+        y = x*r
+        ctx.save_for_backward(y, r, n > eps)
+        return y
+    @staticmethod
+    def backward(ctx, g):
+        y,r,away = ctx.saved_tensors   # below eps, y = x/eps: the projection term vanishes
+        return (g - y*((g*y).sum(-1, keepdim=True)*away))*r, None
+
+def unit_rows(
+    x:Tensor,          # (N, D)
+    eps:float=1e-12,   # rows shorter than this are divided by `eps`, as `F.normalize` does
+)->Tensor:             # (N, D) rows of length 1
+    "The rows of `x` divided by their length (`F.normalize(x, dim=-1)`)"
+    return _UnitRows.apply(x, eps)
+
+def unit_sq_distance(
+    a:Tensor, # (N, D) rows of length 1
+    b:Tensor, # (M, D) rows of length 1
+)->Tensor:    # (N, M)
+    "`normalized_sq_distance` of rows already normalised: `2 - 2 a·b`, clamped at 0 against rounding"
     return (2 - 2*a@b.T).clamp_min(0)
 
 # %% ../nbs/01_losses.ipynb #d856c84b
@@ -38,10 +66,24 @@ def ccl_head_loss(
     target:Tensor,     # (B,) integer class indices, or (B, K) target distributions (e.g. `multilabel_head_targets`)
     alpha_cc:float=10., # α_CC, weight of l_CC
     margin:float=2.,   # b in l_CC
+    weight:Tensor|None=None, # (B,) 0/1 row weights: CE is the mean over the rows of weight 1 (0 when none); None: every row
 )->tuple:              # `(L_CCL, CE, l_CC)`
     "The CCL head's loss `CE(softmax(-d), y) + alpha_cc*l_CC` and its two terms"
-    ce = F.cross_entropy(-normalized_sq_distance(embeddings, dictionary), target)
-    lcc = class_orthogonality_loss(dictionary, margin)
+    c = unit_rows(dictionary.float())
+    return ccl_loss_terms(unit_rows(embeddings.float()), c, c@c.T, target, alpha_cc, margin, weight)
+
+def ccl_loss_terms(
+    e:Tensor,    # (B, D) embeddings, normalised
+    c:Tensor,    # (K, D) class embeddings, normalised
+    gram:Tensor, # (K, K) `c @ c.T`, the cosines between classes: also gives the soft labels, so a training step computes it once
+    target:Tensor, alpha_cc:float=10., margin:float=2., weight:Tensor|None=None, # as in `ccl_head_loss`
+)->tuple:        # `(L_CCL, CE, l_CC)`
+    "`ccl_head_loss` from the normalised embeddings and dictionary, and the dictionary's cosines"
+    # f_d = 2 - 2cos: softmax(-d) = softmax(2cos), one constant apart, and so is the cross entropy
+    logits = 2*e@c.T
+    if weight is None: ce = F.cross_entropy(logits, target)
+    else: ce = (F.cross_entropy(logits, target, reduction='none')*weight).sum()/weight.sum().clamp_min(1)
+    lcc = F.relu((2 - margin) - 2*gram).mean()   # `class_orthogonality_loss`: relu(f_d - b)
     return ce + alpha_cc*lcc, ce, lcc
 
 # %% ../nbs/01_losses.ipynb #dc35b7b1
@@ -82,12 +124,11 @@ def soft_label_kl(
 # %% ../nbs/01_losses.ipynb #6e45492b
 def multilabel_head_targets(
     target:Tensor, # (B, K) multi-hot labels
-)->tuple:          # `(keep, dist)`: (B,) rows with a positive label, (n_kept, K) their target distributions
-    "The CCL head's targets for multi-hot labels: each item's positive labels spread evenly, items without any left out"
+)->tuple:          # `(keep, dist)`: (B,) rows with a positive label, (B, K) their target distributions (zero rows for the others)
+    "The CCL head's targets for multi-hot labels: each item's positive labels spread evenly; `keep` leaves out items without any"
     y = target.float()
-    n = y.sum(1)
-    keep = n > 0
-    return keep,y[keep]/n[keep, None]
+    n = y.sum(1, keepdim=True)
+    return n[:, 0] > 0,y/n.clamp_min(1)   # the batch's shape: leaving rows out would ask the host how many
 
 # %% ../nbs/01_losses.ipynb #1509faf9
 def multilabel_soft_targets(

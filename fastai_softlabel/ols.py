@@ -30,11 +30,11 @@ def ols_accumulate(
     logits:Tensor,   # (B, K) classifier outputs
     target:Tensor,   # (B,) class indices
 ):
-    "Add the softmax outputs of the correctly classified items to their true class's row"
+    "Add the softmax outputs of the correctly classified items to their true class's row (a mask, no host synchronisation)"
     with torch.no_grad():
-        ok = logits.argmax(-1) == target
-        sums.index_add_(0, target[ok], F.softmax(logits[ok].float(), dim=-1).to(sums.dtype))
-        counts.index_add_(0, target[ok], torch.ones_like(target[ok], dtype=counts.dtype))
+        ok = (logits.argmax(-1) == target).to(sums.dtype)   # every item is added, the wrong ones with weight 0
+        sums.index_add_(0, target, F.softmax(logits.float(), dim=-1).to(sums.dtype)*ok[:, None])
+        counts.index_add_(0, target, ok.to(counts.dtype))
 
 def ols_next_matrix(prev:Tensor, sums:Tensor, counts:Tensor)->Tensor:
     "S^t: the mean softmax output of each class's correctly classified items; rows of classes with none stay as in `prev`"
@@ -67,12 +67,13 @@ class OnlineLabelSmoothing(Callback):
         "Empty the epoch's sums"
         dev = first(self.learn.model.parameters()).device
         self._sums,self._counts = torch.zeros(self.soft_matrix.shape, device=dev),torch.zeros(len(self.soft_matrix), device=dev)
+        self._soft = self.soft_matrix.to(dev)   # copied to the device once per epoch, not at every step
 
     def after_loss(self):
         "Mix the Learner's loss (the hard term) with the soft term; add this batch's correct predictions to the sums"
         y = self.learn.yb[0].as_subclass(Tensor).long()
         pred = self.learn.pred.as_subclass(Tensor) if isinstance(self.learn.pred, Tensor) else self.learn.pred
-        soft = ols_soft_ce(pred, y, self.soft_matrix)
+        soft = ols_soft_ce(pred, y, self._soft)
         self.learn.loss_grad = self.alpha*self.learn.loss_grad + (1 - self.alpha)*soft
         self.learn.loss = self.alpha*self.learn.loss + (1 - self.alpha)*soft.detach()
         ols_accumulate(self._sums, self._counts, pred.detach(), y)

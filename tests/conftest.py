@@ -12,6 +12,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if 'cuda' in item.keywords: item.add_marker(skip)
 
+@pytest.fixture(autouse=True)
+def pinned_device(request, monkeypatch):
+    """Every test but the `cuda` ones runs on the CPU, also on a machine with a GPU. fastai's DataLoaders, `to_device` and
+    the `softlabel` command otherwise train on the GPU when there is one, while a test compares with tensors it made on
+    the CPU. In this process fastai's `defaults.use_cuda=False` pins them; the subprocesses a test starts (the command,
+    DDP workers) see no GPU."""
+    if 'cuda' in request.keywords: return
+    monkeypatch.setattr(defaults, 'use_cuda', False)
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')
+
 def pytest_pycollect_makeitem(collector, name, obj):
     "Collect only tests defined in the test module, not fastcore's `test_eq`, `test_close`... brought in by star imports"
     if inspect.isfunction(obj) and name.startswith('test') and obj.__module__ != getattr(collector, 'module', collector).__name__:
@@ -22,9 +32,9 @@ def tiny_cnn(n_out, c=16, extra=()):
     return nn.Sequential(ConvLayer(3, c, stride=2), ConvLayer(c, c, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          *extra, nn.Linear(c, n_out))
 
-def make_dls(n_per_class=16, size=16, n_classes=4, bs=16, seed=0, **kwargs):
+def make_dls(n_per_class=16, size=16, n_classes=4, bs=16, seed=0, device='cpu', **kwargs):
     d = synthetic_class_images(n_per_class=n_per_class, size=size, n_classes=n_classes, seed=seed)
-    return array_image_dls(d['images'], d['labels'], d['class_names'], bs=bs, num_workers=0, **kwargs)
+    return array_image_dls(d['images'], d['labels'], d['class_names'], bs=bs, num_workers=0, device=device, **kwargs)
 
 @pytest.fixture
 def dls(): return make_dls()

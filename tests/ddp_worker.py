@@ -11,6 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import tiny_cnn, make_dls
 from ddp_launch import use_cpu_broadcast
 from fastai_softlabel.core import all_gather_rows
+from fastai_softlabel.lockstep import Lockstep
 from fastai_softlabel.ccl import CCL
 from fastai_softlabel.flowmixup import FlowMixup, Mixup
 use_cpu_broadcast()
@@ -34,13 +35,14 @@ if a.setup == 'gather':   # core.all_gather_rows with a different number of rows
 
 FIRST_GATHER = {}
 def _recording(gather):
-    "CCL's gather, recording its first call: this rank's rows and the gathered batch"
-    def f(self, feats, target):
-        out = gather(self, feats, target)
-        if not FIRST_GATHER: FIRST_GATHER.update(feats=feats.clone(), target=target.clone(), all_feats=out[0].clone(), all_target=out[1].clone())
+    "CCL's gather (its head's `Lockstep`), recording its first call: this rank's rows and the gathered batch"
+    def f(self, feats, target, keep):
+        out = gather(self, feats, target, keep)
+        if not FIRST_GATHER: FIRST_GATHER.update(feats=feats.clone(), target=target.clone(), keep=keep.clone(), all_feats=out[0].clone(),
+                                                 all_target=out[1].clone(), all_keep=out[2].clone())
         return out
     return f
-CCL._gather_head_batch = _recording(CCL._gather_head_batch)
+Lockstep.gather = _recording(Lockstep.gather)
 
 class Drift(Callback):
     "On rank 1 only, nudge CCL's head after one step of epoch 0: what a kernel that is not bitwise reproducible could do"

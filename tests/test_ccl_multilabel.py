@@ -2,7 +2,7 @@
 import sys, pytest, torch
 from pathlib import Path
 from fastai.vision.all import *
-from fastai_softlabel.ccl import CCL
+from fastai_softlabel.ccl import CCL, CCLHead
 from fastai_softlabel.flowmixup import FlowMixup, Mixup, flow_loss, mix_along_flow
 from fastai_softlabel.losses import multilabel_soft_targets, binary_soft_label_kl, multilabel_head_targets
 from fastai_softlabel.data import synthetic_class_images, array_image_dls
@@ -29,8 +29,13 @@ class _FirstHeadStep(Callback):
     def before_fit(self): self.head_calls = []
     def after_loss(self):
         if self.training:
-            loss = self.learn.ccl.ccl_head.loss
-            self.learn.ccl.ccl_head.loss = lambda f, t, *a: (self.head_calls.append((f.clone(), t.clone())), loss(f, t, *a))[1]
+            head = self.learn.ccl.ccl_head
+            loss = head.loss
+            def spied(f, t, *a):
+                self.head_state = {k: v.clone() for k, v in head.state_dict().items()}   # before this batch's forward
+                self.head_calls.append((f.clone(), t.clone()))
+                return loss(f, t, *a)
+            head.loss = spied
     def after_backward(self):
         self.grads = {n: p.grad.clone() for n, p in self.learn.ccl.ccl_head.named_parameters()}
         raise CancelFitException
@@ -69,6 +74,7 @@ def test_backbone_loss_is_bce_plus_the_binary_kl_of_the_soft_targets(tmp_path):
     assert learn.recorder.metric_names[-6:] == ['ce', 'kl', 'head_ce', 'l_cc', 'p_bar', 'time']
 
 def test_items_without_a_positive_label_do_not_reach_the_head(tmp_path):
+    "The head's batch keeps the batch's shape (its size is not read on the host); items without a positive label get weight 0 and stay out of its BatchNorm statistics: the head's gradients are those of the kept rows alone"
     d = synthetic_class_images(n_per_class=16, size=16, n_classes=4, seed=0)
     y = np.eye(4)[d['labels']]; y[d['labels'] == 3] = 0       # class 3's images carry no label
     dls = array_image_dls(d['images'], y.astype(np.uint8), d['class_names'], bs=16, num_workers=0, shuffle=False)
@@ -76,8 +82,18 @@ def test_items_without_a_positive_label_do_not_reach_the_head(tmp_path):
     f, t = spy.head_calls[0]
     yb = learn.dls.train.one_batch()[1].float()
     keep, dist = multilabel_head_targets(yb)
-    assert 0 < keep.sum() < len(yb) and len(f) == keep.sum()
+    assert 0 < keep.sum() < len(yb) and len(f) == len(yb)
     test_eq(t, dist)
+    # the kept rows alone, through the head as it was before the batch, with plain BatchNorm
+    ref = CCLHead(f.shape[1], 4, widths=(32, 16))
+    ref.load_state_dict(spy.head_state)
+    ref.train()
+    c = learn.ccl
+    grads = torch.autograd.grad(ref.loss(f[keep], dist[keep], c.alpha_cc, c.margin)[0], [p for _, p in ref.named_parameters()])
+    for (n, _), g in zip(ref.named_parameters(), grads): test_close(spy.grads[n], g, eps=1e-5)
+    after = c.ccl_head.state_dict()   # ...and the running statistics moved as with the kept rows alone
+    for k in after:
+        if 'running' in k: test_close(after[k], ref.state_dict()[k], eps=1e-6)
 
 def test_lr_find_get_preds_save_load_and_export(tmp_path):
     dls = label_dls('multi')
@@ -111,7 +127,7 @@ def test_soft_targets_are_mixed_along_the_flow(make, originals, tmp_path):
             assert ((soft >= 0) & (soft <= 1)).all()
             self.expected = flow_loss(self.learn.loss_func, fm.flow.pred, y, fm.flow.idx, fm.flow.weight) + binary_soft_label_kl(fm.flow.pred, soft)
             self.loss, self.flow, self.y = self.learn.loss.detach().clone(), fm.flow, y
-            feats, self.head_t = c._head_batch()
+            feats, self.head_t, _ = c._head_batch()
             self.done = True
     learn = ml_learner(label_dls('multi'), tmp_path, cbs=[make(), chk := Check(), StopAfterBatches(2)])
     learn.fit(1, 1e-3)

@@ -28,6 +28,7 @@ def test_ccl_ranks_agree_bit_for_bit(setup, tmp_path):
     for r in (g0, g1):
         assert torch.equal(r['all_feats'], torch.cat([g0['feats'], g1['feats']]))
         assert torch.equal(r['all_target'], torch.cat([g0['target'], g1['target']]))
+        assert torch.equal(r['all_keep'], torch.cat([g0['keep'], g1['keep']]))   # the rows each rank's head may learn from
     if setup == 'ccl+mixup':   # mixed one-hot targets: rows of K probabilities, not all one-hot
         t = g0['all_target']
         assert t.shape == (16, 4) and torch.allclose(t.sum(1), torch.ones(16)) and (t.max(1).values < 1).any()

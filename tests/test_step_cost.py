@@ -1,0 +1,100 @@
+"""What one training step gains from each method at PyTorch's dispatcher (`step_cost.StepCost`): no host synchronisation
+inside the step, and CCL's step within its aten-op budget. On the CPU, with the device pinned; `test_no_sync_on_gpu` does
+the same with CUDA's own sync check."""
+from collections import Counter
+import numpy as np, pytest, torch
+from fastai.vision.all import *
+from conftest import tiny_cnn, make_dls
+from step_cost import StepCost, CountStep
+from fastai_softlabel.ccl import CCL
+from fastai_softlabel.flowmixup import FlowMixup, Mixup, ManifoldMixup
+from fastai_softlabel.ols import OnlineLabelSmoothing
+from fastai_softlabel.losses import LabelSmoothingCE, LabelSmoothingCEFlat
+from fastai_softlabel.data import synthetic_class_images, array_image_dls
+
+def multilabel_dls(device='cpu'):
+    "Odd classes also labelled with the previous class; class 3's images with no label at all (rows the head leaves out)"
+    d = synthetic_class_images(n_per_class=16, size=16, n_classes=4, seed=0)
+    k = d['labels']
+    y = (np.eye(4)[k] + (k % 2 == 1)[:, None]*np.eye(4)[np.maximum(k - 1, 0)]).clip(0, 1)
+    y[k == 3] = 0
+    return array_image_dls(d['images'], y.astype(np.uint8), d['class_names'], bs=16, num_workers=0, device=device)
+
+def step_cost(cbs=(), multi=False, loss_func=None, at=3, device='cpu')->StepCost:
+    "The aten ops of the `at`-th training batch of a tiny CNN, from the first `before_batch` to the last `after_batch`"
+    dls = multilabel_dls(device) if multi else make_dls(device=device)
+    set_seed(0)
+    learn = Learner(dls, tiny_cnn(4), loss_func=loss_func or (BCEWithLogitsLossFlat() if multi else CrossEntropyLossFlat()), cbs=list(cbs))
+    learn.fit(1, 1e-3, cbs=(counter := CountStep(at)))
+    assert counter.cost is not None, "the fit ended before the counted batch"
+    return counter.cost
+
+METHODS = {
+    'CCL': (lambda: [CCL()], False), 'CCL multi-label': (lambda: [CCL()], True),
+    'FlowMixup': (lambda: [FlowMixup(['0', '2'])], False), 'FlowMixup multi-label': (lambda: [FlowMixup(['0', '2'], class_weights='inverse_prevalence')], True),
+    'Mixup': (lambda: [Mixup()], False), 'ManifoldMixup': (lambda: [ManifoldMixup(['0', '1'], per_sample=True)], False),
+    'CCL + FlowMixup': (lambda: [CCL(), FlowMixup(['0', '2'])], False), 'CCL + FlowMixup multi-label': (lambda: [CCL(), FlowMixup(['0', '2'])], True),
+    'CCL + Mixup (op=False)': (lambda: [CCL(), Mixup()], False),
+    'OnlineLabelSmoothing': (lambda: [OnlineLabelSmoothing()], False),
+}
+LOSSES = {'LabelSmoothingCE': lambda: LabelSmoothingCE(), 'LabelSmoothingCE(prior)': lambda: LabelSmoothingCE(prior=torch.tensor([.1, .2, .3, .4])),
+          'LabelSmoothingCEFlat': lambda: LabelSmoothingCEFlat()}
+
+@pytest.fixture(scope='module')
+def plain(): return {m: step_cost(multi=m) for m in (False, True)}
+
+@pytest.mark.parametrize('name', list(METHODS) + list(LOSSES))
+def test_no_method_adds_a_host_synchronisation(name, plain):
+    if name in METHODS:
+        make, multi = METHODS[name]
+        cost = step_cost(make(), multi=multi)
+    else: cost, multi = step_cost(loss_func=LOSSES[name]()), False
+    added = cost.syncs - plain[multi].syncs
+    print(f"{name}: +{cost.n_ops - plain[multi].n_ops} aten ops, +{sum(added.values())} host syncs {dict(added)}")
+    assert not added, f"{name} asks the host for a value inside the training step: {dict(added)}"
+
+# The paper's head alone (3 Linear, 2 BatchNorm, the normalised distances, CE + l_CC) costs about 120 aten ops
+# forward and backward; the soft-label KL of the backbone, the head's step and the epoch sums come on top.
+CCL_OP_BUDGET = 200
+
+def test_ccl_step_stays_within_its_op_budget(plain):
+    added = step_cost([CCL()]).n_ops - plain[False].n_ops
+    print(f"CCL adds {added} aten ops to a training step (budget {CCL_OP_BUDGET})")
+    assert added <= CCL_OP_BUDGET
+
+class _Reads(Callback):
+    "Asks the host for a value in `after_loss`, in one of the ways a training step must not"
+    def __init__(self, how): self.how = how
+    def after_loss(self):
+        if not self.training: return
+        l = self.learn.loss
+        if self.how == 'item': l.item()
+        elif self.how == 'bool': bool(l > 0)
+        elif self.how == 'mask': self.learn.pred[self.learn.pred > 0]
+        elif self.how == 'cpu': l.cpu()
+        elif self.how == 'tolist': self.learn.pred.tolist()
+
+@pytest.mark.parametrize('how', ['item', 'bool', 'mask', 'cpu', 'tolist'])
+def test_the_count_sees_each_kind_of_host_read(how, plain):
+    "The counter itself: each way of reading a value on the host shows up as an added synchronisation"
+    assert step_cost([_Reads(how)]).syncs - plain[False].syncs
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('name', [n for n in METHODS])
+def test_no_sync_on_gpu(name):
+    "On a GPU, one training step of each method under `torch.cuda.set_sync_debug_mode('error')`"
+    make, multi = METHODS[name]
+    class Strict(Callback):
+        order = -1000
+        def before_batch(self):
+            if self.training and self.train_iter == 3: torch.cuda.set_sync_debug_mode('error')
+    class Relax(Callback):
+        order = 1000
+        def after_batch(self):
+            if self.training and self.train_iter == 3:
+                torch.cuda.set_sync_debug_mode(0); raise CancelFitException
+        def after_cancel_fit(self): torch.cuda.set_sync_debug_mode(0)
+    dls = multilabel_dls('cuda') if multi else make_dls(device='cuda')
+    learn = Learner(dls, tiny_cnn(4), loss_func=BCEWithLogitsLossFlat() if multi else CrossEntropyLossFlat(), cbs=make())
+    with learn.no_bar(), learn.no_logging():   # the Recorder's and progress bar's reads are fastai's, not the method's
+        learn.fit(1, 1e-3, cbs=[Strict(), Relax()])
