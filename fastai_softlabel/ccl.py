@@ -347,13 +347,19 @@ class CCL(Callback):
         # finite sum, NaN for an infinite or NaN one (features whose sum overflows float32 count as non-finite)
         s = feats.sum()
         ok = (s - s) == 0
-        feats = feats.nan_to_num(0., 0., 0.)   # finite rows for the masked statistics; the batch is dropped anyway
         if keep is not None: keep = keep & ok
         elif distributed_world() > 1: keep = ok.expand(len(feats))   # the ranks' rows are normalised together: a mask
-        if distributed_world() > 1: feats,target,keep = self._lockstep.gather(feats, target, keep)
+        # rows that do not count become zeros: finite everywhere in the head, so that weight 0 leaves no NaN behind
+        feats = torch.where(ok if keep is None else keep[:, None], feats, 0.)
+        if distributed_world() > 1:   # padded to a row count every rank knows: the DataLoader's batch size times the flow's
+            cap = undistributed_dl(self.learn.dl).bs*(len(feats)//len(self.learn.yb[0]))
+            feats,target,keep = self._lockstep.gather(feats, target, keep, rows=cap)
         scale,bn = self._lockstep.scale(self.learn),any(isinstance(m, nn.BatchNorm1d) for m in self.ccl_head.modules())
         if keep is None:   # single-label, one process: the whole batch, or nothing (ok = 0)
-            if len(feats) < 2 and bn: self._counts['of one item'] += 1; return
+            if len(feats) < 2 and bn:
+                self._counts['of one item'] += 1
+                self._sums[5] += ~ok
+                return
             rows = ok*float(len(feats))
             ce,lcc = self._head_backward(feats, target, ok, terms, rows, scale)
             self._sums[2:6] += torch.stack([ce*rows, lcc*rows, rows, ~ok])
@@ -539,7 +545,7 @@ def _head_backward(self:CCL, feats, target, keep, terms, rows, scale)->tuple:
     "The head's loss in float32 (outside autocast), back-propagated with weight `scale` unless `rows` is 0; `(CE, l_CC)`"
     with torch.autocast(feats.device.type, enabled=False):
         loss,ce,lcc = self.ccl_head.loss(feats, target, self.alpha_cc, self.margin, keep, terms)
-    self._lockstep.backward(loss, (rows > 0) if scale == 1 else (rows > 0)*scale)
+    self._lockstep.backward(loss, (rows > 0) if isinstance(scale, float) and scale == 1 else (rows > 0)*scale)
     return ce.detach(),lcc.detach()
 
 # %% ../nbs/03_ccl.ipynb #cq000003

@@ -194,10 +194,19 @@ def all_reduce_mean_(tensors:list)->list:
         t.copy_(flat[i:i+t.numel()].view_as(t)); i += t.numel()
     return tensors
 
-def all_gather_rows(x:Tensor)->Tensor:
+def all_gather_rows(
+    x:Tensor,            # this rank's rows
+    rows:int|None=None,  # pad every rank's rows with zeros to this many, a number every rank knows: no exchange of the counts
+)->Tensor:
     "The rows of `x` from every rank, concatenated in rank order (any number of rows per rank, even none)"
     world = distributed_world()
     if world == 1: return x
+    if rows is not None:   # without the counts' exchange below, whose `.tolist()` waits for the device
+        if len(x) > rows: raise ValueError(f"all_gather_rows: {len(x)} rows, more than rows={rows}")
+        padded = torch.cat([x, x.new_zeros((rows - len(x),) + tuple(x.shape[1:]))])
+        out = [torch.empty_like(padded) for _ in range(world)]
+        torch.distributed.all_gather(out, padded)
+        return torch.cat(out)
     shape = torch.tensor([x.shape[0], *x.shape[1:]], device=x.device)
     shapes = [torch.empty_like(shape) for _ in range(world)]
     torch.distributed.all_gather(shapes, shape)

@@ -31,7 +31,7 @@ class Lockstep:
         prefer_fused:bool=False,   # make `opt` fused wherever the device has fused kernels (for an optimizer this library chose)
     ):
         store_attr('module,opt,prefer_fused')
-        self._dev = None
+        self._dev = self._pending = None
 
     def to(self, device)->Lockstep:
         "Move the module and the optimizer state to `device` (fused where the device allows it), and start new counters there"
@@ -39,14 +39,18 @@ class Lockstep:
         fused = fused_supported(device)
         for g in self.opt.param_groups:
             if 'fused' in g: g['fused'] = fused and (self.prefer_fused or bool(g['fused']))
+        if any(g.get('fused') for g in self.opt.param_groups):   # as torch's constructor marks a fused optimizer
+            self.opt._step_supports_amp_scaling = self.opt._need_device_dtype_check_for_fused = True
             for p in g['params']:   # a plain optimizer keeps its `step` counter on the CPU, a fused one beside the parameter
                 st = self.opt.state.get(p, {})
                 for k,v in st.items():
                     if isinstance(v, Tensor) and (k != 'step' or g.get('fused') or g.get('capturable')): st[k] = v.to(device)
-        # on the device: batches that counted since the last step, the step's verdict, steps skipped, steps with
-        # non-finite gradients, cancelled steps that had batches; on the host: steps asked for
+        # on the device: batches that counted since the last step (they carry over, as gradients held back by
+        # `GradientAccumulation` do), the step's verdict; steps skipped, steps with non-finite gradients, cancelled
+        # steps that had batches (new counters); on the host: steps asked for
         z = lambda: torch.zeros(1, device=device)
-        self._dev,self._pending,self._bad,self._one,self._skipped,self._nonfinite,self._cancelled = device,z(),z(),z()+1,z(),z(),z()
+        self._pending = z() if self._pending is None else self._pending.to(device)
+        self._dev,self._bad,self._one,self._skipped,self._nonfinite,self._cancelled = device,z(),z()+1,z(),z(),z()
         self._asked = 0
         return self
 
@@ -118,11 +122,14 @@ def accumulation_scale(learn:Learner)->float:
     return scale
 
 @patch
-def gather(self:Lockstep, *ts:Tensor)->tuple:
+def gather(self:Lockstep,
+    *ts:Tensor,          # tensors with one row per item of this rank's batch
+    rows:int|None=None,  # pad each rank's rows with zeros to this many, known on every rank (no host synchronisation)
+)->tuple:
     "Under DDP the rows of `ts` from every rank, in rank order (sent as floats: exact for float32, booleans and integers below 2^24); `ts` itself in one process"
     if distributed_world() == 1: return ts
     flat = [t.reshape(len(t), -1) for t in ts]
-    rows = all_gather_rows(torch.cat([f.float() for f in flat], 1))
+    rows = all_gather_rows(torch.cat([f.float() for f in flat], 1), rows)
     return tuple(r.reshape(-1, *t.shape[1:]).to(t.dtype) for r,t in zip(rows.split([f.shape[1] for f in flat], 1), ts))
 
 @patch

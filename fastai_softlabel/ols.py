@@ -32,8 +32,8 @@ def ols_accumulate(
 ):
     "Add the softmax outputs of the correctly classified items to their true class's row (a mask, no host synchronisation)"
     with torch.no_grad():
-        ok = (logits.argmax(-1) == target).to(sums.dtype)   # every item is added, the wrong ones with weight 0
-        sums.index_add_(0, target, F.softmax(logits.float(), dim=-1).to(sums.dtype)*ok[:, None])
+        ok = logits.argmax(-1) == target   # every item is added, the wrong ones as zeros (not times 0: an overflow's NaN stays out)
+        sums.index_add_(0, target, torch.where(ok[:, None], F.softmax(logits.float(), dim=-1).to(sums.dtype), 0.))
         counts.index_add_(0, target, ok.to(counts.dtype))
 
 def ols_next_matrix(prev:Tensor, sums:Tensor, counts:Tensor)->Tensor:
@@ -45,6 +45,7 @@ def ols_next_matrix(prev:Tensor, sums:Tensor, counts:Tensor)->Tensor:
 class OnlineLabelSmoothing(Callback):
     "Online Label Smoothing: train with `alpha*CE + (1-alpha)*soft CE` towards per-class soft labels learned from last epoch's correct predictions"
     order,run_valid = 5,False   # before `GradientAccumulation` (6) scales `loss_grad`
+    _stateattrs = ('_sums', '_counts', '_soft')   # one epoch's, left out of `export`
     def __init__(self,
         alpha:float=0.5,        # weight of the hard cross-entropy (the Learner's loss); 1 - alpha for the soft term
     ):

@@ -1,5 +1,5 @@
 "Shared fixtures: tiny synthetic image data and models that train in well under a second on a CPU."
-import inspect
+import inspect, os
 import pytest, torch
 from fastai.vision.all import *
 from fastai_softlabel.data import synthetic_class_images, array_image_dls
@@ -12,15 +12,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if 'cuda' in item.keywords: item.add_marker(skip)
 
+_GPU_ENV = os.environ.get('CUDA_VISIBLE_DEVICES')   # as the machine has it, for the `cuda` tests
+
+@pytest.fixture(scope='session', autouse=True)
+def cpu_session():
+    """The whole session runs on the CPU, also on a machine with a GPU (`cuda` tests excepted, see `pinned_device`).
+    fastai's DataLoaders, `to_device` and the `softlabel` command otherwise train on the GPU when there is one, while a
+    test compares with tensors it made on the CPU. In this process fastai's `defaults.use_cuda=False` pins them; the
+    subprocesses the tests and their module fixtures start (the command, DDP workers, the docs build) see no GPU."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(defaults, 'use_cuda', False)
+        mp.setenv('CUDA_VISIBLE_DEVICES', '')
+        yield
+
 @pytest.fixture(autouse=True)
 def pinned_device(request, monkeypatch):
-    """Every test but the `cuda` ones runs on the CPU, also on a machine with a GPU. fastai's DataLoaders, `to_device` and
-    the `softlabel` command otherwise train on the GPU when there is one, while a test compares with tensors it made on
-    the CPU. In this process fastai's `defaults.use_cuda=False` pins them; the subprocesses a test starts (the command,
-    DDP workers) see no GPU."""
-    if 'cuda' in request.keywords: return
-    monkeypatch.setattr(defaults, 'use_cuda', False)
-    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')
+    "A `cuda` test gets the GPU back, for itself and the processes it starts"
+    if 'cuda' not in request.keywords: return
+    monkeypatch.setattr(defaults, 'use_cuda', None)
+    if _GPU_ENV is None: monkeypatch.delenv('CUDA_VISIBLE_DEVICES')
+    else: monkeypatch.setenv('CUDA_VISIBLE_DEVICES', _GPU_ENV)
 
 def pytest_pycollect_makeitem(collector, name, obj):
     "Collect only tests defined in the test module, not fastcore's `test_eq`, `test_close`... brought in by star imports"

@@ -29,15 +29,16 @@ first_draw = torch.rand(1)
 if a.setup == 'gather':   # core.all_gather_rows with a different number of rows on each rank, and none on one
     dist.init_process_group('gloo')
     mine = torch.arange(6.).view(3, 2)[:2*rank] + 10*rank     # rank 0: no rows, rank 1: two rows
-    torch.save(dict(gathered=all_gather_rows(mine), ints=all_gather_rows(torch.tensor([rank]*(rank+1)))), Path(a.out)/f'rank{rank}.pt')
+    torch.save(dict(gathered=all_gather_rows(mine), ints=all_gather_rows(torch.tensor([rank]*(rank+1))),
+                    padded=all_gather_rows(mine, rows=2)), Path(a.out)/f'rank{rank}.pt')
     dist.destroy_process_group()
     sys.exit(0)
 
 FIRST_GATHER = {}
 def _recording(gather):
     "CCL's gather (its head's `Lockstep`), recording its first call: this rank's rows and the gathered batch"
-    def f(self, feats, target, keep):
-        out = gather(self, feats, target, keep)
+    def f(self, feats, target, keep, **kwargs):
+        out = gather(self, feats, target, keep, **kwargs)
         if not FIRST_GATHER: FIRST_GATHER.update(feats=feats.clone(), target=target.clone(), keep=keep.clone(), all_feats=out[0].clone(),
                                                  all_target=out[1].clone(), all_keep=out[2].clone())
         return out

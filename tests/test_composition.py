@@ -118,6 +118,28 @@ def test_non_finite_features_never_reach_the_head(tmp_path):
     assert len(learn.ccl.history) == 2 and all(np.isfinite(v) for v in learn.ccl.history[-1].values())
     assert any(not torch.equal(h.seen[-2][k], h.seen[-1][k]) for k in h.seen[-1])   # still learning afterwards
 
+class HugeAt(NaNAt):
+    "Makes one item's features 3e38 in chosen training batches: finite, but their sum overflows float32"
+    def forward(self, x):
+        if self.training: self.calls += 1
+        if self.training and self.calls - 1 in self.at: x = x.clone(); x[0] = 3e38
+        return x
+
+def test_features_whose_sum_overflows_leave_the_head_as_it_was(tmp_path):
+    "Such a batch counts as non-finite: the head's parameters and BatchNorm statistics stay as they were, and stay finite"
+    class StateAt(Callback):
+        order = 99
+        def before_fit(self): self.seen = []
+        def after_batch(self):
+            if self.training: self.seen.append({k: v.clone() for k, v in self.learn.ccl.ccl_head.state_dict().items()})
+    net = plain_net()
+    learn = Learner(item_dls(n=32), nn.Sequential(*net[:5], HugeAt(), *net[5:]), loss_func=CrossEntropyLossFlat(), path=tmp_path,
+                    cbs=[ccl(), SkipNonFinite(), s := StateAt()])
+    with pytest.warns(UserWarning, match='1 batch\\(es\\) with non-finite features'): learn.fit(1, 1e-2)
+    assert all(torch.equal(s.seen[0][k], s.seen[1][k]) for k in s.seen[0])     # batch 1: nothing of it in the head
+    assert any(not torch.equal(s.seen[1][k], s.seen[2][k]) for k in s.seen[1])  # batch 2 trains it again
+    assert all(torch.isfinite(v.float()).all() for st in s.seen for v in st.values())
+
 def test_batches_of_one_item(tmp_path):
     learn = Learner(item_dls(n=17, bs=8), plain_net(), loss_func=CrossEntropyLossFlat(), path=tmp_path,
                     cbs=CCL(n_classes=4, widths=(16, 8), lr_ccl=0.1))   # BatchNorm in the head

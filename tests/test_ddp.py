@@ -50,6 +50,8 @@ def test_all_gather_rows(tmp_path):
     for r in (r0, r1):
         assert torch.equal(r['gathered'], torch.tensor([[10., 11.], [12., 13.]]))   # rank 0 had no rows
         assert torch.equal(r['ints'], torch.tensor([0, 1, 1]))
+        # a row count every rank knows: padded with zeros, no exchange of the counts
+        assert torch.equal(r['padded'], torch.tensor([[0., 0.], [0., 0.], [10., 11.], [12., 13.]]))
 
 def test_flowmixup_ranks_agree(tmp_path):
     r0, r1 = run('flowmixup', tmp_path, epochs=2)

@@ -50,10 +50,17 @@ def test_save_load_export_predict(tmp_path):
 def test_torch_compile(which, tmp_path):
     "A compiled model trains with each callback on the GPU (Inductor), mixing in training only"
     model = torch.compile(tiny_cnn(4))
+    rows = []
+    class Rows(Callback):
+        order = 1
+        def after_pred(self):
+            if self.training and which == 'flowmixup': rows.append((self.flow_mixup.flow.pred.shape[0], self.xb[0].shape[0]))
     cbs = [FlowMixup(['_orig_mod.0', '_orig_mod.2'])] if which == 'flowmixup' else [CCL(widths=(32, 16))]
-    learn = gpu_learner(tmp_path, cbs, model=model)
+    learn = gpu_learner(tmp_path, [*cbs, Rows()], model=model)
     learn.fit(1, 1e-3)
     assert np.isfinite(learn.recorder.values[-1][0]) and no_hooks(model)
+    if which == 'flowmixup': assert rows and all(r == 4*n for r, n in rows)   # two modules mixed: 4 rows per item
+    else: assert len(learn.ccl.history) == 1 and np.isfinite(learn.ccl.history[0]['head_ce'])
 
 def test_softlabel_command_runs_on_the_gpu(tmp_path):
     exe = Path(sys.executable).parent/'softlabel'

@@ -2,6 +2,7 @@
 inside the step, and CCL's step within its aten-op budget. On the CPU, with the device pinned; `test_no_sync_on_gpu` does
 the same with CUDA's own sync check."""
 from collections import Counter
+import subprocess, sys
 import numpy as np, pytest, torch
 from fastai.vision.all import *
 from conftest import tiny_cnn, make_dls
@@ -79,22 +80,34 @@ def test_the_count_sees_each_kind_of_host_read(how, plain):
     "The counter itself: each way of reading a value on the host shows up as an added synchronisation"
     assert step_cost([_Reads(how)]).syncs - plain[False].syncs
 
+def test_tests_run_on_the_cpu():
+    "conftest pins every test but the `cuda` ones to the CPU (a GPU machine gives the same results), and the processes they start see no GPU"
+    assert defaults.use_cuda is False and default_device().type == 'cpu'
+    r = subprocess.run([sys.executable, '-c', "import os; print(repr(os.environ.get('CUDA_VISIBLE_DEVICES')))"], capture_output=True, text=True)
+    assert r.stdout.strip() == "''"
+
 @pytest.mark.cuda
-@pytest.mark.parametrize('name', [n for n in METHODS])
+@pytest.mark.parametrize('name', list(METHODS))
 def test_no_sync_on_gpu(name):
-    "On a GPU, one training step of each method under `torch.cuda.set_sync_debug_mode('error')`"
+    "On a GPU, the second training batch of each method under `torch.cuda.set_sync_debug_mode('error')`: a sync raises"
     make, multi = METHODS[name]
     class Strict(Callback):
-        order = -1000
+        order = -1000   # before every other callback's before_batch...
+        def before_fit(self): self.checked = False
         def before_batch(self):
-            if self.training and self.train_iter == 3: torch.cuda.set_sync_debug_mode('error')
+            if self.training and self.train_iter == 1: torch.cuda.set_sync_debug_mode('error'); self.on = True
     class Relax(Callback):
-        order = 1000
+        order = 1000    # ...until after every other callback's after_batch
         def after_batch(self):
-            if self.training and self.train_iter == 3:
-                torch.cuda.set_sync_debug_mode(0); raise CancelFitException
+            if getattr(strict, 'on', False):
+                torch.cuda.set_sync_debug_mode(0); strict.on, strict.checked = False, True
+                raise CancelFitException
         def after_cancel_fit(self): torch.cuda.set_sync_debug_mode(0)
+    strict = Strict()
     dls = multilabel_dls('cuda') if multi else make_dls(device='cuda')
     learn = Learner(dls, tiny_cnn(4), loss_func=BCEWithLogitsLossFlat() if multi else CrossEntropyLossFlat(), cbs=make())
-    with learn.no_bar(), learn.no_logging():   # the Recorder's and progress bar's reads are fastai's, not the method's
-        learn.fit(1, 1e-3, cbs=[Strict(), Relax()])
+    try:
+        with learn.no_bar(), learn.no_logging():   # the Recorder's and progress bar's reads are fastai's, in plain training too
+            learn.fit(1, 1e-3, cbs=[strict, Relax()])
+    finally: torch.cuda.set_sync_debug_mode(0)
+    assert strict.checked, "the strict batch never ran"
