@@ -335,7 +335,8 @@ class CCL(Callback):
         loss = self.learn.loss.detach().float()
         self._sums[:2].add_(torch.stack([loss.mean() if loss.ndim else loss, kl.detach()]), alpha=len(y))
         self._n += len(y)
-        self.learn.loss_grad = self.learn.loss_grad + kl*accumulation_scale(self.learn)
+        scale = accumulation_scale(self.learn)
+        self.learn.loss_grad = self.learn.loss_grad + (kl if scale == 1 else kl*scale)
         self.learn.loss = self.learn.loss + kl.detach()
 
     def after_backward(self):

@@ -64,7 +64,7 @@ class Lockstep:
         weight:Tensor, # 0-d: the factor of this batch (e.g. gradient accumulation's scale), 0 for a batch that must not count
     ):
         "Back-propagate `loss*weight`, and count the batch if its weight is not 0"
-        (loss*weight).backward()
+        loss.backward(weight.to(loss.dtype))   # the weight seeds the backward: no product in the graph
         self._pending += weight != 0
 
     def step(self,

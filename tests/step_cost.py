@@ -20,6 +20,11 @@ def _bool_index(func, args)->bool:
     if func not in (aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default): return False
     return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in (args[1] or []))
 
+# ops that only make a new view of a tensor, allocate it or mark the profiler: no kernel runs on a GPU for them
+METADATA_OPS = {'detach', 't', 'view', '_unsafe_view', 'permute', 'expand', 'slice', 'select', 'unsqueeze', 'squeeze',
+                'alias', 'as_strided', 'transpose', '_reshape_alias', 'split', 'split_with_sizes', 'unbind', 'lift_fresh',
+                'empty', 'empty_like', 'empty_strided', 'new_empty', '_record_function_enter_new', '_record_function_exit'}
+
 class StepCost(TorchDispatchMode):
     "Counts the aten ops that run while it is active, and the host synchronisations among them (`syncs`)"
     def __init__(self):
@@ -47,6 +52,10 @@ class StepCost(TorchDispatchMode):
     def n_ops(self)->int: return sum(self.ops.values())
     @property
     def n_syncs(self)->int: return sum(self.syncs.values())
+    @property
+    def n_kernels(self)->int:
+        "The ops among `ops` that do arithmetic or copy data (on a GPU: launch a kernel)"
+        return sum(n for op,n in self.ops.items() if op not in METADATA_OPS)
 
 class CountStep(Callback):
     "Counts one training batch, the `at`-th of the fit, from the first `before_batch` to the last `after_batch` callback, then ends the fit"

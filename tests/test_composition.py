@@ -8,7 +8,7 @@ from fastai.callback.mixup import MixUp, CutMix
 from fastai_softlabel.ccl import CCL
 from fastai_softlabel.flowmixup import FlowMixup, Mixup, ManifoldMixup, mix_along_flow
 from fastai_softlabel.losses import soft_label_kl
-from conftest import no_hooks, StopAfterBatches, make_dls, params_of, assert_same
+from conftest import no_hooks, StopAfterBatches, make_dls, params_of, assert_same, tiny_cnn
 
 def plain_net(n_out=4, c=8):
     "No BatchNorm and no dropout: a training-mode forward is deterministic and batch-size independent"
@@ -363,3 +363,12 @@ def test_fine_tune(setup, tmp_path):
     if setup == 'ccl':
         assert len(learn.ccl.history) == 2 and all(np.isfinite(h['head_ce']) for h in learn.ccl.history)
     assert no_hooks(learn.model) and np.isfinite(learn.recorder.values[-1][0])
+
+def test_ccl_with_a_compiled_model(tmp_path):
+    "torch.compile: CCL reads the features inside the compiled model (`_orig_mod.` names) and trains its head"
+    compiled = torch.compile(tiny_cnn(4))
+    learn = Learner(make_dls(bs=8), compiled, path=tmp_path, cbs=CCL(widths=(32, 16)))
+    learn.fit(1, 1e-3)
+    h = learn.ccl.history
+    assert learn.ccl.feature_module == '_orig_mod.3' and len(h) == 1 and all(np.isfinite(v) for v in h[0].values())
+    assert learn.ccl.ccl_opt.state and no_hooks(compiled)   # the head stepped; no hook left on the model
