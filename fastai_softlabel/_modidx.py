@@ -391,6 +391,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                         'fastai_softlabel/lockstep.py'),
                                            'fastai_softlabel.lockstep.Lockstep.to': ( 'lockstep.html#lockstep.to',
                                                                                       'fastai_softlabel/lockstep.py'),
+                                           'fastai_softlabel.lockstep._skips_fused_on': ( 'lockstep.html#_skips_fused_on',
+                                                                                          'fastai_softlabel/lockstep.py'),
                                            'fastai_softlabel.lockstep.accumulation_scale': ( 'lockstep.html#accumulation_scale',
                                                                                              'fastai_softlabel/lockstep.py'),
                                            'fastai_softlabel.lockstep.fused_supported': ( 'lockstep.html#fused_supported',

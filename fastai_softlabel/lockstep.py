@@ -7,15 +7,28 @@ from __future__ import annotations
 from fastai.basics import *
 from fastai.callback.training import GradientAccumulation
 from .core import distributed_world, all_gather_rows, all_reduce_mean_, broadcast_module_
-from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+import functools
 
 # %% auto #0
 __all__ = ['fused_supported', 'skips_on_device', 'Lockstep', 'accumulation_scale']
 
 # %% ../nbs/22_lockstep.ipynb #ls000005
+@functools.lru_cache(maxsize=None)
+def _skips_fused_on(device_type:str)->bool:
+    "Probe, once per device type: a fused SGD step there that `found_inf` skips, and the finiteness check it needs"
+    try:
+        p = torch.zeros(1, device=device_type, requires_grad=True)
+        p.grad = torch.ones(1, device=device_type)
+        opt = torch.optim.SGD([p], lr=1., fused=True)
+        opt.grad_scale,opt.found_inf = None,torch.ones(1, device=device_type)
+        opt.step()
+        torch._amp_foreach_non_finite_check_and_unscale_([p.grad], torch.zeros(1, device=device_type), torch.ones(1, device=device_type))
+        return bool((p.detach() == 0).all())   # skipped: unchanged (read once, at set-up)
+    except (TypeError, RuntimeError, NotImplementedError, AttributeError, ValueError): return False
+
 def fused_supported(device)->bool:
-    "Whether torch has fused optimizer kernels for `device` (CUDA and the CPU in recent torch)"
-    return torch.device(device).type in _get_fused_kernels_supported_devices()
+    "Whether this torch steps a fused SGD on `device` and can skip that step on the device (CUDA; the CPU in recent torch)"
+    return _skips_fused_on(torch.device(device).type)
 
 def skips_on_device(opt:torch.optim.Optimizer)->bool:
     "Whether `opt` can skip a step on the device: a torch optimizer whose fused step takes `found_inf`, as `GradScaler` uses it"
@@ -74,8 +87,10 @@ class Lockstep:
         grads = [p.grad for p in self.params if p.grad is not None]
         if not grads: return   # nothing reached the module since its last step
         for g in self.opt.param_groups: g['lr'] = lr
-        self._bad.zero_()
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, self._bad, self._one)   # 1 if a gradient is not finite
+        if fused_supported(self._dev):   # one op looks at every gradient: 1 if one is not finite
+            self._bad.zero_()
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, self._bad, self._one)
+        else: self._bad.copy_(~torch.stack([g.sum() for g in grads]).sum().isfinite())   # a torch without that op here
         skip = self._bad.maximum(self._pending == 0)
         if skips_on_device(self.opt) and self._zero_momentum_ok():
             self.opt.grad_scale,self.opt.found_inf = None,skip
