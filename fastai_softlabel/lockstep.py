@@ -52,12 +52,12 @@ class Lockstep:
         fused = fused_supported(device)
         for g in self.opt.param_groups:
             if 'fused' in g: g['fused'] = fused and (self.prefer_fused or bool(g['fused']))
-        if any(g.get('fused') for g in self.opt.param_groups):   # as torch's constructor marks a fused optimizer
-            self.opt._step_supports_amp_scaling = self.opt._need_device_dtype_check_for_fused = True
             for p in g['params']:   # a plain optimizer keeps its `step` counter on the CPU, a fused one beside the parameter
                 st = self.opt.state.get(p, {})
                 for k,v in st.items():
                     if isinstance(v, Tensor) and (k != 'step' or g.get('fused') or g.get('capturable')): st[k] = v.to(device)
+        if any(g.get('fused') for g in self.opt.param_groups):   # as torch's constructor marks a fused optimizer
+            self.opt._step_supports_amp_scaling = self.opt._need_device_dtype_check_for_fused = True
         # on the device: batches that counted since the last step (they carry over, as gradients held back by
         # `GradientAccumulation` do), the step's verdict; steps skipped, steps with non-finite gradients, cancelled
         # steps that had batches (new counters); on the host: steps asked for
