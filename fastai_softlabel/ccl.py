@@ -345,8 +345,9 @@ class CCL(Callback):
         feats,target,keep = self._head_batch()
         terms,self._feats,self._terms = self._terms,None,None
         # on the device: non-finite features never reach the head, not even its BatchNorm statistics. s - s is 0 for a
-        # finite sum, NaN for an infinite or NaN one (features whose sum overflows float32 count as non-finite)
-        s = feats.sum()
+        # finite s, NaN for an infinite or NaN one. Squared, features far beyond any a working backbone gives (~1e17, whose
+        # squares' sum overflows float32) count as non-finite too: they would overflow the head's BatchNorm statistics
+        s = (feats*feats).sum()
         ok = (s - s) == 0
         if keep is not None: keep = keep & ok
         elif distributed_world() > 1: keep = ok.expand(len(feats))   # the ranks' rows are normalised together: a mask
@@ -354,6 +355,9 @@ class CCL(Callback):
         feats = torch.where(ok if keep is None else keep[:, None], feats, 0.)
         if distributed_world() > 1:   # padded to a row count every rank knows: the DataLoader's batch size times the flow's
             cap = undistributed_dl(self.learn.dl).bs*(len(feats)//len(self.learn.yb[0]))
+            if not target.is_floating_point():   # one-hot rows: the same columns on every rank, whichever way its batch
+                # went (`ManifoldMixup` picks its module on each rank: before the features on one, after them on another)
+                target = (target[:, None] == torch.arange(self.ccl_head.dictionary.shape[0], device=target.device)).float()
             feats,target,keep = self._lockstep.gather(feats, target, keep, rows=cap)
         scale,bn = self._lockstep.scale(self.learn),any(isinstance(m, nn.BatchNorm1d) for m in self.ccl_head.modules())
         if keep is None:   # single-label, one process: the whole batch, or nothing (ok = 0)

@@ -13,12 +13,12 @@ from ddp_launch import use_cpu_broadcast
 from fastai_softlabel.core import all_gather_rows
 from fastai_softlabel.lockstep import Lockstep
 from fastai_softlabel.ccl import CCL
-from fastai_softlabel.flowmixup import FlowMixup, Mixup
+from fastai_softlabel.flowmixup import FlowMixup, Mixup, ManifoldMixup
 use_cpu_broadcast()
 
 p = argparse.ArgumentParser()
 p.add_argument('--out', required=True)
-p.add_argument('--setup', default='ccl', choices=['ccl', 'ccl_named', 'flowmixup', 'ccl+flowmixup', 'ccl+mixup', 'ccl_drift', 'ccl_multilabel', 'gather'])
+p.add_argument('--setup', default='ccl', choices=['ccl', 'ccl_named', 'flowmixup', 'ccl+flowmixup', 'ccl+mixup', 'ccl+manifold', 'ccl_drift', 'ccl_multilabel', 'gather'])
 p.add_argument('--epochs', type=int, default=3)
 a = p.parse_args()
 rank = int(os.environ['RANK'])
@@ -65,6 +65,7 @@ cbs = {'ccl': lambda: [CCL(**head)],
        'flowmixup': lambda: [FlowMixup(['1', '2'])],
        'ccl+flowmixup': lambda: [CCL(**head), FlowMixup(['1', '2'])],
        'ccl+mixup': lambda: [CCL(**head), Mixup()],     # every row mixed: the head learns from mixed one-hot targets
+       'ccl+manifold': lambda: [CCL(**head), ManifoldMixup(['1', '4'])],   # '4' mixes after the features ('3'), '1' before: ranks differ
        'ccl_drift': lambda: [CCL(**head, head_opt_func=torch.optim.AdamW), Drift()],   # Adam: 'step' state on the CPU
        'ccl_multilabel': lambda: [CCL(**head)]}[a.setup]()
 multi = a.setup == 'ccl_multilabel'

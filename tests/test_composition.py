@@ -119,21 +119,26 @@ def test_non_finite_features_never_reach_the_head(tmp_path):
     assert any(not torch.equal(h.seen[-2][k], h.seen[-1][k]) for k in h.seen[-1])   # still learning afterwards
 
 class HugeAt(NaNAt):
-    "Makes one item's features 3e38 in chosen training batches: finite, but their sum overflows float32"
+    "Makes features huge in chosen training batches, yet finite: one item's 3e38 (the sum overflows float32), or all of them 1e20"
+    def __init__(self, how): super().__init__(); self.how = how
     def forward(self, x):
         if self.training: self.calls += 1
-        if self.training and self.calls - 1 in self.at: x = x.clone(); x[0] = 3e38
+        if self.training and self.calls - 1 in self.at:
+            x = x.clone()
+            if self.how == 'one': x[0] = 3e38
+            else: x = x*0 + 1e20
         return x
 
-def test_features_whose_sum_overflows_leave_the_head_as_it_was(tmp_path):
-    "Such a batch counts as non-finite: the head's parameters and BatchNorm statistics stay as they were, and stay finite"
+@pytest.mark.parametrize('how', ['one', 'all'])
+def test_features_whose_sum_overflows_leave_the_head_as_it_was(how, tmp_path):
+    "Such a batch counts as non-finite: the head's parameters and BatchNorm statistics stay as they were, and stay finite (1e20 would overflow them)"
     class StateAt(Callback):
         order = 99
         def before_fit(self): self.seen = []
         def after_batch(self):
             if self.training: self.seen.append({k: v.clone() for k, v in self.learn.ccl.ccl_head.state_dict().items()})
     net = plain_net()
-    learn = Learner(item_dls(n=32), nn.Sequential(*net[:5], HugeAt(), *net[5:]), loss_func=CrossEntropyLossFlat(), path=tmp_path,
+    learn = Learner(item_dls(n=32), nn.Sequential(*net[:5], HugeAt(how), *net[5:]), loss_func=CrossEntropyLossFlat(), path=tmp_path,
                     cbs=[ccl(), SkipNonFinite(), s := StateAt()])
     with pytest.warns(UserWarning, match='1 batch\\(es\\) with non-finite features'): learn.fit(1, 1e-2)
     assert all(torch.equal(s.seen[0][k], s.seen[1][k]) for k in s.seen[0])     # batch 1: nothing of it in the head

@@ -11,7 +11,7 @@ def run(setup, tmp_path, epochs=3):
     run_ranks(WORKER, world_size=2, timeout=300, args=['--out', tmp_path, '--setup', setup, '--epochs', epochs])
     return [torch.load(tmp_path/f'rank{r}.pt', weights_only=False) for r in range(2)]
 
-@pytest.mark.parametrize('setup', ['ccl', 'ccl_named', 'ccl+flowmixup', 'ccl+mixup', 'ccl_multilabel'])
+@pytest.mark.parametrize('setup', ['ccl', 'ccl_named', 'ccl+flowmixup', 'ccl+mixup', 'ccl+manifold', 'ccl_multilabel'])
 def test_ccl_ranks_agree_bit_for_bit(setup, tmp_path):
     r0, r1 = run(setup, tmp_path)
     assert not torch.equal(r0['first_draw'], r1['first_draw'])          # the ranks' random streams differ...
@@ -35,7 +35,12 @@ def test_ccl_ranks_agree_bit_for_bit(setup, tmp_path):
     elif setup == 'ccl_multilabel':   # the items' positives spread evenly: rows of K probabilities, some with two halves
         t = g0['all_target']
         assert t.shape[1] == 4 and torch.allclose(t.sum(1), torch.ones(len(t))) and (t == 0.5).any()
-    else: assert g0['all_target'].dtype == torch.long and g0['all_target'].shape == (16,)
+    elif setup == 'ccl+manifold':   # a rank that mixed before the features sends mixed rows, the other one-hot rows: the same columns
+        t = g0['all_target']
+        assert t.shape == (16, 4) and torch.allclose(t.sum(1), torch.ones(16))
+    else:   # class indices travel as one-hot rows: the same columns on every rank, whichever way its batch went
+        t = g0['all_target']
+        assert t.shape == (16, 4) and set(t.unique().tolist()) <= {0., 1.} and torch.equal(t.sum(1), torch.ones(16))
 
 def test_heads_that_drift_apart_are_reunited_with_a_warning(tmp_path):
     r0, r1 = run('ccl_drift', tmp_path)   # rank 1 nudges its head once in epoch 0
