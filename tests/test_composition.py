@@ -63,8 +63,10 @@ def test_ccl_gradient_accumulation_carries_across_epochs_like_the_backbone(tmp_p
         runs[name] = learn, s
     (big, sb), (acc, sa) = runs['big'], runs['acc']
     assert sb.n == sa.n == 3
-    for k, v in params_of(big.model).items(): test_close(v, params_of(acc.model)[k], eps=1e-6)
-    for k, v in params_of(big.ccl.ccl_head).items(): test_close(v, params_of(acc.ccl.ccl_head)[k], eps=1e-6)
+    # equal up to float32 rounding: summing two micro-batches' gradients rounds differently from one batch's, and Adam's
+    # division by sqrt(v) magnifies it to ~1e-6 (torch 2.14); stepping on the wrong items moves parameters by ~1e-2
+    for k, v in params_of(big.model).items(): test_close(v, params_of(acc.model)[k], eps=1e-5)
+    for k, v in params_of(big.ccl.ccl_head).items(): test_close(v, params_of(acc.ccl.ccl_head)[k], eps=1e-5)
 
 def test_flowmixup_gradient_accumulation_counts_original_items(tmp_path):
     learn = Learner(item_dls(n=96, bs=32), plain_net(), loss_func=CrossEntropyLossFlat(), path=tmp_path,
