@@ -24,14 +24,14 @@ POINT_METHODS = ('manifold', 'flowmixup', 'flowmixup-noop', 'ccl+flowmixup')   #
 LSR_METHODS = ('lsr-u1', 'lsr-u5', 'lsr-a1', 'lsr-a5')
 
 RECIPES = {   # what each recipe sets, per task; None: not used by that task
-    'single': {'fast':  dict(opt='adam', lr=2e-3, wd=0.01, schedule='one_cycle', bs=32, clip=0., lr_ccl=1.0, weighted_bce='no'),
+    'single': {'fast':  dict(opt='adam', lr=2e-3, wd=0.01, schedule='one_cycle', bs=32, clip=0., lr_ccl=1.0, weighted_bce='no', aug='none'),
                # CCL-Net (Wei et al., MICCAI 2020): SGD, momentum 0.9, weight decay 1e-4, lr 0.1 ×0.1 at 50% and 75%,
-               # batch 128, gradient clipping (its max-norm is not given: 5.0 here), lr_CCL 5e-4
-               'paper': dict(opt='sgd', lr=0.1, wd=1e-4, schedule='step', bs=128, clip=5.0, lr_ccl=5e-4, weighted_bce='no')},
-    'multi':  {'fast':  dict(opt='adam', lr=2e-3, wd=0.01, schedule='one_cycle', bs=32, clip=0., lr_ccl=1.0, weighted_bce='no'),
+               # batch 128, gradient clipping (its max-norm is not given: 5.0 here), lr_CCL 5e-4; its data protocol for images (--aug paper)
+               'paper': dict(opt='sgd', lr=0.1, wd=1e-4, schedule='step', bs=128, clip=5.0, lr_ccl=5e-4, weighted_bce='no', aug='paper')},
+    'multi':  {'fast':  dict(opt='adam', lr=2e-3, wd=0.01, schedule='one_cycle', bs=32, clip=0., lr_ccl=1.0, weighted_bce='no', aug='none'),
                # Flow-Mixup (Chen et al., BIBM 2020): Adam (0.9, 0.999), lr 1e-4 ÷10 on a validation-loss plateau, batch 32,
                # BCE weighted by inverse prevalence; mixing at the inputs of the 3rd and 5th block (the default --points)
-               'paper': dict(opt='adam', lr=1e-4, wd=0., schedule='plateau', bs=32, clip=0., lr_ccl=5e-4, weighted_bce='yes')},
+               'paper': dict(opt='adam', lr=1e-4, wd=0., schedule='plateau', bs=32, clip=0., lr_ccl=5e-4, weighted_bce='yes', aug='none')},
 }
 
 def resolve_recipe(args, multi_label:bool)->dict:
@@ -57,7 +57,9 @@ def _parser():
     p.add_argument('--methods', help=f"comma-separated; single-label: {','.join(SINGLE_METHODS)}; multi-label: {','.join(MULTI_METHODS)} (default: all of the task's, but multi-label {' and '.join(BEYOND_THE_PAPERS)}, which go beyond the papers, only when named); the first is the reference of the paired differences")
     p.add_argument('--corruption', default='0', help="comma-separated label-corruption rates in [0, 1) applied to the training labels (default 0)")
     p.add_argument('--seeds', default='0', help="comma-separated integer seeds (default 0)")
-    p.add_argument('--backbone', default=None, help="timm model name for images, built without pretrained weights (default resnet18); signals train resnet1d34")
+    p.add_argument('--backbone', default=None, help="timm model name for images (default resnet18), from random weights unless --pretrained or --weights; signals train resnet1d34")
+    p.add_argument('--pretrained', action='store_const', const=True, default=None, help="images: start from timm's ImageNet weights of --backbone, read from the Hugging Face cache (downloaded into it when online, as timm does; HF_HUB_CACHE names another cache folder, HF_HUB_OFFLINE=1 skips the network); the classifier is made anew for the data's classes")
+    p.add_argument('--weights', default=None, help="images: start from the weights in this file for --backbone (a .pth/.pt state dict or checkpoint, or .safetensors); the classifier is made anew for the data's classes, the first convolution adapted for --in-chans 1")
     p.add_argument('--recipe', choices=list(RECIPES['single']), default='fast', help="'fast': one-cycle Adam, a few epochs; 'paper': each paper's training section (CCL-Net for single-label, Flow-Mixup for multi-label data); every value below overrides the recipe's")
     p.add_argument('--epochs', type=int, default=5)
     p.add_argument('--lr', type=float, default=None, help="peak/initial learning rate (recipe: fast 2e-3; paper 0.1 single-label, 1e-4 multi-label)")
@@ -74,6 +76,7 @@ def _parser():
     p.add_argument('--ccl-patience', type=int, default=None, help="CCL freezes its class dictionary after this many epochs without a drop of p_bar (default 10)")
     p.add_argument('--lr-ccl', type=float, default=None, help="CCL's head learning rate lr_CCL (recipe: fast 1.0, for runs of a few epochs; paper 5e-4)")
     p.add_argument('--size', type=int, default=None, help="images: resize to this size (default: keep; CSV tables 64)")
+    p.add_argument('--aug', choices=['none', 'flip', 'paper'], default=None, help="images: training augmentation with fastai's transforms: 'flip', horizontal and vertical flips; 'paper' (single-label), CCL-Net's protocol: images resized to a short side of 256/224 × --size keeping their aspect ratio, random crops of --size (default: 224/256 of the images' short side), both flips, colour jitter, evaluation on the centre crop (recipe: paper single-label paper; otherwise none)")
     p.add_argument('--in-chans', type=int, choices=[1, 3], default=None, help="images: channels the backbone takes: 3 (RGB; grayscale repeated) or 1 (grayscale; RGB converted) (default 3)")
     p.add_argument('--n-per-class', type=int, default=None, help="synthetic data: images per class (default 100)")
     p.add_argument('--fs', type=float, default=None, help="WFDB records: sampling frequency to resample to, Hz (default 500)")
@@ -84,7 +87,10 @@ def _parser():
     p.add_argument('--split-column', default=None, help="the split column of --splits (default split), e.g. strat_fold for PTB-XL's table")
     p.add_argument('--out', default='softlabel_results', help="results folder (default ./softlabel_results); must not exist yet, unless --resume")
     p.add_argument('--resume', action='store_true', help="go on with the unfinished runs of --out (made by the same command)")
-    p.add_argument('--export', action='store_true', help="also export each run's trained Learner to runs/<run>/export.pkl (fastai's load_learner reads it; it predicts on new images, signals or records)")
+    p.add_argument('--save-model', choices=['none', 'last', 'best'], default=None, help="export each run's trained Learner to runs/<run>/export.pkl (fastai's load_learner reads it without this library's command; it predicts on new images, signals or records): the model of the last epoch, or of the epoch with the best main metric (accuracy; multi-label mean_auroc) on the evaluated split (default none)")
+    p.add_argument('--export', action='store_true', help="the same as --save-model last")
+    p.add_argument('--device', default=None, help="where to train: cpu, cuda, cuda:1, ... (default: fastai's choice, the first GPU when there is one)")
+    p.add_argument('--precision', choices=['fp32', 'fp16', 'bf16'], default=None, help="fp16 or bf16: fastai's mixed precision, on CUDA (default there: bf16 where the GPU supports it, else fp16); fp32 elsewhere")
     p.add_argument('--threads', type=int, default=None, help="torch's CPU threads (default: torch's choice)")
     p.add_argument('--progress', choices=['auto', 'bar', 'log'], default='auto', help="'bar': progress bars; 'log': one line per epoch; 'auto' (default): bars on a terminal, lines otherwise, never both")
     return p
@@ -156,6 +162,8 @@ def _check_arguments(args)->tuple:
         v = getattr(args, name)
         if v is not None and not [x for x in v.split(',') if x.strip()]: raise ValueError(f"{_flag(name)} names nothing, got {v!r}")
     if args.valid is not None and ',' in args.valid: raise ValueError(f"--valid names one split value, got {args.valid!r}")
+    if args.export and args.save_model not in (None, 'last'): raise ValueError(f"--export is --save-model last; it cannot go with --save-model {args.save_model}")
+    args.save_model = 'last' if args.export else args.save_model or 'none'
     if args.valid is not None: args.valid = args.valid.strip()
     if args.train is not None: args.train = ','.join(sorted({t.strip() for t in args.train.split(',') if t.strip()}))   # a set of values
     _check_out(args)
@@ -245,6 +253,9 @@ _APPLIES = {
     'images':       (lambda c: c.kind == 'table', "a CSV table given as --data"),
     'size':         (lambda c: c.kind in _IMAGES, "images"),
     'in_chans':     (lambda c: c.kind in _IMAGES, "images"),
+    'aug':          (lambda c: c.kind in _IMAGES, "images"),
+    'pretrained':   (lambda c: c.kind in _IMAGES, "image backbones (timm's)"),
+    'weights':      (lambda c: c.kind in _IMAGES, "image backbones (timm's)"),
     'fs':           (lambda c: c.kind == 'wfdb', "folders of WFDB records"),
     'seconds':      (lambda c: c.kind == 'wfdb', "folders of WFDB records"),
     'mapping':      (lambda c: c.kind == 'wfdb', "folders of WFDB records"),
@@ -259,7 +270,7 @@ _METHOD_GROUPS = {CCL_METHODS: 'the CCL methods', MIXING_METHODS: 'the mixing me
                   LSR_METHODS: 'the label-smoothing methods'}
 _FOR_METHODS = dict(head=CCL_METHODS, lr_ccl=CCL_METHODS, ccl_patience=CCL_METHODS, alpha=MIXING_METHODS, points=POINT_METHODS, lsr_eps=LSR_METHODS)
 _APPLIES |= {n: (lambda c, ms=ms: bool(set(c.methods) & set(ms)), f"{_METHOD_GROUPS[ms]} ({', '.join(ms)})") for n,ms in _FOR_METHODS.items()}
-_DATA_ONLY = ('task', 'n_per_class', 'images', 'size', 'in_chans', 'fs', 'seconds', 'mapping', 'min_count', 'splits')   # decided by the kind alone
+_DATA_ONLY = ('task', 'n_per_class', 'images', 'size', 'in_chans', 'aug', 'pretrained', 'weights', 'fs', 'seconds', 'mapping', 'min_count', 'splits')   # decided by the kind alone
 
 def _describe_data(args, kind:str)->str:
     name = Path(args.data).name if args.data is not None else ''
@@ -287,7 +298,10 @@ def _load_data(args, kind:str)->dict:
     from fastai_softlabel.experiments import synthetic_dataset, real_dataset, table_dataset, signal_dataset
     data,train,valid = args.data,(args.train or 'train').split(','),args.valid or 'valid'   # as `_check_arguments` normalised them
     if kind == 'synthetic': return synthetic_dataset(args.task or 'single', args.n_per_class or 100)
-    if kind == 'table': return table_dataset(data, args.images, args.size or 64)
+    if kind == 'table':   # CCL-Net's protocol reads the images at their crops' short side, keeping their aspect ratio
+        from fastai_softlabel.experiments import table_is_multi_label, paper_crop
+        aug = args.aug or RECIPES['multi' if table_is_multi_label(data) else 'single'][args.recipe]['aug']
+        return table_dataset(data, args.images, args.size or 64, short_side=paper_crop(args.size or 64, 0)[1] if aug == 'paper' else None)
     if kind == 'images': return real_dataset(data, valid, train)
     return signal_dataset(data, valid, 500. if args.fs is None else args.fs, 10. if args.seconds is None else args.seconds, args.mapping, args.min_count or 1,
                           args.splits, args.split_column or 'split', train)
@@ -313,8 +327,12 @@ def _check_backbone(args, d:dict, kind:str):
     if 'signals' in d: model,x = resnet1d34(k, d['signals'].shape[1]),torch.as_tensor(d['signals'][:2], dtype=torch.float32)
     else:
         im = to_channels(d['images'][:2], args.in_chans or 3)
-        if args.size: im = resize_images(im, args.size)
-        model,x = create_backbone(args.backbone, k, in_chans=args.in_chans or 3),torch.from_numpy(im.transpose(0, 3, 1, 2)).float()/255
+        size = args.size
+        if args.aug == 'paper':   # the model sees the crops
+            from fastai_softlabel.experiments import paper_crop
+            size = paper_crop(args.size, min(im.shape[1:3]))[0]
+        if size: im = resize_images(im, size)
+        model,x = create_backbone(args.backbone, k, args.weights_file, args.in_chans or 3),torch.from_numpy(im.transpose(0, 3, 1, 2)).float()/255
     what = f"{'signals' if 'signals' in d else 'images'} of shape {tuple(x.shape[1:])}"
     try:
         with torch.no_grad(): out = model.eval()(x)
@@ -323,9 +341,46 @@ def _check_backbone(args, d:dict, kind:str):
     if tuple(out.shape) != (len(x), k): raise ValueError(f"the backbone {args.backbone} gives outputs of shape {tuple(out.shape[1:])} for {what}, not one score per class ({k})")
     return model
 
+def _check_device(args):
+    "`--device` as torch names it (default: fastai's choice), and `--precision` for it (default: bf16 where the GPU supports it, else fp16, on CUDA; fp32 elsewhere)"
+    import torch
+    from fastai.torch_core import default_device
+    if args.device is None: dev = default_device()
+    else:
+        try: dev = torch.device(args.device)
+        except (RuntimeError, ValueError): raise ValueError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}") from None
+        if dev.type not in ('cpu', 'cuda', 'mps'): raise ValueError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+        if dev.type == 'cuda' and not torch.cuda.is_available(): raise ValueError(f"--device {args.device}: torch sees no CUDA GPU on this machine")
+        if dev.type == 'mps' and not torch.backends.mps.is_available(): raise ValueError(f"--device {args.device}: torch sees no MPS device on this machine")
+        n = torch.cuda.device_count() if dev.type == 'cuda' else 0
+        if dev.type == 'cuda' and dev.index is not None and dev.index >= n: raise ValueError(
+            f"--device {args.device}: this machine has {n} GPU(s), cuda:0{f' to cuda:{n - 1}' if n > 1 else ''}")
+    if dev.type == 'cuda' and dev.index is None: dev = torch.device('cuda', torch.cuda.current_device())
+    if args.precision is None: args.precision = ('bf16' if torch.cuda.is_bf16_supported() else 'fp16') if dev.type == 'cuda' else 'fp32'
+    elif args.precision != 'fp32' and dev.type != 'cuda': raise ValueError(
+        f"--precision {args.precision} is fastai's mixed precision, which autocasts on CUDA only: on {dev.type}, use --precision fp32")
+    elif args.precision == 'bf16' and not torch.cuda.is_bf16_supported(): raise ValueError(
+        f"--precision bf16: the GPU {torch.cuda.get_device_name(dev)} does not support bfloat16; use --precision fp16")
+    args.device = str(dev)
+
+def _check_weights(args, kind:str):
+    "The weights file the backbone starts from (`args.weights_file`, None: random weights) and where it comes from (`args.weights_source`)"
+    from fastai_softlabel.models import pretrained_weights
+    args.weights_file = args.weights_source = None
+    if args.pretrained and args.weights is not None: raise ValueError("--pretrained and --weights both name the weights to start from: give one")
+    if args.pretrained:
+        try: path,args.weights_source = pretrained_weights(args.backbone)
+        except ValueError as e: raise ValueError(f"--pretrained: {e}") from None
+        args.weights_file = str(path)
+    elif args.weights is not None:
+        p = Path(args.weights)
+        if not p.is_file(): raise ValueError(f"--weights: no such file: {p}")
+        args.weights_file,args.weights_source = str(p.absolute()),f'file:{p.name}'
+
 def _prepare(args)->tuple:
     "Check everything before any work: `(dataset, methods, rates, seeds)`; `d['kind']` and `d['not_applied']` say what the data is and which options it does not use"
     rates,seeds = _check_arguments(args)
+    _check_device(args)
     from types import SimpleNamespace
     from fastai_softlabel.models import check_model_name, create_backbone, flowmixup_points, resnet1d34
     kind = data_kind(args.data)
@@ -335,6 +390,7 @@ def _prepare(args)->tuple:
         if args.backbone not in (None, 'resnet1d34'): raise ValueError(f"{_describe_data(args, kind)} holds 1-D signals, which train resnet1d34; --backbone {args.backbone} is an image model")
         args.backbone = 'resnet1d34'
     else: args.backbone = check_model_name(args.backbone or 'resnet18')
+    _check_weights(args, kind)
     d = _load_data(args, kind)
     ctx.split,ctx.multi = kind in ('images', 'signals', 'wfdb') and d['own_split'],bool(d['multi_label'])
     if 'images' in d:   # the image channels fit --in-chans (RGBA, RGB, grayscale), checked before any work
@@ -351,6 +407,11 @@ def _prepare(args)->tuple:
     _refuse_unused(args, ctx)
     if args.alpha == 0 and 'cutmix' in methods: raise ValueError("--alpha 0 leaves CutMix without a Beta(α, α) to draw from: use α > 0")
     args.points = [s.strip() for s in args.points.split(',') if s.strip()] if isinstance(args.points, str) else args.points
+    bs_given = args.bs is not None
+    resolve_recipe(args, d['multi_label'])
+    if kind not in _IMAGES: args.aug = None
+    if args.aug == 'paper' and d['multi_label']: raise ValueError(
+        "--aug paper is CCL-Net's protocol for single-label images; multi-label data train with --aug none (the Flow-Mixup recipe) or flip")
     model = _check_backbone(args, d, kind)
     if set(POINT_METHODS) & set(methods):
         if args.points:
@@ -360,8 +421,6 @@ def _prepare(args)->tuple:
         else:
             try: flowmixup_points(model)
             except ValueError as e: raise ValueError(str(e).replace('yourself.', 'with --points (module names of the model)')) from None
-    bs_given = args.bs is not None
-    resolve_recipe(args, d['multi_label'])
     _check_training_fits(args, d, kind, bs_given)
     # the options that apply, at their defaults; what was asked, as parsed ("0, 1" and "0,1" are the same settings for --resume)
     defaults = dict(task='single', n_per_class=100, in_chans=3, fs=500., seconds=10., min_count=1, split_column='split', valid='valid', train='train')
@@ -373,7 +432,8 @@ def _prepare(args)->tuple:
     return d,methods,rates,seeds
 
 # %% ../nbs/13_cli.ipynb #rf000002
-_NOT_RESULTS = ('out', 'resume', 'progress', 'threads', 'data', 'images', 'export')   # arguments that do not change a run's result
+# arguments that do not change a run's result (the weights file: by its SHA-256 in `result_settings`)
+_NOT_RESULTS = ('out', 'resume', 'progress', 'threads', 'data', 'images', 'export', 'save_model', 'device', 'weights', 'weights_file', 'weights_source')
 
 def _sha256(path)->str:
     h = hashlib.sha256()
@@ -400,15 +460,15 @@ def applied_arguments(args, left_out=())->dict:
     return {k:v for k,v in sorted(vars(args).items()) if k not in _NOT_RESULTS + tuple(left_out)}
 
 def result_settings(args, versions:dict|None=None, left_out=())->dict:
-    "The arguments that change a run's result, the fingerprints of the data (image folder, mapping and split tables) and the package versions: what `--resume` must find unchanged"
+    "The arguments that change a run's result, the fingerprints of the data (image folder, mapping and split tables, the backbone's starting weights) and the package versions: what `--resume` must find unchanged"
     fp = lambda k: data_fingerprint(getattr(args, k, None), exclude=args.out)
     return dict(arguments=applied_arguments(args, tuple(left_out) + ('mapping', 'splits')),
-                data=fp('data'), images=fp('images'), mapping=fp('mapping'), splits=fp('splits'), versions=versions or {})
+                data=fp('data'), images=fp('images'), mapping=fp('mapping'), splits=fp('splits'), weights=fp('weights_file'), versions=versions or {})
 
 def settings_differences(old:dict, new:dict)->list:
     "The settings in which `new` differs from `old`, as `--name old → new` strings"
     diffs = [f"--{k.replace('_', '-')} {old['arguments'].get(k)!r} → {v!r}" for k,v in new['arguments'].items() if old['arguments'].get(k) != v]
-    for k in ('data', 'images', 'mapping', 'splits'):   # a folder made before `splits` was recorded had none
+    for k in ('data', 'images', 'mapping', 'splits', 'weights'):   # a folder made before `splits` or `weights` were recorded had none
         if old.get(k, data_fingerprint(None)) != new.get(k, data_fingerprint(None)): diffs.append(f"the {'data' if k == 'data' else f'--{k}'} ({old.get(k, {}).get('sha256', '-')[:12]} → {new.get(k, {}).get('sha256', '-')[:12]})")
     diffs += [f"{p} {v!r} → {new.get('versions', {}).get(p)!r}" for p,v in old.get('versions', {}).items() if new.get('versions', {}).get(p) != v]
     return diffs
@@ -629,13 +689,13 @@ def main(argv=None):
             same_settings()   # and as the folder is now, held
         else:
             import torch
-            from fastai.torch_core import default_device
             lock = _new_results_folder(out, dict(
                 settings=settings, methods=methods, corruption=rates, seeds=seeds, multi_label=bool(d['multi_label']),
                 classes=[str(n) for n in d['names']], items={s: int((d['split'] == s).sum()) for s in ('train', 'valid')},
                 split=dict(source=d['split_source'], counts=d['split_counts'], **d['split_used']),
                 command=['softlabel', *argv], versions=_versions(),
-                device=torch.cuda.get_device_name() if default_device().type == 'cuda' else default_device().type,   # where fastai trains
+                device=args.device + (f' ({torch.cuda.get_device_name(args.device)})' if args.device.startswith('cuda') else ''),
+                precision=args.precision, weights=args.weights_source and dict(source=args.weights_source, sha256=settings['weights']['sha256']),
                 threads=args.threads, started=datetime.datetime.now().astimezone().isoformat(timespec='seconds')))
         print(f"data: {args.data or f'synthetic ({args.task}-label)'}: {split_summary(d)}", flush=True)
         if args.threads:

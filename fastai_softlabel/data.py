@@ -9,8 +9,9 @@ import PIL.Image
 from collections import Counter
 
 # %% auto #0
-__all__ = ['IndexInto', 'ImageAt', 'to_channels', 'resize_images', 'read_image', 'TensorImageAt', 'array_image_dls',
-           'chain_prototypes', 'centred_cosine', 'synthetic_class_images', 'synthetic_multilabel_images']
+__all__ = ['IndexInto', 'ImageAt', 'to_channels', 'resize_images', 'resize_short_side', 'read_image', 'TensorImageAt',
+           'array_image_dls', 'chain_prototypes', 'centred_cosine', 'synthetic_class_images',
+           'synthetic_multilabel_images']
 
 # %% ../nbs/02_data.ipynb #23723a60
 _LEAVE_ROWS_OUT = [False]   # True while `Learner.export` pickles: the getters of this module leave their training arrays out
@@ -35,13 +36,22 @@ class IndexInto:
 
 # %% ../nbs/02_data.ipynb #f3accc06
 class ImageAt(Transform):
-    "Picklable getter: row i of an (N, H, W, 3) or (N, H, W) uint8 array as an RGB PIL image, or a new image (file, array, PIL image) as one"
+    "Picklable getter: row i of an (N, H, W, 3) or (N, H, W) uint8 array as a PIL image (RGB; grayscale with `channels=1`), or a new image (file, array, PIL image) made as the rows were"
     input_types = object   # `predict`/`test_dl` hand every new item to the getter (fastai skips a getter whose input type does not match)
-    def __init__(self, images): super().__init__(); self.images = images
+    def __init__(self,
+        images,                     # the rows, (N, H, W, 3) or (N, H, W) uint8
+        channels:int=3,             # 3: RGB PIL images (grayscale repeated); 1: grayscale (`PILImageBW`)
+        short_side:int|None=None,   # a new image is resized to this short side, keeping its aspect ratio, as the rows were
+    ): super().__init__(); self.images,self.channels,self.short_side = images,channels,short_side
     def encodes(self, i):
-        if not isinstance(i, (int, np.integer)): return PILImage.create(PIL.Image.fromarray(read_image(i, 3)))
+        chans,short = getattr(self, 'channels', 3),getattr(self, 'short_side', None)   # (a getter pickled before these existed)
+        cls,mode = (PILImageBW,'L') if chans == 1 else (PILImage,'RGB')
+        if not isinstance(i, (int, np.integer)):
+            x = read_image(i, chans)
+            if short: x = resize_short_side(x[None], short)[0]
+            return cls.create(PIL.Image.fromarray(x[..., 0] if chans == 1 else x))
         if self.images is None: _no_rows()
-        return PILImage.create(PIL.Image.fromarray(self.images[i]).convert('RGB'))
+        return cls.create(PIL.Image.fromarray(self.images[i]).convert(mode))
     def __getstate__(self): return _state_without(self, 'images')
 
 # %% ../nbs/02_data.ipynb #dt000001
@@ -71,6 +81,14 @@ def resize_images(
     if images.shape[1:3] == (h, w): return images
     out = [np.asarray(PIL.Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im).resize((w, h), PIL.Image.BILINEAR)) for im in images]
     return np.stack(out).reshape(len(images), h, w, images.shape[-1])
+
+def resize_short_side(
+    images:np.ndarray, # (N, H, W, C) uint8, all of one size
+    short:int,         # the short side after resizing
+)->np.ndarray:
+    "Images resized once, bilinear, so that their short side is `short`, keeping their aspect ratio (CCL-Net: \"a short side of 256 pixels\")"
+    h,w = images.shape[1:3]
+    return resize_images(images, (short, max(short, round(w*short/h))) if h <= w else (max(short, round(h*short/w)), short))
 
 _EIGHT_BIT_MODES = ('1', 'L', 'LA', 'P', 'PA', 'RGB', 'RGBA', 'RGBX', 'CMYK', 'YCbCr', 'LAB', 'HSV')   # PIL modes of 8-bit images
 
@@ -149,8 +167,9 @@ def array_image_dls(
     valid_pct:float=0.2,      # fraction for validation when `valid_idx` is not given
     seed:int=42,              # seed of the random split
     splitter=None,            # a fastai splitter, overriding `valid_idx`/`valid_pct` (e.g. to leave a test split out of both)
-    item_tfms=None,           # fastai's PIL item transforms, e.g. `RandomResizedCrop(224)` (the PIL path; RGB only)
+    item_tfms=None,           # fastai's PIL item transforms, e.g. `RandomResizedCrop(224)` or `RandomCrop(224)` (the PIL path)
     size:int|None=None,       # resize the array once to `size` x `size` (the tensor path)
+    short_side:int|None=None, # the PIL path: resize the array once so that its short side is this, keeping the aspect ratio (and new images alike)
     channels:int=3,           # 3: RGB (grayscale repeated); 1: grayscale, for a backbone built with `in_chans=1`
     batch_tfms=None,          # fastai batch transforms, e.g. `aug_transforms()`
     **kwargs,                 # passed to `DataBlock.dataloaders` (bs, num_workers, device, ...)
@@ -159,14 +178,19 @@ def array_image_dls(
     images,labels = np.asarray(images),np.asarray(labels)
     if len(images) != len(labels): raise ValueError(f"{len(images)} images but {len(labels)} labels")
     if images.dtype != np.uint8: raise ValueError(f"images must be uint8 arrays (got {images.dtype})")
-    if item_tfms is not None and (size is not None or channels != 3): raise ValueError(
-        "item_tfms work on RGB PIL images: leave size and channels unset with them (put a Resize in item_tfms)")
+    if item_tfms is not None and size is not None: raise ValueError(
+        "item_tfms work on PIL images: leave size unset with them (put a Resize in item_tfms, or give short_side)")
+    if item_tfms is None and short_side is not None: raise ValueError("short_side is for the PIL path: give item_tfms with it, or size without")
     if item_tfms is None:
         if size is not None and size < 1: raise ValueError(f"size must be at least 1, got {size}")
         images = to_channels(images, channels)
         if size is not None: images = resize_images(images, size)
         xblock,get_x = TransformBlock(batch_tfms=IntToFloatTensor),TensorImageAt(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))))
-    else: xblock,get_x = ImageBlock,ImageAt(images)
+    else:
+        if short_side is not None or channels == 1: images = to_channels(images, channels)
+        if short_side is not None: images = resize_short_side(images, short_side)
+        if channels == 1: images = images[..., 0]
+        xblock,get_x = ImageBlock(PILImageBW if channels == 1 else PILImage),ImageAt(images, channels, short_side)
     # the vocabulary as plain `str` (not numpy's `np.str_`): what `dls.vocab`, `learn.predict` and messages show
     if labels.ndim == 2:
         if not np.isin(labels, (0, 1)).all(): raise ValueError("multi-hot labels (N, K) must hold only 0 and 1")

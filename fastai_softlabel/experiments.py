@@ -12,7 +12,7 @@ from .ccl import CCL
 from .flowmixup import FlowMixup, Mixup, ManifoldMixup
 from .losses import LabelSmoothingCEFlat, class_prior, equidistant_smoothing_eps, inverse_prevalence_weights
 from .ols import OnlineLabelSmoothing
-from .data import array_image_dls, synthetic_class_images, read_image
+from .data import array_image_dls, synthetic_class_images, read_image, resize_short_side
 from .datasets import load_npz, finding_labels, check_images, check_labels, _read_table
 from .corruption import corrupt_single_label, corrupt_multi_label
 from .metrics import single_label_metrics, multi_label_metrics, curve_summaries, per_class_metrics
@@ -22,8 +22,9 @@ from .splits import ColumnSplitter, StratifiedSplitter, PatientSplitter
 from .cli import SINGLE_METHODS, MULTI_METHODS, progress_bars
 
 # %% auto #0
-__all__ = ['synthetic_dataset', 'split_summary', 'real_dataset', 'signal_dataset', 'table_dataset', 'method_setup', 'EpochLog',
-           'fit_schedule', 'run_one']
+__all__ = ['AUGMENTATIONS', 'synthetic_dataset', 'split_summary', 'real_dataset', 'signal_dataset', 'table_is_multi_label',
+           'table_dataset', 'method_setup', 'EpochLog', 'fit_schedule', 'BestModel', 'paper_crop', 'augmentations',
+           'run_learner', 'run_one']
 
 # %% ../nbs/17_experiments.ipynb #076b24b6
 def synthetic_dataset(task='single', n_per_class=100, size=32, n_classes=8, seed=0)->dict:
@@ -118,12 +119,26 @@ def signal_dataset(
     return _train_valid(d, split, valid, p.name, train, source=source)
 
 # %% ../nbs/17_experiments.ipynb #0165428a
-def _read_image(path:Path, size:int)->np.ndarray:
-    "An image of the table as RGB, resized as a trained Learner resizes a new image (`fastai_softlabel.data.read_image`)"
-    try: return read_image(path, 3, size)
+def _read_image(path:Path, size:int, short_side:int|None=None)->np.ndarray:
+    "An image of the table as RGB, resized as a trained Learner resizes a new image (`fastai_softlabel.data.read_image`): to `size` x `size`, or to a short side of `short_side`"
+    try: return read_image(path, 3, size) if short_side is None else resize_short_side(read_image(path, 3)[None], short_side)[0]
     except (OSError, ValueError) as e: raise ValueError(f"image {path.name} in {path.parent} cannot be read ({e})") from None
 
-def table_dataset(table, image_dir, size:int=64, valid_pct:float=0.2, seed:int=0)->dict:
+def _centre_crop(x:np.ndarray, h:int, w:int)->np.ndarray:
+    top,left = (x.shape[0] - h)//2,(x.shape[1] - w)//2
+    return x[top:top + h, left:left + w]
+
+def table_is_multi_label(table)->bool:
+    "Whether a table is NIH ChestX-ray14's (multi-label findings) rather than HAM10000/ISIC's, from its columns alone"
+    cols = set(_read_table(Path(table)).columns)
+    return {'Image Index', 'Finding Labels'} <= cols and not {'image_id', 'dx'} <= cols
+
+def table_dataset(
+    table, image_dir,          # the CSV table and its image folder
+    size:int=64,               # images resized to `size` x `size`...
+    valid_pct:float=0.2, seed:int=0,
+    short_side:int|None=None,  # ...or to this short side, keeping their aspect ratio (then centre-cropped to the size all of them have)
+)->dict:
     "A HAM10000/ISIC (`image_id`, `dx`) or NIH ChestX-ray14 (`Image Index`, `Finding Labels`) table with its image folder, as arrays"
     p = Path(table)
     if image_dir is None and p.is_file(): raise ValueError("a table needs its image folder: pass --images DIR")
@@ -148,7 +163,9 @@ def table_dataset(table, image_dir, size:int=64, valid_pct:float=0.2, seed:int=0
     if n_alone:   # an image without a lesion or patient id is a group of its own (it shares a group with no other image)
         groups = groups.astype(object).where(groups.notna(), pd.Series([f'(no {group_col}, row {i})' for i in range(len(df))]))
     check_images(image_dir, files)
-    images = np.stack([_read_image(Path(image_dir)/f, size) for f in files])
+    images = [_read_image(Path(image_dir)/f, size, short_side) for f in files]
+    h,w = min(x.shape[0] for x in images),min(x.shape[1] for x in images)   # one shape for all (images of one size: their own)
+    images = np.stack([_centre_crop(x, h, w) for x in images])
     idx = list(range(len(files)))
     if groups is not None: splitter,source = (PatientSplitter(groups.values, valid_pct, seed),
         f"by {group_col}{f' ({n_alone} images without one, each on its own)' if n_alone else ''}, {1 - valid_pct:.0%}:{valid_pct:.0%} (seed {seed})")
@@ -206,17 +223,48 @@ class EpochLog(Callback):
         vals = ' '.join(f'{n} {v:.4f}' for n,v in zip(self.recorder.metric_names[1:], self.recorder.values[-1]) if isinstance(v, float))
         print(f"{self.prefix} epoch {self.epoch}: {vals}", flush=True)
 
-def fit_schedule(learn:Learner, schedule:str, epochs:int, lr:float, wd:float|None=None):
-    "Fit with a recipe's schedule: `one_cycle`, `step` (lr ×0.1 at 50% and 75% of the epochs) or `plateau` (÷10 when the validation loss stops falling)"
-    if schedule == 'one_cycle': return learn.fit_one_cycle(epochs, lr, wd=wd)
+def fit_schedule(learn:Learner, schedule:str, epochs:int, lr:float, wd:float|None=None, cbs=None):
+    "Fit with a recipe's schedule: `one_cycle`, `step` (lr ×0.1 at 50% and 75% of the epochs) or `plateau` (÷10 when the validation loss stops falling); `cbs` for this fit only"
+    cbs = L(cbs)
+    if schedule == 'one_cycle': return learn.fit_one_cycle(epochs, lr, wd=wd, cbs=cbs)
     if schedule == 'step':
         steps = combine_scheds([0.5, 0.25, 0.25], [SchedNo(lr, lr), SchedNo(lr/10, lr/10), SchedNo(lr/100, lr/100)])
-        return learn.fit(epochs, lr, wd=wd, cbs=ParamScheduler({'lr': steps}))
-    if schedule == 'plateau': return learn.fit(epochs, lr, wd=wd, cbs=ReduceLROnPlateau(monitor='valid_loss', factor=10.))
+        return learn.fit(epochs, lr, wd=wd, cbs=cbs + [ParamScheduler({'lr': steps})])
+    if schedule == 'plateau': return learn.fit(epochs, lr, wd=wd, cbs=cbs + [ReduceLROnPlateau(monitor='valid_loss', factor=10.)])
     raise ValueError(f"Unknown schedule {schedule!r}: one_cycle, step or plateau")
 
-def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tuple:
-    "Train and evaluate one configuration, writing its per-class metrics (CCL's soft labels; with `args.export`, the trained Learner as `export.pkl`) into the folder `out`; return its row of results and its curves"
+class BestModel(TrackerCallback):
+    "Keeps in memory the model's weights of the epoch with the best `monitor`: fastai's `SaveModelCallback`, without files and leaving the last epoch's model in place"
+    order = TrackerCallback.order + 1
+    def before_fit(self):
+        "Reset: no best epoch yet"
+        super().before_fit(); self.state,self.best_epoch = None,None
+    def after_epoch(self):
+        "Copy the weights of a new best epoch (on their device)"
+        super().after_epoch()
+        if self.new_best: self.state,self.best_epoch = {k: v.detach().clone() for k,v in self.learn.model.state_dict().items()},self.epoch
+
+AUGMENTATIONS = ('none', 'flip', 'paper')
+
+def paper_crop(
+    size:int|None,          # the crop (`--size`); None: 224/256 of the images' short side, which they keep
+    images_short_side:int,  # the short side of the images as they are
+)->tuple:                   # `(crop, short_side)`: crops of `crop` from images resized to a short side of `short_side`
+    "CCL-Net's sizes: crops of 224 from images with a short side of 256, as `--size` or as the images' own short side gives them"
+    if size is None: return max(1, round(images_short_side*224/256)),images_short_side
+    return size,round(size*256/224)
+
+def augmentations(aug:str, channels:int=3)->list:
+    "fastai's batch transforms (on the GPU) of `--aug`: 'flip', a horizontal and a vertical flip, each with p 0.5; 'paper', CCL-Net's flips and colour jitter (its random crops are item transforms, `paper_crop`); 'none'"
+    if aug not in AUGMENTATIONS: raise ValueError(f"aug must be one of {', '.join(AUGMENTATIONS)}, got {aug!r}")
+    if aug == 'none': return []
+    flips = [Flip(p=0.5), Dihedral(p=0.5, draw=2)]   # draw 2: of the eight dihedral maps, the vertical flip
+    if aug == 'flip': return flips
+    jitter = [Brightness(max_lighting=0.2, p=1.), Contrast(max_lighting=0.2, p=1.)] + ([Saturation(max_lighting=0.2, p=1.)] if channels == 3 else [])
+    return flips + jitter
+
+def run_learner(d:dict, method:str, seed:int, corruption:float, args, prefix:str='')->tuple:
+    "The Learner of one configuration, ready to fit (`args.device`, `args.precision`, `args.weights_file` as the command resolved them), and the fraction of training labels corrupted"
     train_idx = np.flatnonzero(d['split'] == 'train')
     labels = d['labels'].copy()
     k = len(d['names'])
@@ -228,17 +276,23 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     set_seed(seed)   # before the DataLoaders: fastai's DataLoader seeds its shuffling from Python's `random` when created
     keep = np.flatnonzero(d['split'] != 'unused')
     split = d['split'][keep]
+    device = getattr(args, 'device', None)   # None: fastai's choice
     if 'signals' in d:   # per-lead normalisation with the training items' statistics, a 1-D ResNet-34
         dls = signal_dls(d['signals'][keep], labels[keep], d['names'], splitter=ColumnSplitter(split), bs=args.bs, num_workers=0,
-                         reader=d.get('reader'))   # a WFDB folder's Learner reads new records as the training ones were
+                         reader=d.get('reader'), device=device)   # a WFDB folder's Learner reads new records as the training ones were
     else:   # tensors to the model, resized once; one channel keeps ImageNet's mean statistics
-        chans = getattr(args, 'in_chans', 3) or 3
+        chans,aug = getattr(args, 'in_chans', 3) or 3,getattr(args, 'aug', None) or 'none'
         stats = imagenet_stats if chans == 3 else ([float(np.mean(imagenet_stats[0]))], [float(np.mean(imagenet_stats[1]))])
+        tfms = dict(batch_tfms=augmentations(aug, chans) + [Normalize.from_stats(*stats)], device=device)
+        if aug == 'paper':   # PIL images: a random crop of each training image, the centre crop of the others
+            crop,short = paper_crop(args.size, min(d['images'].shape[1:3]))
+            tfms |= dict(item_tfms=[RandomCrop(crop)], short_side=short)
+        else: tfms |= dict(size=args.size)
         dls = array_image_dls(d['images'][keep], labels[keep], d['names'], splitter=ColumnSplitter(split), bs=args.bs,
-                              num_workers=0, size=args.size, channels=chans, batch_tfms=[Normalize.from_stats(*stats)])
+                              num_workers=0, channels=chans, **tfms)
     set_seed(seed)   # the model's initial weights, whatever building the DataLoaders drew
     model = (resnet1d34(k, leads=d['signals'].shape[1]) if 'signals' in d else
-             create_backbone(args.backbone, k, in_chans=getattr(args, 'in_chans', 3) or 3))
+             create_backbone(args.backbone, k, getattr(args, 'weights_file', None), getattr(args, 'in_chans', 3) or 3))
     loss_func,cbs = method_setup(method, model, labels[train_idx], k, args.lr_ccl, getattr(args, 'alpha', None),
                                  getattr(args, 'lsr_eps', None), getattr(args, 'points', None), getattr(args, 'head', None),
                                  getattr(args, 'ccl_patience', None))
@@ -250,14 +304,24 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     opt_func = (partial(SGD, mom=0.9, decouple_wd=False) if opt == 'sgd' else
                 partial(Adam, mom=0.9, sqr_mom=0.999) if getattr(args, 'recipe', 'fast') == 'paper' else Adam)
     clip = getattr(args, 'clip', 0.) or 0.
-    cbs = cbs + ([GradientClip(clip)] if clip else [])
+    precision = getattr(args, 'precision', None) or 'fp32'
+    cbs = cbs + ([GradientClip(clip)] if clip else []) + ([MixedPrecision(amp_mode=precision)] if precision != 'fp32' else [])
     metrics = multi_label_metrics() if d['multi_label'] else single_label_metrics()
-    prefix = f"[{method} seed {seed} corruption {corruption:g}]"
     bars = progress_bars(getattr(args, 'progress', 'auto'))   # bars or lines, not both
-    learn = Learner(dls, model, loss_func=loss_func, opt_func=opt_func, metrics=metrics, cbs=cbs + ([] if bars else [EpochLog(prefix)]), path=out)
-    ctx = contextlib.nullcontext() if bars else learn.no_bar()
+    learn = Learner(dls, model, loss_func=loss_func, opt_func=opt_func, metrics=metrics, cbs=cbs + ([] if bars else [EpochLog(prefix)]))
+    return learn,frac
+
+def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tuple:
+    "Train and evaluate one configuration, writing its per-class metrics (CCL's soft labels; with `args.save_model` 'last' or 'best', the trained Learner as `export.pkl`) into the folder `out`; return its row of results and its curves"
+    learn,frac = run_learner(d, method, seed, corruption, args, f"[{method} seed {seed} corruption {corruption:g}]")
+    learn.path = Path(out)
+    k = len(d['names'])
+    save = getattr(args, 'save_model', None) or ('last' if getattr(args, 'export', False) else 'none')
+    main = 'mean_auroc' if d['multi_label'] else 'accuracy'
+    best = BestModel(main) if save == 'best' else None
+    ctx = learn.no_bar() if any(isinstance(cb, EpochLog) for cb in learn.cbs) else contextlib.nullcontext()
     start = time.time()
-    with ctx, learn.no_logging(): fit_schedule(learn, getattr(args, 'schedule', 'one_cycle'), args.epochs, args.lr, wd)
+    with ctx, learn.no_logging(): fit_schedule(learn, getattr(args, 'schedule', 'one_cycle'), args.epochs, args.lr, getattr(args, 'wd', None), cbs=best)
     names,values = list(learn.recorder.metric_names[1:-1]),[list(v) for v in learn.recorder.values]
     row = dict(method=method, seed=seed, corruption=corruption, corrupted_fraction=round(frac, 4), seconds=round(time.time() - start, 1))
     for n,v in zip(names, values[-1]): row[n] = float(v)
@@ -275,9 +339,16 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
         if 'similarity' in d:
             off = ~np.eye(k, dtype=bool)
             row['spearman_vs_true_similarity'] = float(spearmanr(P[off], d['similarity'][off]).correlation)
-    if getattr(args, 'export', False):   # the trained Learner, for `load_learner` (predicts on new images, signals, records)
-        learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, EpochLog)])
-        learn.path = Path('.')   # fastai's default: the loaded Learner saves where it is used, not in this run's temporary folder
-        learn.export(Path(out).absolute()/'export.pkl')
+    if save != 'none': _export(learn, out, save, best, main, len(values))
     curves = curves.assign(epoch=range(len(values)), method=method, seed=seed, corruption=corruption)
     return row,curves
+
+def _export(learn:Learner, out:Path, save:str, best:BestModel|None, main:str, epochs:int):
+    "Export the trained Learner for `load_learner` (predicts on new images, signals, records), with `model.json` saying which epoch's model it holds"
+    epoch,value = epochs - 1,float(learn.recorder.values[-1][list(learn.recorder.metric_names[1:-1]).index(main)])
+    if save == 'best' and best.state is not None:   # None: the metric was never a number (NaN): the last epoch's model
+        learn.model.load_state_dict(best.state); epoch,value = best.best_epoch,float(best.best)
+    learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, (EpochLog, MixedPrecision))])   # a model that predicts in fp32, quietly, anywhere
+    learn.path = Path('.')   # fastai's default: the loaded Learner saves where it is used, not in this run's temporary folder
+    learn.export(Path(out).absolute()/'export.pkl')
+    (Path(out)/'model.json').write_text(json.dumps(dict(save=save, epoch=epoch, monitor=main, value=value)))

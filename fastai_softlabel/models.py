@@ -11,7 +11,8 @@ from fastai.layers import ConvLayer
 from fastai.vision.models.xresnet import xresnet34
 
 # %% auto #0
-__all__ = ['check_model_name', 'create_backbone', 'densenet121_stem2', 'resnet1d34', 'model_blocks', 'flowmixup_points']
+__all__ = ['check_model_name', 'create_backbone', 'pretrained_weights', 'densenet121_stem2', 'resnet1d34', 'model_blocks',
+           'flowmixup_points']
 
 # %% ../nbs/10_models.ipynb #0ffc0536
 def check_model_name(
@@ -26,26 +27,60 @@ def check_model_name(
 def create_backbone(
     name:str,           # a timm model name ('resnet18', 'densenet121', 'efficientnet_b0', ...)
     n_out:int,          # number of outputs (classes)
-    weights=None,       # path of a local state dict (e.g. ImageNet weights saved by `torch.save(model.state_dict())`)
+    weights=None,       # a local weights file: a `.pth`/`.pt` state dict or checkpoint, or `.safetensors` (e.g. `pretrained_weights(name)`)
     in_chans:int=3,     # input channels
     **kwargs,           # passed to `timm.create_model`
 )->nn.Module:
-    "A timm classification model, without downloading anything; optional local weights"
-    model = timm.create_model(check_model_name(name), pretrained=False, num_classes=n_out, in_chans=in_chans, **kwargs)
-    if weights is not None:
-        sd = torch.load(weights, map_location='cpu', weights_only=True)
-        own = model.state_dict()
-        keep = {k: v for k,v in sd.items() if k in own and own[k].shape == v.shape}
-        if not keep: raise ValueError(f"{weights} holds no weights that fit {name}")
-        model.load_state_dict(keep, strict=False)
+    "A timm classification model, without downloading anything; with `weights`, loaded by timm: a new classifier for `n_out`, the first convolution adapted to `in_chans`"
+    name = check_model_name(name)
+    if weights is None: return timm.create_model(name, pretrained=False, num_classes=n_out, in_chans=in_chans, **kwargs)
+    p = Path(weights)
+    if not p.is_file(): raise FileNotFoundError(f"No such weights file: {p}")
+    try:
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(p)), num_classes=n_out, in_chans=in_chans, **kwargs)
+        sd = timm.models.load_state_dict(str(p), weights_only=False)   # as timm read it: a checkpoint's state dict, without 'module.'
+    except Exception as e:   # unreadable, or tensors of another shape
+        why = str(e).strip().splitlines()
+        raise ValueError(f"{p.name} does not hold weights that fit {name} ({type(e).__name__}: {' '.join(why[:3])[:400]})") from None
+    # timm loads leniently once it has dropped the classifier: a tensor the file lacks would stay random, without a word
+    heads = model.pretrained_cfg.get('classifier') or ()
+    heads = [heads] if isinstance(heads, str) else list(heads)
+    missing = [k for k in model.state_dict() if k not in sd and not k.endswith('num_batches_tracked') and not any(k.startswith(h + '.') for h in heads)]
+    if missing: raise ValueError(f"{p.name} does not hold weights that fit {name}: {len(missing)} of its tensors are not in the file, "
+                                 f"e.g. {', '.join(missing[:3])}")
     return model
+
+def pretrained_weights(
+    name:str,            # a timm model name
+    cache_dir=None,      # the Hugging Face cache folder (default: huggingface_hub's, `HF_HUB_CACHE`)
+    download:bool=True,  # when not in the cache, download them (huggingface_hub retries for ~20 s without a connection; `HF_HUB_OFFLINE=1` skips it)
+)->tuple:                # `(path, source)`: the local weights file and where it comes from (`hf-hub:<repo>/<file>`)
+    "The file of timm's default pretrained (ImageNet) weights of `name` in the local cache, downloaded into it when online, as timm does"
+    import logging
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+    cfg = timm.models.get_pretrained_cfg(check_model_name(name))
+    repo = getattr(cfg, 'hf_hub_id', None)
+    if not repo: raise ValueError(f"timm has no pretrained weights on the Hugging Face hub for {name}: give a weights file with --weights FILE")
+    files = [cfg.hf_hub_filename] if getattr(cfg, 'hf_hub_filename', None) else ['model.safetensors', 'pytorch_model.bin']
+    hub_log = logging.getLogger('huggingface_hub')
+    for local in (True, False) if download else (True,):   # the cache first: nothing asks the network for what is here
+        level = hub_log.level; hub_log.setLevel(logging.ERROR)   # its retries, one warning each, would bury the message below
+        try:
+            for f in files:
+                try: return Path(hf_hub_download(repo, f, cache_dir=cache_dir, local_files_only=local)),f'hf-hub:{repo}/{f}'
+                except Exception: pass   # not cached and no connection, or not a file of the repository
+        finally: hub_log.setLevel(level)
+    raise ValueError(f"no pretrained weights of {name} ({repo}) in the cache {cache_dir or HF_HUB_CACHE}, and they cannot be "
+                     f"downloaded here: run timm.create_model('{name}', pretrained=True) on a machine online and copy its cache "
+                     "folder (or set HF_HUB_CACHE to it), or give a weights file with --weights FILE")
 
 # %% ../nbs/10_models.ipynb #f7073194
 def densenet121_stem2(
     n_out:int,       # number of outputs
     in_chans:int=3,  # input channels
     width:int=32,    # channels of the first extra convolution
-    **kwargs,        # passed to `create_backbone` (e.g. `weights=`)
+    **kwargs,        # passed to `create_backbone` (e.g. `weights=`: ImageNet weights for the DenseNet part)
 )->nn.Module:
     "DenseNet-121 behind two extra conv layers (kernel 3, stride 2, with BatchNorm and ReLU)"
     return nn.Sequential(ConvLayer(in_chans, width, ks=3, stride=2, ndim=2), ConvLayer(width, 3, ks=3, stride=2, ndim=2),

@@ -137,7 +137,8 @@ def write_report(
     n = runs.groupby('method', sort=False).size()
     parts = [f"<h1>softlabel: {html.escape(' '.join(cfg.get('command', ['softlabel'])[1:]) or 'results')}</h1>",
              f"<p>{len(runs)} runs ({', '.join(f'{html.escape(str(m))} {k}' for m,k in n.items())}); "
-             f"{'multi' if multi else 'single'}-label, {len(cfg['classes'])} classes; device {html.escape(str(cfg.get('device')))}; "
+             f"{'multi' if multi else 'single'}-label, {len(cfg['classes'])} classes; device {html.escape(str(cfg.get('device')))}, "
+             f"{html.escape(str(cfg.get('precision') or 'fp32'))}; starting weights {html.escape((cfg.get('weights') or {}).get('source', 'random'))}; "
              f"started {html.escape(str(cfg.get('started')))}.</p>",
              *([f"<p><b>{len(unfinished)} run(s) of the comparison are not in the tables</b>: " +
                 '; '.join(f"{html.escape(r)} ({html.escape(w)})" for r,w in unfinished.items()) + ".</p>"] if unfinished else []),
@@ -161,7 +162,7 @@ def write_report(
                 parts.append(_img('data:image/png;base64,' + base64.b64encode((d/'soft_labels.png').read_bytes()).decode(), f"Soft labels of {d.name}"))
     if (out/'per_class.csv').exists():
         parts += ['<h2>Per class</h2>', _img(png_data_uri(plot_per_class(pd.read_csv(out/'per_class.csv'))), "AUROC per class, mean over seeds")]
-    shown = {k: cfg.get(k) for k in ('versions', 'device', 'threads', 'started')} | dict(items=cfg.get('items'), split=cfg.get('split'), classes=cfg.get('classes'))
+    shown = {k: cfg.get(k) for k in ('versions', 'device', 'precision', 'weights', 'threads', 'started')} | dict(items=cfg.get('items'), split=cfg.get('split'), classes=cfg.get('classes'))
     parts.append(f"<h2>Configuration</h2><pre>{html.escape(' '.join(cfg.get('command', [])))}\n\n{html.escape(json.dumps(shown, indent=1))}</pre>"
                  f"<p>Every argument, with the data's SHA-256, is in <code>config.json</code>.</p>")
     page = out/'report.html'

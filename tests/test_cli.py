@@ -225,3 +225,33 @@ def test_synthetic_ccl_recovers_the_true_similarity(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rho = pd.read_csv(tmp_path/'res'/'runs.csv')['spearman_vs_true_similarity']
     assert len(rho) == 3 and rho.mean() >= 0.8, rho.tolist()
+
+def _hf_cache(root:Path, repo:str, state:dict)->Path:
+    "A Hugging Face cache holding `state` as `repo`'s model.safetensors, laid out as timm's download leaves it"
+    from safetensors.torch import save_file
+    rev = 'a'*40
+    snap = root/f"models--{repo.replace('/', '--')}"/'snapshots'/rev
+    snap.mkdir(parents=True); (snap.parent.parent/'refs').mkdir(); (snap.parent.parent/'refs'/'main').write_text(rev)
+    save_file(state, snap/'model.safetensors')
+    return snap/'model.safetensors'
+
+def test_pretrained_weights_from_the_cache_or_one_line_offline(tmp_path):
+    "`--pretrained` reads timm's weights from the Hugging Face cache and records their source and SHA-256; offline without them: one line, exit 2, nothing written"
+    import hashlib, timm, torch
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(tmp_path/'empty'))
+    r = subprocess.run([str(EXE), *FAST, '--pretrained', '--out', 'res'], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    for part in ('--pretrained: no pretrained weights of resnet10t', str(tmp_path/'empty'), '--weights FILE'): assert part in r.stderr, r.stderr
+    assert not (tmp_path/'res').exists()
+    torch.manual_seed(0)
+    f = _hf_cache(tmp_path/'hub', 'timm/resnet10t.c3_in1k', timm.create_model('resnet10t').state_dict())
+    env['HF_HUB_CACHE'] = str(tmp_path/'hub')
+    r = subprocess.run([str(EXE), *FAST, '--pretrained', '--methods', 'baseline', '--out', 'res'], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = json.loads((tmp_path/'res'/'config.json').read_text())
+    assert cfg['weights'] == dict(source='hf-hub:timm/resnet10t.c3_in1k/model.safetensors', sha256=hashlib.sha256(f.read_bytes()).hexdigest())
+    assert cfg['settings']['arguments']['pretrained'] is True and cfg['precision'] == 'fp32'
+    assert 'starting weights hf-hub:timm/resnet10t.c3_in1k/model.safetensors' in (tmp_path/'res'/'report.html').read_text()
+    f.write_bytes(f.read_bytes()[:-4] + b'\0\0\0\0')   # other weights in the cache: --resume refuses them
+    r = subprocess.run([str(EXE), *FAST, '--pretrained', '--methods', 'baseline', '--out', 'res', '--resume'], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 2 and 'was made with other settings (the --weights' in r.stderr, r.stderr

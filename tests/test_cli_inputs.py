@@ -44,6 +44,7 @@ def inputs(tmp_path_factory):
              split=np.array(['train']*30 + ['valid']*10))   # 30 training items: less than the default batch of 32
     np.savez(d/'obj.npz', images=np.zeros((2, 8, 8), np.uint8), labels=np.array([0, 1]), class_names=np.array(['a', None]))
     (d/'text.npz').write_text('not an archive')
+    import torch; torch.save({'conv.weight': torch.zeros(1)}, d/'wrong.pth')   # the weights of no timm model
     (d/'cut.npz').write_bytes((d/'split.npz').read_bytes()[:300])
     (d/'data.txt').write_text('x')
     (d/'emptydir').mkdir()
@@ -147,6 +148,26 @@ CASES = [
     (['--size', '100000'], '--size must be at most 4096'),
     (['--backbone', 'resnet81'], "unknown model name 'resnet81'"),
     (['--data', 'ecg.npz', '--backbone', 'resnet18'], 'train resnet1d34'),
+    # augmentation
+    (['--aug', 'rotate'], "argument --aug: invalid choice: 'rotate'"),
+    (['--data', 'ecg.npz', '--aug', 'flip'], r'--aug is for images; ecg.npz \(signals\) does not use it'),
+    ([*MULTI, '--aug', 'paper'], "--aug paper is CCL-Net's protocol for single-label images; multi-label data train with --aug none"),
+    # the starting weights (--pretrained without a cache: tests/test_cli.py, with the network switched off)
+    (['--pretrained', '--weights', 'wrong.pth'], '--pretrained and --weights both name the weights to start from: give one'),
+    (['--weights', 'nofile.pth'], '--weights: no such file: nofile.pth'),
+    (['--weights', 'wrong.pth', '--backbone', 'resnet10t'], 'wrong.pth does not hold weights that fit resnet10t: 70 of its tensors are not in the file, e.g. conv1.0.weight'),
+    (['--weights', 'text.npz', '--backbone', 'resnet10t'], 'text.npz does not hold weights that fit resnet10t'),
+    (['--data', 'ecg.npz', '--pretrained'], r"--pretrained is for image backbones \(timm's\); ecg.npz \(signals\) does not use it"),
+    (['--data', 'ecg.npz', '--weights', 'wrong.pth'], "--weights is for image backbones"),
+    # device and precision (the tests run with the CPU as fastai's device, on any machine)
+    (['--device', 'gpu'], "--device must be cpu, cuda or cuda:N, got 'gpu'"),
+    (['--device', 'cuda:64'], r'--device cuda:64: (torch sees no CUDA GPU on this machine|this machine has \d+ GPU)'),
+    (['--precision', 'bf16'], "--precision bf16 is fastai's mixed precision, which autocasts on CUDA only: on cpu, use --precision fp32"),
+    (['--device', 'cpu', '--precision', 'fp16'], 'autocasts on CUDA only'),
+    (['--precision', 'fp64'], "argument --precision: invalid choice: 'fp64'"),
+    # saved models
+    (['--save-model', 'all'], "argument --save-model: invalid choice: 'all'"),
+    (['--export', '--save-model', 'best'], '--export is --save-model last; it cannot go with --save-model best'),
     # --methods and the options of one kind of method
     (['--methods', ','], '--methods names nothing'),
     (['--methods', 'flowmixup'], 'do not fit single-label data'),

@@ -84,3 +84,59 @@ def test_the_commands_exported_learners(tmp_path):
     x = torch.as_tensor((sd['signals'][5] - mean[:, None])/std[:, None], dtype=torch.float32)[None]
     with torch.no_grad(): expected = torch.sigmoid(load_learner(export).model.eval()(x))[0]
     assert np.allclose(got['array'], expected, atol=1e-5) and np.allclose(got['file'], expected, atol=1e-5), (got, expected)
+
+def test_the_best_epochs_model(tmp_path):
+    "`--save-model best` exports the epoch with the best accuracy on the evaluated split: loaded in a fresh process, it predicts that epoch's accuracy, not the last one's"
+    from fastai_softlabel.experiments import synthetic_dataset
+    r = subprocess.run([str(EXE), '--epochs', '6', '--n-per-class', '16', '--size', '16', '--backbone', 'resnet10t', '--lr', '0.02',
+                        '--methods', 'baseline', '--save-model', 'best', '--progress', 'log', '--out', 'res'], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path/'res'/'runs'/'baseline_seed0_c0'
+    saved = json.loads((run/'model.json').read_text())
+    acc = json.loads((tmp_path/'res'/'runs.json').read_text())[0]
+    import pandas as pd
+    curve = pd.read_csv(run/'curves.csv').accuracy.tolist()
+    assert saved['save'] == 'best' and saved['monitor'] == 'accuracy' and saved['epoch'] == int(np.argmax(curve))
+    assert saved['epoch'] < len(curve) - 1 and curve[saved['epoch']] > curve[-1]   # this seed's best is not its last epoch
+    assert np.isclose(acc['accuracy'], curve[-1])   # the run's metrics stay the last epoch's
+    d = synthetic_dataset('single', 16)
+    valid = np.flatnonzero(d['split'] == 'valid')
+    np.save(tmp_path/'valid.npy', d['images'][valid]); np.save(tmp_path/'labels.npy', d['labels'][valid])
+    code = """
+import sys, numpy as np
+from fastai.learner import load_learner
+learn = load_learner(sys.argv[1])
+dl = learn.dls.test_dl(list(np.load(sys.argv[2])))
+with learn.no_bar(): probs,_ = learn.get_preds(dl=dl)
+print((probs.argmax(1).numpy() == np.load(sys.argv[3])).mean())
+"""
+    p = subprocess.run([sys.executable, '-c', code, str(run/'export.pkl'), str(tmp_path/'valid.npy'), str(tmp_path/'labels.npy')],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert np.isclose(float(p.stdout.strip().splitlines()[-1]), saved['value'], atol=1e-6), (p.stdout, saved)
+
+def test_the_papers_protocol_end_to_end(tmp_path):
+    "`--aug paper` on a HAM10000-style table of 30 x 20 images: read at a short side of 256/224 x --size keeping their aspect ratio; the exported Learner predicts on a new image file, in a fresh process, what the trained model gives its centre crop"
+    from PIL import Image
+    from fastai_softlabel.data import resize_short_side
+    rng = np.random.default_rng(0)
+    (tmp_path/'img').mkdir()
+    ids = [f'ISIC_{i:04d}' for i in range(24)]
+    for i in ids: Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(tmp_path/'img'/f'{i}.jpg')
+    import pandas as pd
+    pd.DataFrame(dict(image_id=ids, dx=np.repeat(['nv', 'mel', 'bkl'], 8))).to_csv(tmp_path/'ham.csv', index=False)
+    r = subprocess.run([str(EXE), '--data', 'ham.csv', '--images', 'img', '--size', '14', '--recipe', 'paper', '--bs', '8', '--epochs', '1',
+                        '--backbone', 'resnet10t', '--methods', 'baseline', '--save-model', 'last', '--progress', 'log', '--out', 'res'],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = json.loads((tmp_path/'res'/'config.json').read_text())
+    assert cfg['settings']['arguments']['aug'] == 'paper' and cfg['settings']['arguments']['size'] == 14   # --recipe paper turns it on
+    new = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)   # a new image, larger than the training ones
+    Image.fromarray(new).save(tmp_path/'new.png')
+    export = tmp_path/'res'/'runs'/'baseline_seed0_c0'/'export.pkl'
+    got = predict_in_a_fresh_process(export, new, tmp_path/'new.png')
+    small = resize_short_side(new[None], 16)[0]   # round(14*256/224) = 16: 16 x 24
+    crop = small[1:15, 5:19]                        # the centre 14 x 14
+    x = (torch.from_numpy(crop.transpose(2, 0, 1)).float()/255 - tensor(imagenet_stats[0])[:, None, None])/tensor(imagenet_stats[1])[:, None, None]
+    with torch.no_grad(): expected = load_learner(export).model.eval()(x[None]).softmax(-1)[0]
+    assert np.allclose(got['array'], expected, atol=1e-5) and np.allclose(got['file'], expected, atol=1e-5), (got, expected)
