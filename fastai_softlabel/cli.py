@@ -12,7 +12,7 @@ from pathlib import Path
 __all__ = ['SINGLE_METHODS', 'MULTI_METHODS', 'BEYOND_THE_PAPERS', 'CCL_METHODS', 'MIXING_METHODS', 'POINT_METHODS',
            'LSR_METHODS', 'RECIPES', 'LOCK_FILE', 'resolve_recipe', 'progress_bars', 'data_kind', 'not_applied',
            'data_fingerprint', 'applied_arguments', 'result_settings', 'settings_differences', 'run_id', 'run_status',
-           'planned_runs', 'build_tables', 'main']
+           'planned_runs', 'build_tables', 'shard_runs', 'main']
 
 # %% ../nbs/13_cli.ipynb #ffbd600b
 SINGLE_METHODS = ('baseline', 'lsr-u1', 'lsr-u5', 'lsr-a1', 'lsr-a5', 'ols', 'ccl', 'cutmix')
@@ -91,6 +91,8 @@ def _parser():
     p.add_argument('--export', action='store_true', help="the same as --save-model last")
     p.add_argument('--device', default=None, help="where to train: cpu, cuda, cuda:1, ... (default: fastai's choice, the first GPU when there is one)")
     p.add_argument('--precision', choices=['fp32', 'fp16', 'bf16'], default=None, help="fp16 or bf16: fastai's mixed precision, on CUDA (default there: bf16 where the GPU supports it, else fp16); fp32 elsewhere")
+    p.add_argument('--jobs', type=int, default=None, help="run the comparison's independent runs in this many worker processes at once (default 1): on a machine with several GPUs they spread over them (or all use --device when it is given); on the CPU each takes --threads threads (default: as many as one process would), so that the numbers are a sequential run's")
+    p.add_argument('--shard', default=None, help="I/N: run only the I-th of N shares of the comparison's runs, for a cluster's array jobs (e.g. SLURM's --array=1-N with --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT), every shard writing into the same --out with the same command; the shard that finishes the last run builds the tables, and `softlabel report OUT` builds them from whatever runs are there, naming the missing ones")
     p.add_argument('--threads', type=int, default=None, help="torch's CPU threads (default: torch's choice)")
     p.add_argument('--progress', choices=['auto', 'bar', 'log'], default='auto', help="'bar': progress bars; 'log': one line per epoch; 'auto' (default): bars on a terminal, lines otherwise, never both")
     return p
@@ -122,7 +124,7 @@ def _flag(name:str)->str: return '--' + name.replace('_', '-')
 # (name, lowest, highest, whether the lowest is excluded): numbers given on the command line, finite and in range
 _NUMBERS = [('lr', 0, None, True), ('lr_ccl', 0, None, True), ('wd', 0, None, False), ('clip', 0, None, False),
             ('alpha', 0, 1000, False), ('lsr_eps', 0, 1, False), ('fs', 1, 100_000, False), ('seconds', 0, 86_400, True)]
-_WHOLE = [('epochs', 1, None), ('bs', 2, None), ('n_per_class', 1, 100_000), ('min_count', 1, None), ('ccl_patience', 1, None),
+_WHOLE = [('epochs', 1, None), ('bs', 2, None), ('jobs', 1, 256), ('n_per_class', 1, 100_000), ('min_count', 1, None), ('ccl_patience', 1, None),
           ('threads', 1, 1024), ('size', 1, 4096)]
 
 def _check_numbers(args):
@@ -162,6 +164,11 @@ def _check_arguments(args)->tuple:
         v = getattr(args, name)
         if v is not None and not [x for x in v.split(',') if x.strip()]: raise ValueError(f"{_flag(name)} names nothing, got {v!r}")
     if args.valid is not None and ',' in args.valid: raise ValueError(f"--valid names one split value, got {args.valid!r}")
+    if args.shard is not None:
+        try: i,n = (int(x) for x in args.shard.split('/'))
+        except ValueError: raise ValueError(f"--shard must be I/N with whole numbers, e.g. 2/4, got {args.shard!r}") from None
+        if not 1 <= i <= n: raise ValueError(f"--shard I/N needs 1 <= I <= N, got {args.shard}")
+        args.shard = f'{i}/{n}'
     if args.export and args.save_model not in (None, 'last'): raise ValueError(f"--export is --save-model last; it cannot go with --save-model {args.save_model}")
     args.save_model = 'last' if args.export else args.save_model or 'none'
     if args.valid is not None: args.valid = args.valid.strip()
@@ -182,27 +189,27 @@ def _read_config(out:Path)->dict:
 
 LOCK_FILE = '.softlabel-lock'   # in a results folder: locked by the command that writes into it
 
-def _lock(f, wait:float=0.)->bool:
-    "Take the exclusive advisory lock on the open file `f`, trying for up to `wait` seconds; False when another process holds it"
+def _lock(f, wait:float=0., shared:bool=False)->bool:
+    "Take the exclusive (or `shared`) advisory lock on the open file `f`, trying for up to `wait` seconds; False when another process holds it (exclusively, for a shared one)"
     try: import fcntl
     except ImportError: return True   # no advisory locks on this platform: no protection against a second command
     deadline = time.monotonic() + wait
     while True:
-        try: fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB); return True
+        try: fcntl.flock(f.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB); return True
         except BlockingIOError:
             if time.monotonic() >= deadline: return False
             time.sleep(0.05)
 
-def _claim(out:Path, wait:float=1.):
-    "The results folder's lock file, opened and locked for this command; None while another command holds it"
+def _claim(out:Path, wait:float=1., shared:bool=False):
+    "The results folder's lock file, opened and locked for this command (`shared`: with the other shards of its comparison); None while another command holds it"
     f = open(Path(out)/LOCK_FILE, 'a')   # made by the command that made the folder (or by the first command on an older folder)
-    if _lock(f, wait): return f
+    if _lock(f, wait, shared): return f
     f.close()
 
-def _in_use(out:Path)->bool:
-    "Whether a softlabel command (or `softlabel report`) is writing into `out` now (a folder without a lock file: none is)"
+def _in_use(out:Path, shared:bool=False)->bool:
+    "Whether a softlabel command (or `softlabel report`) is writing into `out` now (`shared`: one that is not a shard); a folder without a lock file: none is"
     if not (Path(out)/LOCK_FILE).is_file(): return False
-    f = _claim(out)
+    f = _claim(out, shared=shared)
     if f is None: return True
     f.close(); return False
 
@@ -218,12 +225,17 @@ def _writable(folder:Path)->bool:
 
 def _check_out(args):
     "`--out`: a new folder that can be made, or under `--resume` a results folder of softlabel that no command is using"
-    out = Path(args.out)
+    out,shard = Path(args.out),args.shard is not None
     if args.resume:
-        if out.is_dir() and _in_use(out): raise ValueError(_in_use_message(out, True))   # also while its config.json is being written
+        if out.is_dir() and _in_use(out, shard): raise ValueError(_in_use_message(out, True))   # also while its config.json is being written
         if not (out/'config.json').is_file(): raise ValueError(f"--resume: {out} is not a results folder of softlabel (no config.json)")
         _read_config(out)
         if not _writable(out): raise ValueError(f"--resume: the results folder {out} cannot be written to")
+    elif out.exists() and shard:   # another shard made it (or is making it): its settings are compared once the data are read
+        if out.is_file() or not ((out/'config.json').is_file() or (out/LOCK_FILE).is_file()): raise ValueError(
+            f"--shard: {out} exists and is not a results folder of softlabel: choose another --out")
+        if _in_use(out, True): raise ValueError(f"the results folder {out} is in use by a softlabel command that is not a shard: wait for it to finish")
+        if not _writable(out): raise ValueError(f"the results folder {out} cannot be written to")
     elif out.exists():
         if _in_use(out): raise ValueError(_in_use_message(out, False))
         raise ValueError(f"the results folder {out} exists already{' (a file)' if out.is_file() else ''}: choose another --out"
@@ -355,6 +367,10 @@ def _check_device(args):
         n = torch.cuda.device_count() if dev.type == 'cuda' else 0
         if dev.type == 'cuda' and dev.index is not None and dev.index >= n: raise ValueError(
             f"--device {args.device}: this machine has {n} GPU(s), cuda:0{f' to cuda:{n - 1}' if n > 1 else ''}")
+    given = args.device is not None
+    if _world()[1] > 1 and dev.type == 'cuda':   # torchrun: each process on its own GPU
+        if given and dev.index is not None: raise ValueError(f"--device {args.device}: under torchrun each process trains on cuda:LOCAL_RANK; give --device cuda, or leave it out")
+        dev = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))); torch.cuda.set_device(dev)
     if dev.type == 'cuda' and dev.index is None: dev = torch.device('cuda', torch.cuda.current_device())
     if args.precision is None: args.precision = ('bf16' if torch.cuda.is_bf16_supported() else 'fp16') if dev.type == 'cuda' else 'fp32'
     elif args.precision != 'fp32' and dev.type != 'cuda': raise ValueError(
@@ -362,6 +378,20 @@ def _check_device(args):
     elif args.precision == 'bf16' and not torch.cuda.is_bf16_supported(): raise ValueError(
         f"--precision bf16: the GPU {torch.cuda.get_device_name(dev)} does not support bfloat16; use --precision fp16")
     args.device = str(dev)
+    # --jobs: the workers' devices; without --device, every GPU in turn
+    n = args.jobs or 1
+    args.devices = [f'cuda:{i % torch.cuda.device_count()}' for i in range(n)] if dev.type == 'cuda' and not given else [args.device]*n
+
+def _world()->tuple:
+    "`(rank, world size)` of a process that torchrun (or `accelerate launch`) started; `(0, 1)` otherwise"
+    return int(os.environ.get('RANK', 0)),int(os.environ.get('WORLD_SIZE', 1))
+
+def _check_distributed(args):
+    "Under torchrun every process trains every run together, with its share of each batch: not with --jobs or --shard, and with lines, not bars"
+    if _world()[1] == 1: return
+    if (args.jobs or 1) > 1: raise ValueError("--jobs runs independent runs in worker processes: under torchrun the processes train each run together; use one or the other")
+    if args.shard is not None: raise ValueError("--shard gives a process a share of the runs: under torchrun the processes train each run together; use one or the other")
+    args.progress = 'log'
 
 def _check_weights(args, kind:str):
     "The weights file the backbone starts from (`args.weights_file`, None: random weights) and where it comes from (`args.weights_source`)"
@@ -380,6 +410,7 @@ def _check_weights(args, kind:str):
 def _prepare(args)->tuple:
     "Check everything before any work: `(dataset, methods, rates, seeds)`; `d['kind']` and `d['not_applied']` say what the data is and which options it does not use"
     rates,seeds = _check_arguments(args)
+    _check_distributed(args)
     _check_device(args)
     from types import SimpleNamespace
     from fastai_softlabel.models import check_model_name, create_backbone, flowmixup_points, resnet1d34
@@ -433,7 +464,8 @@ def _prepare(args)->tuple:
 
 # %% ../nbs/13_cli.ipynb #rf000002
 # arguments that do not change a run's result (the weights file: by its SHA-256 in `result_settings`)
-_NOT_RESULTS = ('out', 'resume', 'progress', 'threads', 'data', 'images', 'export', 'save_model', 'device', 'weights', 'weights_file', 'weights_source')
+_NOT_RESULTS = ('out', 'resume', 'progress', 'threads', 'data', 'images', 'export', 'save_model', 'device', 'devices', 'jobs', 'shard',
+                'weights', 'weights_file', 'weights_source')
 
 def _sha256(path)->str:
     h = hashlib.sha256()
@@ -621,30 +653,105 @@ def _report(argv):
     if lock is None: print(f"\n{out} is in use by a running softlabel command: these are the tables of its finished runs; nothing was "
                            "written (the command writes the tables and report.html when it finishes)")
 
+def shard_runs(plan:list, shard:str|None)->list:
+    "The runs of `plan` that `--shard I/N` runs: every N-th, from the I-th on (all of them without a shard)"
+    if shard is None: return list(plan)
+    i,n = (int(x) for x in shard.split('/'))
+    return [p for k,p in enumerate(plan) if k % n == i - 1]
+
 def _run_all(args, d, methods, rates, seeds, out:Path, left_out=()):
     from fastai_softlabel.experiments import run_one
-    plan = [(r, m, s) for r in rates for m in methods for s in seeds]
+    plan = shard_runs([(r, m, s) for r in rates for m in methods for s in seeds], args.shard)
+    mine = {run_id(m, s, r) for r,m,s in plan}   # a shard touches its own runs only: the other shards may be writing theirs
     complete,incomplete = run_status(out)
     finished = {c.name for c in complete}
     done = [p for p in plan if run_id(p[1], p[2], p[0]) in finished]
-    if done: print(f"{len(done)} of {len(plan)} runs already finished in {out}: going on with the others", flush=True)
-    for part in (out/'runs').glob('.partial-*'): shutil.rmtree(part)   # left by a command that stopped: this one holds the folder
-    redo = {r: why for r,why in incomplete.items() if r not in finished and (out/'runs'/r).is_dir()}
+    of = f" of shard {args.shard}" if args.shard else ''
+    if done: print(f"{len(done)} of {len(plan)} runs{of} already finished in {out}: going on with the others", flush=True)
+    for part in (out/'runs').glob('.partial-*'):   # left by a command that stopped: this one holds the folder (its share of it)
+        if part.name[len('.partial-'):] in mine: shutil.rmtree(part)
+    redo = {r: why for r,why in incomplete.items() if r in mine and r not in finished and (out/'runs'/r).is_dir()}
     if redo:   # a run folder that lost a file: run again
         print(f"running again {len(redo)} incomplete run(s): " + '; '.join(f'{r} ({why})' for r,why in redo.items()), flush=True)
         for r in redo: shutil.rmtree(out/'runs'/r)
     todo = [p for p in plan if p not in done]
+    if _world()[1] > 1: _todo_to_all_ranks(todo)
+    config = lambda rate,method,seed: applied_arguments(args, tuple(left_out) + ('methods', 'seeds')) | dict(method=method, seed=seed, corruption=rate)
+    if (args.jobs or 1) > 1 and len(todo) > 1: return _run_in_workers(args, d, todo, out, config, len(done), len(plan), of)
     start,finished = time.time(),0
     try:
         for i,(rate,method,seed) in enumerate(todo):
             el = time.time() - start
             eta = f", ETA {_hms(el/finished*(len(todo) - i))}" if finished else ''
-            print(f"run {len(done) + i + 1}/{len(plan)} ({method}, seed {seed}, corruption {rate:g}); elapsed {_hms(el)}{eta}", flush=True)
-            config = applied_arguments(args, tuple(left_out) + ('methods', 'seeds')) | dict(method=method, seed=seed, corruption=rate)
-            _write_run(out, run_id(method, seed, rate), lambda folder: run_one(d, method, seed, rate, args, folder), config)
+            print(f"run {len(done) + i + 1}/{len(plan)}{of} ({method}, seed {seed}, corruption {rate:g}); elapsed {_hms(el)}{eta}", flush=True)
+            _write_run(out, run_id(method, seed, rate), lambda folder: run_one(d, method, seed, rate, args, folder), config(rate, method, seed))
             finished += 1
     except KeyboardInterrupt:
-        _fail(f"interrupted after {len(done) + finished} of {len(plan)} runs; rerun the same command with --resume", 130)
+        _fail(f"interrupted after {len(done) + finished} of {len(plan)} runs{of}; rerun the same command with --resume", 130)
+
+# ---------------------------------------------------------------- --jobs: worker processes, one device each
+_WORKER = {}
+
+def _worker_start(d:dict, args, devices, threads:int):
+    "In a worker process of `--jobs`: the data and the arguments, once; a device of its own; the threads a sequential run has"
+    _quiet_imports()
+    import torch
+    torch.set_num_threads(threads)
+    args.device = devices.get()
+    _WORKER.update(d=d, args=args)
+
+def _worker_run(out:str, rate:float, method:str, seed:int, config:dict)->tuple:
+    "One run in a worker, written as a sequential run writes it: `(device, seconds)`"
+    from fastai_softlabel.experiments import run_one
+    d,args,start = _WORKER['d'],_WORKER['args'],time.time()
+    _write_run(Path(out), run_id(method, seed, rate), lambda folder: run_one(d, method, seed, rate, args, folder), config)
+    return args.device,time.time() - start
+
+def _run_in_workers(args, d, todo:list, out:Path, config, n_done:int, n_plan:int, of:str=''):
+    "The runs `todo` in `args.jobs` worker processes (spawned: no CUDA state or threads shared with this one), on `args.devices`"
+    import copy, multiprocessing as mp, torch
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    n,ctx = min(args.jobs, len(todo)),mp.get_context('spawn')
+    devices = ctx.Queue()
+    for dev in args.devices[:n]: devices.put(dev)
+    wargs = copy.copy(args); wargs.progress = False   # one line per epoch: bars of several processes would overwrite each other
+    threads = args.threads or torch.get_num_threads()
+    print(f"{len(todo)} runs in {n} worker processes on {', '.join(dict.fromkeys(args.devices[:n]))}", flush=True)
+    start,finished = time.time(),0
+    with ProcessPoolExecutor(n, mp_context=ctx, initializer=_worker_start, initargs=(d, wargs, devices, threads)) as ex:
+        futures = {ex.submit(_worker_run, str(out), r, m, s, config(r, m, s)): (r, m, s) for r,m,s in todo}
+        try:
+            for f in as_completed(futures):
+                dev,secs = f.result()   # a run that failed raises here, as in a sequential run
+                finished += 1
+                (rate,method,seed),el = futures[f],time.time() - start
+                print(f"run {n_done + finished}/{n_plan}{of} finished ({method}, seed {seed}, corruption {rate:g}, {dev}, {_hms(secs)}); "
+                      f"elapsed {_hms(el)}" + (f", ETA {_hms(el/finished*(len(todo) - finished))}" if finished < len(todo) else ''), flush=True)
+        except KeyboardInterrupt:
+            ex.shutdown(wait=False, cancel_futures=True)
+            _fail(f"interrupted after {n_done + finished} of {n_plan} runs{of}; rerun the same command with --resume", 130)
+        except BaseException:
+            ex.shutdown(wait=False, cancel_futures=True); raise
+
+def _todo_to_all_ranks(todo:list|None=None)->list:
+    "Under torchrun: rank 0's list of the runs to do, on every rank"
+    import torch.distributed as dist
+    box = [todo]; dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+def _follow_rank0(args, d:dict):
+    "A rank other than 0 under torchrun: train the runs rank 0 does, together with it, writing nothing"
+    import contextlib, tempfile
+    from fastai_softlabel.experiments import run_one
+    with open(os.devnull, 'w') as quiet, contextlib.redirect_stdout(quiet):   # rank 0 reports
+        for rate,method,seed in _todo_to_all_ranks():
+            with tempfile.TemporaryDirectory() as folder: run_one(d, method, seed, rate, args, Path(folder))
+
+def _leave_process_group():
+    "Under torchrun: leave the process group (one left open can abort the process at exit)"
+    if _world()[1] > 1 and 'torch' in sys.modules:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
 def _hms(s): s = int(s); return f"{s//3600}h{s//60%60:02d}m{s%60:02d}s" if s >= 3600 else f"{s//60}m{s%60:02d}s"
 
@@ -663,6 +770,29 @@ def _new_results_folder(out:Path, config:dict):
     _write_atomic(out/'config.json', lambda t: t.write_text(json.dumps(config, indent=2)))
     return f
 
+def _shared_results_folder(out:Path, config:dict, settings:dict):
+    "The results folder of a `--shard`: made by the first shard as `_new_results_folder` makes one, joined by the others when its settings are theirs; held with a shared lock"
+    try: out.mkdir(); made = True
+    except FileExistsError: made = False
+    except OSError as e: _fail(f"error: the results folder {out} cannot be made ({e})")
+    if made:
+        f = open(out/LOCK_FILE, 'a')
+        _lock(f, wait=60.)
+        _write_atomic(out/'config.json', lambda t: t.write_text(json.dumps(config, indent=2)))
+        _lock(f, shared=True)   # from exclusive to shared: the other shards join now
+        return f
+    deadline = time.monotonic() + 60
+    while not (out/LOCK_FILE).is_file():   # the shard that made the folder makes it at once
+        if time.monotonic() > deadline: _fail(f"error: --shard: {out} is not a results folder of softlabel (no lock file): choose another --out")
+        time.sleep(0.05)
+    f = open(out/LOCK_FILE, 'a')
+    if not _lock(f, wait=60., shared=True): f.close(); _fail(f"error: the results folder {out} is in use by a softlabel command that is not a shard: wait for it to finish")
+    try: cfg = _read_config(out)
+    except ValueError as e: f.close(); _fail(f"error: {e}")
+    diffs = settings_differences(cfg['settings'], settings)
+    if diffs: f.close(); _fail(f"error: --shard: {out} was made with other settings ({'; '.join(diffs)}): every shard runs the same command but for --shard")
+    return f
+
 def main(argv=None):
     "Console entry point of `softlabel` (and `softlabel report OUT`)"
     _quiet_imports()   # before anything imports fastai: every command would start with torch's FutureWarning otherwise
@@ -676,6 +806,14 @@ def main(argv=None):
         except MemoryError: _fail("error: not enough memory to read the data as asked (see --size, --fs, --seconds)")
         from fastai_softlabel.experiments import split_summary
         out = Path(args.out)
+        rank,world = _world()
+        if world > 1:   # torchrun: every rank has checked everything before rank 0, which alone writes, makes the folder
+            import torch.distributed as dist
+            from fastai_softlabel.experiments import use_cpu_broadcast
+            dist.init_process_group('nccl' if args.device.startswith('cuda') else 'gloo')
+            if args.device == 'cpu': use_cpu_broadcast()
+            dist.barrier()
+            if rank > 0: return _follow_rank0(args, d)
         settings = result_settings(args, _versions(), d['not_applied'])
         if args.resume:
             def same_settings():
@@ -684,12 +822,12 @@ def main(argv=None):
                 diffs = settings_differences(cfg['settings'], settings)
                 if diffs: _fail(f"error: --resume: {out} was made with other settings ({'; '.join(diffs)}): rerun with those, or choose another --out")
             same_settings()   # before taking the folder: a refused --resume leaves it as it was
-            lock = _claim(out)
+            lock = _claim(out, shared=args.shard is not None)
             if lock is None: _fail(f"error: {_in_use_message(out, True)}")
             same_settings()   # and as the folder is now, held
         else:
             import torch
-            lock = _new_results_folder(out, dict(
+            lock = (_new_results_folder if args.shard is None else lambda o, c: _shared_results_folder(o, c, settings))(out, dict(
                 settings=settings, methods=methods, corruption=rates, seeds=seeds, multi_label=bool(d['multi_label']),
                 classes=[str(n) for n in d['names']], items={s: int((d['split'] == s).sum()) for s in ('train', 'valid')},
                 split=dict(source=d['split_source'], counts=d['split_counts'], **d['split_used']),
@@ -704,9 +842,13 @@ def main(argv=None):
         _run_all(args, d, methods, rates, seeds, out, d['not_applied'])
         cfg = _read_config(out)
         complete,incomplete = run_status(out)
+        unfinished = _unfinished(cfg, complete, incomplete)
+        if args.shard is not None and unfinished:   # the other shards' runs: the last shard to finish builds the tables
+            print(f"\nshard {args.shard}: its runs are finished in {out}; {len(unfinished)} run(s) of the comparison are not (other shards'): "
+                  f"the shard that finishes the last run writes the tables, and `softlabel report {out}` shows what is there")
+            return
         runs,summary = build_tables(out)
         from fastai_softlabel.report import write_report
-        unfinished = _unfinished(cfg, complete, incomplete)
         write_report(out, unfinished)
         print(f"\ndata: {args.data or f'synthetic ({args.task}-label)'}; backbone {args.backbone}; {args.epochs} epochs; seeds {seeds}")
         _print_table(out, runs, summary, d['multi_label'], methods[0])
@@ -714,3 +856,4 @@ def main(argv=None):
     except KeyboardInterrupt: _fail("interrupted (finished runs are kept: rerun the same command with --resume)", 130)
     finally:
         if lock is not None: lock.close()
+        _leave_process_group()

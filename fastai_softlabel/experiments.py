@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse, contextlib, json, tempfile, time
 import timm
 from fastai.vision.all import *
+from fastai.distributed import *
 from scipy.stats import spearmanr
 from .ccl import CCL
 from .flowmixup import FlowMixup, Mixup, ManifoldMixup
@@ -24,7 +25,7 @@ from .cli import SINGLE_METHODS, MULTI_METHODS, progress_bars
 # %% auto #0
 __all__ = ['AUGMENTATIONS', 'synthetic_dataset', 'split_summary', 'real_dataset', 'signal_dataset', 'table_is_multi_label',
            'table_dataset', 'method_setup', 'EpochLog', 'fit_schedule', 'BestModel', 'paper_crop', 'augmentations',
-           'run_learner', 'run_one']
+           'run_learner', 'run_one', 'check_ranks_agree', 'use_cpu_broadcast']
 
 # %% ../nbs/17_experiments.ipynb #076b24b6
 def synthetic_dataset(task='single', n_per_class=100, size=32, n_classes=8, seed=0)->dict:
@@ -217,9 +218,10 @@ class EpochLog(Callback):
         "Mark a training epoch: `get_preds` and `validate` also run `after_epoch`, and print nothing"
         self.trained = True
     def after_epoch(self):
-        "Print the epoch's Recorder values on one line, after a training epoch only"
+        "Print the epoch's Recorder values on one line, after a training epoch only (on rank 0 only, under DDP)"
         if not self.trained: return
         self.trained = False
+        if rank_distrib(): return
         vals = ' '.join(f'{n} {v:.4f}' for n,v in zip(self.recorder.metric_names[1:], self.recorder.values[-1]) if isinstance(v, float))
         print(f"{self.prefix} epoch {self.epoch}: {vals}", flush=True)
 
@@ -242,7 +244,8 @@ class BestModel(TrackerCallback):
     def after_epoch(self):
         "Copy the weights of a new best epoch (on their device)"
         super().after_epoch()
-        if self.new_best: self.state,self.best_epoch = {k: v.detach().clone() for k,v in self.learn.model.state_dict().items()},self.epoch
+        model = getattr(self.learn.model, 'module', self.learn.model)   # under DDP: the model inside its wrapper
+        if self.new_best: self.state,self.best_epoch = {k: v.detach().clone() for k,v in model.state_dict().items()},self.epoch
 
 AUGMENTATIONS = ('none', 'flip', 'paper')
 
@@ -321,7 +324,10 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     best = BestModel(main) if save == 'best' else None
     ctx = learn.no_bar() if any(isinstance(cb, EpochLog) for cb in learn.cbs) else contextlib.nullcontext()
     start = time.time()
-    with ctx, learn.no_logging(): fit_schedule(learn, getattr(args, 'schedule', 'one_cycle'), args.epochs, args.lr, getattr(args, 'wd', None), cbs=best)
+    ddp = (learn.distrib_ctx(sync_bn=False, **({'cpu': True} if torch.device(learn.dls.device).type == 'cpu' else {}))
+           if num_distrib() > 1 else contextlib.nullcontext())   # launched by torchrun: fastai's DDP, each process with its batch
+    with ctx, learn.no_logging(), ddp: fit_schedule(learn, getattr(args, 'schedule', 'one_cycle'), args.epochs, args.lr, getattr(args, 'wd', None), cbs=best)
+    if num_distrib() > 1: check_ranks_agree(learn.model)
     names,values = list(learn.recorder.metric_names[1:-1]),[list(v) for v in learn.recorder.values]
     row = dict(method=method, seed=seed, corruption=corruption, corrupted_fraction=round(frac, 4), seconds=round(time.time() - start, 1))
     for n,v in zip(names, values[-1]): row[n] = float(v)
@@ -342,6 +348,22 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     if save != 'none': _export(learn, out, save, best, main, len(values))
     curves = curves.assign(epoch=range(len(values)), method=method, seed=seed, corruption=corruption)
     return row,curves
+
+def check_ranks_agree(model:nn.Module):
+    "Under DDP: every rank's trained model is bit for bit the same, or a `RuntimeError` (DDP averages the gradients; a difference means a result of no rank)"
+    import hashlib, torch.distributed as dist
+    h = hashlib.sha256()
+    for k,v in model.state_dict().items(): h.update(k.encode()); h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    digests = [None]*dist.get_world_size()
+    dist.all_gather_object(digests, h.hexdigest())
+    if len(set(digests)) > 1: raise RuntimeError(f"the ranks' trained models differ (SHA-256 per rank: {[d[:12] for d in digests]}): the run's result is no rank's")
+
+def use_cpu_broadcast():
+    "DDP over gloo on the CPU: fastai's `DistributedDL` broadcasts the sample order with `.cuda()`, which gloo's CPU process group cannot take; broadcast a CPU tensor"
+    import torch.distributed as dist, fastai.distributed as fdist
+    def _broadcast(self, t, rank):
+        t = torch.LongTensor(t); dist.broadcast(t, rank); return t.tolist()
+    fdist.DistributedDL._broadcast = _broadcast
 
 def _export(learn:Learner, out:Path, save:str, best:BestModel|None, main:str, epochs:int):
     "Export the trained Learner for `load_learner` (predicts on new images, signals, records), with `model.json` saying which epoch's model it holds"

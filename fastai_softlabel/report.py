@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_report.ipynb #rp000002
 from __future__ import annotations
-import base64, html, io, json, math
+import base64, html, io, json, math, os
 from pathlib import Path
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
@@ -165,7 +165,8 @@ def write_report(
     shown = {k: cfg.get(k) for k in ('versions', 'device', 'precision', 'weights', 'threads', 'started')} | dict(items=cfg.get('items'), split=cfg.get('split'), classes=cfg.get('classes'))
     parts.append(f"<h2>Configuration</h2><pre>{html.escape(' '.join(cfg.get('command', [])))}\n\n{html.escape(json.dumps(shown, indent=1))}</pre>"
                  f"<p>Every argument, with the data's SHA-256, is in <code>config.json</code>.</p>")
-    page = out/'report.html'
-    page.write_text(f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>softlabel report</title><style>{_STYLE}</style></head>'
-                    f'<body>{"".join(parts)}</body></html>', encoding='utf-8')
+    page,tmp = out/'report.html',out/f'.report.html.{os.getpid()}.tmp'   # whole or not at all: shards may write it at once
+    tmp.write_text(f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>softlabel report</title><style>{_STYLE}</style></head>'
+                   f'<body>{"".join(parts)}</body></html>', encoding='utf-8')
+    os.replace(tmp, page)
     return page

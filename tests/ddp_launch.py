@@ -10,12 +10,9 @@ def _tail(f, n=3000):
     f.seek(0); return f.read().decode(errors='replace')[-n:]
 
 def use_cpu_broadcast():
-    "In a rank: fastai's `DistributedDL` broadcasts the sample order with `.cuda()` (NCCL); gloo takes CPU tensors"
-    import torch, torch.distributed as dist
-    import fastai.distributed as fdist
-    def _broadcast(self, t, rank):
-        t = torch.LongTensor(t); dist.broadcast(t, rank); return t.tolist()
-    fdist.DistributedDL._broadcast = _broadcast
+    "In a rank: fastai's `DistributedDL` broadcasts the sample order with `.cuda()` (NCCL); gloo takes CPU tensors (what the `softlabel` command does on the CPU)"
+    from fastai_softlabel.experiments import use_cpu_broadcast
+    use_cpu_broadcast()
 
 def run_ranks(script, world_size=2, timeout=120, args=(), env=None):
     "Run `script` as `world_size` gloo ranks; kill all and raise if any fails or time runs out."

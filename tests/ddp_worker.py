@@ -18,7 +18,7 @@ use_cpu_broadcast()
 
 p = argparse.ArgumentParser()
 p.add_argument('--out', required=True)
-p.add_argument('--setup', default='ccl', choices=['ccl', 'ccl_named', 'flowmixup', 'ccl+flowmixup', 'ccl+mixup', 'ccl+manifold', 'ccl_drift', 'ccl_multilabel', 'gather'])
+p.add_argument('--setup', default='ccl', choices=['ccl', 'ccl_named', 'flowmixup', 'ccl+flowmixup', 'ccl+mixup', 'ccl+manifold', 'ccl_drift', 'ccl_multilabel', 'gather', 'agree'])
 p.add_argument('--epochs', type=int, default=3)
 a = p.parse_args()
 rank = int(os.environ['RANK'])
@@ -31,6 +31,19 @@ if a.setup == 'gather':   # core.all_gather_rows with a different number of rows
     mine = torch.arange(6.).view(3, 2)[:2*rank] + 10*rank     # rank 0: no rows, rank 1: two rows
     torch.save(dict(gathered=all_gather_rows(mine), ints=all_gather_rows(torch.tensor([rank]*(rank+1))),
                     padded=all_gather_rows(mine, rows=2)), Path(a.out)/f'rank{rank}.pt')
+    dist.destroy_process_group()
+    sys.exit(0)
+
+if a.setup == 'agree':   # experiments.check_ranks_agree on models that agree, then on models one bit apart on rank 1
+    from fastai_softlabel.experiments import check_ranks_agree
+    dist.init_process_group('gloo')
+    torch.manual_seed(0); m = nn.Linear(3, 2)
+    check_ranks_agree(m)
+    if rank == 1:
+        with torch.no_grad(): m.weight.view(-1)[0] = torch.nextafter(m.weight.view(-1)[0], torch.tensor(1.))
+    try: check_ranks_agree(m); error = None
+    except RuntimeError as e: error = str(e)
+    torch.save(dict(error=error), Path(a.out)/f'rank{rank}.pt')
     dist.destroy_process_group()
     sys.exit(0)
 

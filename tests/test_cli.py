@@ -255,3 +255,25 @@ def test_pretrained_weights_from_the_cache_or_one_line_offline(tmp_path):
     f.write_bytes(f.read_bytes()[:-4] + b'\0\0\0\0')   # other weights in the cache: --resume refuses them
     r = subprocess.run([str(EXE), *FAST, '--pretrained', '--methods', 'baseline', '--out', 'res', '--resume'], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 2 and 'was made with other settings (the --weights' in r.stderr, r.stderr
+
+def test_jobs_and_shards_give_the_tables_of_one_process(tmp_path):
+    "`--jobs 2` and two `--shard`s into one folder: the same runs.csv (but the seconds) and summary.csv as one process; `softlabel report` names the missing runs in between"
+    args = [*FAST, '--task', 'multi', '--methods', 'erm,ccl,mixup-a1', '--seeds', '0,1']
+    for extra,out in [([], 'one'), (['--jobs', '2'], 'jobs')]:
+        r = softlabel(*args, *extra, '--out', out, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+    assert '6 runs in 2 worker processes on cpu' in r.stdout and 'run 6/6 finished' in r.stdout
+    r = softlabel(*args, '--shard', '1/2', '--out', 'shards', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'shard 1/2: its runs are finished' in r.stdout and not (tmp_path/'shards'/'runs.csv').exists()
+    assert sorted(p.name for p in (tmp_path/'shards'/'runs').iterdir()) == ['ccl_seed0_c0', 'erm_seed0_c0', 'mixup-a1_seed0_c0']   # every 2nd from the 1st
+    rep = softlabel('report', 'shards', cwd=tmp_path)
+    assert rep.returncode == 0 and '3 run(s) not in the tables' in rep.stdout and 'erm_seed1_c0 (not run yet)' in rep.stdout
+    r = softlabel(*args, '--shard', '2/2', '--out', 'shards', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    one = pd.read_csv(tmp_path/'one'/'runs.csv').drop(columns='seconds')
+    for out in ('jobs', 'shards'):
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path/out/'runs.csv').drop(columns='seconds'), one)
+        assert (tmp_path/out/'summary.csv').read_text() == (tmp_path/'one'/'summary.csv').read_text()
+    r = softlabel(*args, '--epochs', '2', '--shard', '1/2', '--out', 'shards', cwd=tmp_path)   # a shard of another comparison
+    assert r.returncode == 2 and "--shard: shards was made with other settings (--epochs 1 → 2)" in r.stderr, r.stderr

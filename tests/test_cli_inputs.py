@@ -165,6 +165,10 @@ CASES = [
     (['--precision', 'bf16'], "--precision bf16 is fastai's mixed precision, which autocasts on CUDA only: on cpu, use --precision fp32"),
     (['--device', 'cpu', '--precision', 'fp16'], 'autocasts on CUDA only'),
     (['--precision', 'fp64'], "argument --precision: invalid choice: 'fp64'"),
+    # several processes
+    (['--jobs', '0'], '--jobs must be at least 1, got 0'),
+    (['--shard', '3/2'], r'--shard I/N needs 1 <= I <= N, got 3/2'),
+    (['--shard', 'half'], r"--shard must be I/N with whole numbers, e.g. 2/4, got 'half'"),
     # saved models
     (['--save-model', 'all'], "argument --save-model: invalid choice: 'all'"),
     (['--export', '--save-model', 'best'], '--export is --save-model last; it cannot go with --save-model best'),
@@ -282,3 +286,12 @@ def test_console_script_error_is_the_whole_of_stderr(tmp_path):
     r = subprocess.run([str(exe), '--lr', 'nan', '--out', 'res'], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.splitlines() == ['softlabel: error: --lr must be a finite number > 0, got nan'], r.stderr
     assert list(tmp_path.iterdir()) == []
+
+@pytest.mark.parametrize('args,message', [(['--jobs', '2'], '--jobs runs independent runs in worker processes: under torchrun'),
+                                          (['--shard', '1/2'], '--shard gives a process a share of the runs: under torchrun')])
+def test_torchrun_refuses_jobs_and_shards(tmp_path, monkeypatch, capsys, args, message):
+    "A process that torchrun started (WORLD_SIZE > 1) refuses what would split the runs among processes, before joining a process group"
+    from fastai_softlabel.cli import main
+    monkeypatch.chdir(tmp_path); monkeypatch.setenv('WORLD_SIZE', '2'); monkeypatch.setenv('RANK', '0')
+    with pytest.raises(SystemExit) as e: main([*args, '--out', 'res'])
+    assert e.value.code == 2 and message in capsys.readouterr().err and list(tmp_path.iterdir()) == []

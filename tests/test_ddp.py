@@ -63,3 +63,24 @@ def test_flowmixup_ranks_agree(tmp_path):
     assert not torch.equal(r0['first_draw'], r1['first_draw'])
     assert_nested_equal(snapshot(r0['model']), snapshot(r1['model']), 'model')
     assert_nested_equal(snapshot(r0['values']), snapshot(r1['values']), 'values')
+
+def test_ranks_that_disagree_are_refused(tmp_path):
+    "`check_ranks_agree`, which the command runs after each DDP run: silent on identical models, an error on every rank for one bit of difference"
+    r0, r1 = run('agree', tmp_path)
+    assert r0['error'] == r1['error'] and "the ranks' trained models differ" in r0['error']
+
+def test_the_command_under_torchrun(tmp_path):
+    "`softlabel` as 2 gloo ranks (as `torchrun --nproc_per_node 2` starts it): each run trained by both, checked to agree, written once by rank 0"
+    import json, os, sys, pandas as pd
+    exe = Path(sys.executable).parent/'softlabel'
+    cwd = os.getcwd(); os.chdir(tmp_path)
+    try: outs = run_ranks(exe, world_size=2, timeout=300, args=['--epochs', '2', '--n-per-class', '8', '--size', '16', '--backbone', 'resnet10t',
+                                                                   '--methods', 'baseline,ccl', '--bs', '8', '--save-model', 'last', '--out', 'res'])
+    finally: os.chdir(cwd)
+    assert [p.name for p in tmp_path.iterdir()] == ['res']
+    assert sorted(p.name for p in (tmp_path/'res'/'runs').iterdir()) == ['baseline_seed0_c0', 'ccl_seed0_c0']
+    runs = pd.read_csv(tmp_path/'res'/'runs.csv')
+    assert list(runs.method) == ['baseline', 'ccl'] and runs.accuracy.between(0, 1).all()
+    assert 'results in res/' in outs[0] and 'results in' not in outs[1] and 'epoch 1:' not in outs[1]   # rank 0 reports
+    assert (tmp_path/'res'/'runs'/'ccl_seed0_c0'/'export.pkl').is_file()
+    assert json.loads((tmp_path/'res'/'config.json').read_text())['device'] == 'cpu'
