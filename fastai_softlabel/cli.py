@@ -372,10 +372,11 @@ def _check_device(args):
         if given and dev.index is not None: raise ValueError(f"--device {args.device}: under torchrun each process trains on cuda:LOCAL_RANK; give --device cuda, or leave it out")
         dev = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))); torch.cuda.set_device(dev)
     if dev.type == 'cuda' and dev.index is None: dev = torch.device('cuda', torch.cuda.current_device())
-    if args.precision is None: args.precision = ('bf16' if torch.cuda.is_bf16_supported() else 'fp16') if dev.type == 'cuda' else 'fp32'
+    bf16 = dev.type == 'cuda' and torch.cuda.get_device_capability(dev)[0] >= 8   # Ampere on: bf16 in hardware (torch also counts emulation)
+    if args.precision is None: args.precision = ('bf16' if bf16 else 'fp16') if dev.type == 'cuda' else 'fp32'
     elif args.precision != 'fp32' and dev.type != 'cuda': raise ValueError(
         f"--precision {args.precision} is fastai's mixed precision, which autocasts on CUDA only: on {dev.type}, use --precision fp32")
-    elif args.precision == 'bf16' and not torch.cuda.is_bf16_supported(): raise ValueError(
+    elif args.precision == 'bf16' and not bf16: raise ValueError(
         f"--precision bf16: the GPU {torch.cuda.get_device_name(dev)} does not support bfloat16; use --precision fp16")
     args.device = str(dev)
     # --jobs: the workers' devices; without --device, every GPU in turn
@@ -494,12 +495,16 @@ def applied_arguments(args, left_out=())->dict:
 def result_settings(args, versions:dict|None=None, left_out=())->dict:
     "The arguments that change a run's result, the fingerprints of the data (image folder, mapping and split tables, the backbone's starting weights) and the package versions: what `--resume` must find unchanged"
     fp = lambda k: data_fingerprint(getattr(args, k, None), exclude=args.out)
-    return dict(arguments=applied_arguments(args, tuple(left_out) + ('mapping', 'splits')),
+    return dict(arguments=applied_arguments(args, tuple(left_out) + ('mapping', 'splits')) | {'world_size': _world()[1]},   # torchrun: the batch is bs × world size
                 data=fp('data'), images=fp('images'), mapping=fp('mapping'), splits=fp('splits'), weights=fp('weights_file'), versions=versions or {})
+
+# arguments added after results folders were made: what those folders' runs had (`--resume` finds them unchanged)
+_ADDED_ARGUMENTS = dict(aug='none', precision='fp32', world_size=1)
 
 def settings_differences(old:dict, new:dict)->list:
     "The settings in which `new` differs from `old`, as `--name old → new` strings"
-    diffs = [f"--{k.replace('_', '-')} {old['arguments'].get(k)!r} → {v!r}" for k,v in new['arguments'].items() if old['arguments'].get(k) != v]
+    was = lambda k: old['arguments'].get(k, _ADDED_ARGUMENTS.get(k))
+    diffs = [(f"--{k.replace('_', '-')}" if k != 'world_size' else "the processes of torchrun") + f" {was(k)!r} → {v!r}" for k,v in new['arguments'].items() if was(k) != v]
     for k in ('data', 'images', 'mapping', 'splits', 'weights'):   # a folder made before `splits` or `weights` were recorded had none
         if old.get(k, data_fingerprint(None)) != new.get(k, data_fingerprint(None)): diffs.append(f"the {'data' if k == 'data' else f'--{k}'} ({old.get(k, {}).get('sha256', '-')[:12]} → {new.get(k, {}).get('sha256', '-')[:12]})")
     diffs += [f"{p} {v!r} → {new.get('versions', {}).get(p)!r}" for p,v in old.get('versions', {}).items() if new.get('versions', {}).get(p) != v]
@@ -676,7 +681,8 @@ def _run_all(args, d, methods, rates, seeds, out:Path, left_out=()):
         for r in redo: shutil.rmtree(out/'runs'/r)
     todo = [p for p in plan if p not in done]
     if _world()[1] > 1: _todo_to_all_ranks(todo)
-    config = lambda rate,method,seed: applied_arguments(args, tuple(left_out) + ('methods', 'seeds')) | dict(method=method, seed=seed, corruption=rate)
+    config = lambda rate,method,seed: (applied_arguments(args, tuple(left_out) + ('methods', 'seeds')) | dict(method=method, seed=seed, corruption=rate)
+                                       | dict(device=_device_name(args.device), world_size=_world()[1]))
     if (args.jobs or 1) > 1 and len(todo) > 1: return _run_in_workers(args, d, todo, out, config, len(done), len(plan), of)
     start,finished = time.time(),0
     try:
@@ -693,24 +699,27 @@ def _run_all(args, d, methods, rates, seeds, out:Path, left_out=()):
 _WORKER = {}
 
 def _worker_start(d:dict, args, devices, threads:int):
-    "In a worker process of `--jobs`: the data and the arguments, once; a device of its own; the threads a sequential run has"
+    "In a worker process of `--jobs`: the data and the arguments, once; a device of its own; the threads a sequential run has; Ctrl-C left to the command, which stops it"
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _quiet_imports()
     import torch
     torch.set_num_threads(threads)
     args.device = devices.get()
     _WORKER.update(d=d, args=args)
 
-def _worker_run(out:str, rate:float, method:str, seed:int, config:dict)->tuple:
-    "One run in a worker, written as a sequential run writes it: `(device, seconds)`"
+def _worker_run(task:tuple)->tuple:
+    "One run `(out, rate, method, seed, config)` in a worker, written as a sequential run writes it: `(rate, method, seed, device, seconds)`"
     from fastai_softlabel.experiments import run_one
+    out,rate,method,seed,config = task
     d,args,start = _WORKER['d'],_WORKER['args'],time.time()
+    config = config | dict(device=_device_name(args.device))
     _write_run(Path(out), run_id(method, seed, rate), lambda folder: run_one(d, method, seed, rate, args, folder), config)
-    return args.device,time.time() - start
+    return rate,method,seed,args.device,time.time() - start
 
 def _run_in_workers(args, d, todo:list, out:Path, config, n_done:int, n_plan:int, of:str=''):
     "The runs `todo` in `args.jobs` worker processes (spawned: no CUDA state or threads shared with this one), on `args.devices`"
     import copy, multiprocessing as mp, torch
-    from concurrent.futures import ProcessPoolExecutor, as_completed
     n,ctx = min(args.jobs, len(todo)),mp.get_context('spawn')
     devices = ctx.Queue()
     for dev in args.devices[:n]: devices.put(dev)
@@ -718,25 +727,28 @@ def _run_in_workers(args, d, todo:list, out:Path, config, n_done:int, n_plan:int
     threads = args.threads or torch.get_num_threads()
     print(f"{len(todo)} runs in {n} worker processes on {', '.join(dict.fromkeys(args.devices[:n]))}", flush=True)
     start,finished = time.time(),0
-    with ProcessPoolExecutor(n, mp_context=ctx, initializer=_worker_start, initargs=(d, wargs, devices, threads)) as ex:
-        futures = {ex.submit(_worker_run, str(out), r, m, s, config(r, m, s)): (r, m, s) for r,m,s in todo}
-        try:
-            for f in as_completed(futures):
-                dev,secs = f.result()   # a run that failed raises here, as in a sequential run
-                finished += 1
-                (rate,method,seed),el = futures[f],time.time() - start
-                print(f"run {n_done + finished}/{n_plan}{of} finished ({method}, seed {seed}, corruption {rate:g}, {dev}, {_hms(secs)}); "
-                      f"elapsed {_hms(el)}" + (f", ETA {_hms(el/finished*(len(todo) - finished))}" if finished < len(todo) else ''), flush=True)
-        except KeyboardInterrupt:
-            ex.shutdown(wait=False, cancel_futures=True)
-            _fail(f"interrupted after {n_done + finished} of {n_plan} runs{of}; rerun the same command with --resume", 130)
-        except BaseException:
-            ex.shutdown(wait=False, cancel_futures=True); raise
+    pool = ctx.Pool(n, initializer=_worker_start, initargs=(d, wargs, devices, threads))
+    try:   # one run at a time to each worker, in the plan's order
+        for rate,method,seed,dev,secs in pool.imap_unordered(_worker_run, [(str(out), r, m, s, config(r, m, s)) for r,m,s in todo], chunksize=1):
+            finished += 1   # a run that failed raises here, as in a sequential run
+            el = time.time() - start
+            print(f"run {n_done + finished}/{n_plan}{of} finished ({method}, seed {seed}, corruption {rate:g}, {dev}, {_hms(secs)}); "
+                  f"elapsed {_hms(el)}" + (f", ETA {_hms(el/finished*(len(todo) - finished))}" if finished < len(todo) else ''), flush=True)
+        pool.close()
+    except KeyboardInterrupt:
+        pool.terminate()   # the runs in progress stop (their partial folders go at --resume); none starts
+        _fail(f"interrupted after {n_done + finished} of {n_plan} runs{of}; rerun the same command with --resume", 130)
+    finally:
+        pool.terminate(); pool.join()
+
+_SENT_TODO = []   # rank 0 under torchrun: whether it sent the other ranks their runs
 
 def _todo_to_all_ranks(todo:list|None=None)->list:
-    "Under torchrun: rank 0's list of the runs to do, on every rank"
+    "Under torchrun: rank 0's list of the runs to do, on every rank (an empty one when rank 0 stopped before it had one)"
     import torch.distributed as dist
+    if not dist.is_initialized(): return []
     box = [todo]; dist.broadcast_object_list(box, src=0)
+    if _world()[0] == 0: _SENT_TODO.append(True)
     return box[0]
 
 def _follow_rank0(args, d:dict):
@@ -746,6 +758,12 @@ def _follow_rank0(args, d:dict):
     with open(os.devnull, 'w') as quiet, contextlib.redirect_stdout(quiet):   # rank 0 reports
         for rate,method,seed in _todo_to_all_ranks():
             with tempfile.TemporaryDirectory() as folder: run_one(d, method, seed, rate, args, Path(folder))
+
+def _device_name(device:str)->str:
+    "A device as `config.json` records it: 'cpu', or 'cuda:1 (NVIDIA H200)'"
+    if not device.startswith('cuda'): return device
+    import torch
+    return f'{device} ({torch.cuda.get_device_name(device)})'
 
 def _leave_process_group():
     "Under torchrun: leave the process group (one left open can abort the process at exit)"
@@ -777,27 +795,34 @@ def _shared_results_folder(out:Path, config:dict, settings:dict):
     except OSError as e: _fail(f"error: the results folder {out} cannot be made ({e})")
     if made:
         f = open(out/LOCK_FILE, 'a')
-        _lock(f, wait=60.)
+        if not _lock(f, wait=60.): f.close(); _fail(f"error: the results folder {out} is in use by another softlabel command")
         _write_atomic(out/'config.json', lambda t: t.write_text(json.dumps(config, indent=2)))
         _lock(f, shared=True)   # from exclusive to shared: the other shards join now
         return f
     deadline = time.monotonic() + 60
-    while not (out/LOCK_FILE).is_file():   # the shard that made the folder makes it at once
-        if time.monotonic() > deadline: _fail(f"error: --shard: {out} is not a results folder of softlabel (no lock file): choose another --out")
+    while not (out/'config.json').is_file():   # the shard that made the folder writes it at once (whole, by a rename)
+        if time.monotonic() > deadline: _fail(f"error: --shard: {out} is not a results folder of softlabel (no config.json after a minute): choose another --out")
         time.sleep(0.05)
     f = open(out/LOCK_FILE, 'a')
     if not _lock(f, wait=60., shared=True): f.close(); _fail(f"error: the results folder {out} is in use by a softlabel command that is not a shard: wait for it to finish")
     try: cfg = _read_config(out)
     except ValueError as e: f.close(); _fail(f"error: {e}")
     diffs = settings_differences(cfg['settings'], settings)
+    if cfg.get('shards') != config['shards']: diffs.append(f"--shard I/{cfg.get('shards')} → I/{config['shards']}")
     if diffs: f.close(); _fail(f"error: --shard: {out} was made with other settings ({'; '.join(diffs)}): every shard runs the same command but for --shard")
     return f
+
+def _claim_shard(out:Path, shard:str):
+    "This shard's own lock in the results folder: one process per shard (a shard started twice, e.g. requeued while it still runs, is refused)"
+    f = open(out/f".softlabel-shard-{shard.replace('/', '-of-')}", 'a')
+    if _lock(f): return f
+    f.close(); _fail(f"error: shard {shard} is running already in {out}: each shard runs once at a time (the others' runs are theirs)")
 
 def main(argv=None):
     "Console entry point of `softlabel` (and `softlabel report OUT`)"
     _quiet_imports()   # before anything imports fastai: every command would start with torch's FutureWarning otherwise
     argv = sys.argv[1:] if argv is None else list(argv)
-    lock = None
+    lock = shard_lock = None
     try:
         if argv[:1] == ['report']: return _report(argv[1:])
         args = _parser().parse_args(argv)
@@ -820,6 +845,7 @@ def main(argv=None):
                 try: cfg = _read_config(out)
                 except ValueError as e: _fail(f"error: {e}")
                 diffs = settings_differences(cfg['settings'], settings)
+                if args.shard is not None and cfg.get('shards') != int(args.shard.split('/')[1]): diffs.append(f"--shard I/{cfg.get('shards')} → I/{args.shard.split('/')[1]}")
                 if diffs: _fail(f"error: --resume: {out} was made with other settings ({'; '.join(diffs)}): rerun with those, or choose another --out")
             same_settings()   # before taking the folder: a refused --resume leaves it as it was
             lock = _claim(out, shared=args.shard is not None)
@@ -832,9 +858,11 @@ def main(argv=None):
                 classes=[str(n) for n in d['names']], items={s: int((d['split'] == s).sum()) for s in ('train', 'valid')},
                 split=dict(source=d['split_source'], counts=d['split_counts'], **d['split_used']),
                 command=['softlabel', *argv], versions=_versions(),
-                device=args.device + (f' ({torch.cuda.get_device_name(args.device)})' if args.device.startswith('cuda') else ''),
+                device=_device_name(args.device),
                 precision=args.precision, weights=args.weights_source and dict(source=args.weights_source, sha256=settings['weights']['sha256']),
-                threads=args.threads, started=datetime.datetime.now().astimezone().isoformat(timespec='seconds')))
+                threads=args.threads, started=datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+                **({} if args.shard is None else dict(shards=int(args.shard.split('/')[1])))))
+        if args.shard is not None: shard_lock = _claim_shard(out, args.shard)
         print(f"data: {args.data or f'synthetic ({args.task}-label)'}: {split_summary(d)}", flush=True)
         if args.threads:
             import torch; torch.set_num_threads(args.threads)
@@ -856,4 +884,6 @@ def main(argv=None):
     except KeyboardInterrupt: _fail("interrupted (finished runs are kept: rerun the same command with --resume)", 130)
     finally:
         if lock is not None: lock.close()
+        if shard_lock is not None: shard_lock.close()
+        if _world()[1] > 1 and _world()[0] == 0 and not _SENT_TODO: _todo_to_all_ranks([])   # rank 0 stopped early: the others stop too
         _leave_process_group()

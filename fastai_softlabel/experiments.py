@@ -285,7 +285,11 @@ def run_learner(d:dict, method:str, seed:int, corruption:float, args, prefix:str
                          reader=d.get('reader'), device=device)   # a WFDB folder's Learner reads new records as the training ones were
     else:   # tensors to the model, resized once; one channel keeps ImageNet's mean statistics
         chans,aug = getattr(args, 'in_chans', 3) or 3,getattr(args, 'aug', None) or 'none'
-        stats = imagenet_stats if chans == 3 else ([float(np.mean(imagenet_stats[0]))], [float(np.mean(imagenet_stats[1]))])
+        stats = imagenet_stats
+        if getattr(args, 'weights_file', None):   # pretrained weights: the input statistics they were trained with (timm's)
+            cfg = timm.models.get_pretrained_cfg(args.backbone)
+            if cfg is not None and cfg.mean is not None: stats = (list(cfg.mean), list(cfg.std))
+        if chans == 1: stats = ([float(np.mean(stats[0]))], [float(np.mean(stats[1]))])
         tfms = dict(batch_tfms=augmentations(aug, chans) + [Normalize.from_stats(*stats)], device=device)
         if aug == 'paper':   # PIL images: a random crop of each training image, the centre crop of the others
             crop,short = paper_crop(args.size, min(d['images'].shape[1:3]))

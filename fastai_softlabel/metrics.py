@@ -22,7 +22,7 @@ def _skm_metric(func, thresh=None, **kwargs):
 
 def single_label_metrics()->list:
     "accuracy, Cohen's kappa, unweighted (macro) mean F1 and mean Jaccard, as fastai metrics; an undefined F1 or Jaccard counts as 0"
-    return [accuracy, CohenKappa(), _skm_metric(skm.f1_score, average='macro'), _skm_metric(skm.jaccard_score, average='macro')]
+    return [AccumMetric(accuracy, flatten=False), CohenKappa(), _skm_metric(skm.f1_score, average='macro'), _skm_metric(skm.jaccard_score, average='macro')]
 
 # %% ../nbs/07_metrics.ipynb #0a145a38
 def mean_auroc(

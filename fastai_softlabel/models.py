@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_models.ipynb #ebe67bd4
 from __future__ import annotations
-import difflib
+import contextlib, difflib, logging
 import timm
 from fastai.basics import *
 from fastai.layers import ConvLayer
@@ -24,6 +24,17 @@ def check_model_name(
     close = difflib.get_close_matches(name, models, n=5)
     raise ValueError(f"unknown model name {name!r}" + (f" (close matches: {', '.join(close)})" if close else ''))
 
+@contextlib.contextmanager
+def _recorded_loads():
+    "What every `load_state_dict` inside the block returned (its missing and unexpected keys), with timm's log of them silenced"
+    loads,orig,log = [],nn.Module.load_state_dict,logging.getLogger('timm')
+    def load(self, *args, **kwargs):
+        r = orig(self, *args, **kwargs); loads.append(r); return r
+    level = log.level
+    nn.Module.load_state_dict,_ = load,log.setLevel(logging.ERROR)
+    try: yield loads
+    finally: nn.Module.load_state_dict = orig; log.setLevel(level)
+
 def create_backbone(
     name:str,           # a timm model name ('resnet18', 'densenet121', 'efficientnet_b0', ...)
     n_out:int,          # number of outputs (classes)
@@ -37,17 +48,18 @@ def create_backbone(
     p = Path(weights)
     if not p.is_file(): raise FileNotFoundError(f"No such weights file: {p}")
     try:
-        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(p)), num_classes=n_out, in_chans=in_chans, **kwargs)
-        sd = timm.models.load_state_dict(str(p), weights_only=False)   # as timm read it: a checkpoint's state dict, without 'module.'
+        with _recorded_loads() as loads: model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(p)),
+                                                                   num_classes=n_out, in_chans=in_chans, **kwargs)
     except Exception as e:   # unreadable, or tensors of another shape
         why = str(e).strip().splitlines()
         raise ValueError(f"{p.name} does not hold weights that fit {name} ({type(e).__name__}: {' '.join(why[:3])[:400]})") from None
-    # timm loads leniently once it has dropped the classifier: a tensor the file lacks would stay random, without a word
+    # timm loads leniently once it has dropped the classifier: a tensor the file lacks would stay random, without a word.
+    # What its load missed (after its own renaming of the file's keys), but the new classifier, is refused
     heads = model.pretrained_cfg.get('classifier') or ()
     heads = [heads] if isinstance(heads, str) else list(heads)
-    missing = [k for k in model.state_dict() if k not in sd and not k.endswith('num_batches_tracked') and not any(k.startswith(h + '.') for h in heads)]
-    if missing: raise ValueError(f"{p.name} does not hold weights that fit {name}: {len(missing)} of its tensors are not in the file, "
-                                 f"e.g. {', '.join(missing[:3])}")
+    missing = [k for r in loads for k in r.missing_keys if not k.endswith('num_batches_tracked') and not any(k.startswith(h + '.') for h in heads)]
+    if not loads or missing: raise ValueError(f"{p.name} does not hold weights that fit {name}: {len(missing)} of its tensors are not in the file"
+                                              + (f", e.g. {', '.join(missing[:3])}" if missing else ''))
     return model
 
 def pretrained_weights(

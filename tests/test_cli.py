@@ -277,3 +277,42 @@ def test_jobs_and_shards_give_the_tables_of_one_process(tmp_path):
         assert (tmp_path/out/'summary.csv').read_text() == (tmp_path/'one'/'summary.csv').read_text()
     r = softlabel(*args, '--epochs', '2', '--shard', '1/2', '--out', 'shards', cwd=tmp_path)   # a shard of another comparison
     assert r.returncode == 2 and "--shard: shards was made with other settings (--epochs 1 → 2)" in r.stderr, r.stderr
+    # both shards at once into a new folder: one makes it, the other joins; the same tables
+    ps = [subprocess.Popen([str(EXE), *args, '--shard', s, '--out', 'together'], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+          for s in ('1/2', '2/2')]
+    for p in ps: assert p.wait(timeout=600) == 0, p.stderr.read()[-2000:]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path/'together'/'runs.csv').drop(columns='seconds'), one)
+    # a shard of another split, and a shard that is running already, are refused
+    r = softlabel(*args, '--shard', '1/3', '--out', 'together', cwd=tmp_path)
+    assert r.returncode == 2 and '--shard I/2 → I/3' in r.stderr, r.stderr
+    import fcntl
+    with open(tmp_path/'together'/'.softlabel-shard-1-of-2', 'a') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        r = softlabel(*args, '--shard', '1/2', '--out', 'together', cwd=tmp_path)
+    assert r.returncode == 2 and 'shard 1/2 is running already in together' in r.stderr, r.stderr
+
+def _running_in_group(pgid:int)->list:
+    "The processes of a process group that are not zombies (from /proc: the state and group of each)"
+    found = []
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try: fields = stat.read_text().rsplit(')', 1)[1].split()
+        except OSError: continue
+        if int(fields[2]) == pgid and fields[0] != 'Z': found.append(stat.parent.name)
+    return found
+
+def test_ctrl_c_stops_every_worker_and_resume_finishes(tmp_path):
+    "`--jobs 2` and a terminal's Ctrl-C (SIGINT to the whole process group): one line, exit 130, no worker left running; --resume finishes the runs"
+    args = [*FAST, '--methods', 'baseline', '--seeds', '0,1,2,3,4,5,6,7', '--jobs', '2', '--out', 'res']
+    p = subprocess.Popen([str(EXE), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 300
+    while not list((tmp_path/'res'/'runs').glob('baseline_*')) and p.poll() is None and time.monotonic() < deadline: time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)                   # what a terminal's Ctrl-C sends: every process of the group
+    _, err = p.communicate(timeout=120)
+    lines = [l for l in err.splitlines() if l.strip() and 'Warning' not in l and 'warnings.warn' not in l and 'warn(' not in l]
+    assert p.returncode == 130 and len(lines) == 1 and lines[0].startswith('softlabel: interrupted after '), err[-2000:]
+    time.sleep(1)
+    assert _running_in_group(p.pid) == []   # no process of the command is left running (a zombie whose parent left is not)
+    r = softlabel(*args, '--resume', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert list(pd.read_csv(tmp_path/'res'/'runs.csv').seed) == list(range(8)) and not list((tmp_path/'res'/'runs').glob('.partial-*'))

@@ -82,5 +82,14 @@ def test_the_command_under_torchrun(tmp_path):
     runs = pd.read_csv(tmp_path/'res'/'runs.csv')
     assert list(runs.method) == ['baseline', 'ccl'] and runs.accuracy.between(0, 1).all()
     assert 'results in res/' in outs[0] and 'results in' not in outs[1] and 'epoch 1:' not in outs[1]   # rank 0 reports
-    assert (tmp_path/'res'/'runs'/'ccl_seed0_c0'/'export.pkl').is_file()
     assert json.loads((tmp_path/'res'/'config.json').read_text())['device'] == 'cpu'
+    # the accuracy over the 13 evaluated items, not over the 14 that fastai's DistributedDL pads them to for 2 processes
+    from fastai.learner import load_learner
+    from fastai_softlabel.experiments import synthetic_dataset
+    d = synthetic_dataset('single', 8)
+    valid = d['split'] == 'valid'
+    assert valid.sum() == 13
+    for i,method in enumerate(runs.method):
+        learn = load_learner(tmp_path/'res'/'runs'/f'{method}_seed0_c0'/'export.pkl')
+        with learn.no_bar(): probs,_ = learn.get_preds(dl=learn.dls.test_dl(list(d['images'][valid])))
+        assert abs(runs.accuracy[i] - (probs.argmax(1).numpy() == d['labels'][valid]).mean()) < 1e-6, (method, runs.accuracy[i])
