@@ -600,6 +600,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                    'fastai_softlabel/splits.py')},
             'fastai_softlabel.stats': { 'fastai_softlabel.stats._num': ('stats.html#_num', 'fastai_softlabel/stats.py'),
                                         'fastai_softlabel.stats._t_quantile': ('stats.html#_t_quantile', 'fastai_softlabel/stats.py'),
+                                        'fastai_softlabel.stats.few_seeds_note': ('stats.html#few_seeds_note', 'fastai_softlabel/stats.py'),
                                         'fastai_softlabel.stats.format_summary': ('stats.html#format_summary', 'fastai_softlabel/stats.py'),
                                         'fastai_softlabel.stats.mean_ci': ('stats.html#mean_ci', 'fastai_softlabel/stats.py'),
                                         'fastai_softlabel.stats.paired_difference': ( 'stats.html#paired_difference',

@@ -619,6 +619,9 @@ def _print_table(out, runs, summary, multi:bool, reference:str):
     print(f"\n{len(runs)} runs; mean ± half-width of the 95% CI over seeds (n = {', '.join(f'{m} {k}' for m,k in n.items())}); "
           f"Δ: paired difference to {reference} [95% CI]")
     with pd.option_context('display.width', 250, 'display.max_columns', 30): print(format_summary(summary, shown).to_string())
+    from fastai_softlabel.stats import few_seeds_note
+    note = few_seeds_note(int(n.min()))
+    if note: print(f"\n{note}")
     print(f"\nresults in {out}/ (report.html, config.json, runs/, runs.csv, runs.json, curves.csv, per_class.csv, summary.csv)")
 
 def _unfinished(cfg:dict, complete:list, incomplete:dict)->dict:

@@ -8,7 +8,7 @@ import base64, html, io, json, math, os
 from pathlib import Path
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
-from .stats import format_summary
+from .stats import format_summary, few_seeds_note
 
 # %% auto #0
 __all__ = ['png_data_uri', 'plot_paired_differences', 'plot_curves', 'plot_ccl_pbar', 'plot_per_class', 'table_metrics',
@@ -145,6 +145,7 @@ def write_report(
              f"<h2>Comparison</h2><p>Mean ± half-width of the 95% confidence interval over seeds; Δ: the paired difference "
              f"to <b>{html.escape(ref)}</b>, seed by seed, with its 95% interval. Metrics of the last epoch.</p>",
              _table(summary, table_metrics(multi)),
+             *([f"<p><b>{html.escape(note)}</b></p>"] if (note := few_seeds_note(int(summary.groupby('method', sort=False)['n'].max().min()))) else []),
              f"<p>The main metric over the epochs: its best, best − last and the variance of the min-max normalised curve "
              f"over the first epochs (Flow-Mixup's Eq. 8).</p>",
              _table(summary, [f'{main}_best', f'{main}_best_minus_last', f'{main}_early_variance'])]

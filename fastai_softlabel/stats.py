@@ -8,7 +8,7 @@ import math
 import numpy as np, pandas as pd
 
 # %% auto #0
-__all__ = ['mean_ci', 'paired_difference', 'summarize_runs', 'format_summary']
+__all__ = ['mean_ci', 'paired_difference', 'summarize_runs', 'format_summary', 'few_seeds_note']
 
 # %% ../nbs/16_stats.ipynb #st000005
 def _t_quantile(q:float, df:int)->float:
@@ -91,3 +91,15 @@ def format_summary(
     table = pd.DataFrame.from_dict(out, orient='index')
     table.index = pd.MultiIndex.from_tuples(table.index, names=keys)
     return table.reindex(columns=[c for c in cols if c in table.columns]).fillna('')
+
+# %% ../nbs/16_stats.ipynb #f9f832ec
+def few_seeds_note(
+    n:int,           # the fewest seeds any method of the table has
+    conf:float=0.95, # confidence level of the intervals
+)->str|None:         # the note, or None from 3 seeds on
+    "What a reader of a table should know about its intervals when they come from fewer than 3 seeds"
+    if n >= 3: return None
+    more = f"run at least 3 seeds (--seeds 0,1,2), where the multiplier is {_t_quantile(0.5 + conf/2, 2):.1f}, and 5 for a multiplier of {_t_quantile(0.5 + conf/2, 4):.1f}"
+    if n < 2: return f"Note: n = 1 seed: no interval, and no difference between methods can be told from seed noise; {more}."
+    return (f"Note: n = 2 seeds: each interval is the mean ± {_t_quantile(0.5 + conf/2, 1):.1f} standard errors (Student's t, 1 degree of "
+            f"freedom), so it is very wide, or narrow only because the two seeds happened to agree; {more}.")

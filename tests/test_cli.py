@@ -30,6 +30,8 @@ def test_synthetic_default_short_run(tmp_path):
     assert np.isclose(acc.loc['lsr-u1', 'diff_mean'], (a['lsr-u1'] - a['baseline']).mean())
     assert np.isclose(acc.loc['ccl', 'mean'], a['ccl'].mean()) and acc.loc['ccl', 'n'] == 2
     assert 'Δ accuracy' in r.stdout and 'results in res/' in r.stdout and 'run 10/10 (ccl, seed 1, corruption 0)' in r.stdout
+    assert 'Note: n = 2 seeds: each interval is the mean ± 12.7 standard errors' in r.stdout   # two seeds: said in the table...
+    assert 'Note: n = 2 seeds' in (out/'report.html').read_text()                         # ...and in the report
     assert '\r' not in r.stdout and '█' not in r.stdout       # a clean log when not a terminal
     assert [p.name for p in tmp_path.iterdir()] == ['res'] and not list((out/'runs').glob('.partial-*'))
     cfg = json.loads((out/'config.json').read_text())
@@ -54,6 +56,7 @@ def test_sigint_keeps_finished_runs_and_resume_finishes_the_rest(tmp_path):
     r = softlabel(*args, '--resume', cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f'{n_done} of 8 runs already finished' in r.stdout and f'run {n_done + 1}/8' in r.stdout
+    assert 'Note: n =' not in r.stdout and 'Note: n =' not in (tmp_path/'res'/'report.html').read_text()   # 8 seeds: no note
     assert first.read_text() == kept                  # finished runs are not run again
     assert list(pd.read_csv(tmp_path/'res'/'runs.csv').seed) == list(range(8))
     # other settings: refused in one line, nothing changed
