@@ -18,7 +18,7 @@ from .flowmixup import FlowMixup, flow_components, mix_along_flow
 
 # %% auto #0
 __all__ = ['masked_batch_norm', 'RowMaskBatchNorm1d', 'CCLHead', 'last_linear', 'find_features', 'epochs_without_drop',
-           'scheduled_peak_lr', 'default_head_opt', 'check_ccl_arguments', 'CCL']
+           'scheduled_peak_lr', 'default_head_opt', 'check_ccl_arguments', 'CCL', 'soft_label_heatmap']
 
 # %% ../nbs/03_ccl.ipynb #mb000002
 def masked_batch_norm(
@@ -637,6 +637,33 @@ def load_state_dict(self:CCL, sd:dict):
     if sd['opt'] is not None: self.ccl_opt.load_state_dict(sd['opt'])
 
 # %% ../nbs/03_ccl.ipynb #cq000009
+def soft_label_heatmap(
+    P,                  # (K, K) soft-label matrix, row k the soft label of class k
+    names=None,         # K class (label) names (default 0..K-1)
+    multi_label:bool=False, # say "label" rather than "class"
+    ax=None,            # matplotlib axes to draw on
+    figsize=(4.5, 3.8), # size of a new figure (inches)
+    cmap='Blues',       # colour map
+    annotate:bool|None=None, # write the values in the cells (default: when K <= 12)
+    title:str|None=None, # default: "CCL soft labels (p̄ = ...)"
+):
+    "Heat map of a soft-label matrix P with the classes' names, its title giving p̄ (the mean of P's diagonal)"
+    P = np.asarray(P, dtype=np.float64)
+    K = len(P)
+    names = [str(n) for n in names] if names is not None and len(names) == K else [str(i) for i in range(K)]
+    if ax is None: _,ax = plt.subplots(figsize=figsize)
+    im = ax.imshow(P, cmap=cmap, vmin=0)
+    ax.set_xticks(range(K), names, rotation=45, ha='right'); ax.set_yticks(range(K), names)
+    what,whats = ('label','labels') if multi_label else ('class','classes')
+    ax.set_xlabel(f"soft label over the {whats}"); ax.set_ylabel(f"{what} k (row: {what} k's soft label)")
+    ax.set_title(ifnone(title, f"CCL soft labels (p̄ = {P.diagonal().mean():.3f})"))
+    if ifnone(annotate, K <= 12):
+        for i in range(K):
+            for j in range(K): ax.text(j, i, f'{P[i,j]:.2f}', ha='center', va='center', fontsize=8,
+                                       color='white' if P[i,j] > P.max()/2 else 'black')
+    plt.colorbar(im, ax=ax, fraction=0.046)
+    return ax
+
 @patch
 def plot_soft_labels(self:CCL,
     ax=None,            # matplotlib axes to draw on
@@ -644,24 +671,11 @@ def plot_soft_labels(self:CCL,
     cmap='Blues',       # colour map
     annotate:bool|None=None, # write the values in the cells (default: when K <= 12)
 ):
-    "Heat map of the learned soft-label matrix P, labelled with `dls.vocab`"
+    "Heat map of the learned soft-label matrix P (`soft_label_heatmap`), labelled with `dls.vocab`"
     P = self.soft_labels
     if P is None: raise ValueError("CCL has not trained yet: fit the Learner first.")
-    K = len(P)
     vocab = getattr(self.learn.dls, 'vocab', None) if self.learn is not None else None
-    names = [str(v) for v in vocab] if vocab is not None and len(vocab) == K else [str(i) for i in range(K)]
-    if ax is None: _,ax = plt.subplots(figsize=figsize)
-    im = ax.imshow(P.numpy(), cmap=cmap, vmin=0)
-    ax.set_xticks(range(K), names, rotation=45, ha='right'); ax.set_yticks(range(K), names)
-    what,whats = ('label','labels') if self.multi_label else ('class','classes')
-    ax.set_xlabel(f"soft label over {whats}"); ax.set_ylabel(f"{what} k (row: {what} k's soft label)")
-    ax.set_title(f"CCL soft labels (p̄ = {P.diagonal().mean():.3f})")
-    if ifnone(annotate, K <= 12):
-        for i in range(K):
-            for j in range(K): ax.text(j, i, f'{P[i,j]:.2f}', ha='center', va='center', fontsize=8,
-                                       color='white' if P[i,j] > P.max()/2 else 'black')
-    plt.colorbar(im, ax=ax, fraction=0.046)
-    return ax
+    return soft_label_heatmap(P.numpy(), vocab, self.multi_label, ax, figsize, cmap, annotate)
 
 @patch
 def plot_pbar(self:CCL, ax=None, figsize=(4.5, 2.8)):

@@ -10,9 +10,9 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['SINGLE_METHODS', 'MULTI_METHODS', 'BEYOND_THE_PAPERS', 'CCL_METHODS', 'MIXING_METHODS', 'POINT_METHODS',
-           'LSR_METHODS', 'RECIPES', 'LOCK_FILE', 'resolve_recipe', 'progress_bars', 'data_kind', 'not_applied',
-           'data_fingerprint', 'applied_arguments', 'result_settings', 'settings_differences', 'run_id', 'run_status',
-           'planned_runs', 'build_tables', 'shard_runs', 'main']
+           'LSR_METHODS', 'RECIPES', 'NPZ_LAYOUTS', 'LOCK_FILE', 'fast_ccl_patience', 'resolve_recipe', 'progress_bars',
+           'data_kind', 'not_applied', 'data_fingerprint', 'applied_arguments', 'result_settings',
+           'settings_differences', 'run_id', 'run_status', 'planned_runs', 'build_tables', 'shard_runs', 'main']
 
 # %% ../nbs/13_cli.ipynb #ffbd600b
 SINGLE_METHODS = ('baseline', 'lsr-u1', 'lsr-u5', 'lsr-a1', 'lsr-a5', 'ols', 'ccl', 'cutmix')
@@ -24,21 +24,27 @@ POINT_METHODS = ('manifold', 'flowmixup', 'flowmixup-noop', 'ccl+flowmixup')   #
 LSR_METHODS = ('lsr-u1', 'lsr-u5', 'lsr-a1', 'lsr-a5')
 
 RECIPES = {   # what each recipe sets, per task; None: not used by that task
-    'single': {'fast':  dict(opt='adam', lr=2e-3, wd=0.01, schedule='one_cycle', bs=32, clip=0., lr_ccl=1.0, weighted_bce='no', aug='none'),
+    # fast: lr_CCL 5e-3 for single-label data, where p̄ falls over the first epochs and settles inside CCL-Net's range
+    # (the study in nbs/03_ccl.ipynb); multi-label CCL, beyond the papers, keeps CCL's default 1.0
+    'single': {'fast':  dict(opt='adam', lr=2e-3, wd=0.01, schedule='one_cycle', bs=32, clip=0., lr_ccl=5e-3, weighted_bce='no', aug='none', ccl_patience='scaled'),
                # CCL-Net (Wei et al., MICCAI 2020): SGD, momentum 0.9, weight decay 1e-4, lr 0.1 ×0.1 at 50% and 75%,
                # batch 128, gradient clipping (its max-norm is not given: 5.0 here), lr_CCL 5e-4; its data protocol for images (--aug paper)
-               'paper': dict(opt='sgd', lr=0.1, wd=1e-4, schedule='step', bs=128, clip=5.0, lr_ccl=5e-4, weighted_bce='no', aug='paper')},
-    'multi':  {'fast':  dict(opt='adam', lr=2e-3, wd=0.01, schedule='one_cycle', bs=32, clip=0., lr_ccl=1.0, weighted_bce='no', aug='none'),
+               'paper': dict(opt='sgd', lr=0.1, wd=1e-4, schedule='step', bs=128, clip=5.0, lr_ccl=5e-4, weighted_bce='no', aug='paper', ccl_patience=10)},
+    'multi':  {'fast':  dict(opt='adam', lr=2e-3, wd=0.01, schedule='one_cycle', bs=32, clip=0., lr_ccl=1.0, weighted_bce='no', aug='none', ccl_patience='scaled'),
                # Flow-Mixup (Chen et al., BIBM 2020): Adam (0.9, 0.999), lr 1e-4 ÷10 on a validation-loss plateau, batch 32,
                # BCE weighted by inverse prevalence; mixing at the inputs of the 3rd and 5th block (the default --points)
-               'paper': dict(opt='adam', lr=1e-4, wd=0., schedule='plateau', bs=32, clip=0., lr_ccl=5e-4, weighted_bce='yes', aug='none')},
+               'paper': dict(opt='adam', lr=1e-4, wd=0., schedule='plateau', bs=32, clip=0., lr_ccl=5e-4, weighted_bce='yes', aug='none', ccl_patience=10)},
 }
+
+def fast_ccl_patience(epochs:int)->int:
+    "The fast recipe's CCL patience: 30% of the epochs, at least 2; CCL-Net's 10 epochs could not pass in a run of a few"
+    return max(2, round(0.3*epochs))
 
 def resolve_recipe(args, multi_label:bool)->dict:
     "Fill the training settings left unset on the command line from `--recipe` for the task; return them"
     rec = RECIPES['multi' if multi_label else 'single'][args.recipe]
     for k,v in rec.items():
-        if getattr(args, k) is None: setattr(args, k, v)
+        if getattr(args, k) is None: setattr(args, k, fast_ccl_patience(args.epochs) if v == 'scaled' else v)
     if args.head is None: args.head = '1024,1024,512'
     return {k: getattr(args, k) for k in (*rec, 'head')}
 
@@ -46,13 +52,26 @@ class _Parser(argparse.ArgumentParser):
     "argparse, with its errors as the command's one line (`softlabel: error: ...`, exit status 2) instead of a usage block"
     def error(self, message): _fail(f"error: {message}")
 
+NPZ_LAYOUTS = """\
+.npz files (--data), read with numpy.load, never unpickled:
+  this project's layout: one array per field
+    images       (N, H, W) or (N, H, W, C) uint8, C = 1, 3 or 4 (channels last); or
+    signals      (N, leads, T) numbers (1-D signals: ECGs)
+    labels       (N,) class indices (single-label) or (N, C) multi-hot 0/1 (multi-label)
+    class_names  (K,) or label_names (C,) strings, optional (without: --class-names, else 0, 1, ...)
+    split        (N,) strings, optional: 'train', 'valid', 'test', ... (--train and --valid choose; without: random 80:20)
+  MedMNIST's layout, read as it is: train_images, train_labels, val_images, val_labels, test_images, test_labels
+    (labels (N, 1) class indices or (N, C) multi-hot); the split values are train, valid ('val' is read as valid) and
+    test; no class names: give them with --class-names, in the order of MedMNIST's INFO['label']
+Grayscale images (MedMNIST's 1-channel sets, chest X-rays) train from random weights with --in-chans 1."""
+
 def _parser():
     p = _Parser(prog='softlabel', description="Compare soft-label training methods (CCL, LSR, Mixup, Manifold Mixup, FlowMixup) on medical image data. "
-                "`softlabel report OUT` rebuilds the tables of a results folder.")
-    p.add_argument('--data', help="dataset .npz file (images or signals, labels, class_names/label_names, optional split), a HAM10000/ISIC or NIH ChestX-ray14 CSV table with --images, or a folder of WFDB records (PhysioNet/CinC ECGs); default: embedded synthetic data")
+                "`softlabel report OUT` rebuilds the tables of a results folder.", epilog=NPZ_LAYOUTS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--data', help="dataset .npz file (its two layouts are below), a HAM10000/ISIC or NIH ChestX-ray14 CSV table with --images, or a folder of WFDB records (PhysioNet/CinC ECGs); default: embedded synthetic data")
     p.add_argument('--images', help="image folder of a CSV table given as --data")
     p.add_argument('--task', choices=['single', 'multi'], default=None, help="synthetic data only: single-label or multi-label (default single)")
-    p.add_argument('--valid', default=None, help="split value evaluated on (default valid), e.g. 'test' for ISIC 2018's official test set; for data with a split of its own (a .npz with a split array, a WFDB folder with --splits)")
+    p.add_argument('--valid', default=None, help="split value evaluated on (default valid; MedMNIST's val is read as valid), e.g. 'test' for ISIC 2018's official test set; for data with a split of its own (a .npz with a split array, a WFDB folder with --splits)")
     p.add_argument('--train', default=None, help="comma-separated split value(s) trained on (default train), e.g. 1,2,3,4,5,6,7,8 for PTB-XL's strat_fold; other values are left out")
     p.add_argument('--methods', help=f"comma-separated; single-label: {','.join(SINGLE_METHODS)}; multi-label: {','.join(MULTI_METHODS)} (default: all of the task's, but multi-label {' and '.join(BEYOND_THE_PAPERS)}, which go beyond the papers, only when named); the first is the reference of the paired differences")
     p.add_argument('--corruption', default='0', help="comma-separated label-corruption rates in [0, 1) applied to the training labels (default 0)")
@@ -73,11 +92,12 @@ def _parser():
     p.add_argument('--alpha', type=float, default=None, help="replaces α of Beta(α, α) of the mixing methods (mixup-a1, mixup-a3, manifold, flowmixup*, cutmix)")
     p.add_argument('--lsr-eps', type=float, default=None, help="replaces ε of the lsr methods (default 0.1 for lsr-u1/a1, Proposition S1's ε for K for lsr-u5/a5)")
     p.add_argument('--points', default=None, help="comma-separated module names where manifold/flowmixup mix (default: the inputs of the 3rd and 5th residual blocks)")
-    p.add_argument('--ccl-patience', type=int, default=None, help="CCL freezes its class dictionary after this many epochs without a drop of p_bar (default 10)")
-    p.add_argument('--lr-ccl', type=float, default=None, help="CCL's head learning rate lr_CCL (recipe: fast 1.0, for runs of a few epochs; paper 5e-4)")
+    p.add_argument('--ccl-patience', type=int, default=None, help="CCL freezes its class dictionary after this many epochs without a drop of p_bar (recipe: paper 10, as CCL-Net; fast 30%% of --epochs, at least 2, so that it can fire in a short run)")
+    p.add_argument('--lr-ccl', type=float, default=None, help="CCL's head learning rate lr_CCL (recipe: fast 5e-3 single-label, 1.0 multi-label; paper 5e-4)")
     p.add_argument('--size', type=int, default=None, help="images: resize to this size (default: keep; CSV tables 64)")
     p.add_argument('--aug', choices=['none', 'flip', 'paper'], default=None, help="images: training augmentation with fastai's transforms: 'flip', horizontal and vertical flips; 'paper' (single-label), CCL-Net's protocol: images resized to a short side of 256/224 × --size keeping their aspect ratio, random crops of --size (default: 224/256 of the images' short side), both flips, colour jitter, evaluation on the centre crop (recipe: paper single-label paper; otherwise none)")
-    p.add_argument('--in-chans', type=int, choices=[1, 3], default=None, help="images: channels the backbone takes: 3 (RGB; grayscale repeated) or 1 (grayscale; RGB converted) (default 3)")
+    p.add_argument('--in-chans', type=int, choices=[1, 3], default=None, help="images: channels the backbone takes: 3 (RGB; grayscale images repeated) or 1 (grayscale; RGB converted). Use 1 for grayscale data (chest X-rays, MedMNIST's 1-channel sets) trained from random weights: the same images, a first layer a third the size; 3 for colour images; with --pretrained or --weights either works, 1 summing the RGB filters of the first convolution (default 3)")
+    p.add_argument('--class-names', default=None, help="a .npz without class_names/label_names: the names of its classes (labels) in the order of their indices, comma-separated (e.g. normal,pneumonia for PneumoniaMNIST) or a text file with one per line; they name the classes in every table and figure, and in the exported Learner's vocab (default: 0, 1, ...)")
     p.add_argument('--n-per-class', type=int, default=None, help="synthetic data: images per class (default 100)")
     p.add_argument('--fs', type=float, default=None, help="WFDB records: sampling frequency to resample to, Hz (default 500)")
     p.add_argument('--seconds', type=float, default=None, help="WFDB records: seconds kept, zero-padded when shorter (default 10)")
@@ -277,12 +297,13 @@ _APPLIES = {
     'valid':        (lambda c: c.split, "data with a split of its own: a .npz with a split array, or a WFDB folder with --splits"),
     'train':        (lambda c: c.split, "data with a split of its own: a .npz with a split array, or a WFDB folder with --splits"),
     'weighted_bce': (lambda c: c.multi, "multi-label data"),
+    'class_names':  (lambda c: c.kind in ('images', 'signals'), "a .npz file given as --data (tables, WFDB folders and the synthetic data name their classes)"),
 }
 _METHOD_GROUPS = {CCL_METHODS: 'the CCL methods', MIXING_METHODS: 'the mixing methods', POINT_METHODS: 'the methods that mix at hidden states',
                   LSR_METHODS: 'the label-smoothing methods'}
 _FOR_METHODS = dict(head=CCL_METHODS, lr_ccl=CCL_METHODS, ccl_patience=CCL_METHODS, alpha=MIXING_METHODS, points=POINT_METHODS, lsr_eps=LSR_METHODS)
 _APPLIES |= {n: (lambda c, ms=ms: bool(set(c.methods) & set(ms)), f"{_METHOD_GROUPS[ms]} ({', '.join(ms)})") for n,ms in _FOR_METHODS.items()}
-_DATA_ONLY = ('task', 'n_per_class', 'images', 'size', 'in_chans', 'aug', 'pretrained', 'weights', 'fs', 'seconds', 'mapping', 'min_count', 'splits')   # decided by the kind alone
+_DATA_ONLY = ('task', 'n_per_class', 'images', 'size', 'in_chans', 'aug', 'pretrained', 'weights', 'fs', 'seconds', 'mapping', 'min_count', 'splits', 'class_names')   # decided by the kind alone
 
 def _describe_data(args, kind:str)->str:
     name = Path(args.data).name if args.data is not None else ''
@@ -317,6 +338,24 @@ def _load_data(args, kind:str)->dict:
     if kind == 'images': return real_dataset(data, valid, train)
     return signal_dataset(data, valid, 500. if args.fs is None else args.fs, 10. if args.seconds is None else args.seconds, args.mapping, args.min_count or 1,
                           args.splits, args.split_column or 'split', train)
+
+def _apply_class_names(args, d:dict, kind:str):
+    "Name the classes of a `.npz` that carries no names with `--class-names` (comma-separated, or a file of one name per line); `args.class_names` becomes the list"
+    from fastai_softlabel.datasets import check_labels
+    given,p = args.class_names,Path(args.class_names)
+    names = ([l.strip() for l in p.read_text(encoding='utf-8').splitlines() if l.strip()] if ',' not in given and p.is_file()
+             else [n.strip() for n in given.split(',')])
+    what = f"--class-names {given if len(given) < 60 else given[:57] + '...'}"
+    if any(not n for n in names): raise ValueError(f"{what}: an empty name (two commas, or one at an end)")
+    own = [str(n) for n in d['names']]
+    if own != [str(i) for i in range(len(own))]: raise ValueError(
+        f"{what}: {_describe_data(args, kind)} names its classes already ({', '.join(own[:8])}{', ...' if len(own) > 8 else ''}); "
+        "--class-names is for a file without class_names or label_names")
+    if len(names) != len(own): raise ValueError(
+        f"{what}: {len(names)} name(s) for the {len(own)} " + (f"label columns of {_describe_data(args, kind)}" if d['multi_label'] else
+        f"classes of {_describe_data(args, kind)} (class indices 0 to {len(own) - 1}): one name per class, in index order"))
+    d['labels'],d['names'] = check_labels(d['labels'], names, what)
+    args.class_names = [str(n) for n in d['names']]
 
 def _check_training_fits(args, d:dict, kind:str, bs_given:bool):
     "A training split that fills at least one batch (fastai drops the last incomplete one), and something to evaluate on"
@@ -424,6 +463,7 @@ def _prepare(args)->tuple:
     else: args.backbone = check_model_name(args.backbone or 'resnet18')
     _check_weights(args, kind)
     d = _load_data(args, kind)
+    if args.class_names is not None: _apply_class_names(args, d, kind)
     ctx.split,ctx.multi = kind in ('images', 'signals', 'wfdb') and d['own_split'],bool(d['multi_label'])
     if 'images' in d:   # the image channels fit --in-chans (RGBA, RGB, grayscale), checked before any work
         from fastai_softlabel.data import to_channels
@@ -500,11 +540,13 @@ def result_settings(args, versions:dict|None=None, left_out=())->dict:
 
 # arguments added after results folders were made: what those folders' runs had (`--resume` finds them unchanged)
 _ADDED_ARGUMENTS = dict(aug='none', precision='fp32', world_size=1)
+_WAS_NONE = dict(ccl_patience=10)   # recorded as None (CCL's default) before the recipes set it
 
 def settings_differences(old:dict, new:dict)->list:
     "The settings in which `new` differs from `old`, as `--name old → new` strings"
-    was = lambda k: old['arguments'].get(k, _ADDED_ARGUMENTS.get(k))
-    diffs = [(f"--{k.replace('_', '-')}" if k != 'world_size' else "the processes of torchrun") + f" {was(k)!r} → {v!r}" for k,v in new['arguments'].items() if was(k) != v]
+    meant = lambda k, v: v if v is not None else _WAS_NONE.get(k)   # None: what it meant then
+    was = lambda k: meant(k, old['arguments'].get(k, _ADDED_ARGUMENTS.get(k)))
+    diffs = [(f"--{k.replace('_', '-')}" if k != 'world_size' else "the processes of torchrun") + f" {was(k)!r} → {v!r}" for k,v in new['arguments'].items() if was(k) != meant(k, v)]
     for k in ('data', 'images', 'mapping', 'splits', 'weights'):   # a folder made before `splits` or `weights` were recorded had none
         if old.get(k, data_fingerprint(None)) != new.get(k, data_fingerprint(None)): diffs.append(f"the {'data' if k == 'data' else f'--{k}'} ({old.get(k, {}).get('sha256', '-')[:12]} → {new.get(k, {}).get('sha256', '-')[:12]})")
     diffs += [f"{p} {v!r} → {new.get('versions', {}).get(p)!r}" for p,v in old.get('versions', {}).items() if new.get('versions', {}).get(p) != v]
@@ -572,7 +614,7 @@ def build_tables(
     out,              # a results folder of `softlabel`
     write:bool=True,  # write the tables into `out` (False: only return them)
 )->tuple:             # `(runs, summary)` DataFrames
-    "Rebuild runs.csv, runs.json, curves.csv, per_class.csv and summary.csv from the complete runs under `out/runs` (`run_status`)"
+    "Rebuild runs.csv, runs.json, curves.csv, per_class.csv, confusion.csv (single-label) and summary.csv from the complete runs under `out/runs` (`run_status`)"
     import pandas as pd
     from fastai_softlabel.stats import summarize_runs
     from fastai_softlabel.metrics import curve_summaries
@@ -595,6 +637,8 @@ def build_tables(
         _write_atomic(out/'curves.csv', lambda f: curves.to_csv(f, index=False))
         per_class = pd.concat([pd.read_csv(d/'per_class.csv') for d in dirs], ignore_index=True)
         _write_atomic(out/'per_class.csv', lambda f: per_class.to_csv(f, index=False))
+        conf = [d/'confusion.csv' for d in dirs if (d/'confusion.csv').is_file()]   # single-label runs
+        if conf: _write_atomic(out/'confusion.csv', lambda f: pd.concat([pd.read_csv(c) for c in conf], ignore_index=True).to_csv(f, index=False))
         _write_atomic(out/'summary.csv', lambda f: summary.to_csv(f, index=False))
     return runs,summary
 

@@ -16,7 +16,7 @@ from .ols import OnlineLabelSmoothing
 from .data import array_image_dls, synthetic_class_images, read_image, resize_short_side
 from .datasets import load_npz, finding_labels, check_images, check_labels, _read_table
 from .corruption import corrupt_single_label, corrupt_multi_label
-from .metrics import single_label_metrics, multi_label_metrics, curve_summaries, per_class_metrics
+from .metrics import single_label_metrics, multi_label_metrics, curve_summaries, per_class_metrics, SingleLabelAUROC, confusion_counts
 from .models import create_backbone, flowmixup_points, resnet1d34
 from .signals import signal_dls
 from .splits import ColumnSplitter, StratifiedSplitter, PatientSplitter
@@ -313,7 +313,7 @@ def run_learner(d:dict, method:str, seed:int, corruption:float, args, prefix:str
     clip = getattr(args, 'clip', 0.) or 0.
     precision = getattr(args, 'precision', None) or 'fp32'
     cbs = cbs + ([GradientClip(clip)] if clip else []) + ([MixedPrecision(amp_mode=precision)] if precision != 'fp32' else [])
-    metrics = multi_label_metrics() if d['multi_label'] else single_label_metrics()
+    metrics = multi_label_metrics() if d['multi_label'] else single_label_metrics() + [SingleLabelAUROC()]
     bars = progress_bars(getattr(args, 'progress', 'auto'))   # bars or lines, not both
     learn = Learner(dls, model, loss_func=loss_func, opt_func=opt_func, metrics=metrics, cbs=cbs + ([] if bars else [EpochLog(prefix)]))
     return learn,frac
@@ -341,6 +341,10 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     pc = per_class_metrics(probs.numpy(), targs.numpy(), list(learn.dls.vocab))   # the model's output order
     pc.insert(0, 'method', method); pc.insert(1, 'seed', seed); pc.insert(2, 'corruption', corruption)
     pc.to_csv(out/'per_class.csv', index=False)
+    if not d['multi_label']:   # the confusion matrix, long: one row per (true, predicted) class pair
+        cm,names = confusion_counts(probs.numpy(), targs.numpy()),[str(v) for v in learn.dls.vocab]
+        pd.DataFrame(dict(method=method, seed=seed, corruption=corruption, true=np.repeat(names, k), predicted=np.tile(names, k),
+                          count=cm.reshape(-1))).to_csv(out/'confusion.csv', index=False)
     if 'ccl' in learn.cbs.attrgot('name'):   # ccl, ccl+flowmixup
         P = learn.ccl.soft_labels.numpy()
         ax = learn.ccl.plot_soft_labels(); ax.figure.savefig(out/'soft_labels.png', dpi=100, bbox_inches='tight'); plt.close(ax.figure)

@@ -12,8 +12,9 @@ from sklearn.metrics import roc_auc_score
 from sklearn.cluster import KMeans
 
 # %% auto #0
-__all__ = ['single_label_metrics', 'mean_auroc', 'MeanAUROC', 'multi_label_metrics', 'per_class_metrics', 'curve_summary',
-           'recorder_curve', 'curve_summaries', 'cluster_r2', 'layer_r2']
+__all__ = ['single_label_metrics', 'mean_auroc', 'MeanAUROC', 'multi_label_metrics', 'single_label_auroc', 'SingleLabelAUROC',
+           'per_class_metrics', 'confusion_counts', 'curve_summary', 'recorder_curve', 'curve_summaries', 'cluster_r2',
+           'layer_r2']
 
 # %% ../nbs/07_metrics.ipynb #86476fae
 def _skm_metric(func, thresh=None, **kwargs):
@@ -69,24 +70,53 @@ def multi_label_metrics()->list:
     "Mean AUROC (scorable classes) and macro F1 at threshold 0.5 (an undefined F1 counts as 0), as fastai metrics"
     return [MeanAUROC(), _skm_metric(skm.f1_score, thresh=0.5, average='macro')]   # sigmoid, then threshold
 
+# %% ../nbs/07_metrics.ipynb #mt000006
+def single_label_auroc(
+    probs,   # (N, K) class probabilities (softmax rows)
+    targets, # (N,) class indices
+)->float:    # NaN when no class has both positives and negatives
+    "AUROC of single-label predictions: the positive class's (class 1) for K = 2, else the macro mean of the one-vs-rest AUROCs"
+    probs,targets = np.asarray(probs, dtype=np.float64),np.asarray(targets).astype(int)
+    k = probs.shape[1]
+    onehot = np.eye(k, dtype=np.uint8)[targets]
+    if k == 2: return float(roc_auc_score(onehot[:, 1], probs[:, 1])) if 0 < onehot[:, 1].sum() < len(targets) else float('nan')
+    return mean_auroc(probs, onehot)[0]
+
+class SingleLabelAUROC(AccumMetric):
+    "`single_label_auroc` of the softmax of the model's outputs, as a fastai metric named `auroc`"
+    def __init__(self):
+        # dim_argmax: the softmax's dimension (with a softmax activation fastai takes no arg-max)
+        super().__init__(single_label_auroc, dim_argmax=-1, activation=ActivationType.Softmax, flatten=False, to_np=True, name='auroc')
+
 # %% ../nbs/07_metrics.ipynb #pc000002
 def per_class_metrics(
     probs,                 # (N, C) probabilities (softmax rows for single-label data, sigmoids for multi-label)
     targets,               # (N,) class indices, or (N, C) multi-hot
     names=None,            # C class names (default 0..C-1)
     thresh:float=0.5,      # multi-label: a class is predicted when its probability is at least this
-)->pd.DataFrame:           # one row per class: `class`, `positives`, `auroc`, `f1`
-    "Each class's number of positives, one-vs-rest AUROC and F1"
+)->pd.DataFrame:           # one row per class: `class`, `positives`, `auroc`, `f1`, `sensitivity`, `specificity`
+    "Each class's number of positives, one-vs-rest AUROC, F1, sensitivity and specificity"
     probs,targets = np.asarray(probs, dtype=np.float64),np.asarray(targets)
     n,c = probs.shape
     onehot = targets.astype(bool) if targets.ndim == 2 else np.eye(c, dtype=bool)[targets]
     if onehot.shape != probs.shape: raise ValueError(f"targets {targets.shape} do not fit probabilities {probs.shape}")
     pred = probs >= thresh if targets.ndim == 2 else np.eye(c, dtype=bool)[probs.argmax(1)]
-    tp,fp,fn = (pred & onehot).sum(0),(pred & ~onehot).sum(0),(~pred & onehot).sum(0)
-    f1 = np.where(2*tp + fp + fn > 0, 2*tp/np.maximum(2*tp + fp + fn, 1), np.nan)
+    tp,fp,fn,tn = (pred & onehot).sum(0),(pred & ~onehot).sum(0),(~pred & onehot).sum(0),(~pred & ~onehot).sum(0)
+    ratio = lambda a, b: np.where(b > 0, a/np.maximum(b, 1), np.nan)   # NaN where undefined (0/0)
+    f1 = ratio(2*tp, 2*tp + fp + fn)
     auroc = [roc_auc_score(onehot[:, k], probs[:, k]) if 0 < onehot[:, k].sum() < n else np.nan for k in range(c)]
     names = np.arange(c) if names is None else np.asarray(names)
-    return pd.DataFrame({'class': [str(x) for x in names], 'positives': onehot.sum(0), 'auroc': auroc, 'f1': f1})
+    return pd.DataFrame({'class': [str(x) for x in names], 'positives': onehot.sum(0), 'auroc': auroc, 'f1': f1,
+                         'sensitivity': ratio(tp, tp + fn), 'specificity': ratio(tn, tn + fp)})
+
+def confusion_counts(
+    probs,     # (N, K) class probabilities or scores of single-label data
+    targets,   # (N,) class indices
+)->np.ndarray: # (K, K): row = true class, column = predicted (arg-max) class
+    "The confusion matrix of the arg-max predictions, every class a row and a column even when absent"
+    probs,targets = np.asarray(probs),np.asarray(targets).astype(int)
+    k = probs.shape[1]
+    return np.bincount(targets*k + probs.argmax(1), minlength=k*k).reshape(k, k)
 
 # %% ../nbs/07_metrics.ipynb #65c384f3
 def curve_summary(

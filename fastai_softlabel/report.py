@@ -4,14 +4,17 @@
 
 # %% ../nbs/20_report.ipynb #rp000002
 from __future__ import annotations
-import base64, html, io, json, math, os
+import base64, html, io, json, math, os, re
 from pathlib import Path
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
+import matplotlib.colors as mcolors, matplotlib.lines as mlines, matplotlib.patches as mpatches, matplotlib.text as mtext, matplotlib.collections as mcoll
 from .stats import format_summary, few_seeds_note
+from .ccl import soft_label_heatmap
 
 # %% auto #0
-__all__ = ['png_data_uri', 'plot_paired_differences', 'plot_curves', 'plot_ccl_pbar', 'plot_per_class', 'table_metrics',
+__all__ = ['png_data_uri', 'method_colours', 'drawn_method_colours', 'plot_paired_differences', 'plot_curves', 'plot_ccl_pbar',
+           'plot_per_class', 'plot_confusion', 'table_metrics', 'sensitivity_specificity_table', 'per_class_table',
            'write_report']
 
 # %% ../nbs/20_report.ipynb #rp000009
@@ -25,25 +28,54 @@ def png_data_uri(
     plt.close(fig)
     return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
 
+# %% ../nbs/20_report.ipynb #rp000031
+def method_colours(
+    methods:list, # the comparison's methods, in its order (`config.json`'s `methods`)
+)->dict:          # `{method: '#rrggbb'}`
+    "One colour per method, in the comparison's order, for every figure of the page (matplotlib's tab10, then the light half of tab20)"
+    cycle = list(plt.get_cmap('tab10').colors) + list(plt.get_cmap('tab20').colors[1::2])
+    return {m: mcolors.to_hex(cycle[i % len(cycle)]) for i,m in enumerate(methods)}
+
+def drawn_method_colours(
+    fig,          # a figure whose artists for a method carry the method's name as their `gid`
+    methods,      # the method names to look for
+)->dict:          # `{method: sorted list of the colours it was drawn in}`
+    "The colours a figure drew each method in, read back from its lines, patches, fills and titles"
+    out = {}
+    for a in fig.findobj(lambda a: a.get_gid() in methods):
+        if isinstance(a, (mlines.Line2D, mtext.Text)): c = a.get_color()
+        elif isinstance(a, mpatches.Patch): c = a.get_facecolor()
+        elif isinstance(a, mcoll.Collection) and len(a.get_facecolor()): c = a.get_facecolor()[0]
+        else: continue
+        out.setdefault(a.get_gid(), set()).add(mcolors.to_hex(c))
+    return {m: sorted(v) for m,v in out.items()}
+
+def _gid(artists, method):
+    "Tag matplotlib artists (one or a list) with the method they draw"
+    for a in (artists if isinstance(artists, (list, tuple)) else [artists]): a.set_gid(method)
+    return artists
+
 # %% ../nbs/20_report.ipynb #rp000012
 def plot_paired_differences(
     summary:pd.DataFrame, # `fastai_softlabel.stats.summarize_runs`'s output
     metrics:list,         # one panel per metric
+    colours:dict|None=None, # `{method: colour}` (default `method_colours` in the summary's order)
 )->plt.Figure|None:       # None when no method has a paired difference (a single method)
-    "Dot-and-interval plot of each method's paired difference to the reference, per metric"
+    "Dot-and-interval plot of each method's paired difference to the reference, per metric, each method in its colour"
+    colours = colours or method_colours(list(dict.fromkeys(summary.method)))
     s = summary[(summary.diff_n > 0) & summary.metric.isin(metrics)]
     metrics = [m for m in metrics if m in set(s.metric)]
     if not len(s): return None
     rate = s['corruption'] if 'corruption' in s else pd.Series(0., index=s.index)
     rows = list(dict.fromkeys(zip(rate, s.method)))
-    fig,axs = plt.subplots(1, len(metrics), figsize=(3.2*len(metrics), 0.35*len(rows) + 1.3), sharey=True, squeeze=False)
+    fig,axs = plt.subplots(1, len(metrics), figsize=(min(3.2*len(metrics), 12), 0.35*len(rows) + 1.3), sharey=True, squeeze=False)
     for ax,metric in zip(axs[0], metrics):
         for i,(r,method) in enumerate(rows):
             hit = s[(s.metric == metric) & (s.method == method) & (rate == r)]
             if not len(hit): continue
-            d = hit.iloc[0]
-            if not math.isnan(d.diff_ci_low): ax.plot([d.diff_ci_low, d.diff_ci_high], [i, i], color='C0', lw=2)
-            ax.plot([d.diff_mean], [i], 'o', color='C0')
+            d,c = hit.iloc[0],colours.get(method, 'C0')
+            if not math.isnan(d.diff_ci_low): _gid(ax.plot([d.diff_ci_low, d.diff_ci_high], [i, i], color=c, lw=2), method)
+            _gid(ax.plot([d.diff_mean], [i], 'o', color=c), method)
         ax.axvline(0, color='grey', ls='--', lw=0.8)
         ax.set_title(f'Δ {metric}', fontsize=10)
     axs[0][0].set_yticks(range(len(rows)), [f'{m} (c {r:g})' for r,m in rows])
@@ -51,123 +83,278 @@ def plot_paired_differences(
     return fig
 
 # %% ../nbs/20_report.ipynb #rp000015
+def _method_legend(fig, methods, colours):
+    "One legend for all panels, right of them, a line per method in its colour"
+    fig.legend(handles=[_gid(plt.Line2D([], [], color=colours[m], label=m), m) for m in methods], fontsize=8, loc='outside right upper')
+
 def plot_curves(
     curves:pd.DataFrame, # one row per (run, epoch): `method`, `seed`, `corruption`, `epoch` and the metric
     metric:str,          # the column to plot
     methods=None,        # the methods in order (default: as they come); each keeps its colour in every panel
+    colours:dict|None=None, # `{method: colour}` (default `method_colours(methods)`)
 )->plt.Figure:
     "Per-epoch `metric` per method, mean over seeds with a min-max band, one panel per corruption rate"
     rates = sorted(curves.corruption.unique())
-    methods = [m for m in (methods or dict.fromkeys(curves.method)) if m in set(curves.method)]
-    fig,axs = plt.subplots(1, len(rates), figsize=(4.2*len(rates), 3), sharey=True, squeeze=False)
+    methods = list(methods or dict.fromkeys(curves.method))
+    colours = colours or method_colours(methods)
+    methods = [m for m in methods if m in set(curves.method)]
+    fig,axs = plt.subplots(1, len(rates), figsize=(min(4.2*len(rates), 12), 3), sharey=True, squeeze=False, layout='constrained')
     for ax,rate in zip(axs[0], rates):
-        for i,method in enumerate(methods):
+        for method in methods:
             g = curves[(curves.corruption == rate) & (curves.method == method)]
             if not len(g): continue
             st = g.groupby('epoch')[metric].agg(['mean', 'min', 'max'])
-            ax.plot(st.index, st['mean'], color=f'C{i}', label=method)
-            ax.fill_between(st.index, st['min'], st['max'], color=f'C{i}', alpha=0.2, lw=0)
+            _gid(ax.plot(st.index, st['mean'], color=colours[method], label=method), method)
+            _gid(ax.fill_between(st.index, st['min'], st['max'], color=colours[method], alpha=0.2, lw=0), method)
         ax.set_title(f'corruption {rate:g}', fontsize=10); ax.set_xlabel('epoch')
     axs[0][0].set_ylabel(metric)
-    fig.legend(handles=[plt.Line2D([], [], color=f'C{i}', label=m) for i,m in enumerate(methods)], fontsize=8,
-               loc='upper left', bbox_to_anchor=(1.0, 0.95))   # one legend for all panels
+    _method_legend(fig, methods, colours)
     return fig
 
 # %% ../nbs/20_report.ipynb #rp000018
+def _run_key(d:Path)->tuple:
+    "`(method, seed, corruption)` of a run folder, from its `row.json` (else its name, `<method>_seed<seed>_c<rate>`)"
+    if (d/'row.json').exists():
+        r = json.loads((d/'row.json').read_text())
+        return r['method'],int(r['seed']),float(r['corruption'])
+    m,s,c = d.name.rsplit('_', 2)
+    return m,int(s[4:]),float(c[1:])
+
+_SEED_STYLES = ('-', '--', ':', '-.')
+
 def plot_ccl_pbar(
-    run_dirs:list, # folders of CCL runs, each with its `ccl_history.json`
-)->plt.Figure|None:  # None without CCL runs
-    "p̄ per epoch of each CCL run, with the epoch its dictionary froze"
-    runs = [(d, json.loads((Path(d)/'ccl_history.json').read_text())) for d in run_dirs if (Path(d)/'ccl_history.json').exists()]
+    run_dirs:list,  # folders of CCL runs, each with its `ccl_history.json`
+    colours:dict|None=None, # `{method: colour}` (default `method_colours` of the runs' methods)
+)->plt.Figure|None: # None without CCL runs
+    "p̄ per epoch of each CCL run, a panel per corruption rate, the method's colour and a line style per seed; × the epoch its dictionary froze"
+    runs = [(_run_key(Path(d)), json.loads((Path(d)/'ccl_history.json').read_text())) for d in run_dirs if (Path(d)/'ccl_history.json').exists()]
     if not runs: return None
-    fig,ax = plt.subplots(figsize=(5, 3))
-    for i,(d,h) in enumerate(runs):
+    methods = list(dict.fromkeys(k[0] for k,_ in runs))
+    colours = colours or method_colours(methods)
+    rates,seeds = sorted({k[2] for k,_ in runs}),sorted({k[1] for k,_ in runs})
+    fig,axs = plt.subplots(1, len(rates), figsize=(min(4.2*len(rates), 12), 3), sharey=True, squeeze=False, layout='constrained')
+    for (m,seed,rate),h in runs:
+        ax,c,ls = axs[0][rates.index(rate)],colours[m],_SEED_STYLES[seeds.index(seed) % len(_SEED_STYLES)]
         e,p = [r['epoch'] for r in h['history']],[r['p_bar'] for r in h['history']]
-        ax.plot(e, p, color=f'C{i % 10}', label=Path(d).name)
-        if h.get('frozen_at') is not None and h['frozen_at'] in e: ax.plot([h['frozen_at']], [p[e.index(h['frozen_at'])]], 'x', color=f'C{i % 10}', ms=9, mew=2)
-    ax.set_xlabel('epoch'); ax.set_ylabel('p̄'); ax.legend(fontsize=7)
+        _gid(ax.plot(e, p, color=c, ls=ls), m)
+        if h.get('frozen_at') is not None and h['frozen_at'] in e: _gid(ax.plot([h['frozen_at']], [p[e.index(h['frozen_at'])]], 'x', color=c, ms=9, mew=2), m)
+    for ax,rate in zip(axs[0], rates): ax.set_title(f'corruption {rate:g}', fontsize=10); ax.set_xlabel('epoch')
+    axs[0][0].set_ylabel('p̄ (lower: softer labels)')
+    fig.legend(handles=[_gid(plt.Line2D([], [], color=colours[m], label=m), m) for m in methods] +
+                       [plt.Line2D([], [], color='grey', ls=_SEED_STYLES[i % len(_SEED_STYLES)], label=f'seed {s}') for i,s in enumerate(seeds)],
+               fontsize=8, loc='outside right upper')
     return fig
 
 # %% ../nbs/20_report.ipynb #rp000021
 def plot_per_class(
-    per_class:pd.DataFrame, # rows of the runs' `per_class.csv`: `method`, `seed`, `corruption`, `class`, `auroc`
+    per_class:pd.DataFrame, # rows of the runs' `per_class.csv`: `method`, `seed`, `corruption`, `class` and `value`
     value:str='auroc',
+    methods=None,           # the methods in order (default: as they come)
+    colours:dict|None=None, # `{method: colour}` (default `method_colours(methods)`)
 )->plt.Figure:
-    "Bars of each class's `value` (mean over seeds) per method, one panel per corruption rate"
+    "Bars of each class's `value` (mean over seeds) per method, one panel per corruption rate, the axis scaled to the values"
     rates = sorted(per_class.corruption.unique())
-    classes = list(dict.fromkeys(per_class['class']))
-    methods = list(dict.fromkeys(per_class.method))
-    fig,axs = plt.subplots(len(rates), 1, figsize=(max(5, 0.45*len(classes)*len(methods)**0.5 + 2), 2.6*len(rates)), squeeze=False)
+    classes = list(dict.fromkeys(per_class['class'].astype(str)))
+    methods = list(methods or dict.fromkeys(per_class.method))
+    colours = colours or method_colours(methods)
+    methods = [m for m in methods if m in set(per_class.method)]
+    means = per_class.assign(**{'class': per_class['class'].astype(str)}).groupby(['corruption', 'method', 'class'])[value].mean()
+    fin = means[np.isfinite(means)]
+    lo,hi = (float(fin.min()),float(fin.max())) if len(fin) else (0., 1.)
+    pad = max(0.02, 0.15*(hi - lo))   # differences of 0.02 stay visible: the axis spans the values, not 0 to 1
+    fig,axs = plt.subplots(len(rates), 1, figsize=(min(max(5, 0.45*len(classes)*len(methods)**0.5 + 2), 11), 2.6*len(rates) + 0.4), squeeze=False, layout='constrained')
     w = 0.8/len(methods)
     for ax,rate in zip(axs[:, 0], rates):
-        mean = per_class[per_class.corruption == rate].groupby(['method', 'class'])[value].mean()
         for i,m in enumerate(methods):
-            ax.bar(np.arange(len(classes)) + (i - (len(methods) - 1)/2)*w, [mean.get((m, c), np.nan) for c in classes], w, color=f'C{i}', label=m)
+            x = np.arange(len(classes)) + (i - (len(methods) - 1)/2)*w
+            _gid(list(ax.bar(x, [means.get((rate, m, c), np.nan) for c in classes], w, color=colours[m], label=m)), m)
         ax.set_xticks(range(len(classes)), classes, rotation=45, ha='right', fontsize=8)
+        ax.set_ylim(max(0., lo - pad) if lo >= 0 else lo - pad, min(1., hi + pad) if hi <= 1 else hi + pad)
         ax.set_ylabel(value); ax.set_title(f'corruption {rate:g}', fontsize=10)
-    axs[0][0].legend(fontsize=8, ncol=len(methods))
+    _method_legend(fig, methods, colours)
+    return fig
+
+# %% ../nbs/20_report.ipynb #rp000034
+def plot_confusion(
+    confusion:pd.DataFrame, # rows of the runs' `confusion.csv`: `method`, `seed`, `corruption`, `true`, `predicted`, `count`
+    rate:float,             # the corruption rate shown
+    methods=None,           # the methods in order (default: as they come)
+    colours:dict|None=None, # `{method: colour}` for the panels' titles
+)->plt.Figure:
+    "One confusion matrix per method: the mean count over seeds and, as colour and percentage, the row-normalised share of each true class"
+    c = confusion[np.isclose(confusion.corruption, rate)]
+    names = list(dict.fromkeys(c['true'].astype(str)))
+    methods = list(methods or dict.fromkeys(c.method))
+    colours = colours or method_colours(methods)
+    methods = [m for m in methods if m in set(c.method)]
+    k,cols = len(names),min(len(methods), 4)
+    rows,size = math.ceil(len(methods)/cols),min(max(2.8, 0.5*k + 1.4), 6)
+    fig,axs = plt.subplots(rows, cols, figsize=(size*cols, size*rows), squeeze=False, layout='constrained')
+    for ax,m in zip(axs.flat, methods):
+        mean = c[c.method == m].assign(true=lambda x: x['true'].astype(str), predicted=lambda x: x['predicted'].astype(str)).groupby(['true', 'predicted'])['count'].mean()
+        M = np.array([[mean.get((t, p), 0.) for p in names] for t in names])
+        tot = M.sum(1, keepdims=True)
+        R = np.divide(M, tot, out=np.full_like(M, np.nan), where=tot > 0)
+        ax.imshow(R, cmap='Blues', vmin=0, vmax=1)
+        if k <= 12:
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, f"{M[i, j]:.3g}\n{'–' if np.isnan(R[i, j]) else f'{R[i, j]:.0%}'}", ha='center', va='center', fontsize=7,
+                            color='white' if R[i, j] > 0.5 else 'black')
+        ax.set_xticks(range(k), names, rotation=45, ha='right', fontsize=8); ax.set_yticks(range(k), names, fontsize=8)
+        ax.set_xlabel('predicted', fontsize=9); ax.set_ylabel('true', fontsize=9)
+        _gid(ax.set_title(m, color=colours[m], fontsize=10, fontweight='bold'), m)
+    for ax in axs.flat[len(methods):]: ax.axis('off')
     return fig
 
 # %% ../nbs/20_report.ipynb #rp000024
 def table_metrics(multi_label:bool)->list:
     "The metrics of the printed and reported comparison table"
     return (['mean_auroc', 'f1_score'] if multi_label else
-            ['accuracy', 'cohen_kappa_score', 'f1_score', 'jaccard_score', 'p_bar', 'spearman_vs_true_similarity'])
+            ['accuracy', 'auroc', 'cohen_kappa_score', 'f1_score', 'jaccard_score', 'p_bar', 'spearman_vs_true_similarity'])
 
-def _img(uri, caption): return f'<figure><img src="{uri}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+def sensitivity_specificity_table(
+    per_class:pd.DataFrame, # the runs' `per_class.csv` (with `sensitivity` and `specificity`)
+    methods:list,           # the methods, in the comparison's order
+    positive:str|None=None, # two classes: show only this one (the positive class)
+)->pd.DataFrame:            # rows (corruption, method); columns (class, sensitivity/specificity): means over seeds
+    "Each class's sensitivity and specificity per method and corruption rate, the mean over seeds"
+    pc = per_class.assign(**{'class': per_class['class'].astype(str)})
+    if positive is not None: pc = pc[pc['class'] == str(positive)]
+    classes = list(dict.fromkeys(pc['class']))
+    t = pc.groupby(['corruption', 'method', 'class'])[['sensitivity', 'specificity']].mean().unstack('class')
+    t = t.swaplevel(0, 1, axis=1).reindex(columns=pd.MultiIndex.from_product([classes, ['sensitivity', 'specificity']]))
+    order = {m: i for i,m in enumerate(methods)}
+    return t.sort_index(level=[0, 1], key=lambda ix: ix.map(order) if ix.name == 'method' else ix)
 
-def _table(summary, metrics):
+def per_class_table(
+    per_class:pd.DataFrame, # the runs' `per_class.csv`
+    methods:list,           # the methods, in the comparison's order
+    value:str='auroc',
+)->pd.DataFrame:            # rows (corruption, method); a column per class: means over seeds
+    "Each class's (label's) `value` per method and corruption rate, the mean over seeds"
+    pc = per_class.assign(**{'class': per_class['class'].astype(str)})
+    t = pc.groupby(['corruption', 'method', 'class'])[value].mean().unstack('class').reindex(columns=list(dict.fromkeys(pc['class'])))
+    order = {m: i for i,m in enumerate(methods)}
+    return t.sort_index(level=[0, 1], key=lambda ix: ix.map(order) if ix.name == 'method' else ix)
+
+def _compact(cell:str)->str:
+    "A table cell as HTML: `Δ [low, high]` on two short lines, `mean ± h` kept on one"
+    m = re.fullmatch(r'([+-]\S+) \[(\S+), (\S+)\]', cell)
+    if m: return f'{m[1]}<br><span class="ci">[{m[2]}, {m[3]}]</span>'
+    return html.escape(cell)
+
+def _table(summary, metrics, rename=None):
     shown = [m for m in metrics if m in set(summary.metric)]
-    return f'<div class="scroll">{format_summary(summary, shown).to_html(classes="results", border=0)}</div>' if shown else '<p>(no such metric)</p>'
+    if not shown: return '<p>(no such metric)</p>'
+    t = format_summary(summary, shown).map(_compact)
+    if rename: t = t.rename(columns=lambda c: next((c.replace(a, b) for a,b in rename.items() if a in c), c))
+    return f'<div class="scroll">{t.to_html(classes="results", border=0, escape=False)}</div>'
+
+def _numbers(t:pd.DataFrame, digits=3)->str:
+    return f'<div class="scroll">{t.to_html(classes="results", border=0, float_format=lambda v: f"{v:.{digits}f}", na_rep="–")}</div>'
+
+def _figure_facts(fig, methods)->dict:
+    "What the page's test reads back from a figure: the colour of each method drawn, and every text of its axes (tick labels, titles)"
+    texts = {t.get_text() for ax in fig.axes for t in [*ax.get_xticklabels(), *ax.get_yticklabels(), ax.title] if t.get_text()}
+    return dict(colours={m: c for m,c in drawn_method_colours(fig, methods).items()}, texts=sorted(texts))
+
+def _figure(fig, caption, methods, kind):
+    facts = _figure_facts(fig, methods)
+    attrs = (f' data-figure="{kind}" data-method-colours="{html.escape(json.dumps(facts["colours"]))}"'
+             f' data-texts="{html.escape(json.dumps(facts["texts"]))}"')
+    return (f'<figure{attrs}><img src="{png_data_uri(fig)}" alt="{html.escape(caption)}">'
+            f'<figcaption>{html.escape(caption)}</figcaption></figure>')
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table.results{border-collapse:collapse;font-size:13px}table.results td,table.results th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}
-div.scroll{overflow-x:auto}figure{margin:1em 0}img{max-width:100%}figcaption{font-size:13px;color:#555}code{font-size:12px}"""
+h1{font-size:1.6em;margin-bottom:.2em}p.command code{font-size:12px;color:#555;overflow-wrap:anywhere}
+table.results{border-collapse:collapse;font-size:13px}table.results td,table.results th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}
+span.ci{font-size:11px;color:#666}div.scroll{overflow-x:auto;max-width:100%}figure{margin:1em 0}img{max-width:100%}
+figcaption{font-size:13px;color:#555}code{font-size:12px}pre{white-space:pre-wrap;overflow-wrap:anywhere;font-size:12px}
+p.legend span.swatch{display:inline-block;width:.9em;height:.9em;margin:0 .3em 0 1em;vertical-align:middle}"""
+
+def _title(cfg:dict, runs:pd.DataFrame)->str:
+    "The page's title: the data, the task, the methods, the seeds and the corruption rates"
+    data = (cfg.get('settings') or {}).get('data') or {}
+    name = data.get('name') or 'the embedded synthetic data'
+    seeds,rates = sorted(runs.seed.unique()),sorted(runs.corruption.unique())
+    return (f"{name}: {', '.join(cfg['methods'])} — {'multi' if cfg['multi_label'] else 'single'}-label, {len(cfg['classes'])} "
+            f"{'labels' if cfg['multi_label'] else 'classes'}, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}, "
+            f"label corruption {', '.join(f'{r:g}' for r in rates)}")
 
 def write_report(
     out,             # a results folder of `softlabel` whose tables are built (`fastai_softlabel.cli.build_tables`)
     unfinished=None, # `{run id: why}` of the comparison's runs that are not in the tables (incomplete, or not run yet)
 )->Path:             # the page written, `out/report.html`
-    "Write `report.html` in `out`: the comparison table and the figures, with every image embedded, and the runs the tables leave out"
+    "Write `report.html` in `out`: the comparison table, the clinical per-class numbers and the figures, with every image embedded, and the runs the tables leave out"
     out = Path(out)
     cfg = json.loads((out/'config.json').read_text())
     runs,summary,curves = pd.read_csv(out/'runs.csv'),pd.read_csv(out/'summary.csv'),pd.read_csv(out/'curves.csv')
-    multi,ref = cfg['multi_label'],cfg['methods'][0]
+    multi,methods = cfg['multi_label'],list(cfg['methods'])
+    ref,colours,names = methods[0],method_colours(methods),[str(c) for c in cfg['classes']]
     main = 'mean_auroc' if multi else 'accuracy'
     n = runs.groupby('method', sort=False).size()
-    parts = [f"<h1>softlabel: {html.escape(' '.join(cfg.get('command', ['softlabel'])[1:]) or 'results')}</h1>",
-             f"<p>{len(runs)} runs ({', '.join(f'{html.escape(str(m))} {k}' for m,k in n.items())}); "
-             f"{'multi' if multi else 'single'}-label, {len(cfg['classes'])} classes; device {html.escape(str(cfg.get('device')))}, "
-             f"{html.escape(str(cfg.get('precision') or 'fp32'))}; starting weights {html.escape((cfg.get('weights') or {}).get('source', 'random'))}; "
-             f"started {html.escape(str(cfg.get('started')))}.</p>",
+    fig_ = lambda fig, caption, kind: _figure(fig, caption, methods, kind)
+    legend = '<p class="legend">Methods, in every figure: ' + ''.join(
+        f'<span class="swatch" data-method="{html.escape(m)}" data-colour="{c}" style="background:{c}"></span>{html.escape(m)}' for m,c in colours.items()) + '</p>'
+    parts = [f"<h1>{html.escape(_title(cfg, runs))}</h1>",
+             f"<p class=\"command\"><code>{html.escape(' '.join(cfg.get('command', ['softlabel'])))}</code></p>",
+             f"<p>{len(runs)} runs ({', '.join(f'{html.escape(str(m))} {k}' for m,k in n.items())}); classes: {html.escape(', '.join(names))}; "
+             f"device {html.escape(str(cfg.get('device')))}, {html.escape(str(cfg.get('precision') or 'fp32'))}; "
+             f"starting weights {html.escape((cfg.get('weights') or {}).get('source', 'random'))}; started {html.escape(str(cfg.get('started')))}.</p>", legend,
              *([f"<p><b>{len(unfinished)} run(s) of the comparison are not in the tables</b>: " +
                 '; '.join(f"{html.escape(r)} ({html.escape(w)})" for r,w in unfinished.items()) + ".</p>"] if unfinished else []),
              f"<h2>Comparison</h2><p>Mean ± half-width of the 95% confidence interval over seeds; Δ: the paired difference "
-             f"to <b>{html.escape(ref)}</b>, seed by seed, with its 95% interval. Metrics of the last epoch.</p>",
+             f"to <b>{html.escape(ref)}</b>, seed by seed, with its 95% interval below it. Metrics of the last epoch"
+             + ("" if multi else "; auroc: the one-vs-rest AUROC, the macro mean over classes (two classes: the second class's AUROC)") + ".</p>",
              _table(summary, table_metrics(multi)),
              *([f"<p><b>{html.escape(note)}</b></p>"] if (note := few_seeds_note(int(summary.groupby('method', sort=False)['n'].max().min()))) else []),
-             f"<p>The main metric over the epochs: its best, best − last and the variance of the min-max normalised curve "
-             f"over the first epochs (Flow-Mixup's Eq. 8).</p>",
-             _table(summary, [f'{main}_best', f'{main}_best_minus_last', f'{main}_early_variance'])]
-    fig = plot_paired_differences(summary, [m for m in table_metrics(multi) if m in set(summary.metric)])
-    if fig is not None: parts += ['<h2>Paired differences</h2>', _img(png_data_uri(fig), f"Paired difference to {ref}: mean and 95% CI over seeds")]
-    parts.append('<h2>Curves</h2>')
+             f"<p>The main metric, {main}, over the epochs: its best epoch, best − last (how far the last epoch is below the best; "
+             f"0 when the last is the best) and the variance of the min-max normalised curve over the first epochs (Flow-Mixup's Eq. 8).</p>",
+             _table(summary, [f'{main}_best', f'{main}_best_minus_last', f'{main}_early_variance'],
+                    {f'{main}_best_minus_last': 'best − last', f'{main}_early_variance': 'early variance', f'{main}_best': 'best'})]
+    pc = pd.read_csv(out/'per_class.csv') if (out/'per_class.csv').exists() else None
+    if pc is not None:
+        parts.append('<h2>Per class</h2>')
+        if not multi and 'sensitivity' in pc:
+            pos = names[1] if len(names) == 2 else None
+            parts += [f"<p>Sensitivity (true-positive rate) and specificity (true-negative rate) of "
+                      + (f"<b>{html.escape(pos)}</b>, the positive class (the second of the classes), at the arg-max (threshold 0.5)" if pos else
+                         "each class against the others, at the arg-max class")
+                      + ", the mean over seeds.</p>", _numbers(sensitivity_specificity_table(pc, methods, pos))]
+        if multi: parts += ["<p>AUROC of each label, the mean over seeds (a label without positives or negatives in the evaluated split has none).</p>",
+                            _numbers(per_class_table(pc, methods, 'auroc'))]
+        parts.append(fig_(plot_per_class(pc, 'auroc', methods, colours), "AUROC per class, mean over seeds; the axis spans the values", 'per-class'))
+    if (out/'confusion.csv').exists():
+        conf = pd.read_csv(out/'confusion.csv')
+        parts.append("<h2>Confusion matrices</h2><p>Rows: the true class; columns: the predicted class. Each cell: the mean count over "
+                     "seeds and the share of its row (the true class's items), which is also its colour; the diagonal's shares are the "
+                     "classes' sensitivities.</p>")
+        for rate in sorted(conf.corruption.unique()):
+            parts.append(fig_(plot_confusion(conf, rate, methods, colours), f"Confusion matrices at label corruption {rate:g}, mean over seeds", 'confusion'))
+    fig = plot_paired_differences(summary, [m for m in table_metrics(multi) if m in set(summary.metric)], colours)
+    parts.append('<h2>Figures</h2>')
+    if fig is not None: parts += ['<h3>Paired differences</h3>', fig_(fig, f"Paired difference to {ref}: mean and 95% CI over seeds", 'differences')]
+    parts.append('<h3>Curves</h3>')
     for metric in [main, 'valid_loss']:
-        if metric in curves: parts.append(_img(png_data_uri(plot_curves(curves, metric, cfg['methods'])), f"{metric} per epoch: mean over seeds, band from the lowest to the highest seed"))
+        if metric in curves: parts.append(fig_(plot_curves(curves, metric, methods, colours), f"{metric} per epoch: mean over seeds, band from the lowest to the highest seed", 'curves'))
     unfinished = unfinished or {}
     ccl = [d for d in sorted((out/'runs').glob('ccl*')) if d.name not in unfinished and (d/'ccl_history.json').exists()]
     if ccl:
-        parts += ['<h2>CCL</h2>', _img(png_data_uri(plot_ccl_pbar(ccl)), "CCL's p̄ per epoch; × the epoch the dictionary froze")]
+        parts += ['<h3>CCL</h3>', "<p>p̄ is the mean probability the soft labels give the correct class: the lower, the softer the labels. "
+                  "The dictionary freezes when p̄ has not dropped for the patience's epochs.</p>",
+                  fig_(plot_ccl_pbar(ccl, colours), "CCL's p̄ per epoch; × the epoch the dictionary froze", 'p_bar')]
         for d in ccl:
-            if (d/'soft_labels.png').exists():
-                parts.append(_img('data:image/png;base64,' + base64.b64encode((d/'soft_labels.png').read_bytes()).decode(), f"Soft labels of {d.name}"))
-    if (out/'per_class.csv').exists():
-        parts += ['<h2>Per class</h2>', _img(png_data_uri(plot_per_class(pd.read_csv(out/'per_class.csv'))), "AUROC per class, mean over seeds")]
+            if not (d/'soft_labels.csv').exists(): continue
+            P = np.loadtxt(d/'soft_labels.csv', delimiter=',', ndmin=2)
+            ax = soft_label_heatmap(P, names, multi, title=f"{d.name} (p̄ = {P.diagonal().mean():.3f})")
+            parts.append(fig_(ax.figure, f"Soft labels of {d.name}", 'soft-labels'))
     shown = {k: cfg.get(k) for k in ('versions', 'device', 'precision', 'weights', 'threads', 'started')} | dict(items=cfg.get('items'), split=cfg.get('split'), classes=cfg.get('classes'))
     parts.append(f"<h2>Configuration</h2><pre>{html.escape(' '.join(cfg.get('command', [])))}\n\n{html.escape(json.dumps(shown, indent=1))}</pre>"
                  f"<p>Every argument, with the data's SHA-256, is in <code>config.json</code>.</p>")
     page,tmp = out/'report.html',out/f'.report.html.{os.getpid()}.tmp'   # whole or not at all: shards may write it at once
-    tmp.write_text(f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>softlabel report</title><style>{_STYLE}</style></head>'
+    tmp.write_text(f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">'
+                   f'<title>{html.escape(_title(cfg, runs))}</title><style>{_STYLE}</style></head>'
                    f'<body>{"".join(parts)}</body></html>', encoding='utf-8')
     os.replace(tmp, page)
     return page

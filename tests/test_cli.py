@@ -21,7 +21,7 @@ def test_synthetic_default_short_run(tmp_path):
     assert {'epoch', 'accuracy', 'method', 'seed'} <= set(curves.columns) and len(curves) == 10
     assert (out/'runs'/'ccl_seed1_c0'/'soft_labels.png').exists() and (out/'runs'/'ccl_seed1_c0'/'ccl_history.json').exists()
     run_cfg = json.loads((out/'runs'/'ccl_seed1_c0'/'config.json').read_text())   # each run folder carries its own settings
-    assert (run_cfg['method'], run_cfg['seed'], run_cfg['corruption'], run_cfg['epochs'], run_cfg['lr_ccl']) == ('ccl', 1, 0.0, 1, 1.0)
+    assert (run_cfg['method'], run_cfg['seed'], run_cfg['corruption'], run_cfg['epochs'], run_cfg['lr_ccl']) == ('ccl', 1, 0.0, 1, 5e-3)
     # summary.csv: numbers; the paired difference of lsr-u1 to baseline is the mean of the per-seed differences
     summary = pd.read_csv(out/'summary.csv')
     assert all(pd.api.types.is_numeric_dtype(summary[c]) for c in ('mean', 'std', 'n', 'ci_low', 'ci_high', 'diff_mean'))
@@ -223,11 +223,25 @@ def test_grayscale_stays_one_channel_with_in_chans_1(tmp_path):
 
 @pytest.mark.slow
 def test_synthetic_ccl_recovers_the_true_similarity(tmp_path):
-    "The default synthetic run: CCL's soft labels rank-correlate with the generator's class similarity (mean of 3 seeds >= 0.8)"
-    r = softlabel('--methods', 'ccl', '--seeds', '0,1,2', '--progress', 'log', '--out', 'res', cwd=tmp_path)
+    "The default synthetic run at lr_CCL 1.0, the dictionary never frozen (CCL-Net's patience of 10 in 5 epochs): CCL's soft labels rank-correlate with the generator's class similarity (mean of 3 seeds >= 0.8)"
+    r = softlabel('--methods', 'ccl', '--seeds', '0,1,2', '--lr-ccl', '1.0', '--ccl-patience', '10', '--progress', 'log', '--out', 'res', cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     rho = pd.read_csv(tmp_path/'res'/'runs.csv')['spearman_vs_true_similarity']
     assert len(rho) == 3 and rho.mean() >= 0.8, rho.tolist()
+
+def test_fast_recipe_patience_freezes_the_dictionary_in_10_epochs(tmp_path):
+    "The default synthetic run for 10 epochs: the fast recipe's patience, 30% of the epochs (3, recorded), freezes CCL's dictionary once p̄ has not dropped for 3 epochs"
+    from fastai_softlabel.ccl import epochs_without_drop
+    r = softlabel('--methods', 'ccl', '--epochs', '10', '--progress', 'log', '--out', 'res', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path/'res'
+    assert json.loads((out/'config.json').read_text())['settings']['arguments']['ccl_patience'] == 3
+    h = json.loads((out/'runs'/'ccl_seed0_c0'/'ccl_history.json').read_text())
+    p,f = [e['p_bar'] for e in h['history']],h['frozen_at']
+    assert f is not None and f < 9, (f, p)                                  # frozen, and not only at the last epoch
+    assert epochs_without_drop(p[:f + 1]) == 3 and all(epochs_without_drop(p[:e + 1]) < 3 for e in range(f)), (f, p)
+    assert len(set(p[f:])) == 1, p                                          # frozen: p̄ no longer moves
+    assert f'class dictionary frozen after epoch {f}' in r.stdout
 
 def _hf_cache(root:Path, repo:str, state:dict)->Path:
     "A Hugging Face cache holding `state` as `repo`'s model.safetensors, laid out as timm's download leaves it"

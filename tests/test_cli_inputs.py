@@ -38,6 +38,7 @@ def inputs(tmp_path_factory):
     np.savez(d/'notrain.npz', images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, 0, 1]), split=np.array(['fit', 'fit', 'valid', 'valid']))
     np.savez(d/'outside.npz', images=np.zeros((3, 8, 8), np.uint8), labels=np.array([0, 1, 7]), class_names=np.array(['a', 'b']))
     np.savez(d/'onecls.npz', images=np.zeros((60, 8, 8), np.uint8), labels=np.zeros(60, np.int64))
+    np.savez(d/'named.npz', images=np.zeros((60, 8, 8), np.uint8), labels=np.arange(60) % 2, class_names=np.array(['benign', 'malignant']))
     np.savez(d/'dupnames.npz', images=np.zeros((60, 8, 8), np.uint8), labels=np.arange(60) % 3, class_names=np.array(['a', 'a', 'b']))
     np.savez(d/'empty_images.npz', images=np.zeros((60, 0, 0, 3), np.uint8), labels=np.arange(60) % 2)
     np.savez(d/'small.npz', images=rng.integers(0, 255, (40, 8, 8), dtype=np.uint8), labels=np.arange(40) % 2,
@@ -108,6 +109,12 @@ CASES = [
     (['--data', 'ecg.npz', '--task', 'multi'], r'--task is for the embedded synthetic data \(no --data\); ecg.npz \(signals\) does not use it'),
     (['--task', 'both'], "argument --task: invalid choice: 'both'"),
     (['--data', 'nosplit.npz', '--n-per-class', '5'], '--n-per-class is for the embedded synthetic data'),
+    # --class-names: for a .npz without names, one name per class, each once
+    (['--class-names', 'a,b'], r'--class-names is for a .npz file given as --data'),
+    (['--data', 'nosplit.npz', '--class-names', 'normal,pneumonia,covid'], r'--class-names normal,pneumonia,covid: 3 name\(s\) for the 2 classes of nosplit.npz'),
+    (['--data', 'nosplit.npz', '--class-names', 'normal,'], '--class-names normal,: an empty name'),
+    (['--data', 'nosplit.npz', '--class-names', 'a,a'], 'given more than once'),
+    (['--data', 'named.npz', '--class-names', 'x,y'], r"named.npz \(images\) names its classes already \(benign, malignant\)"),
     (['--n-per-class', '0'], '--n-per-class must be at least 1, got 0'),
     (['--n-per-class', '1000000'], '--n-per-class must be at most 100000'),
     (['--n-per-class', '5'], r'the training split has \d+ items, fewer than the batch size 32 .*or a larger --n-per-class'),
