@@ -343,7 +343,7 @@ def _apply_class_names(args, d:dict, kind:str):
     "Name the classes of a `.npz` that carries no names with `--class-names` (comma-separated, or a file of one name per line); `args.class_names` becomes the list"
     from fastai_softlabel.datasets import check_labels
     given,p = args.class_names,Path(args.class_names)
-    names = ([l.strip() for l in p.read_text(encoding='utf-8').splitlines() if l.strip()] if ',' not in given and p.is_file()
+    names = ([l.strip() for l in p.read_text(encoding='utf-8-sig').splitlines() if l.strip()] if p.is_file()   # a BOM is not part of a name
              else [n.strip() for n in given.split(',')])
     what = f"--class-names {given if len(given) < 60 else given[:57] + '...'}"
     if any(not n for n in names): raise ValueError(f"{what}: an empty name (two commas, or one at an end)")
@@ -635,10 +635,11 @@ def build_tables(
         _write_atomic(out/'runs.csv', lambda f: runs.to_csv(f, index=False))
         _write_atomic(out/'runs.json', lambda f: f.write_text(json.dumps(runs.to_dict('records'), indent=2)))
         _write_atomic(out/'curves.csv', lambda f: curves.to_csv(f, index=False))
-        per_class = pd.concat([pd.read_csv(d/'per_class.csv') for d in dirs], ignore_index=True)
+        from fastai_softlabel.report import read_class_table   # class names as text: 'NA' or '01' stay names
+        per_class = pd.concat([read_class_table(d/'per_class.csv') for d in dirs], ignore_index=True)
         _write_atomic(out/'per_class.csv', lambda f: per_class.to_csv(f, index=False))
         conf = [d/'confusion.csv' for d in dirs if (d/'confusion.csv').is_file()]   # single-label runs
-        if conf: _write_atomic(out/'confusion.csv', lambda f: pd.concat([pd.read_csv(c) for c in conf], ignore_index=True).to_csv(f, index=False))
+        if conf: _write_atomic(out/'confusion.csv', lambda f: pd.concat([read_class_table(c) for c in conf], ignore_index=True).to_csv(f, index=False))
         _write_atomic(out/'summary.csv', lambda f: summary.to_csv(f, index=False))
     return runs,summary
 
@@ -664,7 +665,8 @@ def _print_table(out, runs, summary, multi:bool, reference:str):
           f"Δ: paired difference to {reference} [95% CI]")
     with pd.option_context('display.width', 250, 'display.max_columns', 30): print(format_summary(summary, shown).to_string())
     from fastai_softlabel.stats import few_seeds_note
-    note = few_seeds_note(int(n.min()))
+    from fastai_softlabel.report import fewest_seeds
+    note = few_seeds_note(fewest_seeds(summary, shown))
     if note: print(f"\n{note}")
     print(f"\nresults in {out}/ (report.html, config.json, runs/, runs.csv, runs.json, curves.csv, per_class.csv, summary.csv)")
 

@@ -33,7 +33,7 @@ def mean_auroc(
     "Mean AUROC over the classes that have both positive and negative examples, and the classes left out"
     preds,targs = np.asarray(preds, dtype=np.float64),np.asarray(targs)
     n = len(targs)
-    ok = [c for c in range(targs.shape[1]) if 0 < targs[:, c].sum() < n]
+    ok = [c for c in range(targs.shape[1]) if 0 < targs[:, c].sum() < n and np.isfinite(preds[:, c]).all()]   # NaN scores: no AUROC
     skipped = [c for c in range(targs.shape[1]) if c not in ok]
     score = float(np.mean([roc_auc_score(targs[:, c], preds[:, c]) for c in ok])) if ok else float('nan')
     return score,skipped
@@ -77,6 +77,7 @@ def single_label_auroc(
 )->float:    # NaN when no class has both positives and negatives
     "AUROC of single-label predictions: the positive class's (class 1) for K = 2, else the macro mean of the one-vs-rest AUROCs"
     probs,targets = np.asarray(probs, dtype=np.float64),np.asarray(targets).astype(int)
+    if not np.isfinite(probs).all(): return float('nan')   # a diverged model (NaN outputs): no AUROC, and the run goes on
     k = probs.shape[1]
     onehot = np.eye(k, dtype=np.uint8)[targets]
     if k == 2: return float(roc_auc_score(onehot[:, 1], probs[:, 1])) if 0 < onehot[:, 1].sum() < len(targets) else float('nan')
@@ -104,7 +105,7 @@ def per_class_metrics(
     tp,fp,fn,tn = (pred & onehot).sum(0),(pred & ~onehot).sum(0),(~pred & onehot).sum(0),(~pred & ~onehot).sum(0)
     ratio = lambda a, b: np.where(b > 0, a/np.maximum(b, 1), np.nan)   # NaN where undefined (0/0)
     f1 = ratio(2*tp, 2*tp + fp + fn)
-    auroc = [roc_auc_score(onehot[:, k], probs[:, k]) if 0 < onehot[:, k].sum() < n else np.nan for k in range(c)]
+    auroc = [roc_auc_score(onehot[:, k], probs[:, k]) if 0 < onehot[:, k].sum() < n and np.isfinite(probs[:, k]).all() else np.nan for k in range(c)]
     names = np.arange(c) if names is None else np.asarray(names)
     return pd.DataFrame({'class': [str(x) for x in names], 'positives': onehot.sum(0), 'auroc': auroc, 'f1': f1,
                          'sensitivity': ratio(tp, tp + fn), 'specificity': ratio(tn, tn + fp)})

@@ -14,8 +14,8 @@ from .ccl import soft_label_heatmap
 
 # %% auto #0
 __all__ = ['png_data_uri', 'method_colours', 'drawn_method_colours', 'plot_paired_differences', 'plot_curves', 'plot_ccl_pbar',
-           'plot_per_class', 'plot_confusion', 'table_metrics', 'sensitivity_specificity_table', 'per_class_table',
-           'write_report']
+           'plot_per_class', 'plot_confusion', 'read_class_table', 'table_metrics', 'sensitivity_specificity_table',
+           'per_class_table', 'fewest_seeds', 'write_report']
 
 # %% ../nbs/20_report.ipynb #rp000009
 def png_data_uri(
@@ -208,6 +208,15 @@ def plot_confusion(
     return fig
 
 # %% ../nbs/20_report.ipynb #rp000024
+def read_class_table(
+    path,   # `per_class.csv` or `confusion.csv`
+)->pd.DataFrame:
+    "A table with class-name columns (`class`, `true`, `predicted`), the names read as text: 'NA', 'None' or '01' stay names"
+    names = ('class', 'true', 'predicted')
+    cols = pd.read_csv(path, nrows=0).columns
+    return pd.read_csv(path, dtype={c: str for c in names if c in cols}, keep_default_na=False,
+                       na_values={c: ['', 'nan', 'NaN'] for c in cols if c not in names})
+
 def table_metrics(multi_label:bool)->list:
     "The metrics of the printed and reported comparison table"
     return (['mean_auroc', 'f1_score'] if multi_label else
@@ -238,6 +247,14 @@ def per_class_table(
     order = {m: i for i,m in enumerate(methods)}
     return t.sort_index(level=[0, 1], key=lambda ix: ix.map(order) if ix.name == 'method' else ix)
 
+def fewest_seeds(
+    summary:pd.DataFrame, # `summarize_runs`'s output
+    metrics:list,         # the metrics a table shows
+)->int:                   # the smallest number of seeds behind any of their cells
+    "How many seeds the weakest cell of a table rests on (runs of an older version may lack a metric)"
+    s = summary[summary.metric.isin(metrics)]
+    return int(s['n'].min()) if len(s) else 0
+
 def _compact(cell:str)->str:
     "A table cell as HTML: `Δ [low, high]` on two short lines, `mean ± h` kept on one"
     m = re.fullmatch(r'([+-]\S+) \[(\S+), (\S+)\]', cell)
@@ -247,7 +264,7 @@ def _compact(cell:str)->str:
 def _table(summary, metrics, rename=None):
     shown = [m for m in metrics if m in set(summary.metric)]
     if not shown: return '<p>(no such metric)</p>'
-    t = format_summary(summary, shown).map(_compact)
+    t = format_summary(summary, shown).apply(lambda col: col.map(_compact))
     if rename: t = t.rename(columns=lambda c: next((c.replace(a, b) for a,b in rename.items() if a in c), c))
     return f'<div class="scroll">{t.to_html(classes="results", border=0, escape=False)}</div>'
 
@@ -306,27 +323,26 @@ def write_report(
                 '; '.join(f"{html.escape(r)} ({html.escape(w)})" for r,w in unfinished.items()) + ".</p>"] if unfinished else []),
              f"<h2>Comparison</h2><p>Mean ± half-width of the 95% confidence interval over seeds; Δ: the paired difference "
              f"to <b>{html.escape(ref)}</b>, seed by seed, with its 95% interval below it. Metrics of the last epoch"
-             + ("" if multi else "; auroc: the one-vs-rest AUROC, the macro mean over classes (two classes: the second class's AUROC)") + ".</p>",
+             + ("" if multi else "; auroc: the one-vs-rest AUROC, the macro mean over the classes present in the evaluated split (two classes: the second class's AUROC)") + ".</p>",
              _table(summary, table_metrics(multi)),
-             *([f"<p><b>{html.escape(note)}</b></p>"] if (note := few_seeds_note(int(summary.groupby('method', sort=False)['n'].max().min()))) else []),
+             *([f"<p><b>{html.escape(note)}</b></p>"] if (note := few_seeds_note(fewest_seeds(summary, table_metrics(multi)))) else []),
              f"<p>The main metric, {main}, over the epochs: its best epoch, best − last (how far the last epoch is below the best; "
              f"0 when the last is the best) and the variance of the min-max normalised curve over the first epochs (Flow-Mixup's Eq. 8).</p>",
              _table(summary, [f'{main}_best', f'{main}_best_minus_last', f'{main}_early_variance'],
                     {f'{main}_best_minus_last': 'best − last', f'{main}_early_variance': 'early variance', f'{main}_best': 'best'})]
-    pc = pd.read_csv(out/'per_class.csv') if (out/'per_class.csv').exists() else None
+    pc = read_class_table(out/'per_class.csv') if (out/'per_class.csv').exists() else None
     if pc is not None:
         parts.append('<h2>Per class</h2>')
         if not multi and 'sensitivity' in pc:
-            pos = names[1] if len(names) == 2 else None
-            parts += [f"<p>Sensitivity (true-positive rate) and specificity (true-negative rate) of "
-                      + (f"<b>{html.escape(pos)}</b>, the positive class (the second of the classes), at the arg-max (threshold 0.5)" if pos else
-                         "each class against the others, at the arg-max class")
-                      + ", the mean over seeds.</p>", _numbers(sensitivity_specificity_table(pc, methods, pos))]
+            parts += ["<p>Sensitivity (true-positive rate) and specificity (true-negative rate) of each class against the others, at the "
+                      "arg-max class" + (" (two classes: the threshold 0.5; either class may be the positive one, and one class's "
+                      "sensitivity is the other's specificity)" if len(names) == 2 else "") + ", the mean over seeds.</p>",
+                      _numbers(sensitivity_specificity_table(pc, methods))]
         if multi: parts += ["<p>AUROC of each label, the mean over seeds (a label without positives or negatives in the evaluated split has none).</p>",
                             _numbers(per_class_table(pc, methods, 'auroc'))]
         parts.append(fig_(plot_per_class(pc, 'auroc', methods, colours), "AUROC per class, mean over seeds; the axis spans the values", 'per-class'))
     if (out/'confusion.csv').exists():
-        conf = pd.read_csv(out/'confusion.csv')
+        conf = read_class_table(out/'confusion.csv')
         parts.append("<h2>Confusion matrices</h2><p>Rows: the true class; columns: the predicted class. Each cell: the mean count over "
                      "seeds and the share of its row (the true class's items), which is also its colour; the diagonal's shares are the "
                      "classes' sensitivities.</p>")
