@@ -655,7 +655,7 @@ def soft_label_heatmap(
     im = ax.imshow(P, cmap=cmap, vmin=0)
     ax.set_xticks(range(K), names, rotation=45, ha='right'); ax.set_yticks(range(K), names)
     what,whats = ('label','labels') if multi_label else ('class','classes')
-    ax.set_xlabel(f"soft label over the {whats}"); ax.set_ylabel(f"{what} k (row: {what} k's soft label)")
+    ax.set_xlabel(f"soft label over {whats}"); ax.set_ylabel(f"{what} k (row: {what} k's soft label)")
     ax.set_title(ifnone(title, f"CCL soft labels (p̄ = {P.diagonal().mean():.3f})"))
     if ifnone(annotate, K <= 12):
         for i in range(K):

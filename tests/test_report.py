@@ -67,7 +67,7 @@ def test_report_in_chromium(results, browser):
                           colours: JSON.parse(f.dataset.methodColours), texts: JSON.parse(f.dataset.texts)})),
                 tables: [...document.querySelectorAll('table.results')].map(t => t.innerText)};""")
     browser.save_screenshot(str(out/'report_screenshot.png'))
-    # per-class bars, confusion matrices at 2 rates, paired differences, accuracy and valid_loss curves, CCL's p_bar,
+    # per-class dots, confusion matrices at 2 rates, paired differences, accuracy and valid_loss curves, CCL's p_bar,
     # 4 soft-label heat maps (2 seeds x 2 rates)
     assert facts['n'] == 11 and facts['decoded'] == 11 and facts['external'] == 0, facts
     assert facts['headings'] == ['Comparison', 'Per class', 'Confusion matrices', 'Figures', 'Configuration'], facts['headings']
