@@ -114,10 +114,9 @@ def confusion_counts(
     probs,     # (N, K) class probabilities or scores of single-label data
     targets,   # (N,) class indices
 )->np.ndarray: # (K, K): row = true class, column = predicted (arg-max) class
-    "The confusion matrix of the arg-max predictions, every class a row and a column even when absent"
-    probs,targets = np.asarray(probs),np.asarray(targets).astype(int)
-    k = probs.shape[1]
-    return np.bincount(targets*k + probs.argmax(1), minlength=k*k).reshape(k, k)
+    "scikit-learn's confusion matrix of the arg-max predictions, every class a row and a column even when absent"
+    probs = np.asarray(probs)
+    return skm.confusion_matrix(np.asarray(targets).astype(int), probs.argmax(1), labels=range(probs.shape[1]))
 
 # %% ../nbs/07_metrics.ipynb #65c384f3
 def curve_summary(

@@ -275,7 +275,7 @@ def _numbers(t:pd.DataFrame, digits=3)->str:
 def _figure_facts(fig, methods)->dict:
     "What the page's test reads back from a figure: the colour of each method drawn, and every text of its axes (tick labels, titles)"
     texts = {t.get_text() for ax in fig.axes for t in [*ax.get_xticklabels(), *ax.get_yticklabels(), ax.title] if t.get_text()}
-    return dict(colours={m: c for m,c in drawn_method_colours(fig, methods).items()}, texts=sorted(texts))
+    return dict(colours=drawn_method_colours(fig, methods), texts=sorted(texts))
 
 def _figure(fig, caption, methods, kind):
     facts = _figure_facts(fig, methods)
