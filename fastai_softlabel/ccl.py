@@ -10,15 +10,16 @@ from collections import Counter
 from fastai.basics import *
 from fastai.callback.schedule import ParamScheduler
 from fastai.layers import Flatten
-from .losses import (ccl_head_loss, ccl_loss_terms, unit_rows, unit_sq_distance, soft_label_matrix, soft_label_kl,
+from .losses import (ccl_head_loss, ccl_loss_terms, dictionary_terms, unit_rows, unit_sq_distance, soft_label_matrix, soft_label_kl,
                                      normalized_sq_distance, multilabel_head_targets, multilabel_soft_targets, binary_soft_label_kl)
 from .core import *
 from .lockstep import Lockstep, fused_supported, accumulation_scale
 from .flowmixup import FlowMixup, flow_components, mix_along_flow
 
 # %% auto #0
-__all__ = ['masked_batch_norm', 'RowMaskBatchNorm1d', 'CCLHead', 'last_linear', 'find_features', 'epochs_without_drop',
-           'scheduled_peak_lr', 'default_head_opt', 'check_ccl_arguments', 'CCL', 'soft_label_heatmap']
+__all__ = ['masked_batch_norm', 'RowMaskBatchNorm1d', 'move_running_stats_', 'CCLHead', 'last_linear', 'find_features',
+           'epochs_without_drop', 'scheduled_peak_lr', 'default_head_opt', 'check_ccl_arguments', 'CCL',
+           'soft_label_heatmap']
 
 # %% ../nbs/03_ccl.ipynb #mb000002
 def masked_batch_norm(
@@ -44,20 +45,35 @@ def masked_batch_norm(
 
 class RowMaskBatchNorm1d(nn.BatchNorm1d):
     "`nn.BatchNorm1d` that can leave rows out, decided on the device: set `keep` to a (B,) mask, or to a 0-d flag for the whole batch"
-    keep = None   # None: plain BatchNorm; set for one forward pass by `CCLHead.loss`
+    keep = None      # None: plain BatchNorm; set for one forward pass by `CCLHead.loss`
+    collect = None   # with a 0-d `keep`: a list this layer appends itself to, leaving the running statistics to `move_running_stats_`
     def forward(self, x:Tensor)->Tensor:
         "BatchNorm of the rows of `keep` (`masked_batch_norm`); with a 0-d `keep`, of every row, its running statistics moving only if `keep`"
         keep = self.keep
         if keep is None or not self.training or not self.track_running_stats or self.momentum is None: return super().forward(x)
         if keep.ndim: return masked_batch_norm(self, x, keep)
-        y = F.batch_norm(x, None, None, self.weight, self.bias, True, 0., self.eps)   # batch statistics, running ones untouched
-        with torch.no_grad():
-            var,mean = torch.var_mean(x, 0)   # unbiased, as BatchNorm's running variance
-            w = keep*self.momentum
-            self.running_mean.lerp_(mean, w)
-            self.running_var.lerp_(var, w)
-            self.num_batches_tracked += keep
+        if 'batch_mean' not in self._buffers:   # scratch buffers for the batch statistics (not saved)
+            for n,t in (('batch_mean', self.running_mean), ('batch_var', self.running_var)):
+                self.register_buffer(n, torch.zeros_like(t), persistent=False)
+        # momentum 1: the op writes the batch statistics (the variance unbiased, as BatchNorm's) to the scratch buffers
+        y = torch.native_batch_norm(x, self.weight, self.bias, self.batch_mean, self.batch_var, True, 1., self.eps)[0]
+        if self.collect is not None: self.collect.append(self)
+        else: move_running_stats_([self], keep)
         return y
+
+def move_running_stats_(
+    bns:list,     # `RowMaskBatchNorm1d` layers whose last forward pass had a 0-d `keep`
+    keep:Tensor,  # 0-d: 1 (True) moves their running statistics towards those batch statistics by their momentum, 0 leaves them
+):
+    "Move the running statistics of several BatchNorm layers in one go (a handful of ops for all), without asking the host about `keep`"
+    with torch.no_grad():
+        for m in {b.momentum for b in bns}:
+            group = [b for b in bns if b.momentum == m]
+            running = [t for b in group for t in (b.running_mean, b.running_var)]
+            step = torch._foreach_sub([t for b in group for t in (b.batch_mean, b.batch_var)], running)
+            torch._foreach_mul_(step, keep*m)   # running + w*(batch - running): `lerp_` with a weight on the device
+            torch._foreach_add_(running, step)
+        torch._foreach_add_([b.num_batches_tracked for b in bns], [keep]*len(bns))   # a 0-d `other` of the `Tensor` overload is read on the host
 
 # %% ../nbs/03_ccl.ipynb #c0f62ad0
 class CCLHead(Module):
@@ -71,8 +87,9 @@ class CCLHead(Module):
         if not widths: raise ValueError("widths needs at least one layer width")
         layers = []
         for i,(ni,nf) in enumerate(zip((in_features,)+widths[:-1], widths)):
-            layers.append(nn.Linear(ni, nf))
-            if i < len(widths)-1: layers += [RowMaskBatchNorm1d(nf), nn.ReLU(inplace=True)]
+            bn = i < len(widths)-1
+            layers.append(nn.Linear(ni, nf, bias=not bn))   # the BatchNorm after it would remove a bias
+            if bn: layers += [RowMaskBatchNorm1d(nf), nn.ReLU(inplace=True)]
         self.embed = nn.Sequential(*layers)
         # unit-length start: f_d ignores length, and unit vectors make the dictionary's gradients O(1)
         self.dictionary = nn.Parameter(F.normalize(torch.randn(n_classes, widths[-1]), dim=1))
@@ -81,15 +98,18 @@ class CCLHead(Module):
         super().__setstate__(state)
         for m in self.embed:   # a head pickled when its BatchNorm layers could not leave rows out
             if type(m) is nn.BatchNorm1d: m.__class__ = RowMaskBatchNorm1d
+        for lin,bn in zip(self.embed, self.embed[1:]):   # ...or when its Linear layers before BatchNorm had a bias
+            if isinstance(lin, nn.Linear) and isinstance(bn, nn.BatchNorm1d) and lin.bias is not None:
+                with torch.no_grad(): bn.running_mean -= lin.bias
+                lin.bias = None
 
     def forward(self, features:Tensor)->Tensor:
         "Distances $d_k = f_d(f_2(f), c_k)$, shape (B, K); $q_{CCL}$ = `softmax(-d)`"
         return normalized_sq_distance(self.embed(features), self.dictionary)
 
     def dictionary_terms(self)->tuple:
-        "`(c, gram)`: the normalised dictionary and its cosines `c @ c.T`, from which both l_CC and the soft labels come"
-        c = unit_rows(self.dictionary.float())
-        return c,c@c.T
+        "`(c2, cos2)` (`dictionary_terms`): the doubled normalised dictionary and cosines, from which l_CC, the logits and the soft labels come"
+        return dictionary_terms(self.dictionary)
 
     def loss(self,
         features:Tensor, target:Tensor, alpha_cc:float=10., margin:float=2., # as in `ccl_head_loss`
@@ -97,13 +117,14 @@ class CCLHead(Module):
         terms:tuple|None=None,   # this step's `dictionary_terms()`, if already computed
     )->tuple:
         "`(L_CCL, CE, l_CC)` of `ccl_head_loss` for a batch of features"
-        c,gram = terms if terms is not None else self.dictionary_terms()
-        bns = [m for m in self.embed if isinstance(m, RowMaskBatchNorm1d)]
-        for m in bns: m.keep = keep
+        bns,moved = [m for m in self.embed if isinstance(m, RowMaskBatchNorm1d)],[]
+        for m in bns: m.keep,m.collect = keep,moved
         try: e = unit_rows(self.embed(features).float())
         finally:
-            for m in bns: m.keep = None
-        return ccl_loss_terms(e, c, gram, target, alpha_cc, margin, None if keep is None or keep.ndim == 0 else keep.float())
+            for m in bns: m.keep,m.collect = None,None
+        if moved: move_running_stats_(moved, keep)   # every layer's running statistics at once
+        return ccl_loss_terms(e, *(terms or self.dictionary_terms()), target, alpha_cc, margin,
+                              None if keep is None or keep.ndim == 0 else keep.float())
 
     def soft_labels(self)->Tensor:
         "The K×K soft-label matrix $P$ of the current dictionary (no gradient)"
@@ -213,7 +234,7 @@ class CCL(Callback):
     columns = ('ce', 'kl', 'head_ce', 'l_cc', 'p_bar')
     # what one fit needs and `export` leaves out (restored empty by `_init_state` after unpickling)
     _stateattrs = ('_lockstep', '_where', '_handles', '_ours', '_feats', '_terms', '_sums', '_n', '_counts', '_epoch_row',
-                   '_peak_lr', '_columns_added', '_logged', '_batches', '_train_cancelled')
+                   '_peak_lr', '_columns_added', '_logged', '_batches', '_train_cancelled', '_head_batches', '_zero', '_consts', '_acc')
 
     def __init__(self,
         features:str|nn.Module|None=None, # module whose input are the pooled features; default: found automatically (`find_features`)
@@ -237,7 +258,7 @@ class CCL(Callback):
     def _init_state(self):
         self.__dict__.update(_state={}, _lockstep=None, _where=None, _handles=[], _ours=False, _feats=None, _terms=None, _sums=None, _n=0,
                              _counts=Counter(), _epoch_row=None, _peak_lr=None,
-                             _columns_added=False, _logged=False, _batches=0, _train_cancelled=False)
+                             _columns_added=False, _logged=False, _batches=0, _train_cancelled=False, _head_batches=0, _zero=None, _consts={}, _acc=None)
 
     # ---------------------------------------------------------------- what was learned
     @property
@@ -302,9 +323,11 @@ class CCL(Callback):
         if self._lockstep is None: self._lockstep = self._make_lockstep()
         self._lockstep.to(device)   # the head, its optimizer state, and new step counters
         self.ccl_head.train()   # gradients held back by `GradientAccumulation` carry over to the next step, as the backbone's do
-        # backbone CE and KL sums; head CE and l_CC sums, items seen by the head; batches with non-finite features, and
+        # backbone CE and KL sums; head CE and l_CC sums, items seen by the head; batches with finite features, and
         # multi-label head batches of one item: added on the device, read at the end of the epoch. Items seen by the backbone: on the host
-        self._sums,self._n,self._counts,self._epoch_row = torch.zeros(7, device=device),0,Counter(),{}
+        self._sums,self._n,self._counts,self._epoch_row,self._head_batches = torch.zeros(7, device=device),0,Counter(),{},0
+        self._acc = self._sums.unbind()   # views of its 7 elements, for `torch._foreach_add_`
+        self._zero,self._consts = torch.zeros((), device=device),{}   # what rows that do not count become; 1 and 1/b per batch size b
         self._batches,self._train_cancelled = 0,False
 
     # ---------------------------------------------------------------- one training batch
@@ -329,15 +352,17 @@ class CCL(Callback):
         if pred.shape[-1] != k: self._refuse(f"The model outputs {pred.shape[-1]} scores per item but there are {k} classes.")
         # the dictionary's distances once per step: the soft labels now, l_CC in the head's loss (`after_backward`)
         self._terms = self.ccl_head.dictionary_terms()
-        y,P = self._target(),F.softmax(2*self._terms[1].detach(), dim=1)   # `soft_label_matrix`: softmax(-f_d) = softmax(2cos)
+        y = self._target()
+        with torch.no_grad(): P = F.softmax(self._terms[1], dim=1)   # `soft_label_matrix`: softmax(-f_d) = softmax(2cos), a constant here
         soft,kl_of = (multilabel_soft_targets(P, y),binary_soft_label_kl) if self.multi_label else (P[y],soft_label_kl)
         kl = kl_of(pred, fm.mix_targets(soft) if fm is not None else soft)
-        loss = self.learn.loss.detach().float()
-        self._sums[:2].add_(torch.stack([loss.mean() if loss.ndim else loss, kl.detach()]), alpha=len(y))
-        self._n += len(y)
         scale = accumulation_scale(self.learn)
         self.learn.loss_grad = self.learn.loss_grad + (kl if scale == 1 else kl*scale)
-        self.learn.loss = self.learn.loss + kl.detach()
+        with torch.no_grad():   # what is shown and logged
+            loss = self.learn.loss.float()
+            torch._foreach_add_(self._acc[:2], [loss.mean() if loss.ndim else loss, kl], alpha=len(y))
+            self.learn.loss = self.learn.loss + kl
+        self._n += len(y)
 
     def after_backward(self):
         "Back-propagate the head's loss on the batch of every rank (scaled like the backbone's); rows that cannot train it get weight 0"
@@ -352,7 +377,7 @@ class CCL(Callback):
         if keep is not None: keep = keep & ok
         elif distributed_world() > 1: keep = ok.expand(len(feats))   # the ranks' rows are normalised together: a mask
         # rows that do not count become zeros: finite everywhere in the head, so that weight 0 leaves no NaN behind
-        feats = torch.where(ok if keep is None else keep[:, None], feats, 0.)
+        feats = torch.where(ok if keep is None else keep[:, None], feats, self._zero)
         if distributed_world() > 1:   # padded to a row count every rank knows: the DataLoader's batch size times the flow's
             cap = undistributed_dl(self.learn.dl).bs*(len(feats)//len(self.learn.yb[0]))
             if not target.is_floating_point():   # one-hot rows: the same columns on every rank, whichever way its batch
@@ -360,20 +385,23 @@ class CCL(Callback):
                 target = (target[:, None] == torch.arange(self.ccl_head.dictionary.shape[0], device=target.device)).float()
             feats,target,keep = self._lockstep.gather(feats, target, keep, rows=cap)
         scale,bn = self._lockstep.scale(self.learn),any(isinstance(m, nn.BatchNorm1d) for m in self.ccl_head.modules())
+        self._head_batches += 1
         if keep is None:   # single-label, one process: the whole batch, or nothing (ok = 0)
             if len(feats) < 2 and bn:
                 self._counts['of one item'] += 1
-                self._sums[5] += ~ok
+                self._acc[5].add_(ok)
                 return
-            rows = ok*float(len(feats))
-            ce,lcc = self._head_backward(feats, target, ok, terms, rows, scale)
-            self._sums[2:6] += torch.stack([ce*rows, lcc*rows, rows, ~ok])
+            okf,b = ok.float(),len(feats)
+            ce,lcc = self._head_backward(feats, target, ok, terms, okf if isinstance(scale, float) and scale == 1 else okf*scale)
+            if b not in self._consts: self._consts[b] = [torch.full((), v, device=okf.device) for v in (1., 1/b)]
+            with torch.no_grad():   # head CE and l_CC times the rows, the rows, the batch if finite (`1/b` times `b`): one op
+                torch._foreach_addcmul_(self._acc[2:6], [ce, lcc, *self._consts[b]], [okf]*4, value=b)
         else:              # rows of `keep` only, their number known to the device alone
             rows = keep.float().sum()
             one = (rows == 1) & bn
             rows = rows*(rows >= (2 if bn else 1))   # the head's BatchNorm cannot normalise one row
-            ce,lcc = self._head_backward(feats, target, keep, terms, rows, scale)
-            self._sums[2:] += torch.stack([ce*rows, lcc*rows, rows, ~ok, one])
+            ce,lcc = self._head_backward(feats, target, keep, terms, (rows > 0)*scale)
+            with torch.no_grad(): torch._foreach_add_(self._acc[2:], [ce*rows, lcc*rows, rows, ok, one])
 
     def after_step(self):
         "The head's step when the backbone stepped, skipped on the device without finite gradients; its lr follows the backbone's schedule"
@@ -397,8 +425,9 @@ class CCL(Callback):
         if self._sums is None: return   # a callback cancelled the epoch before CCL's before_train: nothing of it to log
         sums,self._sums = self._sums,None
         stats = all_reduce_mean_([torch.cat([sums, sums.new_tensor([self._n])])])[0].tolist()   # one host synchronisation per epoch
-        ce,kl,head_ce,lcc,n_head,nonfinite,one_item,n = stats
-        if nonfinite: self._counts['with non-finite features'] = round(nonfinite*distributed_world())   # counted on the rank that had them
+        ce,kl,head_ce,lcc,n_head,finite,one_item,n = stats
+        nonfinite = round((self._head_batches - finite)*distributed_world())   # counted on every rank, as a mean
+        if nonfinite: self._counts['with non-finite features'] = nonfinite
         if one_item: self._counts['of one item'] += round(one_item)
         counts = self._lockstep.counts()
         steps = counts.pop('steps')
@@ -427,7 +456,8 @@ class CCL(Callback):
         d.grad = None
         self.frozen_at = len(self.history) - 1   # the last epoch that updated it (-1: none did)
         if self.ccl_opt is not None:
-            self.ccl_opt.param_groups[:] = [g for g in self.ccl_opt.param_groups if not any(p is d for p in g['params'])]
+            for g in self.ccl_opt.param_groups: g['params'] = [p for p in g['params'] if p is not d]
+            self.ccl_opt.param_groups[:] = [g for g in self.ccl_opt.param_groups if g['params']]
             self.ccl_opt.state.pop(d, None)
 
 # %% ../nbs/03_ccl.ipynb #cq000000
@@ -466,9 +496,8 @@ def _locate_features(self:CCL)->tuple:
 
 @patch
 def _make_lockstep(self:CCL)->Lockstep:
-    "The head's optimizer (one group for f_2 and, unless frozen, one for the dictionary), stepped in lockstep with `learn.opt`"
-    groups = [{'params': list(self.ccl_head.embed.parameters())}]
-    if not self.frozen: groups.append({'params': [self.ccl_head.dictionary]})
+    "The head's optimizer (one group: f_2 and, unless frozen, the dictionary; one fused step), stepped in lockstep with `learn.opt`"
+    groups = [{'params': list(self.ccl_head.embed.parameters()) + ([] if self.frozen else [self.ccl_head.dictionary])}]
     return Lockstep(self.ccl_head, self.head_opt_func(groups, lr=self.lr_ccl), prefer_fused=self.head_opt_func is default_head_opt)
 
 # %% ../nbs/03_ccl.ipynb #cq000001
@@ -535,7 +564,7 @@ def _head_batch(self:CCL)->tuple:
         f"The features have {len(feats)} rows, but the batch has {len(y)} items and the flow {rows} rows where they were read.")
     multi = self.multi_label
     if all(keep for _,_,keep in ops):   # the un-mixed original items lead the flow
-        feats = feats[:len(y)]
+        if len(feats) > len(y): feats = feats[:len(y)]
         return (feats,*multilabel_head_targets(y)[::-1]) if multi else (feats,y,None)   # items without a positive label: not kept
     # every row mixed: the targets mixed as the rows were (multi-label: the items' spread positives, renormalised)
     k = self.ccl_head.dictionary.shape[0]   # one-hot by comparison: `F.one_hot` checks the classes' range on the host
@@ -546,12 +575,12 @@ def _head_batch(self:CCL)->tuple:
     return feats,mixed/mass.clamp_min(1e-12),mass[:, 0] > 0
 
 @patch
-def _head_backward(self:CCL, feats, target, keep, terms, rows, scale)->tuple:
-    "The head's loss in float32 (outside autocast), back-propagated with weight `scale` unless `rows` is 0; `(CE, l_CC)`"
+def _head_backward(self:CCL, feats, target, keep, terms, weight)->tuple:
+    "The head's loss in float32 (outside autocast), back-propagated with `weight` (0-d: 0 for a batch that must not train the head); `(CE, l_CC)`"
     with torch.autocast(feats.device.type, enabled=False):
         loss,ce,lcc = self.ccl_head.loss(feats, target, self.alpha_cc, self.margin, keep, terms)
-    self._lockstep.backward(loss, (rows > 0) if isinstance(scale, float) and scale == 1 else (rows > 0)*scale)
-    return ce.detach(),lcc.detach()
+    self._lockstep.backward(loss, weight)
+    return ce,lcc   # their graph is gone: summed under `no_grad`
 
 # %% ../nbs/03_ccl.ipynb #cq000003
 @patch
@@ -630,11 +659,26 @@ def load_state_dict(self:CCL, sd:dict):
     if self.ccl_head is None or self.ccl_head.dictionary.shape != (sd['n_classes'], sd['widths'][-1]) \
             or self.ccl_head.embed[0].in_features != sd['in_features']:
         self.ccl_head = CCLHead(sd['in_features'], sd['n_classes'], self.widths)
-    self.ccl_head.load_state_dict(sd['head'])
+    head,opt = _current_layout(sd['head'], sd['opt'])
+    self.ccl_head.load_state_dict(head)
     self.frozen_at,self.history = sd['frozen_at'],[dict(h) for h in sd['history']]
     self.ccl_head.dictionary.requires_grad_(not self.frozen)
     self._lockstep = self._make_lockstep()
-    if sd['opt'] is not None: self.ccl_opt.load_state_dict(sd['opt'])
+    if opt is not None: self.ccl_opt.load_state_dict(opt)
+
+def _current_layout(head:dict, opt:dict|None)->tuple:
+    "A head and optimizer state saved by an earlier version in today's layout: no bias before BatchNorm, one parameter group"
+    names = [k for k in head if k.startswith('embed.') and k.rsplit('.', 1)[1] in ('weight', 'bias')]   # f_2's, in the optimizer's order
+    head,dropped = dict(head),set()
+    for k in names:   # a bias before BatchNorm: folded into its running mean, which gives the same outputs
+        i,what = k.split('.')[1:]
+        if what == 'bias' and f'embed.{int(i) + 1}.running_mean' in head:
+            head[f'embed.{int(i) + 1}.running_mean'] = head[f'embed.{int(i) + 1}.running_mean'] - head.pop(k)
+            dropped.add(names.index(k))
+    if opt is None: return head,None
+    new = {old: i for i,old in enumerate(j for g in opt['param_groups'] for j in g['params'] if j not in dropped)}
+    group = {**opt['param_groups'][0], 'params': list(new.values())}   # f_2 and the dictionary: once two groups
+    return head,{**opt, 'state': {new[i]: s for i,s in opt['state'].items() if i in new}, 'param_groups': [group]}
 
 # %% ../nbs/03_ccl.ipynb #cq000009
 def soft_label_heatmap(

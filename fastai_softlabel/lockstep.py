@@ -58,12 +58,12 @@ class Lockstep:
                     if isinstance(v, Tensor) and (k != 'step' or g.get('fused') or g.get('capturable')): st[k] = v.to(device)
         if any(g.get('fused') for g in self.opt.param_groups):   # as torch's constructor marks a fused optimizer
             self.opt._step_supports_amp_scaling = self.opt._need_device_dtype_check_for_fused = True
-        # on the device: batches that counted since the last step (they carry over, as gradients held back by
-        # `GradientAccumulation` do), the step's verdict; steps skipped, steps with non-finite gradients, cancelled
+        # on the device: the weight of the batches since the last step (they carry over, as gradients held back by
+        # `GradientAccumulation` do), the step's verdict; steps skipped, steps without a batch that counted, cancelled
         # steps that had batches (new counters); on the host: steps asked for
         z = lambda: torch.zeros(1, device=device)
         self._pending = z() if self._pending is None else self._pending.to(device)
-        self._dev,self._bad,self._one,self._skipped,self._nonfinite,self._cancelled = device,z(),z()+1,z(),z(),z()
+        self._dev,self._skip,self._one,self._skipped,self._empty,self._cancelled = device,z(),z()+1,z(),z(),z()
         self._asked = 0
         return self
 
@@ -74,11 +74,11 @@ class Lockstep:
 
     def backward(self,
         loss:Tensor,   # the module's loss on this batch
-        weight:Tensor, # 0-d: the factor of this batch (e.g. gradient accumulation's scale), 0 for a batch that must not count
+        weight:Tensor, # 0-d, >= 0: the factor of this batch (e.g. gradient accumulation's scale), 0 for a batch that must not count
     ):
         "Back-propagate `loss*weight`, and count the batch if its weight is not 0"
         loss.backward(weight.to(loss.dtype))   # the weight seeds the backward: no product in the graph
-        self._pending += weight != 0
+        self._pending += weight   # weights are >= 0: 0 as long as no batch counted
 
     def step(self,
         lr:float, # the learning rate of every parameter group for this step
@@ -87,11 +87,11 @@ class Lockstep:
         grads = [p.grad for p in self.params if p.grad is not None]
         if not grads: return   # nothing reached the module since its last step
         for g in self.opt.param_groups: g['lr'] = lr
-        if fused_supported(self._dev):   # one op looks at every gradient: 1 if one is not finite
-            self._bad.zero_()
-            torch._amp_foreach_non_finite_check_and_unscale_(grads, self._bad, self._one)
-        else: self._bad.copy_(~torch.stack([g.sum() for g in grads]).sum().isfinite())   # a torch without that op here
-        skip = self._bad.maximum(self._pending == 0)
+        skip = torch.eq(self._pending, 0, out=self._skip)   # no batch counted since the last step...
+        self._empty += skip
+        if fused_supported(self._dev):   # ...or a gradient that is not finite: one op looks at every gradient, sets 1 if one is not
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, skip, self._one)
+        else: skip.logical_or_(~torch.stack([g.sum() for g in grads]).sum().isfinite())   # a torch without that op here
         if skips_on_device(self.opt) and self._zero_momentum_ok():
             self.opt.grad_scale,self.opt.found_inf = None,skip
             try: self.opt.step()
@@ -99,7 +99,6 @@ class Lockstep:
         elif not skip.item(): self.opt.step()   # one host synchronisation: this optimizer cannot skip on the device
         self._asked += 1
         self._skipped += skip
-        self._nonfinite += self._bad
         self._end_step()
 
     def cancel_step(self):
@@ -124,8 +123,8 @@ class Lockstep:
     def counts(self)->dict:
         "Steps taken, steps skipped for non-finite gradients, and cancelled steps that had gradients, since `to` (reads the device once)"
         if self._dev is None: return {'steps': 0, 'with non-finite head gradients': 0, 'whose step was cancelled': 0}
-        skipped,nonfinite,cancelled = torch.cat([self._skipped, self._nonfinite, self._cancelled]).tolist()
-        return {'steps': self._asked - round(skipped), 'with non-finite head gradients': round(nonfinite),
+        skipped,empty,cancelled = torch.cat([self._skipped, self._empty, self._cancelled]).tolist()
+        return {'steps': self._asked - round(skipped), 'with non-finite head gradients': round(skipped - empty),
                 'whose step was cancelled': round(cancelled)}
 
 # %% ../nbs/22_lockstep.ipynb #ls000021

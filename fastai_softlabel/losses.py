@@ -10,10 +10,10 @@ from fastai.losses import BaseLoss, LabelSmoothingCrossEntropy
 
 # %% auto #0
 __all__ = ['normalized_sq_distance', 'unit_rows', 'unit_sq_distance', 'class_orthogonality_loss', 'ccl_head_loss',
-           'ccl_loss_terms', 'soft_label_matrix', 'equidistant_smoothing_eps', 'smoothed_targets', 'soft_label_kl',
-           'multilabel_head_targets', 'multilabel_soft_targets', 'binary_soft_label_kl', 'LabelSmoothingCE',
-           'LabelSmoothingCEFlat', 'class_prior', 'soft_target_cross_entropy', 'soft_bce_with_logits',
-           'inverse_prevalence_weights']
+           'dictionary_terms', 'ccl_loss_terms', 'soft_label_matrix', 'equidistant_smoothing_eps', 'smoothed_targets',
+           'soft_label_kl', 'multilabel_head_targets', 'multilabel_soft_targets', 'binary_soft_label_kl',
+           'LabelSmoothingCE', 'LabelSmoothingCEFlat', 'class_prior', 'soft_target_cross_entropy',
+           'soft_bce_with_logits', 'inverse_prevalence_weights']
 
 # %% ../nbs/01_losses.ipynb #7c421b31
 def normalized_sq_distance(
@@ -24,18 +24,18 @@ def normalized_sq_distance(
     return unit_sq_distance(unit_rows(a.float()), unit_rows(b.float()))
 
 class _UnitRows(torch.autograd.Function):
-    "`F.normalize(x, dim=-1)` with a backward of six ops instead of fifteen (every op is a kernel launch on a GPU)"
+    "`F.normalize(x, dim=-1)` with a backward of five ops instead of fifteen (every op is a kernel launch on a GPU)"
     @staticmethod
     def forward(ctx, x, eps):
         n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-        r = n.clamp_min(eps).reciprocal()
-        y = x*r
-        ctx.save_for_backward(y, r, n > eps)
+        nc = n.clamp_min(eps)
+        y = x/nc
+        ctx.save_for_backward(y, nc, n > eps)
         return y
     @staticmethod
     def backward(ctx, g):
-        y,r,away = ctx.saved_tensors   # below eps, y = x/eps: the projection term vanishes
-        return (g - y*((g*y).sum(-1, keepdim=True)*away))*r, None
+        y,nc,away = ctx.saved_tensors   # (g - y (g·y))/|x|; below eps, y = x/eps: the projection term vanishes
+        return torch.addcmul(g, y, (g*y).sum(-1, keepdim=True)*away, value=-1)/nc, None
 
 def unit_rows(
     x:Tensor,          # (N, D)
@@ -69,22 +69,28 @@ def ccl_head_loss(
     weight:Tensor|None=None, # (B,) 0/1 row weights: CE is the mean over the rows of weight 1 (0 when none); None: every row
 )->tuple:              # `(L_CCL, CE, l_CC)`
     "The CCL head's loss `CE(softmax(-d), y) + alpha_cc*l_CC` and its two terms"
+    return ccl_loss_terms(unit_rows(embeddings.float()), *dictionary_terms(dictionary), target, alpha_cc, margin, weight)
+
+def dictionary_terms(
+    dictionary:Tensor, # (K, D) class embeddings
+)->tuple:              # `(c2, cos2)`: (K, D) `2c`, the normalised embeddings doubled; (K, K) `c2 @ c.T` = `2 - f_d(c, c)`
+    "What l_CC, the head's logits and the soft labels need of the dictionary, computed once per training step"
     c = unit_rows(dictionary.float())
-    return ccl_loss_terms(unit_rows(embeddings.float()), c, c@c.T, target, alpha_cc, margin, weight)
+    c2 = 2*c   # f_d = 2 - 2cos: the doubled cosines are the distances up to a constant, which a softmax ignores
+    return c2,c2@c.T
 
 def ccl_loss_terms(
     e:Tensor,    # (B, D) embeddings, normalised
-    c:Tensor,    # (K, D) class embeddings, normalised
-    gram:Tensor, # (K, K) `c @ c.T`, the cosines between classes: also gives the soft labels, so a training step computes it once
+    c2:Tensor,   # (K, D) class embeddings, normalised and doubled (`dictionary_terms`)
+    cos2:Tensor, # (K, K) twice the cosines between classes (`dictionary_terms`): they also give the soft labels
     target:Tensor, alpha_cc:float=10., margin:float=2., weight:Tensor|None=None, # as in `ccl_head_loss`
 )->tuple:        # `(L_CCL, CE, l_CC)`
-    "`ccl_head_loss` from the normalised embeddings and dictionary, and the dictionary's cosines"
-    # f_d = 2 - 2cos: softmax(-d) = softmax(2cos), one constant apart, and so is the cross entropy
-    logits = 2*e@c.T
+    "`ccl_head_loss` from the normalised embeddings and `dictionary_terms`"
+    logits = e@c2.T   # 2cos = 2 - f_d: softmax(-d) = softmax(2cos), and so is the cross entropy
     if weight is None: ce = F.cross_entropy(logits, target)
     else: ce = (F.cross_entropy(logits, target, reduction='none')*weight).sum()/weight.sum().clamp_min(1)
-    lcc = F.relu((2 - margin) - 2*gram).mean()   # `class_orthogonality_loss`: relu(f_d - b)
-    return ce + alpha_cc*lcc, ce, lcc
+    lcc = F.relu((2 - margin) - cos2).mean()   # `class_orthogonality_loss`: relu(f_d - b)
+    return torch.add(ce, lcc, alpha=alpha_cc),ce,lcc
 
 # %% ../nbs/01_losses.ipynb #dc35b7b1
 def soft_label_matrix(
@@ -119,7 +125,8 @@ def soft_label_kl(
     soft_targets:Tensor, # (B, K) target distributions p, e.g. `P[y]`
 )->Tensor:
     "Batch mean of `KL(p || softmax(logits))`, computed in float32"
-    return F.kl_div(F.log_softmax(logits.float(), dim=-1), soft_targets.float().detach(), reduction='batchmean')
+    p = soft_targets.float()
+    return F.kl_div(F.log_softmax(logits.float(), dim=-1), p.detach() if p.requires_grad else p, reduction='batchmean')
 
 # %% ../nbs/01_losses.ipynb #6e45492b
 def multilabel_head_targets(

@@ -446,3 +446,48 @@ def test_label_smoothing_baseline_trains_and_predicts(dls, tmp_path, prior):
     test_close(preds.sum(1), torch.ones(len(preds)))        # `activation` gives probabilities...
     assert torch.equal(decoded, preds.argmax(1))            # ...and `decodes` the class
     assert learn.predict(0)[0] in dls.vocab
+
+def test_a_state_saved_in_the_earlier_head_layout_loads_as_the_same_head(dls, tmp_path):
+    "Saved when f_2's Linear layers before BatchNorm had a bias and the dictionary had an optimizer group of its own: the same head and momentum"
+    learn = ccl_learner(dls, tmp_path, widths=(32, 24, 16))
+    learn.fit(1, 1e-2)
+    sd = learn.ccl.state_dict()
+    new_names = [n for n,_ in learn.ccl.ccl_head.embed.named_parameters()] + ['dictionary']
+    torch.manual_seed(1)
+    head,old_names = {},[]
+    for k,v in sd['head'].items():   # a bias after each Linear that BatchNorm follows...
+        head[k] = v.clone()
+        if k in ('embed.0.weight', 'embed.3.weight'): head[k.replace('weight', 'bias')] = torch.randn(v.shape[0])
+    for i in (0, 3): head[f'embed.{i + 1}.running_mean'] += head[f'embed.{i}.bias']   # ...and the running mean shifted by it
+    for n,_ in learn.ccl.ccl_head.embed.named_parameters():
+        old_names.append(n)
+        if n in ('0.weight', '3.weight'): old_names.append(n.replace('weight', 'bias'))
+    old_names.append('dictionary')
+    state = {i: (sd['opt']['state'][new_names.index(n)] if n in new_names else {'momentum_buffer': torch.randn(3)})
+             for i,n in enumerate(old_names)}
+    g = sd['opt']['param_groups'][0]
+    groups = [{**g, 'params': list(range(len(old_names) - 1))}, {**g, 'params': [len(old_names) - 1]}]
+    old = {**sd, 'head': head, 'opt': {'state': state, 'param_groups': groups}}
+    assert len(old_names) == len(new_names) + 2 and sd['opt']['state']
+    fresh = ccl_learner(dls, tmp_path, widths=(32, 24, 16), seed=5)
+    fresh.ccl.load_state_dict(old)
+    got = fresh.ccl.ccl_head.state_dict()
+    test_eq(set(got), set(sd['head']))
+    for k,v in sd['head'].items(): test_close(got[k].float(), v.float(), eps=1e-6)
+    assert_nested_equal(fresh.ccl.ccl_opt.state_dict(), sd['opt'])
+
+def test_a_head_pickled_with_biases_before_batchnorm_computes_the_same():
+    import pickle
+    head = CCLHead(8, 3, (6, 5, 4))
+    lins = [m for m in head.embed if isinstance(m, nn.Linear)]
+    test_eq([l.bias is None for l in lins], [True, True, False])   # BatchNorm follows the first two
+    torch.manual_seed(0)
+    for lin,bn in ((head.embed[0], head.embed[1]), (head.embed[3], head.embed[4])):   # the earlier layout
+        b = torch.randn(lin.out_features)
+        lin.bias = nn.Parameter(b)
+        with torch.no_grad(): bn.running_mean += b; bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(7, 8)
+    head.eval()
+    loaded = pickle.loads(pickle.dumps(head))
+    test_eq([l.bias is None for l in loaded.embed if isinstance(l, nn.Linear)], [True, True, False])
+    test_close(loaded.embed(x), head.embed(x), eps=1e-5)

@@ -55,9 +55,10 @@ def test_no_method_adds_a_host_synchronisation(name, plain):
           f"+{sum(added.values())} host syncs {dict(added)}")
     assert not added, f"{name} asks the host for a value inside the training step: {dict(added)}"
 
-# The paper's head alone (3 Linear, 2 BatchNorm, the normalised distances, CE + l_CC) costs about 120 aten ops
-# forward and backward; the soft-label KL of the backbone, the head's step and the epoch sums come on top.
-CCL_OP_BUDGET = 200
+# The paper's head alone (3 Linear, 2 BatchNorm, the normalised distances, CE + l_CC) costs about 100 aten ops
+# forward and backward; the soft-label KL of the backbone, the finiteness check, the head's step and the epoch sums
+# come on top. Issue 20's target: at most 150 (329 before it).
+CCL_OP_BUDGET = 150
 
 def test_ccl_step_stays_within_its_op_budget(plain):
     cost = step_cost([CCL()])
