@@ -10,16 +10,16 @@ from collections import Counter
 from fastai.basics import *
 from fastai.callback.schedule import ParamScheduler
 from fastai.layers import Flatten
-from .losses import (ccl_head_loss, ccl_loss_terms, dictionary_terms, unit_rows, unit_sq_distance, soft_label_matrix, soft_label_kl,
+from .losses import (ccl_head_loss, ccl_loss_from_terms, dictionary_terms, unit_rows, unit_sq_distance, soft_label_matrix, soft_label_kl,
                                      normalized_sq_distance, multilabel_head_targets, multilabel_soft_targets, binary_soft_label_kl)
 from .core import *
 from .lockstep import Lockstep, fused_supported, accumulation_scale
 from .flowmixup import FlowMixup, flow_components, mix_along_flow
 
 # %% auto #0
-__all__ = ['masked_batch_norm', 'RowMaskBatchNorm1d', 'move_running_stats_', 'CCLHead', 'last_linear', 'find_features',
-           'epochs_without_drop', 'scheduled_peak_lr', 'default_head_opt', 'check_ccl_arguments', 'CCL',
-           'soft_label_heatmap']
+__all__ = ['masked_batch_norm', 'RowMaskBatchNorm1d', 'zero_scratch_', 'move_running_stats_', 'CCLHead', 'last_linear',
+           'find_features', 'epochs_without_drop', 'scheduled_peak_lr', 'default_head_opt', 'check_ccl_arguments',
+           'CCL', 'soft_label_heatmap']
 
 # %% ../nbs/03_ccl.ipynb #mb000002
 def masked_batch_norm(
@@ -52,14 +52,24 @@ class RowMaskBatchNorm1d(nn.BatchNorm1d):
         keep = self.keep
         if keep is None or not self.training or not self.track_running_stats or self.momentum is None: return super().forward(x)
         if keep.ndim: return masked_batch_norm(self, x, keep)
-        if 'batch_mean' not in self._buffers:   # scratch buffers for the batch statistics (not saved)
-            for n,t in (('batch_mean', self.running_mean), ('batch_var', self.running_var)):
-                self.register_buffer(n, torch.zeros_like(t), persistent=False)
+        if len(x) < 2: raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+        if self.collect is None: zero_scratch_([self])
         # momentum 1: the op writes the batch statistics (the variance unbiased, as BatchNorm's) to the scratch buffers
-        y = torch.native_batch_norm(x, self.weight, self.bias, self.batch_mean, self.batch_var, True, 1., self.eps)[0]
+        y = torch.native_batch_norm(x, self.weight, self.bias, *self.scratch(), True, 1., self.eps)[0]
         if self.collect is not None: self.collect.append(self)
         else: move_running_stats_([self], keep)
         return y
+
+    def scratch(self)->list:
+        "`[batch_mean, batch_var]`: the buffers a forward pass with a 0-d `keep` writes the batch statistics to (made on first use, not saved)"
+        if 'batch_mean' not in self._buffers:
+            for n,t in (('batch_mean', self.running_mean), ('batch_var', self.running_var)):
+                self.register_buffer(n, torch.zeros_like(t), persistent=False)
+        return [self.batch_mean, self.batch_var]
+
+def zero_scratch_(bns:list):
+    "Zero the scratch buffers of `RowMaskBatchNorm1d` layers before their forward pass, which writes `1*batch + 0*scratch` there: a NaN left from an earlier batch would stay"
+    torch._foreach_zero_([t for b in bns for t in b.scratch()])
 
 def move_running_stats_(
     bns:list,     # `RowMaskBatchNorm1d` layers whose last forward pass had a 0-d `keep`
@@ -70,7 +80,7 @@ def move_running_stats_(
         for m in {b.momentum for b in bns}:
             group = [b for b in bns if b.momentum == m]
             running = [t for b in group for t in (b.running_mean, b.running_var)]
-            step = torch._foreach_sub([t for b in group for t in (b.batch_mean, b.batch_var)], running)
+            step = torch._foreach_sub([t for b in group for t in b.scratch()], running)   # not in place: the backward reads them
             torch._foreach_mul_(step, keep*m)   # running + w*(batch - running): `lerp_` with a weight on the device
             torch._foreach_add_(running, step)
         torch._foreach_add_([b.num_batches_tracked for b in bns], [keep]*len(bns))   # a 0-d `other` of the `Tensor` overload is read on the host
@@ -118,12 +128,13 @@ class CCLHead(Module):
     )->tuple:
         "`(L_CCL, CE, l_CC)` of `ccl_head_loss` for a batch of features"
         bns,moved = [m for m in self.embed if isinstance(m, RowMaskBatchNorm1d)],[]
+        if bns and keep is not None and keep.ndim == 0 and self.training: zero_scratch_(bns)
         for m in bns: m.keep,m.collect = keep,moved
         try: e = unit_rows(self.embed(features).float())
         finally:
             for m in bns: m.keep,m.collect = None,None
         if moved: move_running_stats_(moved, keep)   # every layer's running statistics at once
-        return ccl_loss_terms(e, *(terms or self.dictionary_terms()), target, alpha_cc, margin,
+        return ccl_loss_from_terms(e, *(terms or self.dictionary_terms()), target, alpha_cc, margin,
                               None if keep is None or keep.ndim == 0 else keep.float())
 
     def soft_labels(self)->Tensor:
@@ -204,6 +215,8 @@ def default_head_opt(
 )->torch.optim.Optimizer:
     "CCL-Net's head optimizer: SGD with momentum 0.9 and weight decay 1e-4, fused where the parameters' device has fused kernels"
     params = list(params)
+    if params and all(isinstance(g, dict) and set(g) == {'params'} for g in params):   # groups without settings of their own
+        params = [{'params': [p for g in params for p in g['params']]}]                # as one: one fused step
     p = first(params)
     device = (p['params'][0] if isinstance(p, dict) else p).device
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4, fused=fused_supported(device))
@@ -496,8 +509,9 @@ def _locate_features(self:CCL)->tuple:
 
 @patch
 def _make_lockstep(self:CCL)->Lockstep:
-    "The head's optimizer (one group: f_2 and, unless frozen, the dictionary; one fused step), stepped in lockstep with `learn.opt`"
-    groups = [{'params': list(self.ccl_head.embed.parameters()) + ([] if self.frozen else [self.ccl_head.dictionary])}]
+    "The head's optimizer (one group for f_2 and, unless frozen, one for the dictionary), stepped in lockstep with `learn.opt`"
+    groups = [{'params': list(self.ccl_head.embed.parameters())}]
+    if not self.frozen: groups.append({'params': [self.ccl_head.dictionary]})
     return Lockstep(self.ccl_head, self.head_opt_func(groups, lr=self.lr_ccl), prefer_fused=self.head_opt_func is default_head_opt)
 
 # %% ../nbs/03_ccl.ipynb #cq000001
@@ -664,10 +678,17 @@ def load_state_dict(self:CCL, sd:dict):
     self.frozen_at,self.history = sd['frozen_at'],[dict(h) for h in sd['history']]
     self.ccl_head.dictionary.requires_grad_(not self.frozen)
     self._lockstep = self._make_lockstep()
-    if opt is not None: self.ccl_opt.load_state_dict(opt)
+    if opt is None: return
+    groups = opt['param_groups']
+    if len(groups) == 2 and len(self.ccl_opt.param_groups) == 1:   # f_2 and the dictionary, saved before `default_head_opt` made them one group
+        opt = {**opt, 'param_groups': [{**groups[0], 'params': [j for g in groups for j in g['params']]}]}
+    self.ccl_opt.load_state_dict(opt)
 
-def _current_layout(head:dict, opt:dict|None)->tuple:
-    "A head and optimizer state saved by an earlier version in today's layout: no bias before BatchNorm, one parameter group"
+def _current_layout(
+    head:dict,       # the head's saved `state_dict`
+    opt:dict|None,   # its optimizer's saved `state_dict`
+)->tuple:
+    "A head and optimizer state saved by an earlier version in today's layout: no bias before BatchNorm (folded into the running mean)"
     names = [k for k in head if k.startswith('embed.') and k.rsplit('.', 1)[1] in ('weight', 'bias')]   # f_2's, in the optimizer's order
     head,dropped = dict(head),set()
     for k in names:   # a bias before BatchNorm: folded into its running mean, which gives the same outputs
@@ -676,9 +697,16 @@ def _current_layout(head:dict, opt:dict|None)->tuple:
             head[f'embed.{int(i) + 1}.running_mean'] = head[f'embed.{int(i) + 1}.running_mean'] - head.pop(k)
             dropped.add(names.index(k))
     if opt is None: return head,None
-    new = {old: i for i,old in enumerate(j for g in opt['param_groups'] for j in g['params'] if j not in dropped)}
-    group = {**opt['param_groups'][0], 'params': list(new.values())}   # f_2 and the dictionary: once two groups
-    return head,{**opt, 'state': {new[i]: s for i,s in opt['state'].items() if i in new}, 'param_groups': [group]}
+    groups = opt['param_groups']
+    if dropped:   # the optimizer's indices without the biases: known where it kept CCL's groups (f_2's parameters in order, the dictionary)
+        if len(groups) > 2 or len(groups[0]['params']) != len(names) or any(len(g['params']) != 1 for g in groups[1:]):
+            warn("CCL: the saved head optimizer state is from an earlier version of the head and groups its parameters in its "
+                 "own way; the head's optimizer starts afresh (no momentum yet).")
+            return head,None
+        new = {old: i for i,old in enumerate(j for g in groups for j in g['params'] if j not in dropped)}
+        groups = [{**g, 'params': [new[j] for j in g['params'] if j in new]} for g in groups]
+        opt = {**opt, 'state': {new[i]: s for i,s in opt['state'].items() if i in new}, 'param_groups': groups}
+    return head,opt
 
 # %% ../nbs/03_ccl.ipynb #cq000009
 def soft_label_heatmap(

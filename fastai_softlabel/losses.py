@@ -10,10 +10,10 @@ from fastai.losses import BaseLoss, LabelSmoothingCrossEntropy
 
 # %% auto #0
 __all__ = ['normalized_sq_distance', 'unit_rows', 'unit_sq_distance', 'class_orthogonality_loss', 'ccl_head_loss',
-           'dictionary_terms', 'ccl_loss_terms', 'soft_label_matrix', 'equidistant_smoothing_eps', 'smoothed_targets',
-           'soft_label_kl', 'multilabel_head_targets', 'multilabel_soft_targets', 'binary_soft_label_kl',
-           'LabelSmoothingCE', 'LabelSmoothingCEFlat', 'class_prior', 'soft_target_cross_entropy',
-           'soft_bce_with_logits', 'inverse_prevalence_weights']
+           'dictionary_terms', 'ccl_loss_from_terms', 'soft_label_matrix', 'equidistant_smoothing_eps',
+           'smoothed_targets', 'soft_label_kl', 'multilabel_head_targets', 'multilabel_soft_targets',
+           'binary_soft_label_kl', 'LabelSmoothingCE', 'LabelSmoothingCEFlat', 'class_prior',
+           'soft_target_cross_entropy', 'soft_bce_with_logits', 'inverse_prevalence_weights']
 
 # %% ../nbs/01_losses.ipynb #7c421b31
 def normalized_sq_distance(
@@ -69,7 +69,7 @@ def ccl_head_loss(
     weight:Tensor|None=None, # (B,) 0/1 row weights: CE is the mean over the rows of weight 1 (0 when none); None: every row
 )->tuple:              # `(L_CCL, CE, l_CC)`
     "The CCL head's loss `CE(softmax(-d), y) + alpha_cc*l_CC` and its two terms"
-    return ccl_loss_terms(unit_rows(embeddings.float()), *dictionary_terms(dictionary), target, alpha_cc, margin, weight)
+    return ccl_loss_from_terms(unit_rows(embeddings.float()), *dictionary_terms(dictionary), target, alpha_cc, margin, weight)
 
 def dictionary_terms(
     dictionary:Tensor, # (K, D) class embeddings
@@ -79,7 +79,7 @@ def dictionary_terms(
     c2 = 2*c   # f_d = 2 - 2cos: the doubled cosines are the distances up to a constant, which a softmax ignores
     return c2,c2@c.T
 
-def ccl_loss_terms(
+def ccl_loss_from_terms(
     e:Tensor,    # (B, D) embeddings, normalised
     c2:Tensor,   # (K, D) class embeddings, normalised and doubled (`dictionary_terms`)
     cos2:Tensor, # (K, K) twice the cosines between classes (`dictionary_terms`): they also give the soft labels

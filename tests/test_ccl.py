@@ -491,3 +491,36 @@ def test_a_head_pickled_with_biases_before_batchnorm_computes_the_same():
     loaded = pickle.loads(pickle.dumps(head))
     test_eq([l.bias is None for l in loaded.embed if isinstance(l, nn.Linear)], [True, True, False])
     test_close(loaded.embed(x), head.embed(x), eps=1e-5)
+
+def _no_decay_on_vectors(groups, lr):
+    "A user's head optimizer that regroups CCL's two groups (f_2, dictionary): no weight decay on 1-d parameters"
+    groups = list(groups)
+    test_eq(len(groups), 2)   # CCL passes f_2's parameters and the dictionary as two groups
+    ps = [p for g in groups for p in g['params']]
+    return torch.optim.SGD([{'params': [p for p in ps if p.ndim > 1]}, {'params': [p for p in ps if p.ndim == 1], 'weight_decay': 0.}],
+                           lr=lr, momentum=0.9, weight_decay=1e-4)
+
+def test_a_head_optimizer_with_its_own_groups_survives_lr_find_and_save_load(dls, tmp_path):
+    learn = ccl_learner(dls, tmp_path, head_opt_func=_no_decay_on_vectors)
+    learn.fit(1, 1e-2)
+    test_eq(len(learn.ccl.ccl_opt.param_groups), 2)
+    before = full_state(learn)
+    with learn.no_bar(), learn.no_logging(): learn.lr_find(show_plot=False)
+    assert_nested_equal(full_state(learn), before)
+    learn.save('own_groups')
+    other = ccl_learner(dls, tmp_path, seed=3, head_opt_func=_no_decay_on_vectors)
+    other.load('own_groups')
+    assert_nested_equal(other.ccl.ccl_opt.state_dict(), learn.ccl.ccl_opt.state_dict())
+    default = ccl_learner(dls, tmp_path)
+    default.fit(1, 1e-2)
+    test_eq(len(default.ccl.ccl_opt.param_groups), 1)   # the default SGD takes CCL's two groups as one: one fused step
+
+def test_an_earlier_state_of_an_optimizer_with_its_own_groups_warns_and_starts_afresh(dls, tmp_path):
+    learn = ccl_learner(dls, tmp_path, widths=(32, 16), head_opt_func=_no_decay_on_vectors)
+    learn.fit(1, 1e-2)
+    sd = learn.ccl.state_dict()
+    head = dict(sd['head'], **{'embed.0.bias': torch.zeros(32)})   # the earlier head: a bias before BatchNorm
+    fresh = ccl_learner(dls, tmp_path, widths=(32, 16), seed=5, head_opt_func=_no_decay_on_vectors)
+    with pytest.warns(UserWarning, match="the head's optimizer starts afresh"): fresh.ccl.load_state_dict({**sd, 'head': head})
+    assert fresh.ccl.ccl_opt.state_dict()['state'] == {}
+    for k,v in sd['head'].items(): test_close(fresh.ccl.ccl_head.state_dict()[k].float(), v.float(), eps=1e-6)
