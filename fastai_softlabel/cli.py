@@ -72,6 +72,7 @@ def _parser():
     p.add_argument('--images', help="image folder of a CSV table given as --data")
     p.add_argument('--task', choices=['single', 'multi'], default=None, help="synthetic data only: single-label or multi-label (default single)")
     p.add_argument('--valid', default=None, help="split value evaluated on (default valid; MedMNIST's val is read as valid), e.g. 'test' for ISIC 2018's official test set; for data with a split of its own (a .npz with a split array, a WFDB folder with --splits)")
+    p.add_argument('--select', default=None, help="where each run's epoch is chosen (the best epoch, --save-model best, the plateau of --schedule plateau), apart from the evaluated split: a split value of the data (e.g. valid, MedMNIST's val, with --valid test), or a share of the training split held out, e.g. 0.1 (by lesion_id/patient_id where the data has them, else stratified; seed 0, the same items for every run). Its labels are not corrupted. The tables then give the evaluated split's metrics at that epoch and at the last. Without it, runs are scored at their last epoch, and the best epoch on the evaluated split is shown as what it is: optimistic")
     p.add_argument('--train', default=None, help="comma-separated split value(s) trained on (default train), e.g. 1,2,3,4,5,6,7,8 for PTB-XL's strat_fold; other values are left out")
     p.add_argument('--methods', help=f"comma-separated; single-label: {','.join(SINGLE_METHODS)}; multi-label: {','.join(MULTI_METHODS)} (default: all of the task's, but multi-label {' and '.join(BEYOND_THE_PAPERS)}, which go beyond the papers, only when named); the first is the reference of the paired differences")
     p.add_argument('--corruption', default='0', help="comma-separated label-corruption rates in [0, 1) applied to the training labels (default 0)")
@@ -107,7 +108,7 @@ def _parser():
     p.add_argument('--split-column', default=None, help="the split column of --splits (default split), e.g. strat_fold for PTB-XL's table")
     p.add_argument('--out', default='softlabel_results', help="results folder (default ./softlabel_results); must not exist yet, unless --resume")
     p.add_argument('--resume', action='store_true', help="go on with the unfinished runs of --out (made by the same command)")
-    p.add_argument('--save-model', choices=['none', 'last', 'best'], default=None, help="export each run's trained Learner to runs/<run>/export.pkl (fastai's load_learner reads it without this library's command; it predicts on new images, signals or records): the model of the last epoch, or of the epoch with the best main metric (accuracy; multi-label mean_auroc) on the evaluated split (default none)")
+    p.add_argument('--save-model', choices=['none', 'last', 'best'], default=None, help="export each run's trained Learner to runs/<run>/export.pkl (fastai's load_learner reads it without this library's command; it predicts on new images, signals or records): the model of the last epoch, or with --select of the epoch with the best main metric (accuracy; multi-label mean_auroc) on the selection split (default none)")
     p.add_argument('--export', action='store_true', help="the same as --save-model last")
     p.add_argument('--device', default=None, help="where to train: cpu, cuda, cuda:1, ... (default: fastai's choice, the first GPU when there is one)")
     p.add_argument('--precision', choices=['fp32', 'fp16', 'bf16'], default=None, help="fp16 or bf16: fastai's mixed precision, on CUDA (default there: bf16 where the GPU supports it, else fp16); fp32 elsewhere")
@@ -184,6 +185,14 @@ def _check_arguments(args)->tuple:
         v = getattr(args, name)
         if v is not None and not [x for x in v.split(',') if x.strip()]: raise ValueError(f"{_flag(name)} names nothing, got {v!r}")
     if args.valid is not None and ',' in args.valid: raise ValueError(f"--valid names one split value, got {args.valid!r}")
+    if args.select is not None:
+        args.select = args.select.strip()
+        if not args.select or ',' in args.select: raise ValueError(f"--select names one split value or a share of the training split such as 0.1, got {args.select!r}")
+        try: share = float(args.select)
+        except ValueError: share = None
+        if share is not None and 0 < share < 1: args.select = f'{share:g}'   # '0.10' and '0.1' are the same settings for --resume
+        elif share is not None and not (math.isfinite(share) and share == int(share) and share >= 1): raise ValueError(
+            f"--select {args.select}: a share of the training split is a number between 0 and 1 (e.g. 0.1); a split value is a name such as valid")
     if args.shard is not None:
         try: i,n = (int(x) for x in args.shard.split('/'))
         except ValueError: raise ValueError(f"--shard must be I/N with whole numbers, e.g. 2/4, got {args.shard!r}") from None
@@ -191,6 +200,9 @@ def _check_arguments(args)->tuple:
         args.shard = f'{i}/{n}'
     if args.export and args.save_model not in (None, 'last'): raise ValueError(f"--export is --save-model last; it cannot go with --save-model {args.save_model}")
     args.save_model = 'last' if args.export else args.save_model or 'none'
+    if args.save_model == 'best' and args.select is None: raise ValueError(
+        "--save-model best chooses the epoch on a selection split: add --select (a split value such as valid, or a share of the training "
+        "split such as 0.1); chosen on the evaluated split, the model's score there would be optimistic")
     if args.valid is not None: args.valid = args.valid.strip()
     if args.train is not None: args.train = ','.join(sorted({t.strip() for t in args.train.split(',') if t.strip()}))   # a set of values
     _check_out(args)
@@ -246,6 +258,8 @@ def _writable(folder:Path)->bool:
 def _check_out(args):
     "`--out`: a new folder that can be made, or under `--resume` a results folder of softlabel that no command is using"
     out,shard = Path(args.out),args.shard is not None
+    if out.is_symlink() and not out.exists(): raise ValueError(
+        f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist: remove the link, or choose another --out")
     if args.resume:
         if out.is_dir() and _in_use(out, shard): raise ValueError(_in_use_message(out, True))   # also while its config.json is being written
         if not (out/'config.json').is_file(): raise ValueError(f"--resume: {out} is not a results folder of softlabel (no config.json)")
@@ -362,12 +376,50 @@ def _check_training_fits(args, d:dict, kind:str, bs_given:bool):
     n_train,n_valid = int((d['split'] == 'train').sum()),int((d['split'] == 'valid').sum())
     if not n_valid: raise ValueError(f"{_describe_data(args, kind)} has no item to evaluate on: its {d['split_used']['valid']!r} split is empty")
     if n_train < 2: raise ValueError(f"{_describe_data(args, kind)} has {n_train} training item(s): at least 2 are needed")
-    if n_train < args.bs:
-        given = '--bs' if bs_given else f"--recipe {args.recipe}'s batch size"
-        raise ValueError(f"the training split has {n_train} items, fewer than the batch size {args.bs} ({given}): fastai drops the last "
-                         f"incomplete batch, so not one step would train. Use --bs {n_train} or less"
-                         + (", or a larger --n-per-class" if kind == 'synthetic' else ", or more training data"))
+    given,world = ('--bs' if bs_given else f"--recipe {args.recipe}'s batch size"),_world()[1]
+    more = ", or a larger --n-per-class" if kind == 'synthetic' else ", or more training data"
+    if n_train < args.bs: raise ValueError(
+        f"the training split has {n_train} items, fewer than the batch size {args.bs} ({given}): fastai drops the last "
+        f"incomplete batch, so not one step would train. Use --bs {n_train} or less" + more)
+    share = -(-n_train//world)   # fastai's DistributedDL pads the training items to a multiple of the processes and deals them out
+    if share < args.bs: raise ValueError(
+        f"under torchrun each of the {world} processes trains on {share} of the {n_train} training items (fastai's DistributedDL deals "
+        f"them out), fewer than the batch size {args.bs} per process ({given}): not one step would train. Use --bs {share} or less, "
+        f"or fewer processes" + more)
     if not d['multi_label'] and len(d['names']) < 2: raise ValueError(f"{_describe_data(args, kind)} has one class: there is nothing to classify")
+
+def _select(args, d:dict, kind:str):
+    "The selection split of `--select`: a split value of the data, or a share of the training split held out; multi-label items that can score a mean AUROC"
+    from fastai_softlabel.selection import with_selection
+    try: share = float(args.select)
+    except ValueError: share = None
+    with_selection(d, share if share is not None and share < 1 else args.select, seed=0, name=_describe_data(args, kind))
+    sel = d['split'] == 'select'
+    if not sel.any(): raise ValueError(f"--select {args.select}: the selection split of {_describe_data(args, kind)} is empty")
+    if d['multi_label'] and not ((d['labels'][sel].sum(0) > 0) & (d['labels'][sel].sum(0) < sel.sum())).any(): raise ValueError(
+        f"--select {args.select}: no label has both positive and negative items among the {int(sel.sum())} selection items, so their mean "
+        "AUROC, which chooses the epoch, is undefined; select on more items")
+
+def _check_label_coverage(args, d:dict, kind:str)->dict:
+    "Every class (label) with a training item, unnamed class indices without gaps (`datachecks.check_label_coverage`): what the evaluated split lacks, for the summary"
+    from fastai_softlabel.datachecks import check_label_coverage
+    names = [str(n) for n in d['names']]
+    named = kind in ('synthetic', 'table', 'wfdb') or args.class_names is not None or names != [str(i) for i in range(len(names))]
+    hint = ("raise --min-count, or give --splits that put its records in training" if kind == 'wfdb' else
+            "leave it out of the data, or train on a split that has it (--train)" if d['own_split'] else '')
+    return check_label_coverage(d['labels'], d['split'], names, named, hint)
+
+def _check_leakage(args, d:dict, kind:str)->dict:
+    "No item identical to one on the other side of a split (`datachecks.check_no_leakage`), with the way out for this kind of data; the copies within the training split, for the summary"
+    from fastai_softlabel.datachecks import check_no_leakage
+    name = _describe_data(args, kind)
+    way_out = dict(
+        table=f"give the table a lesion_id (HAM10000) or Patient ID (NIH) column with one value for copies, so that they stay in one split, or remove the copies from {name}",
+        wfdb="remove the copied records, or give --splits that keeps them in one split",
+        synthetic="the synthetic data should have no copies: report it as a bug",
+    ).get(kind, f"remove the copies from one of the splits of {name}" if d['own_split'] else
+          f"remove the copies from {name}, or give it a lesion_id or patient_id array with one value for copies (the random split keeps each value in one split)")
+    return check_no_leakage(d, way_out)
 
 def _check_backbone(args, d:dict, kind:str):
     "The backbone, after one forward pass of two items as the runs will feed them (their size, channels or leads): it must give one score per class"
@@ -464,6 +516,8 @@ def _prepare(args)->tuple:
     _check_weights(args, kind)
     d = _load_data(args, kind)
     if args.class_names is not None: _apply_class_names(args, d, kind)
+    if args.select is not None: _select(args, d, kind)
+    checks = _check_label_coverage(args, d, kind)
     ctx.split,ctx.multi = kind in ('images', 'signals', 'wfdb') and d['own_split'],bool(d['multi_label'])
     if 'images' in d:   # the image channels fit --in-chans (RGBA, RGB, grayscale), checked before any work
         from fastai_softlabel.data import to_channels
@@ -494,6 +548,7 @@ def _prepare(args)->tuple:
             try: flowmixup_points(model)
             except ValueError as e: raise ValueError(str(e).replace('yourself.', 'with --points (module names of the model)')) from None
     _check_training_fits(args, d, kind, bs_given)
+    d['data_checks'] = checks | _check_leakage(args, d, kind)
     # the options that apply, at their defaults; what was asked, as parsed ("0, 1" and "0,1" are the same settings for --resume)
     defaults = dict(task='single', n_per_class=100, in_chans=3, fs=500., seconds=10., min_count=1, split_column='split', valid='valid', train='train')
     for k,v in defaults.items():
@@ -610,43 +665,50 @@ def _write_atomic(path:Path, write):
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     write(tmp); os.replace(tmp, path)
 
+_NOT_METRICS = ('method', 'seed', 'corruption', 'seconds', 'diverged_epoch', 'described_epoch')   # numeric run columns that are no result
+
 def build_tables(
     out,              # a results folder of `softlabel`
     write:bool=True,  # write the tables into `out` (False: only return them)
+    dirs=None,        # the complete run folders, as the caller read them (default: `run_status(out)`)
 )->tuple:             # `(runs, summary)` DataFrames
-    "Rebuild runs.csv, runs.json, curves.csv, per_class.csv, confusion.csv (single-label) and summary.csv from the complete runs under `out/runs` (`run_status`)"
+    "Rebuild runs.csv, runs.json, curves.csv, per_class.csv, confusion.csv (single-label) and summary.csv from the complete runs under `out/runs`; a diverged run is counted, its numbers left out"
     import pandas as pd
     from fastai_softlabel.stats import summarize_runs
-    from fastai_softlabel.metrics import curve_summaries
+    from fastai_softlabel.metrics import run_summaries
     out = Path(out)
     cfg = _read_config(out)
-    dirs,_ = run_status(out)
+    dirs = run_status(out)[0] if dirs is None else list(dirs)
     if not dirs: raise ValueError(f"{out} holds no finished run yet")
     def row(d):   # the run's row, its curve summaries recomputed from its curves (one definition for every folder)
         c = pd.read_csv(d/'curves.csv')
-        return json.loads((d/'row.json').read_text()) | curve_summaries(c, n_first=min(5, len(c)))
+        return json.loads((d/'row.json').read_text()) | run_summaries(c.drop(columns=['epoch', 'method', 'seed', 'corruption'], errors='ignore'), n_first=min(5, len(c)))
     runs = pd.DataFrame([row(d) for d in dirs])
+    if 'diverged_epoch' not in runs: runs['diverged_epoch'] = float('nan')   # runs of an older version: checked as they are read
     order = {m:i for i,m in enumerate(cfg['methods'])}
-    runs = runs.sort_values(['corruption', 'method', 'seed'], key=lambda c: c.map(order) if c.name == 'method' else c, kind='stable').reset_index(drop=True)
-    curves = pd.concat([pd.read_csv(d/'curves.csv') for d in dirs], ignore_index=True)
-    metrics = [c for c in runs.columns if c not in ('method', 'seed', 'corruption', 'seconds') and pd.api.types.is_numeric_dtype(runs[c])]
+    keys = runs.sort_values(['corruption', 'method', 'seed'], key=lambda c: c.map(order) if c.name == 'method' else c, kind='stable').index
+    runs,dirs = runs.loc[keys].reset_index(drop=True),[dirs[i] for i in keys]
+    metrics = [c for c in runs.columns if c not in _NOT_METRICS and pd.api.types.is_numeric_dtype(runs[c])]
+    diverged = runs.diverged_epoch.notna()
+    runs.loc[diverged, [m for m in metrics if m not in ('corrupted_fraction', 'selected_epoch')]] = float('nan')   # never a number of a diverged run
+    ok = [d for d,bad in zip(dirs, diverged) if not bad]   # the per-epoch and per-class tables: runs that did not diverge
     summary = summarize_runs(runs, metrics, reference=cfg['methods'][0])
     if write:
         _write_atomic(out/'runs.csv', lambda f: runs.to_csv(f, index=False))
-        _write_atomic(out/'runs.json', lambda f: f.write_text(json.dumps(runs.to_dict('records'), indent=2)))
-        _write_atomic(out/'curves.csv', lambda f: curves.to_csv(f, index=False))
+        _write_atomic(out/'runs.json', lambda f: f.write_text(json.dumps(runs.astype(object).where(runs.notna(), None).to_dict('records'), indent=2)))
         from fastai_softlabel.report import read_class_table   # class names as text: 'NA' or '01' stay names
-        per_class = pd.concat([read_class_table(d/'per_class.csv') for d in dirs], ignore_index=True)
-        _write_atomic(out/'per_class.csv', lambda f: per_class.to_csv(f, index=False))
-        conf = [d/'confusion.csv' for d in dirs if (d/'confusion.csv').is_file()]   # single-label runs
-        if conf: _write_atomic(out/'confusion.csv', lambda f: pd.concat([read_class_table(c) for c in conf], ignore_index=True).to_csv(f, index=False))
+        for name,read in (('curves.csv', pd.read_csv), ('per_class.csv', read_class_table), ('confusion.csv', read_class_table)):
+            parts = [read(d/name) for d in ok if (d/name).is_file()]   # confusion.csv: single-label runs
+            if parts: _write_atomic(out/name, lambda f: pd.concat(parts, ignore_index=True).to_csv(f, index=False))
+            else: (out/name).unlink(missing_ok=True)   # every run diverged: no such table
         _write_atomic(out/'summary.csv', lambda f: summary.to_csv(f, index=False))
     return runs,summary
 
 # %% ../nbs/13_cli.ipynb #ffbd600c
 def _fail(msg, status=2):
-    "Print `softlabel: <msg>` as one line on stderr (a message from a library may span lines) and exit"
-    print('softlabel: ' + ' '.join(l.strip() for l in str(msg).splitlines() if l.strip()), file=sys.stderr); sys.exit(status)
+    "Print `softlabel: <msg>` as one line on stderr (a message from a library may span lines) and exit; under torchrun rank 0 alone prints (every rank ran the same checks)"
+    if _world()[0] == 0: print('softlabel: ' + ' '.join(l.strip() for l in str(msg).splitlines() if l.strip()), file=sys.stderr)
+    sys.exit(status)
 
 def _versions()->dict:
     from importlib.metadata import version, PackageNotFoundError
@@ -655,20 +717,27 @@ def _versions()->dict:
         except PackageNotFoundError: return None
     return {p: v(p) for p in ('torch', 'fastai', 'timm', 'fastai_softlabel')} | dict(python=platform.python_version())
 
-def _print_table(out, runs, summary, multi:bool, reference:str):
-    from fastai_softlabel.stats import format_summary
-    from fastai_softlabel.report import table_metrics
+def _print_table(out, runs, summary, cfg:dict, written:bool=True):
+    "The comparison as the command prints it: at the epoch chosen on the selection split (with `--select`) and at the last epoch; diverged runs named"
+    from fastai_softlabel.stats import format_summary, few_seeds_note, diverged_lines
+    from fastai_softlabel.report import table_metrics, fewest_seeds, selected_metrics, selection_sentence
     import pandas as pd
-    shown = [m for m in table_metrics(multi) if m in set(summary.metric)]
-    n = summary.groupby('method', sort=False)['n'].max()
+    multi,reference = cfg['multi_label'],cfg['methods'][0]
+    n = summary.groupby('method', sort=False)['n'].max() if len(summary) else pd.Series(dtype=int)
     print(f"\n{len(runs)} runs; mean ± half-width of the 95% CI over seeds (n = {', '.join(f'{m} {k}' for m,k in n.items())}); "
           f"Δ: paired difference to {reference} [95% CI]")
-    with pd.option_context('display.width', 250, 'display.max_columns', 30): print(format_summary(summary, shown).to_string())
-    from fastai_softlabel.stats import few_seeds_note
-    from fastai_softlabel.report import fewest_seeds
-    note = few_seeds_note(fewest_seeds(summary, shown))
+    tables = ([(selection_sentence(cfg), selected_metrics(multi))] if 'selected_epoch' in runs else []) + [("at the last epoch", table_metrics(multi))]
+    for title,metrics in tables:
+        shown = [m for m in metrics if m in set(summary.get('metric', ()))]
+        if not shown: continue
+        print(f"\n{title}:")
+        with pd.option_context('display.width', 250, 'display.max_columns', 30):
+            print(format_summary(summary, shown).rename(columns=lambda c: c.replace('_selected', '')).to_string())
+    lines = diverged_lines(runs)
+    if lines: print("\ndiverged runs (a non-finite training loss, evaluated loss or main metric), counted and never averaged:\n  " + '\n  '.join(lines))
+    note = few_seeds_note(fewest_seeds(summary, table_metrics(multi)))
     if note: print(f"\n{note}")
-    print(f"\nresults in {out}/ (report.html, config.json, runs/, runs.csv, runs.json, curves.csv, per_class.csv, summary.csv)")
+    if written: print(f"\nresults in {out}/ (report.html, config.json, runs/, runs.csv, runs.json, curves.csv, per_class.csv, summary.csv)")
 
 def _unfinished(cfg:dict, complete:list, incomplete:dict)->dict:
     "`{run id: why}` of the comparison's runs that are not complete: incomplete folders, and planned runs not started"
@@ -688,24 +757,23 @@ def _report(argv):
     if not (out/'config.json').is_file(): _fail(f"error: {a.out} is not a results folder of softlabel (no config.json)")
     try: cfg = _read_config(out)
     except ValueError as e: _fail(f"error: {e}")
-    complete,incomplete = run_status(out)
-    if not complete: _fail(f"error: {out} holds no finished run yet")
     try: lock = _claim(out)   # None: a command is writing into the folder; its tables are shown, nothing is written
     except OSError as e: _fail(f"error: {out} cannot be written to ({e})")
     try:
-        complete,incomplete = run_status(out)   # as the folder is now, held
+        complete,incomplete = run_status(out)   # read once: the tables, the runs they leave out and what is printed agree
+        if not complete: _fail(f"error: {out} holds no finished run yet")
         unfinished = _unfinished(cfg, complete, incomplete)
-        try: runs,summary = build_tables(out, write=lock is not None)
+        try: runs,summary = build_tables(out, write=lock is not None, dirs=complete)
         except ValueError as e: _fail(f"error: {e}")
         if lock is not None:
             from fastai_softlabel.report import write_report
             write_report(out, unfinished)
     finally:
         if lock is not None: lock.close()
-    _print_table(out, runs, summary, cfg['multi_label'], cfg['methods'][0])
+    _print_table(out, runs, summary, cfg, written=lock is not None)
     _print_unfinished(unfinished)
-    if lock is None: print(f"\n{out} is in use by a running softlabel command: these are the tables of its finished runs; nothing was "
-                           "written (the command writes the tables and report.html when it finishes)")
+    if lock is None: print(f"\n{out} is in use by a running softlabel command: these are the tables of its {len(runs)} finished runs, read once; "
+                           "nothing was written (the command writes the tables and report.html when it finishes)")
 
 def shard_runs(plan:list, shard:str|None)->list:
     "The runs of `plan` that `--shard I/N` runs: every N-th, from the I-th on (all of them without a shard)"
@@ -904,8 +972,8 @@ def main(argv=None):
             import torch
             lock = (_new_results_folder if args.shard is None else lambda o, c: _shared_results_folder(o, c, settings))(out, dict(
                 settings=settings, methods=methods, corruption=rates, seeds=seeds, multi_label=bool(d['multi_label']),
-                classes=[str(n) for n in d['names']], items={s: int((d['split'] == s).sum()) for s in ('train', 'valid')},
-                split=dict(source=d['split_source'], counts=d['split_counts'], **d['split_used']),
+                classes=[str(n) for n in d['names']], items={s: int((d['split'] == s).sum()) for s in ('train', 'valid', 'select') if s != 'select' or args.select},
+                split=dict(source=d['split_source'], counts=d['split_counts'], **d['split_used'], checks=d['data_checks']),
                 command=['softlabel', *argv], versions=_versions(),
                 device=_device_name(args.device),
                 precision=args.precision, weights=args.weights_source and dict(source=args.weights_source, sha256=settings['weights']['sha256']),
@@ -913,6 +981,9 @@ def main(argv=None):
                 **({} if args.shard is None else dict(shards=int(args.shard.split('/')[1])))))
         if args.shard is not None: shard_lock = _claim_shard(out, args.shard)
         print(f"data: {args.data or f'synthetic ({args.task}-label)'}: {split_summary(d)}", flush=True)
+        if args.select is None: print("epochs: each run is scored at its last epoch; the tables' best epochs are chosen on the evaluated split, "
+                                      "so they are optimistic" + (", and --schedule plateau lowers the lr on its loss" if args.schedule == 'plateau' else '')
+                                      + ": --select chooses on a split of their own", flush=True)
         if args.threads:
             import torch; torch.set_num_threads(args.threads)
         args.progress = progress_bars(args.progress)   # decided once: bars only on a terminal, one line per epoch otherwise
@@ -924,11 +995,11 @@ def main(argv=None):
             print(f"\nshard {args.shard}: its runs are finished in {out}; {len(unfinished)} run(s) of the comparison are not (other shards'): "
                   f"the shard that finishes the last run writes the tables, and `softlabel report {out}` shows what is there")
             return
-        runs,summary = build_tables(out)
+        runs,summary = build_tables(out, dirs=complete)
         from fastai_softlabel.report import write_report
         write_report(out, unfinished)
         print(f"\ndata: {args.data or f'synthetic ({args.task}-label)'}; backbone {args.backbone}; {args.epochs} epochs; seeds {seeds}")
-        _print_table(out, runs, summary, d['multi_label'], methods[0])
+        _print_table(out, runs, summary, cfg)
         _print_unfinished(unfinished)
     except KeyboardInterrupt: _fail("interrupted (finished runs are kept: rerun the same command with --resume)", 130)
     finally:

@@ -134,11 +134,17 @@ class TensorImageAt(Transform):
 
 # %% ../nbs/02_data.ipynb #d84be90e
 def _unique_names(names, kind:str='class')->list:
-    "Class (or label) names as plain `str`, refusing a name given twice (two classes would become one)"
-    names = np.asarray(names).astype(str).tolist()
+    "Class (or label) names as plain `str`, refusing an empty name, one with spaces around it, and a name given twice (two classes would become one)"
+    names,plural = np.asarray(names).astype(str).tolist(),dict(label='labels').get(kind, 'classes')
+    if any(not n.strip() for n in names): raise ValueError(
+        f"a {kind} name is empty (the names are {names[:8]}{' ...' if len(names) > 8 else ''}): every {kind} needs a name a reader can tell apart")
+    padded = [n for n in names if n != n.strip()]
+    if padded:
+        twins = [f"{n!r} is {n.strip()!r} with spaces" for n in padded if n.strip() in names]
+        raise ValueError(f"the {kind} name(s) {padded[:5]} begin or end with spaces" + (f" ({'; '.join(twins[:3])}: two {plural} of one name)" if twins else '')
+                         + ": strip them in the data; tables and figures would show them as other names")
     twice = sorted({n for n,k in Counter(names).items() if k > 1})
-    if twice: raise ValueError(f"the {kind} names {twice} are given more than once: two {dict(label='labels').get(kind, 'classes')} "
-                               "would be merged into one")
+    if twice: raise ValueError(f"the {kind} names {twice} are given more than once: two {plural} would be merged into one")
     return names
 
 def _single_label_targets(labels:np.ndarray, class_names)->tuple:

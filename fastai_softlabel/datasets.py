@@ -5,12 +5,13 @@
 # %% ../nbs/12_datasets.ipynb #2f0e04dc
 from __future__ import annotations
 from fastai.vision.all import *
+from collections import Counter
 from .data import array_image_dls, ImageAt, IndexInto, _unique_names
 from .splits import StratifiedSplitter, ColumnSplitter, PatientSplitter
 
 # %% auto #0
-__all__ = ['finding_labels', 'check_images', 'ham10000_dls', 'nih_dls', 'check_labels', 'read_npz', 'load_npz', 'npz_dls',
-           'npz_keys']
+__all__ = ['GROUP_ARRAYS', 'NAME_ARRAYS', 'finding_labels', 'check_images', 'ham10000_dls', 'nih_dls', 'check_labels', 'read_npz',
+           'load_npz', 'npz_dls', 'npz_keys']
 
 # %% ../nbs/12_datasets.ipynb #5b748be2
 def _need_columns(df, cols, what):
@@ -25,6 +26,10 @@ def _read_table(table, **kwargs)->pd.DataFrame:
     try: df = pd.read_csv(p, **kwargs)
     except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{p.name} is not a readable CSV table ({type(e).__name__}: {e})") from None
     if not len(df): raise ValueError(f"{p.name} holds no rows")
+    header = pd.read_csv(p, header=None, nrows=1, dtype=str, **{k: v for k,v in kwargs.items() if k not in ('dtype', 'header')}).iloc[0].tolist()
+    twice = sorted({str(c) for c,k in Counter(header).items() if k > 1})
+    if twice: raise ValueError(f"{p.name} has the column(s) {twice} more than once: a reader takes the first and renames the others "
+                               f"({twice[0]}.1, ...), so one of them is silently dropped; keep one column of each name")
     return df
 
 def finding_labels(values)->list:
@@ -138,7 +143,8 @@ def load_npz(path)->dict:
     if 'images' not in d and {'train_images', 'train_labels'} <= set(d):   # MedMNIST: one array pair per split
         parts = [(s, v) for s,v in (('train', 'train'), ('val', 'valid'), ('test', 'test')) if f'{s}_images' in d]
         d = dict(images=np.concatenate([d[f'{s}_images'] for s,_ in parts]), labels=np.concatenate([d[f'{s}_labels'] for s,_ in parts]),
-                 split=np.concatenate([np.full(len(d[f'{s}_images']), v) for s,v in parts]))
+                 split=np.concatenate([np.full(len(d[f'{s}_images']), v) for s,v in parts]),
+                 item_names=np.array([f'{s}_images[{j}]' for s,_ in parts for j in range(len(d[f'{s}_images']))]))
     for k in ('images', 'labels'):
         if k not in d: raise ValueError(f"{p.name} has no '{k}' array; it has {sorted(d)}")
     im = d['images']
@@ -150,8 +156,23 @@ def load_npz(path)->dict:
     if len(d['labels']) != len(im): raise ValueError(f"{p.name}: {len(im)} images but {len(d['labels'])} labels")
     d['labels'],d['names'] = check_labels(d['labels'], d.get('class_names', d.get('label_names')), p.name)
     if 'split' in d: d['split'] = _check_split_array(d['split'], len(im), p.name)
+    _item_names_and_groups(d, len(im), p.name)
     d['multi_label'] = d['labels'].ndim == 2
     return d
+
+GROUP_ARRAYS = ('lesion_id', 'patient_id', 'groups')      # an item's lesion or patient: items of one stay in one split
+NAME_ARRAYS = ('image_id', 'names', 'item_names', 'records')   # an item's name in messages (default: its row, `images[i]`)
+
+def _item_names_and_groups(d:dict, n:int, what:str):
+    "`d['item_names']` (for messages) and `d['groups']` (an empty string: an item in no group) from the arrays of a `.npz` that has them"
+    for k in NAME_ARRAYS:
+        if k in d and np.asarray(d[k]).shape == (n,): d['item_names'] = np.asarray(d[k]).astype(str); break
+    for k in GROUP_ARRAYS:
+        if k not in d: continue
+        g = np.asarray(d[k])
+        if g.shape != (n,): raise ValueError(f"{what}: '{k}' must have one value per item ({n}), got shape {g.shape}")
+        d['groups'],d['group_name'] = g.astype(str),k
+        break
 
 def npz_dls(
     path,                   # the `.npz` file

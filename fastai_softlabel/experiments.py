@@ -13,10 +13,12 @@ from .ccl import CCL
 from .flowmixup import FlowMixup, Mixup, ManifoldMixup
 from .losses import LabelSmoothingCEFlat, class_prior, equidistant_smoothing_eps, inverse_prevalence_weights
 from .ols import OnlineLabelSmoothing
-from .data import array_image_dls, synthetic_class_images, read_image, resize_short_side
+from .data import array_image_dls, synthetic_class_images, read_image, resize_short_side, _unique_names
 from .datasets import load_npz, finding_labels, check_images, check_labels, _read_table
 from .corruption import corrupt_single_label, corrupt_multi_label
-from .metrics import single_label_metrics, multi_label_metrics, curve_summaries, per_class_metrics, SingleLabelAUROC, confusion_counts
+from .metrics import single_label_metrics, multi_label_metrics, run_summaries, per_class_metrics, SingleLabelAUROC, confusion_counts, \
+    first_non_finite_epoch, TRAINING_COLUMNS
+from .selection import SelectionMetrics
 from .models import create_backbone, flowmixup_points, resnet1d34
 from .signals import signal_dls
 from .splits import ColumnSplitter, StratifiedSplitter, PatientSplitter
@@ -48,7 +50,12 @@ def _train_valid(
     source:str|None=None, # where the split comes from, as the summary says it (default: the file's, or the random split)
 )->dict:
     "`d` with `split` ('train', 'valid' or 'unused' per item) and what the summary and `config.json` say of it: `split_counts` (items per split value), `split_used`, `split_source`"
-    if split is None:
+    if split is None and d.get('groups') is not None:   # copies of one lesion or patient stay in one split ('': an item alone)
+        n = len(d['labels'])
+        g = np.where(d['groups'] == '', np.char.add('(alone) ', np.arange(n).astype(str)), d['groups'])
+        values = np.full(n, 'train', dtype=object); values[list(PatientSplitter(g, 0.2, seed)(list(range(n)))[1])] = 'valid'
+        values,train,valid,source = values.astype(str),['train'],'valid',source or f"random 80:20 by {d.get('group_name', 'group')} (seed {seed})"
+    elif split is None:
         values = np.where(np.random.default_rng(seed).random(len(d['labels'])) < 0.8, 'train', 'valid')
         train,valid,source = ['train'],'valid',source or f'random 80:20 (seed {seed})'
     else:
@@ -59,6 +66,7 @@ def _train_valid(
             if v not in known: raise ValueError(f"{name}'s split has no {v!r} items; its values are {known} (see {opt})")
         source = source or f"{name}'s split"
     d['split'] = np.where(np.isin(values, train), 'train', np.where(values == valid, 'valid', 'unused'))
+    d['split_values'] = values   # a split value that `--select` names becomes the selection split (`fastai_softlabel.selection.with_selection`)
     d['split_counts'] = {v: int((values == v).sum()) for v in dict.fromkeys(sorted(set(values.tolist())))}
     d['split_used'],d['split_source'],d['own_split'] = dict(train=list(train), valid=valid),source,split is not None
     return d
@@ -68,9 +76,16 @@ def split_summary(d:dict)->str:
     counts,used = d['split_counts'],d['split_used']
     n = lambda vs: sum(counts.get(v, 0) for v in vs)
     left = {v: k for v,k in counts.items() if v not in used['train'] and v != used['valid']}
+    n_select = int((d['split'] == 'select').sum())
+    if 'select' in used and used['select'] in counts: left.pop(used['select'], None)
+    checks = d.get('data_checks', {})
     return (f"{len(d['labels'])} items, split {d['split_source']}: " + ', '.join(f'{v} {k}' for v,k in counts.items()) +
-            f"; training on {'+'.join(used['train'])} ({n(used['train'])}), evaluating on {used['valid']} ({n([used['valid']])})" +
-            (f"; left out: {', '.join(f'{v} {k}' for v,k in left.items())}" if left else ''))
+            f"; training on {'+'.join(used['train'])} ({int((d['split'] == 'train').sum())}), evaluating on {used['valid']} ({n([used['valid']])})" +
+            (f", choosing each run's epoch on {used['select_source']} ({n_select})" if 'select' in used else '') +
+            (f"; left out: {', '.join(f'{v} {k}' for v,k in left.items())}" if left else '') +
+            (f"; {checks['copies_in_train']} training item(s) are copies of others" if checks.get('copies_in_train') else '') +
+            (f"; not in the evaluated split (their per-class scores are undefined): {', '.join(checks['absent_from_evaluated'])}"
+             if checks.get('absent_from_evaluated') else ''))
 
 def real_dataset(path, valid='valid', train=('train',))->dict:
     "A dataset `.npz` file (see `fastai_softlabel.datasets.load_npz`), with a train/valid split"
@@ -100,21 +115,23 @@ def signal_dataset(
     if p.is_dir():
         from fastai_softlabel.ecg import read_wfdb_folder, record_splits, WFDBRecord
         r = read_wfdb_folder(p, fs, seconds, mapping, min_count)
-        d = dict(signals=r['signals'], labels=r['labels'], names=r['label_names'], records=r['records'], reader=WFDBRecord(fs, seconds, r['leads']))
+        d = dict(signals=r['signals'], labels=r['labels'], names=r['label_names'], records=r['records'], reader=WFDBRecord(fs, seconds, r['leads']),
+                 item_names=np.asarray(r['records']).astype(str))
         split = None
         if splits is not None:
             split = record_splits(r['records'], splits, split_column)
             split = np.where(split == '', '(not in the table)', split)
         source = f"from {Path(splits).name} ({split_column})" if splits is not None else None
     else:
-        from fastai_softlabel.datasets import read_npz, _check_split_array
+        from fastai_softlabel.datasets import read_npz, _check_split_array, _item_names_and_groups, GROUP_ARRAYS, NAME_ARRAYS
         z = read_npz(p)
         x,y = z.get('signals'),z.get('labels')
         if x is None: raise ValueError(f"{p.name} has no 'signals' array; it has {sorted(z)}")
         _check_signals(x, p.name)
         if y is None or len(y) != len(x): raise ValueError(f"{p.name} needs 'labels' with one row per signal ({len(x)})")
         y,names = check_labels(y, z.get('label_names', z.get('class_names')), p.name)
-        d = dict(signals=x.astype(np.float32), labels=y, names=np.asarray(names).astype(str))
+        d = dict(signals=x.astype(np.float32), labels=y, names=np.asarray(names).astype(str), **{k: z[k] for k in GROUP_ARRAYS + NAME_ARRAYS if k in z})
+        _item_names_and_groups(d, len(x), p.name)
         split,source = (None if 'split' not in z else _check_split_array(z['split'], len(x), p.name)),None
     d['multi_label'] = d['labels'].ndim == 2
     return _train_valid(d, split, valid, p.name, train, source=source)
@@ -175,7 +192,8 @@ def table_dataset(
     try: tr,va = splitter(idx)
     except ValueError as e: raise ValueError(f"{p.name} cannot be split {source}: {e}") from None
     split = np.full(len(files), 'train', dtype=object); split[list(va)] = 'valid'
-    d = dict(images=images, labels=labels, names=names.astype(str), multi_label=labels.ndim == 2)
+    d = dict(images=images, labels=labels, names=np.array(_unique_names(names)), multi_label=labels.ndim == 2, item_names=np.array(files))
+    if groups is not None: d['groups'],d['group_name'] = np.asarray(groups.values).astype(str),group_col
     return _train_valid(d, split.astype(str), source=source)
 
 # %% ../nbs/17_experiments.ipynb #5859cb35
@@ -225,14 +243,14 @@ class EpochLog(Callback):
         vals = ' '.join(f'{n} {v:.4f}' for n,v in zip(self.recorder.metric_names[1:], self.recorder.values[-1]) if isinstance(v, float))
         print(f"{self.prefix} epoch {self.epoch}: {vals}", flush=True)
 
-def fit_schedule(learn:Learner, schedule:str, epochs:int, lr:float, wd:float|None=None, cbs=None):
-    "Fit with a recipe's schedule: `one_cycle`, `step` (lr ×0.1 at 50% and 75% of the epochs) or `plateau` (÷10 when the validation loss stops falling); `cbs` for this fit only"
+def fit_schedule(learn:Learner, schedule:str, epochs:int, lr:float, wd:float|None=None, cbs=None, monitor:str='valid_loss'):
+    "Fit with a recipe's schedule: `one_cycle`, `step` (lr ×0.1 at 50% and 75% of the epochs) or `plateau` (÷10 when the loss `monitor` stops falling); `cbs` for this fit only"
     cbs = L(cbs)
     if schedule == 'one_cycle': return learn.fit_one_cycle(epochs, lr, wd=wd, cbs=cbs)
     if schedule == 'step':
         steps = combine_scheds([0.5, 0.25, 0.25], [SchedNo(lr, lr), SchedNo(lr/10, lr/10), SchedNo(lr/100, lr/100)])
         return learn.fit(epochs, lr, wd=wd, cbs=cbs + [ParamScheduler({'lr': steps})])
-    if schedule == 'plateau': return learn.fit(epochs, lr, wd=wd, cbs=cbs + [ReduceLROnPlateau(monitor='valid_loss', factor=10.)])
+    if schedule == 'plateau': return learn.fit(epochs, lr, wd=wd, cbs=cbs + [ReduceLROnPlateau(monitor=monitor, factor=10.)])
     raise ValueError(f"Unknown schedule {schedule!r}: one_cycle, step or plateau")
 
 class BestModel(TrackerCallback):
@@ -279,9 +297,10 @@ def run_learner(d:dict, method:str, seed:int, corruption:float, args, prefix:str
     set_seed(seed)   # before the DataLoaders: fastai's DataLoader seeds its shuffling from Python's `random` when created
     keep = np.flatnonzero(d['split'] != 'unused')
     split = d['split'][keep]
+    splitter = ColumnSplitter(split, more=('select',) if (split == 'select').any() else ())   # the selection split: the DataLoaders' third
     device = getattr(args, 'device', None)   # None: fastai's choice
     if 'signals' in d:   # per-lead normalisation with the training items' statistics, a 1-D ResNet-34
-        dls = signal_dls(d['signals'][keep], labels[keep], d['names'], splitter=ColumnSplitter(split), bs=args.bs, num_workers=0,
+        dls = signal_dls(d['signals'][keep], labels[keep], d['names'], splitter=splitter, bs=args.bs, num_workers=0,
                          reader=d.get('reader'), device=device)   # a WFDB folder's Learner reads new records as the training ones were
     else:   # tensors to the model, resized once; one channel keeps ImageNet's mean statistics
         chans,aug = getattr(args, 'in_chans', 3) or 3,getattr(args, 'aug', None) or 'none'
@@ -295,7 +314,7 @@ def run_learner(d:dict, method:str, seed:int, corruption:float, args, prefix:str
             crop,short = paper_crop(args.size, min(d['images'].shape[1:3]))
             tfms |= dict(item_tfms=[RandomCrop(crop)], short_side=short)
         else: tfms |= dict(size=args.size)
-        dls = array_image_dls(d['images'][keep], labels[keep], d['names'], splitter=ColumnSplitter(split), bs=args.bs,
+        dls = array_image_dls(d['images'][keep], labels[keep], d['names'], splitter=splitter, bs=args.bs,
                               num_workers=0, channels=chans, **tfms)
     set_seed(seed)   # the model's initial weights, whatever building the DataLoaders drew
     model = (resnet1d34(k, leads=d['signals'].shape[1]) if 'signals' in d else
@@ -325,25 +344,40 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     k = len(d['names'])
     save = getattr(args, 'save_model', None) or ('last' if getattr(args, 'export', False) else 'none')
     main = 'mean_auroc' if d['multi_label'] else 'accuracy'
-    best = BestModel(main) if save == 'best' else None
+    select = len(learn.dls.loaders) > 2   # a selection split: each epoch scored on it too, the best one kept
+    if save == 'best' and not select: raise ValueError("save_model 'best' chooses the epoch on a selection split: give one (--select)")
+    best = BestModel(f'select_{main}') if select else None
     ctx = learn.no_bar() if any(isinstance(cb, EpochLog) for cb in learn.cbs) else contextlib.nullcontext()
     start = time.time()
     ddp = (learn.distrib_ctx(sync_bn=False, **({'cpu': True} if torch.device(learn.dls.device).type == 'cpu' else {}))
            if num_distrib() > 1 else contextlib.nullcontext())   # launched by torchrun: fastai's DDP, each process with its batch
-    with ctx, learn.no_logging(), ddp: fit_schedule(learn, getattr(args, 'schedule', 'one_cycle'), args.epochs, args.lr, getattr(args, 'wd', None), cbs=best)
+    with ctx, learn.no_logging(), ddp:
+        fit_schedule(learn, getattr(args, 'schedule', 'one_cycle'), args.epochs, args.lr, getattr(args, 'wd', None),
+                     cbs=[SelectionMetrics(main), best] if select else None, monitor='select_loss' if select else 'valid_loss')
     if num_distrib() > 1: check_ranks_agree(learn.model)
+    if not learn.recorder.losses: raise RuntimeError(f"{method} seed {seed}: not one training step ran (no full batch in the training split): there is no result to record")
     names,values = list(learn.recorder.metric_names[1:-1]),[list(v) for v in learn.recorder.values]
-    row = dict(method=method, seed=seed, corruption=corruption, corrupted_fraction=round(frac, 4), seconds=round(time.time() - start, 1))
-    for n,v in zip(names, values[-1]): row[n] = float(v)
     curves = pd.DataFrame(values, columns=names)
-    row.update(curve_summaries(curves, n_first=min(5, len(curves))))   # best, last, best − last, Eq. 8 over 5 epochs
-    with learn.no_bar(): probs,targs = learn.get_preds()   # the last epoch's model on the evaluated split
+    row = dict(method=method, seed=seed, corruption=corruption, corrupted_fraction=round(frac, 4), seconds=round(time.time() - start, 1),
+               diverged_epoch=first_non_finite_epoch(curves, ['train_loss', 'valid_loss', main]))   # None: the run's numbers are results
+    for n,v in zip(names, values[-1]): row[n] = float(v)
+    row.update(run_summaries(curves, n_first=min(5, len(curves))))   # best on the evaluated split, last, best − last, Eq. 8 over 5 epochs
+    # the epoch that the per-class tables, the confusion matrix and the exported model describe
+    epoch,chosen = len(values) - 1,'last'
+    if select:
+        row['selected_epoch'] = best.best_epoch   # None: the selection score was never a number
+        evaluated = [n for n in names if n not in TRAINING_COLUMNS and not n.startswith('select_')]
+        row.update({f'{n}_selected': (float(curves[n].iloc[best.best_epoch]) if best.best_epoch is not None else float('nan')) for n in evaluated})
+        if save != 'last' and best.state is not None:
+            learn.model.load_state_dict(best.state); epoch,chosen = best.best_epoch,'selected'
+    row.update(described_epoch=epoch, described=chosen)
+    with learn.no_bar(): probs,targs = learn.get_preds()   # that epoch's model on the evaluated split
     pc = per_class_metrics(probs.numpy(), targs.numpy(), list(learn.dls.vocab))   # the model's output order
-    pc.insert(0, 'method', method); pc.insert(1, 'seed', seed); pc.insert(2, 'corruption', corruption)
+    pc.insert(0, 'method', method); pc.insert(1, 'seed', seed); pc.insert(2, 'corruption', corruption); pc.insert(3, 'epoch', epoch)
     pc.to_csv(out/'per_class.csv', index=False)
     if not d['multi_label']:   # the confusion matrix, long: one row per (true, predicted) class pair
         cm,names = confusion_counts(probs.numpy(), targs.numpy()),[str(v) for v in learn.dls.vocab]
-        pd.DataFrame(dict(method=method, seed=seed, corruption=corruption, true=np.repeat(names, k), predicted=np.tile(names, k),
+        pd.DataFrame(dict(method=method, seed=seed, corruption=corruption, epoch=epoch, true=np.repeat(names, k), predicted=np.tile(names, k),
                           count=cm.reshape(-1))).to_csv(out/'confusion.csv', index=False)
     if 'ccl' in learn.cbs.attrgot('name'):   # ccl, ccl+flowmixup
         P = learn.ccl.soft_labels.numpy()
@@ -353,7 +387,7 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
         if 'similarity' in d:
             off = ~np.eye(k, dtype=bool)
             row['spearman_vs_true_similarity'] = float(spearmanr(P[off], d['similarity'][off]).correlation)
-    if save != 'none': _export(learn, out, save, best, main, len(values))
+    if save != 'none': _export(learn, out, save, epoch, chosen, f'select_{main}' if chosen == 'selected' else main, curves)
     curves = curves.assign(epoch=range(len(values)), method=method, seed=seed, corruption=corruption)
     return row,curves
 
@@ -373,12 +407,9 @@ def use_cpu_broadcast():
         t = torch.LongTensor(t); dist.broadcast(t, rank); return t.tolist()
     fdist.DistributedDL._broadcast = _broadcast
 
-def _export(learn:Learner, out:Path, save:str, best:BestModel|None, main:str, epochs:int):
-    "Export the trained Learner for `load_learner` (predicts on new images, signals, records), with `model.json` saying which epoch's model it holds"
-    epoch,value = epochs - 1,float(learn.recorder.values[-1][list(learn.recorder.metric_names[1:-1]).index(main)])
-    if save == 'best' and best.state is not None:   # None: the metric was never a number (NaN): the last epoch's model
-        learn.model.load_state_dict(best.state); epoch,value = best.best_epoch,float(best.best)
+def _export(learn:Learner, out:Path, save:str, epoch:int, chosen:str, monitor:str, curves:pd.DataFrame):
+    "Export the trained Learner for `load_learner` (predicts on new images, signals, records), with `model.json` saying which epoch's model it holds and how it was chosen"
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, (EpochLog, MixedPrecision))])   # a model that predicts in fp32, quietly, anywhere
     learn.path = Path('.')   # fastai's default: the loaded Learner saves where it is used, not in this run's temporary folder
     learn.export(Path(out).absolute()/'export.pkl')
-    (Path(out)/'model.json').write_text(json.dumps(dict(save=save, epoch=epoch, monitor=main, value=value)))
+    (Path(out)/'model.json').write_text(json.dumps(dict(save=save, epoch=epoch, chosen=chosen, monitor=monitor, value=float(curves[monitor].iloc[epoch]))))

@@ -12,9 +12,9 @@ from sklearn.metrics import roc_auc_score
 from sklearn.cluster import KMeans
 
 # %% auto #0
-__all__ = ['single_label_metrics', 'mean_auroc', 'MeanAUROC', 'multi_label_metrics', 'single_label_auroc', 'SingleLabelAUROC',
-           'per_class_metrics', 'confusion_counts', 'curve_summary', 'recorder_curve', 'curve_summaries', 'cluster_r2',
-           'layer_r2']
+__all__ = ['TRAINING_COLUMNS', 'single_label_metrics', 'mean_auroc', 'MeanAUROC', 'multi_label_metrics', 'single_label_auroc',
+           'SingleLabelAUROC', 'per_class_metrics', 'confusion_counts', 'curve_summary', 'recorder_curve',
+           'curve_summaries', 'run_summaries', 'first_non_finite_epoch', 'cluster_r2', 'layer_r2']
 
 # %% ../nbs/07_metrics.ipynb #86476fae
 def _skm_metric(func, thresh=None, **kwargs):
@@ -162,6 +162,29 @@ def curve_summaries(
              else dict.fromkeys(('best', 'last', 'best_minus_last', 'early_variance'), float('nan')))
         out.update({f'{col}_{k}': x for k,x in s.items()})
     return out
+
+TRAINING_COLUMNS = ('train_loss', 'ce', 'kl', 'head_ce', 'l_cc', 'p_bar')   # Recorder columns of the training epoch (CCL's terms too), not of an evaluation
+
+def run_summaries(
+    curves:pd.DataFrame,   # a run's Recorder columns, one row per epoch
+    n_first:int|None=None, # epochs of the early variance (default: all)
+)->dict:                   # `curve_summaries`, with the best epochs of the evaluated split's columns named `<column>_best_on_eval` and `<column>_best_on_eval_minus_last`
+    "`curve_summaries` of a run, saying which best epochs were chosen on the split the run is scored on (optimistic: the choice saw the evaluated labels)"
+    out = {}
+    for col in curves.columns:
+        s = curve_summaries(curves[[col]], n_first)
+        if col not in TRAINING_COLUMNS and not col.startswith('select_'): s = {k.replace(f'{col}_best', f'{col}_best_on_eval', 1): v for k,v in s.items()}
+        out.update(s)
+    return out
+
+def first_non_finite_epoch(
+    curves:pd.DataFrame, # a run's Recorder columns, one row per epoch
+    columns,             # the columns that must stay finite (the training loss, the evaluated split's loss and main metric)
+)->int|None:             # the first epoch with a NaN or infinite value in one of them; None when all are finite
+    "The epoch a run diverged: from it on its numbers are not results"
+    v = curves[[c for c in columns if c in curves.columns]].apply(pd.to_numeric, errors='coerce').to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(v).all(axis=1))
+    return int(bad[0]) if len(bad) else None
 
 # %% ../nbs/07_metrics.ipynb #848b320b
 def cluster_r2(

@@ -26,14 +26,43 @@ def check_model_name(
 
 @contextlib.contextmanager
 def _recorded_loads():
-    "What every `load_state_dict` inside the block returned (its missing and unexpected keys), with timm's log of them silenced"
+    "Every `load_state_dict` inside the block made lenient and recorded: `(missing, unexpected, {key: (file's shape, model's shape)})`; timm's log of them silenced"
     loads,orig,log = [],nn.Module.load_state_dict,logging.getLogger('timm')
-    def load(self, *args, **kwargs):
-        r = orig(self, *args, **kwargs); loads.append(r); return r
+    def load(self, state_dict, strict=True, *args, **kwargs):
+        own = self.state_dict()
+        shapes = {k: (tuple(v.shape), tuple(own[k].shape)) for k,v in state_dict.items()
+                  if k in own and hasattr(v, 'shape') and tuple(v.shape) != tuple(own[k].shape)}
+        r = orig(self, {k: v for k,v in state_dict.items() if k not in shapes}, False, *args, **kwargs)   # judged by `create_backbone`
+        loads.append((r.missing_keys, r.unexpected_keys, shapes)); return r
     level = log.level
     nn.Module.load_state_dict,_ = load,log.setLevel(logging.ERROR)
     try: yield loads
     finally: nn.Module.load_state_dict = orig; log.setLevel(level)
+
+def _read_state_dict(p:Path)->dict:
+    "The tensors of a weights file as timm reads them (a state dict, or a checkpoint holding one), with a clear error for a file that is neither or holds non-finite values"
+    expected = ("expected a PyTorch state dict or a checkpoint holding one (.pth/.pt/.bin, saved with torch.save; read without unpickling "
+                "code) or a .safetensors file")
+    try: sd = timm.models.load_state_dict(str(p))
+    except Exception: raise ValueError(f"{p.name} is not a weights file: {expected}") from None
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        kind = f"a dict whose values are not all tensors (keys {list(sd)[:4]})" if isinstance(sd, dict) and sd else f"{type(sd).__name__} {str(sd)[:40]!r}"
+        raise ValueError(f"{p.name} holds {kind}, not weights: {expected}")
+    bad = [k for k,v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad: raise ValueError(f"{p.name}: {len(bad)} tensor(s) hold NaN or infinite values, e.g. {', '.join(bad[:3])}: the weights of a "
+                             "training that diverged, or a damaged file; start from other weights")
+    return sd
+
+def _fit_problems(name:str, loads:list, heads:list)->list:
+    "What the recorded loads left unmatched between the file and the model, the classifier (made anew) excepted: one phrase per kind"
+    keep = lambda k: not k.endswith('num_batches_tracked') and not any(k == h or k.startswith(h + '.') for h in heads)
+    missing = [k for m,_,s in loads for k in m if keep(k) and k not in s]
+    unexpected = [k for _,u,_ in loads for k in u if keep(k)]
+    shapes = {k: v for _,_,s in loads for k,v in s.items() if keep(k)}
+    e = lambda ks: f", e.g. {', '.join(ks[:3])}"
+    return ([f"{len(missing)} tensor(s) of {name} are not in the file{e(missing)}"] if missing else []) + \
+           ([f"{len(unexpected)} tensor(s) of the file are not in {name}{e(unexpected)}"] if unexpected else []) + \
+           ([f"{len(shapes)} differ in shape, e.g. " + ', '.join(f"{k} {a} in the file, {b} in {name}" for k,(a,b) in list(shapes.items())[:2])] if shapes else [])
 
 def create_backbone(
     name:str,           # a timm model name ('resnet18', 'densenet121', 'efficientnet_b0', ...)
@@ -42,24 +71,24 @@ def create_backbone(
     in_chans:int=3,     # input channels
     **kwargs,           # passed to `timm.create_model`
 )->nn.Module:
-    "A timm classification model, without downloading anything; with `weights`, loaded by timm: a new classifier for `n_out`, the first convolution adapted to `in_chans`"
+    "A timm classification model, without downloading anything; with `weights`, loaded by timm and checked one tensor for one: a new classifier for `n_out`, the first convolution adapted to `in_chans`"
     name = check_model_name(name)
     if weights is None: return timm.create_model(name, pretrained=False, num_classes=n_out, in_chans=in_chans, **kwargs)
     p = Path(weights)
     if not p.is_file(): raise FileNotFoundError(f"No such weights file: {p}")
+    _read_state_dict(p)
     try:
         with _recorded_loads() as loads: model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(p)),
                                                                    num_classes=n_out, in_chans=in_chans, **kwargs)
-    except Exception as e:   # unreadable, or tensors of another shape
+    except Exception as e:
         why = str(e).strip().splitlines()
         raise ValueError(f"{p.name} does not hold weights that fit {name} ({type(e).__name__}: {' '.join(why[:3])[:400]})") from None
-    # timm loads leniently once it has dropped the classifier: a tensor the file lacks would stay random, without a word.
-    # What its load missed (after its own renaming of the file's keys), but the new classifier, is refused
+    # timm loads leniently once it has dropped the classifier: a tensor the file lacks would stay random, one it has that the model
+    # lacks would be dropped, without a word. After timm's own renaming of the file's keys, they must match one for one
     heads = model.pretrained_cfg.get('classifier') or ()
-    heads = [heads] if isinstance(heads, str) else list(heads)
-    missing = [k for r in loads for k in r.missing_keys if not k.endswith('num_batches_tracked') and not any(k.startswith(h + '.') for h in heads)]
-    if not loads or missing: raise ValueError(f"{p.name} does not hold weights that fit {name}: {len(missing)} of its tensors are not in the file"
-                                              + (f", e.g. {', '.join(missing[:3])}" if missing else ''))
+    problems = _fit_problems(name, loads, [heads] if isinstance(heads, str) else list(heads))
+    if not loads or problems: raise ValueError(f"{p.name} does not hold the weights of {name} (is it the file of another --backbone?): "
+                                               + ('; '.join(problems) or 'timm loaded nothing from it'))
     return model
 
 def pretrained_weights(

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 import matplotlib.colors as mcolors, matplotlib.lines as mlines, matplotlib.patches as mpatches, matplotlib.text as mtext, matplotlib.collections as mcoll
-from .stats import format_summary, few_seeds_note
+from .stats import format_summary, few_seeds_note, diverged_lines
 from .ccl import soft_label_heatmap
 
 # %% auto #0
 __all__ = ['png_data_uri', 'method_colours', 'drawn_method_colours', 'plot_paired_differences', 'plot_curves', 'plot_ccl_pbar',
-           'plot_per_class', 'plot_confusion', 'read_class_table', 'table_metrics', 'sensitivity_specificity_table',
-           'per_class_table', 'fewest_seeds', 'write_report']
+           'plot_per_class', 'plot_confusion', 'read_class_table', 'table_metrics', 'selected_metrics',
+           'selection_sentence', 'sensitivity_specificity_table', 'per_class_table', 'fewest_seeds', 'write_report']
 
 # %% ../nbs/20_report.ipynb #rp000009
 def png_data_uri(
@@ -223,6 +223,16 @@ def table_metrics(multi_label:bool)->list:
     return (['mean_auroc', 'f1_score'] if multi_label else
             ['accuracy', 'auroc', 'cohen_kappa_score', 'f1_score', 'jaccard_score', 'p_bar', 'spearman_vs_true_similarity'])
 
+def selected_metrics(multi_label:bool)->list:
+    "The metrics of the table at the epoch chosen on the selection split: the evaluated split's, at that epoch"
+    return [f'{m}_selected' for m in (['mean_auroc', 'f1_score'] if multi_label else ['accuracy', 'auroc', 'cohen_kappa_score', 'f1_score', 'jaccard_score'])]
+
+def selection_sentence(cfg:dict)->str:
+    "Where a results folder's runs chose their epoch, in words"
+    split = cfg.get('split') or {}
+    if split.get('select') is None: return "at the last epoch"
+    return f"at the epoch with the best {'mean AUROC' if cfg['multi_label'] else 'accuracy'} on the selection split ({split.get('select_source', split['select'])})"
+
 def sensitivity_specificity_table(
     per_class:pd.DataFrame, # the runs' `per_class.csv` (with `sensitivity` and `specificity`)
     methods:list,           # the methods, in the comparison's order
@@ -253,7 +263,7 @@ def fewest_seeds(
     metrics:list,         # the metrics a table shows
 )->int:                   # the smallest number of seeds behind any of their cells
     "How many seeds the weakest cell of a table rests on (runs of an older version may lack a metric)"
-    s = summary[summary.metric.isin(metrics)]
+    s = summary[summary.metric.isin(metrics) & (summary['n'] > 0)]   # n = 0: every seed diverged, which is said instead
     return int(s['n'].min()) if len(s) else 0
 
 def _compact(cell:str)->str:
@@ -307,7 +317,8 @@ def write_report(
     "Write `report.html` in `out`: the comparison table, the clinical per-class numbers and the figures, with every image embedded, and the runs the tables leave out"
     out = Path(out)
     cfg = json.loads((out/'config.json').read_text())
-    runs,summary,curves = pd.read_csv(out/'runs.csv'),pd.read_csv(out/'summary.csv'),pd.read_csv(out/'curves.csv')
+    runs,summary = pd.read_csv(out/'runs.csv'),pd.read_csv(out/'summary.csv')
+    curves = pd.read_csv(out/'curves.csv') if (out/'curves.csv').exists() else pd.DataFrame()   # none when every run diverged
     multi,methods = cfg['multi_label'],list(cfg['methods'])
     ref,colours,names = methods[0],method_colours(methods),[str(c) for c in cfg['classes']]
     main = 'mean_auroc' if multi else 'accuracy'
@@ -323,17 +334,28 @@ def write_report(
              *([f"<p><b>{len(unfinished)} run(s) of the comparison are not in the tables</b>: " +
                 '; '.join(f"{html.escape(r)} ({html.escape(w)})" for r,w in unfinished.items()) + ".</p>"] if unfinished else []),
              f"<h2>Comparison</h2><p>Mean ± half-width of the 95% confidence interval over seeds; Δ: the paired difference "
-             f"to <b>{html.escape(ref)}</b>, seed by seed, with its 95% interval below it. Metrics of the last epoch"
+             f"to <b>{html.escape(ref)}</b>, seed by seed, with its 95% interval below it. The metrics of the evaluated split"
              + ("" if multi else "; auroc: the one-vs-rest AUROC, the macro mean over the classes present in the evaluated split (two classes: the second class's AUROC)") + ".</p>",
-             _table(summary, table_metrics(multi)),
+             *([f"<h3>{html.escape(selection_sentence(cfg)[0].upper() + selection_sentence(cfg)[1:])}</h3>"
+                "<p>Each run's epoch is chosen on the selection split, which it neither trains on nor is scored on; the evaluated split "
+                "is scored at that epoch: a score its model selection could promise.</p>",
+                _table(summary, selected_metrics(multi), {'_selected': ''})] if 'selected_epoch' in runs else []),
+             "<h3>At the last epoch</h3>", _table(summary, table_metrics(multi)),
+             *([f"<p><b>Diverged runs</b> (a training loss, the evaluated loss or {main} not finite) are counted, never averaged: "
+                + '; '.join(html.escape(l) for l in lines) + ".</p>"] if (lines := diverged_lines(runs)) else []),
              *([f"<p><b>{html.escape(note)}</b></p>"] if (note := few_seeds_note(fewest_seeds(summary, table_metrics(multi)))) else []),
-             f"<p>The main metric, {main}, over the epochs: its best epoch, best − last (how far the last epoch is below the best; "
-             f"0 when the last is the best) and the variance of the min-max normalised curve over the first epochs (Flow-Mixup's Eq. 8).</p>",
-             _table(summary, [f'{main}_best', f'{main}_best_minus_last', f'{main}_early_variance'],
-                    {f'{main}_best_minus_last': 'best − last', f'{main}_early_variance': 'early variance', f'{main}_best': 'best'})]
+             f"<h3>Best epoch on the evaluated split (optimistic)</h3><p>The epoch with the best {main} <b>on the evaluated split</b>, "
+             "chosen with the labels it is scored on: an optimistic score that no model selection could promise, shown as a diagnostic "
+             "of the curve (Flow-Mixup's 'best'). Best − last says how far the last epoch fell below it (0 when the last is "
+             "the best); the early variance is that of the min-max normalised curve over the first epochs (Flow-Mixup's Eq. 8)."
+             + ("" if 'selected_epoch' in runs else " To choose an epoch that a reader may trust, give the command a selection split (--select).") + "</p>",
+             _table(summary, [f'{main}_best_on_eval', f'{main}_best_on_eval_minus_last', f'{main}_early_variance'],
+                    {f'{main}_best_on_eval_minus_last': 'best on eval − last', f'{main}_early_variance': 'early variance', f'{main}_best_on_eval': 'best on eval'})]
     pc = read_class_table(out/'per_class.csv') if (out/'per_class.csv').exists() else None
     if pc is not None:
-        parts.append('<h2>Per class</h2>')
+        parts.append('<h2>Per class</h2><p>' + ("Each run's epoch chosen on the selection split" if set(runs.get('described', ())) == {'selected'}
+                     else "Each run's last epoch" if set(runs.get('described', ['last'])) <= {'last'} else "Each run's described epoch (see runs.csv)")
+                     + " is described here, in the confusion matrices and in an exported model.</p>")
         if not multi and 'sensitivity' in pc:
             parts += ["<p>Sensitivity (true-positive rate) and specificity (true-negative rate) of each class against the others, at the "
                       "arg-max class" + (" (two classes: the threshold 0.5; either class may be the positive one, and one class's "
@@ -353,10 +375,11 @@ def write_report(
     parts.append('<h2>Figures</h2>')
     if fig is not None: parts += ['<h3>Paired differences</h3>', fig_(fig, f"Paired difference to {ref}: mean and 95% CI over seeds", 'differences')]
     parts.append('<h3>Curves</h3>')
-    for metric in [main, 'valid_loss']:
+    for metric in [main, f'select_{main}', 'valid_loss', 'select_loss']:
         if metric in curves: parts.append(fig_(plot_curves(curves, metric, methods, colours), f"{metric} per epoch: mean over seeds, band from the lowest to the highest seed", 'curves'))
     unfinished = unfinished or {}
-    ccl = [d for d in sorted((out/'runs').glob('ccl*')) if d.name not in unfinished and (d/'ccl_history.json').exists()]
+    ccl = [d for d in sorted((out/'runs').glob('ccl*')) if d.name not in unfinished and (d/'ccl_history.json').exists()
+           and json.loads((d/'row.json').read_text()).get('diverged_epoch') is None]
     if ccl:
         parts += ['<h3>CCL</h3>', "<p>p̄ is the mean probability the soft labels give the correct class: the lower, the softer the labels. "
                   "The dictionary freezes when p̄ has not dropped for the patience's epochs.</p>",

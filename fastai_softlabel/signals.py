@@ -101,7 +101,7 @@ def signal_dls(
     if labels.ndim == 1 and (labels.min() < 0 or labels.max() >= len(names)): raise ValueError(
         f"class indices must be in [0, {len(names)}) for {len(names)} class names, got {labels.min()}..{labels.max()}")
     splitter = ifnone(splitter, RandomSplitter(0.2, seed=seed))
-    train_idx,_ = splitter(list(range(len(signals))))
+    train_idx = splitter(list(range(len(signals))))[0]   # (a splitter may give more splits than two)
     batch_tfms = []
     if normalize:
         mean,std = lead_stats(signals, list(train_idx))

@@ -33,6 +33,7 @@ def ColumnSplitter(
     split_values,           # the split of each item, e.g. 'train' / 'valid' / 'test'
     train='train',          # value(s) that mark training items
     valid=('valid', 'val'), # value(s) that mark validation items; items with other values (e.g. 'test') are in neither
+    more=(),                # values of further splits, one each, after the validation split (e.g. a selection split: `DataLoaders`' third loader)
 ):
     "Splitter: the split a dataset ships with, from a column or array of split names"
     split_values = np.asarray(split_values).astype(str)
@@ -41,7 +42,7 @@ def ColumnSplitter(
         if len(items) != len(split_values): raise ValueError(f"{len(items)} items but {len(split_values)} split values")
         tr,va = np.flatnonzero(np.isin(split_values, list(tr_vals))),np.flatnonzero(np.isin(split_values, list(va_vals)))
         if not len(tr): raise ValueError(f"No item has a split value in {sorted(tr_vals)}; the values are {sorted(set(split_values))}")
-        return L(tr.tolist()),L(va.tolist())
+        return (L(tr.tolist()),L(va.tolist())) + tuple(L(np.flatnonzero(split_values == str(v)).tolist()) for v in L(more))
     return _inner
 
 # %% ../nbs/08_splits.ipynb #0217a95b

@@ -8,7 +8,7 @@ import math
 import numpy as np, pandas as pd
 
 # %% auto #0
-__all__ = ['mean_ci', 'paired_difference', 'summarize_runs', 'format_summary', 'few_seeds_note']
+__all__ = ['mean_ci', 'paired_difference', 'summarize_runs', 'diverged_lines', 'format_summary', 'few_seeds_note']
 
 # %% ../nbs/16_stats.ipynb #st000005
 def _t_quantile(q:float, df:int)->float:
@@ -47,24 +47,47 @@ def summarize_runs(
     reference:str|None=None, # method the others are compared with, seed by seed (default: the first method in `runs`)
     by=('corruption',), # columns that make separate comparisons (e.g. label-corruption rate)
     conf:float=0.95,
-)->pd.DataFrame:        # one row per (`by`, method, metric): mean, std, n, ci_low, ci_high, diff_mean, diff_ci_low, diff_ci_high, diff_n
-    "Numbers of a comparison table: every method's mean with its interval, and its paired difference to `reference`"
+    diverged:str='diverged_epoch', # a column set (not NaN) for runs that diverged: counted, and left out of every mean and difference
+)->pd.DataFrame:        # one row per (`by`, method, metric): mean, std, n, ci_low, ci_high, diff_mean, diff_ci_low, diff_ci_high, diff_n, diverged
+    "Numbers of a comparison table: every method's mean with its interval, and its paired difference to `reference`; diverged runs only counted"
     by = [c for c in by if c in runs.columns]
     reference = reference if reference is not None else runs['method'].iloc[0]
-    rows = []
+    bad = runs[diverged].notna() if diverged in runs.columns else pd.Series(False, index=runs.index)
+    rows,nan = [],dict(mean=math.nan, std=math.nan, n=0, ci_low=math.nan, ci_high=math.nan)
     for key,group in (runs.groupby(by, sort=False) if by else [((), runs)]):
         key = key if isinstance(key, tuple) else (key,)
-        ref = group[group.method == reference].set_index('seed')
+        ref = group[(group.method == reference) & ~bad[group.index]].set_index('seed')
         for method,g in group.groupby('method', sort=False):
-            g = g.set_index('seed')
+            n_bad = int(bad[g.index].sum())
+            g = g[~bad[g.index]].set_index('seed')
             for metric in metrics:
-                if metric not in g.columns or g[metric].isna().all(): continue
+                if metric not in g.columns: continue
+                if g[metric].isna().all():   # no number: a metric the method has not, or every run diverged (then said, as n = 0)
+                    if n_bad and not len(g) and (runs.loc[~bad, metric].notna().any() or bad.all()):
+                        rows.append(dict(zip(by, key), method=method, metric=metric, **nan, diff_mean=math.nan, diff_ci_low=math.nan,
+                                         diff_ci_high=math.nan, diff_n=0, diverged=n_bad))
+                    continue
                 row = dict(zip(by, key), method=method, metric=metric, **mean_ci(g[metric], conf))
                 diff = (paired_difference(g[metric], ref[metric], conf) if method != reference and metric in ref.columns
-                        else dict(mean=math.nan, ci_low=math.nan, ci_high=math.nan, n=0))
-                row.update(diff_mean=diff['mean'], diff_ci_low=diff['ci_low'], diff_ci_high=diff['ci_high'], diff_n=diff['n'])
+                        else dict(nan))
+                row.update(diff_mean=diff['mean'], diff_ci_low=diff['ci_low'], diff_ci_high=diff['ci_high'], diff_n=diff['n'], diverged=n_bad)
                 rows.append(row)
     return pd.DataFrame(rows)
+
+def diverged_lines(
+    runs:pd.DataFrame,     # one row per run: `method`, `seed`, `corruption`, and `diverged_epoch` (NaN: the run did not diverge)
+    diverged:str='diverged_epoch',
+)->list:                   # one sentence per (corruption, method) with diverged runs
+    "What a reader must know about diverged runs: how many, from which epoch, and that their numbers are left out"
+    if diverged not in runs.columns: return []
+    out = []
+    for (rate,method),g in runs.groupby(['corruption', 'method'], sort=False):
+        bad = g[g[diverged].notna()]
+        if not len(bad): continue
+        epochs = ', '.join(str(int(e)) for e in bad[diverged])
+        out.append(f"{method} at corruption {rate:g}: " + (f"every seed diverged ({len(bad)} of {len(g)} runs, non-finite from epoch {epochs}): no number is shown for it"
+                   if len(bad) == len(g) else f"{len(bad)} of {len(g)} runs diverged (seed {', '.join(map(str, bad.seed))}, non-finite from epoch {epochs}): left out of its means and differences"))
+    return out
 
 # %% ../nbs/16_stats.ipynb #st000015
 def _num(v, digits): return '–' if v is None or (isinstance(v, float) and math.isnan(v)) else f'{v:.{digits}f}'
@@ -77,17 +100,20 @@ def format_summary(
     "The printed comparison table: mean ± CI half-width per metric, and the paired difference to the reference with its CI"
     metrics = metrics if metrics is not None else list(dict.fromkeys(summary.metric))
     keys = [c for c in summary.columns if c not in ('metric', 'mean', 'std', 'n', 'ci_low', 'ci_high', 'diff_mean',
-                                                     'diff_ci_low', 'diff_ci_high', 'diff_n')]
+                                                     'diff_ci_low', 'diff_ci_high', 'diff_n', 'diverged')]
+    show_diverged = 'diverged' in summary.columns and (summary.diverged > 0).any()
     out = {}
     for _,r in summary.iterrows():
         if r.metric not in metrics: continue
         row = out.setdefault(tuple(r[k] for k in keys), {})
+        if show_diverged: row['diverged'] = f"{int(r.diverged)} of {int(r.diverged + r.n)}" if r.diverged else ''
+        if r.n == 0: row[r.metric] = 'diverged'; continue
         half = (r.ci_high - r.ci_low)/2
         row[r.metric] = _num(r['mean'], digits) + ('' if math.isnan(half) else f' ± {_num(half, digits)}')
         if not math.isnan(r.diff_mean):
             row[f'Δ {r.metric}'] = (f'{r.diff_mean:+.{digits}f}' + ('' if math.isnan(r.diff_ci_low) else
                                     f' [{r.diff_ci_low:+.{digits}f}, {r.diff_ci_high:+.{digits}f}]'))
-    cols = [c for m in metrics for c in (m, f'Δ {m}')]
+    cols = [c for m in metrics for c in (m, f'Δ {m}')] + ['diverged']
     table = pd.DataFrame.from_dict(out, orient='index')
     table.index = pd.MultiIndex.from_tuples(table.index, names=keys)
     return table.reindex(columns=[c for c in cols if c in table.columns]).fillna('')
@@ -98,7 +124,7 @@ def few_seeds_note(
     conf:float=0.95, # confidence level of the intervals
 )->str|None:         # the note, or None from 3 seeds on
     "What a reader of a table should know about its intervals when they come from fewer than 3 seeds"
-    if n >= 3: return None
+    if n >= 3 or n == 0: return None   # 0: no number in the table
     more = f"run at least 3 seeds (--seeds 0,1,2), where the multiplier is {_t_quantile(0.5 + conf/2, 2):.1f}, and 5 for a multiplier of {_t_quantile(0.5 + conf/2, 4):.1f}"
     if n < 2: return f"Note: n = 1 seed: no interval, and no difference between methods can be told from seed noise; {more}."
     return (f"Note: n = 2 seeds: each interval is the mean ± {_t_quantile(0.5 + conf/2, 1):.1f} standard errors (Student's t, 1 degree of "
