@@ -705,10 +705,18 @@ def build_tables(
     return runs,summary
 
 # %% ../nbs/13_cli.ipynb #ffbd600c
-def _fail(msg, status=2):
-    "Print `softlabel: <msg>` as one line on stderr (a message from a library may span lines) and exit; under torchrun rank 0 alone prints (every rank ran the same checks)"
-    if _world()[0] == 0: print('softlabel: ' + ' '.join(l.strip() for l in str(msg).splitlines() if l.strip()), file=sys.stderr)
-    sys.exit(status)
+def _fail(msg, status=2, wait:float=20.):
+    "Print `softlabel: <msg>` as one line on stderr (a message from a library may span lines) and exit; under torchrun the other ranks leave it to rank 0"
+    line = 'softlabel: ' + ' '.join(l.strip() for l in str(msg).splitlines() if l.strip())
+    rank,world = _world()
+    if rank > 0 and world > 1 and status == 2:
+        # every rank ran the same checks: rank 0 says it, and torchrun stops the others when it exits; they exit with the same status.
+        # A rank that rank 0 does not stop within `wait` seconds found something rank 0 did not, and says it itself
+        import signal
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(status))
+        time.sleep(wait)
+        line = line.replace('softlabel: ', f'softlabel: rank {rank}: ', 1)
+    print(line, file=sys.stderr); sys.exit(status)
 
 def _versions()->dict:
     from importlib.metadata import version, PackageNotFoundError

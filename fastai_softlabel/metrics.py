@@ -104,7 +104,7 @@ def per_class_metrics(
     pred = probs >= thresh if targets.ndim == 2 else np.eye(c, dtype=bool)[probs.argmax(1)]
     tp,fp,fn,tn = (pred & onehot).sum(0),(pred & ~onehot).sum(0),(~pred & onehot).sum(0),(~pred & ~onehot).sum(0)
     ratio = lambda a, b: np.where(b > 0, a/np.maximum(b, 1), np.nan)   # NaN where undefined (0/0)
-    f1 = ratio(2*tp, 2*tp + fp + fn)
+    f1 = np.where(onehot.sum(0) > 0, ratio(2*tp, 2*tp + fp + fn), np.nan)   # a class the split lacks: undefined, even when predicted
     auroc = [roc_auc_score(onehot[:, k], probs[:, k]) if 0 < onehot[:, k].sum() < n and np.isfinite(probs[:, k]).all() else np.nan for k in range(c)]
     names = np.arange(c) if names is None else np.asarray(names)
     return pd.DataFrame({'class': [str(x) for x in names], 'positives': onehot.sum(0), 'auroc': auroc, 'f1': f1,

@@ -76,7 +76,9 @@ class SelectionMetrics(Callback):
     ): store_attr(); self._trained = self._logged = False
 
     @property
-    def columns(self)->tuple: return ('select_loss', f'select_{self.metric}')
+    def columns(self)->tuple:
+        "The Recorder columns it adds"
+        return ('select_loss', f'select_{self.metric}')
 
     def before_fit(self):
         "Add the columns before the Recorder's `time` (every fit; `get_preds` and `validate` fits log none and take them out again)"

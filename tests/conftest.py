@@ -57,7 +57,7 @@ def wfdb_folder(d, n=12, corrupt=False):
     d.mkdir()
     t = np.arange(2000)/1000
     for i in range(n):
-        x = np.stack([np.sin(2*np.pi*(3 + i % 3)*t), np.cos(2*np.pi*2*t)])
+        x = np.stack([np.sin(2*np.pi*(3 + i % 3)*t + i), np.cos(2*np.pi*2*t)])   # each record its own (a copy would be refused as leakage)
         wfdb.wrsamp(f'R{i:03d}', fs=1000, units=['mV']*2, sig_name=['I', 'II'], p_signal=x.T, fmt=['16']*2,
                     comments=[f"Dx: {'164889003' if i % 2 else '59118001'}"], write_dir=str(d))
     if corrupt: (d/'R000.hea').write_text('R000 2\n')

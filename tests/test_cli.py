@@ -191,7 +191,8 @@ def test_wfdb_folder_split_by_a_table(tmp_path):
                   '--valid', '3', '--methods', 'erm', '--epochs', '1', '--bs', '4', '--progress', 'log', '--out', 'res', cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     cfg = json.loads((tmp_path/'res'/'config.json').read_text())
-    assert cfg['split'] == dict(source='from folds.csv (fold)', counts={'(not in the table)': 1, '1': 4, '2': 4, '3': 3}, train=['1', '2'], valid='3')
+    assert cfg['split'] == dict(source='from folds.csv (fold)', counts={'(not in the table)': 1, '1': 4, '2': 4, '3': 3}, train=['1', '2'], valid='3',
+                                checks=dict(absent_from_evaluated=[], copies_in_train=0))
     assert cfg['items'] == {'train': 8, 'valid': 3}
     assert 'training on 1+2 (8), evaluating on 3 (3); left out: (not in the table) 1' in r.stdout
     args = cfg['settings']['arguments']

@@ -66,6 +66,33 @@ def inputs(tmp_path_factory):
     _results_folder(d/'locked')
     _results_folder(d/'norun')
     (d/'corrupt').mkdir(); (d/'corrupt'/'config.json').write_text('{"settings": ')
+    # what a reviewer would reject: copies across the split, labels a clinician would question, weights of another network
+    pd.concat([df.drop(columns='lesion_id')]*2).to_csv(d/'ham_twice.csv', index=False)        # every image listed twice, no lesion_id
+    pd.DataFrame(dict(image_id=df.image_id, dx=np.repeat([' nv', 'nv', 'bkl'], 8))).to_csv(d/'ham_padded.csv', index=False)
+    (d/'ham_dupcol.csv').write_text('image_id,dx,dx\n' + ''.join(f'{i},nv,mel\n' for i in df.image_id))
+    im = rng.integers(0, 255, (60, 8, 8), dtype=np.uint8)
+    leak = dict(train_images=im[:40], train_labels=(np.arange(40) % 2)[:, None], val_images=im[40:50], val_labels=(np.arange(10) % 2)[:, None],
+                test_images=im[50:].copy(), test_labels=(np.arange(10) % 2)[:, None])
+    leak['test_images'][3] = im[5]; leak['test_labels'][3] = 1
+    np.savez(d/'mm_leak.npz', **leak)
+    np.savez(d/'gap.npz', images=im, labels=np.array([0, 1, 2, 7]*15))
+    np.savez(d/'evalonly.npz', images=im, labels=np.arange(60) % 3, split=np.where(np.arange(60) % 3 == 2, 'test', np.array(['train', 'test'])[np.arange(60) % 2]))
+    np.savez(d/'noclass.npz', images=im, labels=np.arange(60) % 2, class_names=np.array(['a', 'b', 'c']))
+    np.savez(d/'emptyname.npz', images=im, labels=np.arange(60) % 2, class_names=np.array(['a', '']))
+    multi = np.stack([np.arange(60) % 2, 1 - np.arange(60) % 2, (np.arange(60) >= 50).astype(int)], 1)
+    np.savez(d/'multi_rare.npz', images=im, labels=multi, label_names=np.array(['Effusion', 'Mass', 'Hernia']), split=np.where(np.arange(60) < 50, 'train', 'valid'))
+    os.symlink(d/'nowhere'/'res', d/'dangling')
+    return d
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory):
+    "Weights files of other networks, outside `inputs` (whose files every case hashes twice): WEIGHTS/ in a case"
+    import timm, torch
+    d = tmp_path_factory.mktemp('weights')
+    torch.save(timm.create_model('resnet34').state_dict(), d/'resnet34.pth')
+    sd = timm.create_model('resnet10t').state_dict()
+    torch.save({**sd, 'layer1.0.conv1.weight': torch.zeros(64, 32, 3, 3)}, d/'misshaped.pth')
+    torch.save({**sd, 'layer2.0.bn1.weight': torch.full_like(sd['layer2.0.bn1.weight'], float('nan'))}, d/'nan.pth')
     return d
 
 def _read_only_parent(d:Path)->str:
@@ -162,10 +189,30 @@ CASES = [
     # the starting weights (--pretrained without a cache: tests/test_cli.py, with the network switched off)
     (['--pretrained', '--weights', 'wrong.pth'], '--pretrained and --weights both name the weights to start from: give one'),
     (['--weights', 'nofile.pth'], '--weights: no such file: nofile.pth'),
-    (['--weights', 'wrong.pth', '--backbone', 'resnet10t'], 'wrong.pth does not hold weights that fit resnet10t: 70 of its tensors are not in the file, e.g. conv1.0.weight'),
-    (['--weights', 'text.npz', '--backbone', 'resnet10t'], 'text.npz does not hold weights that fit resnet10t'),
+    (['--weights', 'wrong.pth', '--backbone', 'resnet10t'], r'wrong.pth does not hold the weights of resnet10t \(is it the file of another --backbone\?\): '
+                                                            r'70 tensor\(s\) of resnet10t are not in the file, e.g. conv1.0.weight.*; 1 tensor\(s\) of the file are not in resnet10t, e.g. conv.weight'),
+    (['--weights', 'text.npz', '--backbone', 'resnet10t'], 'text.npz is not a weights file: expected a PyTorch state dict or a checkpoint holding one'),
+    (['--weights', '/etc/passwd', '--backbone', 'resnet10t'], 'passwd is not a weights file: expected a PyTorch state dict'),
+    (['--weights', 'WEIGHTS/resnet34.pth'], r'resnet34.pth does not hold the weights of resnet18 .*: 80 tensor\(s\) of the file are not in resnet18, e.g. layer1.2.conv1.weight'),
+    (['--weights', 'WEIGHTS/misshaped.pth', '--backbone', 'resnet10t'], r'1 differ in shape, e.g. layer1.0.conv1.weight \(64, 32, 3, 3\) in the file, \(64, 64, 3, 3\) in resnet10t'),
+    (['--weights', 'WEIGHTS/nan.pth', '--backbone', 'resnet10t'], r'nan.pth: 1 tensor\(s\) hold NaN or infinite values, e.g. layer2.0.bn1.weight'),
     (['--data', 'ecg.npz', '--pretrained'], r"--pretrained is for image backbones \(timm's\); ecg.npz \(signals\) does not use it"),
     (['--data', 'ecg.npz', '--weights', 'wrong.pth'], "--weights is for image backbones"),
+    # copies of an item on both sides of the split
+    (['--data', 'ham_twice.csv', '--images', 'img'], r"\d+ item\(s\) of the evaluated split \(valid\) are identical to items of the training split \(train\), "
+                                                    r"e.g. ISIC_\d+.jpg = ISIC_\d+.jpg.*: the same images would be trained on and scored; give the table a lesion_id"),
+    (['--data', 'mm_leak.npz', '--valid', 'test'], r"1 item\(s\) of the evaluated split \(test\) are identical to items of the training split \(train\), "
+                                                   r"e.g. test_images\[3\] = train_images\[5\]: .*remove the copies from one of the splits of mm_leak.npz"),
+    (['--data', 'mm_leak.npz', '--select', 'test'], r"1 item\(s\) of the selection split \(test\) are identical to items of the training split \(train\), "
+                                                    r"e.g. test_images\[3\] = train_images\[5\]: the same images would be trained on and selected on"),
+    # labels a clinician would question
+    (['--data', 'gap.npz'], r"the class indices \[3, 4, 5, 6\] have no item: the labels are \[0, 1, 2, 7\] and the data names no classes"),
+    (['--data', 'evalonly.npz', '--valid', 'test'], r"1 class has no training item \('2': 20 item\(s\), 20 of them evaluated\)"),
+    (['--data', 'noclass.npz'], r"1 class has no training item \('c': 0 item\(s\), 0 of them evaluated\)"),
+    (['--data', 'emptyname.npz'], r"a class name is empty \(the names are \['a', ''\]\)"),
+    (['--data', 'ham_padded.csv', '--images', 'img'], r"the class name\(s\) \[' nv'\] begin or end with spaces \(' nv' is 'nv' with spaces: two classes of one name\)"),
+    (['--data', 'ham_dupcol.csv', '--images', 'img'], r"ham_dupcol.csv has the column\(s\) \['dx'\] more than once"),
+    (['--data', 'multi_rare.npz'], r"1 label has no positive training item \('Hernia': positive in 10 item\(s\), 10 of them evaluated\)"),
     # device and precision (the tests run with the CPU as fastai's device, on any machine)
     (['--device', 'gpu'], "--device must be cpu, cuda or cuda:N, got 'gpu'"),
     (['--device', 'cuda:64'], r'--device cuda:64: (torch sees no CUDA GPU on this machine|this machine has \d+ GPU)'),
@@ -179,6 +226,14 @@ CASES = [
     # saved models
     (['--save-model', 'all'], "argument --save-model: invalid choice: 'all'"),
     (['--export', '--save-model', 'best'], '--export is --save-model last; it cannot go with --save-model best'),
+    (['--save-model', 'best'], r'--save-model best chooses the epoch on a selection split: add --select'),
+    # the selection split
+    (['--select', '1.5'], r'--select 1.5: a share of the training split is a number between 0 and 1'),
+    (['--select', 'nan'], r'--select nan: a share of the training split is a number between 0 and 1'),
+    (['--select', 'valid'], r"--select valid: the embedded synthetic data has no split of its own to take 'valid' from; hold out a share"),
+    (['--data', 'split.npz', '--valid', 'test', '--select', 'test'], r'--select test is the evaluated split \(--valid test\)'),
+    (['--data', 'split.npz', '--valid', 'test', '--select', 'nope'], r"split has no 'nope' items; its values are \['test', 'train'\] \(see --select\)"),
+    (['--select', '0.001'], r'--select 0.001: \d+ training items cannot give a share held out stratified'),
     # --methods and the options of one kind of method
     (['--methods', ','], '--methods names nothing'),
     (['--methods', 'flowmixup'], 'do not fit single-label data'),
@@ -240,6 +295,7 @@ CASES = [
     (['--out', 'existing'], 'the results folder existing exists already: choose another --out, or add --resume'),
     (['--out', 'READ_ONLY/res'], 'cannot be made: .* is not writable'),
     (['--out', 'locked'], 'the results folder locked is in use by another softlabel command: wait for it to finish, or choose another --out'),
+    (['--out', 'dangling'], r'--out dangling is a symbolic link to .*nowhere/res, which does not exist: remove the link, or choose another --out'),
     (['--resume', '--out', 'nofolder'], 'not a results folder'),
     (['--resume', '--out', 'existing'], r'--resume: existing is not a results folder of softlabel \(no config.json\)'),
     (['--resume', '--out', 'corrupt'], r'corrupt/config.json cannot be read \(JSONDecodeError\)'),
@@ -265,10 +321,10 @@ def _held_by_another_command(folder:Path):
         yield
 
 @pytest.mark.parametrize('args,message', CASES, ids=[' '.join(a) or '(none)' for a,_ in CASES])
-def test_bad_input_one_line_nothing_written(inputs, args, message, monkeypatch, capsys):
+def test_bad_input_one_line_nothing_written(inputs, weights, args, message, monkeypatch, capsys):
     "In-process (`cli.main`, as the console script calls it): exit 2, one `softlabel: error:` line naming the problem, nothing written"
     from fastai_softlabel.cli import main
-    args = [a.replace('READ_ONLY', _read_only_parent(inputs)) for a in args]
+    args = [a.replace('READ_ONLY', _read_only_parent(inputs)).replace('WEIGHTS', str(weights)) for a in args]
     if not any(a in args for a in ('--out', 'report')): args = [*args, '--out', 'res']
     before = _tree(inputs)
     monkeypatch.chdir(inputs)

@@ -25,7 +25,7 @@ def test_report_and_per_class_tables_are_written(results):
     out, stdout = results
     assert (out/'report.html').exists() and 'report.html' in stdout
     pc = pd.read_csv(out/'per_class.csv', keep_default_na=False, dtype={'class': str})
-    assert len(pc) == 8*3 and set(pc.columns) == {'method', 'seed', 'corruption', 'class', 'positives', 'auroc', 'f1', 'sensitivity', 'specificity'}
+    assert len(pc) == 8*3 and set(pc.columns) == {'method', 'seed', 'corruption', 'epoch', 'class', 'positives', 'auroc', 'f1', 'sensitivity', 'specificity'}
     assert list(pc['class'][:3]) == NAMES
     conf = pd.read_csv(out/'confusion.csv', keep_default_na=False, dtype={'true': str, 'predicted': str})   # 8 runs x 3 x 3 cells, each run's counts adding up to the evaluated items
     assert len(conf) == 8*9 and set(conf['true']) == set(conf['predicted']) == set(NAMES)
@@ -36,7 +36,8 @@ def test_report_and_per_class_tables_are_written(results):
     row = pc[(pc.method == 'ccl') & (pc.seed == 1) & (pc.corruption == 0.2)].set_index('class')
     assert np.allclose(sens.loc[NAMES].values, row.loc[NAMES, 'sensitivity'].values)
     runs = pd.read_csv(out/'runs.csv')
-    for m in ('accuracy', 'auroc', 'f1_score', 'valid_loss'): assert {f'{m}_best', f'{m}_last', f'{m}_early_variance'} <= set(runs.columns)
+    for m in ('accuracy', 'auroc', 'f1_score', 'valid_loss'): assert {f'{m}_best_on_eval', f'{m}_last', f'{m}_early_variance'} <= set(runs.columns)
+    assert (pc.epoch == 1).all() and (runs.described == 'last').all()   # 2 epochs, no selection split: each run's last epoch is described
     assert json.loads((out/'config.json').read_text())['classes'] == NAMES
     # `softlabel report` rebuilds the page from runs/
     (out/'report.html').unlink(); (out/'per_class.csv').unlink(); (out/'confusion.csv').unlink()
