@@ -680,9 +680,10 @@ def build_tables(
     cfg = _read_config(out)
     dirs = run_status(out)[0] if dirs is None else list(dirs)
     if not dirs: raise ValueError(f"{out} holds no finished run yet")
-    def row(d):   # the run's row, its curve summaries recomputed from its curves (one definition for every folder)
-        c = pd.read_csv(d/'curves.csv')
-        return json.loads((d/'row.json').read_text()) | run_summaries(c.drop(columns=['epoch', 'method', 'seed', 'corruption'], errors='ignore'), n_first=min(5, len(c)))
+    summaries = ('_best', '_last', '_early_variance')   # (and `_best_minus_last`): what an older version named otherwise
+    def row(d):   # the run's row, its curve summaries recomputed from its curves (one definition, and one naming, for every folder)
+        c,r = pd.read_csv(d/'curves.csv'),json.loads((d/'row.json').read_text())
+        return {k: v for k,v in r.items() if not k.endswith(summaries)} | run_summaries(c.drop(columns=['epoch', 'method', 'seed', 'corruption'], errors='ignore'), n_first=min(5, len(c)))
     runs = pd.DataFrame([row(d) for d in dirs])
     if 'diverged_epoch' not in runs: runs['diverged_epoch'] = float('nan')   # runs of an older version: checked as they are read
     order = {m:i for i,m in enumerate(cfg['methods'])}

@@ -61,6 +61,9 @@ def test_resume_and_report_while_a_command_runs(tmp_path, monkeypatch, capsys):
     assert code == 0 and 'Traceback' not in err, err[-2000:]
     assert a.poll() is None, 'the command finished before the report: make its runs longer'
     assert 'is in use by a running softlabel command' in stdout and 'nothing was written' in stdout
+    assert 'results in' not in stdout                                      # it wrote nothing, and says only that
+    shown,missing = int(re.search(r'(\d+) runs;', stdout)[1]),int(re.search(r'(\d+) run\(s\) not in the tables', stdout)[1])
+    assert shown + missing == 10 and f'the tables of its {shown} finished runs, read once' in stdout   # one reading of the folder
     assert not (out/'report.html').exists() and not (out/'runs.csv').exists()
     _,err = a.communicate(timeout=600)
     assert a.returncode == 0 and 'Traceback' not in err, err[-2000:]
