@@ -60,6 +60,8 @@ NPZ_LAYOUTS = """\
     labels       (N,) class indices (single-label) or (N, C) multi-hot 0/1 (multi-label)
     class_names  (K,) or label_names (C,) strings, optional (without: --class-names, else 0, 1, ...)
     split        (N,) strings, optional: 'train', 'valid', 'test', ... (--train and --valid choose; without: random 80:20)
+    lesion_id    or patient_id (N,), optional: one lesion's or patient's items stay in one split ('' or NaN: an item alone)
+    image_id     or names (N,) strings, optional: how messages name items (e.g. the copies found across the split)
   MedMNIST's layout, read as it is: train_images, train_labels, val_images, val_labels, test_images, test_labels
     (labels (N, 1) class indices or (N, C) multi-hot); the split values are train, valid ('val' is read as valid) and
     test; no class names: give them with --class-names, in the order of MedMNIST's INFO['label']
@@ -203,6 +205,9 @@ def _check_arguments(args)->tuple:
     if args.save_model == 'best' and args.select is None: raise ValueError(
         "--save-model best chooses the epoch on a selection split: add --select (a split value such as valid, or a share of the training "
         "split such as 0.1); chosen on the evaluated split, the model's score there would be optimistic")
+    if args.save_model == 'last' and args.select is not None: raise ValueError(
+        "--save-model last with --select would export the last epoch's model, while the run's tables, per-class metrics and confusion "
+        "matrix describe the epoch chosen on the selection split: --save-model best exports that one")
     if args.valid is not None: args.valid = args.valid.strip()
     if args.train is not None: args.train = ','.join(sorted({t.strip() for t in args.train.split(',') if t.strip()}))   # a set of values
     _check_out(args)
@@ -406,6 +411,7 @@ def _check_label_coverage(args, d:dict, kind:str)->dict:
     names = [str(n) for n in d['names']]
     named = kind in ('synthetic', 'table', 'wfdb') or args.class_names is not None or names != [str(i) for i in range(len(names))]
     hint = ("raise --min-count, or give --splits that put its records in training" if kind == 'wfdb' else
+            "the split by lesion or patient put all of its items in the evaluated split: add items of it to the table, or leave it out" if kind == 'table' else
             "leave it out of the data, or train on a split that has it (--train)" if d['own_split'] else '')
     return check_label_coverage(d['labels'], d['split'], names, named, hint)
 
@@ -414,7 +420,7 @@ def _check_leakage(args, d:dict, kind:str)->dict:
     from fastai_softlabel.datachecks import check_no_leakage
     name = _describe_data(args, kind)
     way_out = dict(
-        table=f"give the table a lesion_id (HAM10000) or Patient ID (NIH) column with one value for copies, so that they stay in one split, or remove the copies from {name}",
+        table=f"give copies one lesion_id (HAM10000) or Patient ID (NIH) in the table, so that they stay in one split, or remove the copies from {name}",
         wfdb="remove the copied records, or give --splits that keeps them in one split",
         synthetic="the synthetic data should have no copies: report it as a bug",
     ).get(kind, f"remove the copies from one of the splits of {name}" if d['own_split'] else
@@ -555,6 +561,7 @@ def _prepare(args)->tuple:
         if _APPLIES[k][0](ctx) and getattr(args, k) is None: setattr(args, k, v)
     if kind == 'table': args.size = args.size or 64
     args.methods,args.corruption,args.seeds = ','.join(methods),','.join(f'{r:g}' for r in rates),','.join(map(str, seeds))
+    args.split_groups = d.get('group_name') if d.get('groups') is not None and not d['own_split'] else None   # a random split by lesion/patient
     d['kind'],d['not_applied'] = kind,not_applied(ctx)
     return d,methods,rates,seeds
 
@@ -594,14 +601,15 @@ def result_settings(args, versions:dict|None=None, left_out=())->dict:
                 data=fp('data'), images=fp('images'), mapping=fp('mapping'), splits=fp('splits'), weights=fp('weights_file'), versions=versions or {})
 
 # arguments added after results folders were made: what those folders' runs had (`--resume` finds them unchanged)
-_ADDED_ARGUMENTS = dict(aug='none', precision='fp32', world_size=1)
+_ADDED_ARGUMENTS = dict(aug='none', precision='fp32', world_size=1, split_groups=None, select=None)
 _WAS_NONE = dict(ccl_patience=10)   # recorded as None (CCL's default) before the recipes set it
 
 def settings_differences(old:dict, new:dict)->list:
     "The settings in which `new` differs from `old`, as `--name old → new` strings"
     meant = lambda k, v: v if v is not None else _WAS_NONE.get(k)   # None: what it meant then
     was = lambda k: meant(k, old['arguments'].get(k, _ADDED_ARGUMENTS.get(k)))
-    diffs = [(f"--{k.replace('_', '-')}" if k != 'world_size' else "the processes of torchrun") + f" {was(k)!r} → {v!r}" for k,v in new['arguments'].items() if was(k) != meant(k, v)]
+    named = dict(world_size="the processes of torchrun", split_groups="the random split's groups (a random 80:20 split now keeps each lesion or patient of a .npz in one split)")
+    diffs = [named.get(k, f"--{k.replace('_', '-')}") + f" {was(k)!r} → {v!r}" for k,v in new['arguments'].items() if was(k) != meant(k, v)]
     for k in ('data', 'images', 'mapping', 'splits', 'weights'):   # a folder made before `splits` or `weights` were recorded had none
         if old.get(k, data_fingerprint(None)) != new.get(k, data_fingerprint(None)): diffs.append(f"the {'data' if k == 'data' else f'--{k}'} ({old.get(k, {}).get('sha256', '-')[:12]} → {new.get(k, {}).get('sha256', '-')[:12]})")
     diffs += [f"{p} {v!r} → {new.get('versions', {}).get(p)!r}" for p,v in old.get('versions', {}).items() if new.get('versions', {}).get(p) != v]
@@ -675,17 +683,17 @@ def build_tables(
     "Rebuild runs.csv, runs.json, curves.csv, per_class.csv, confusion.csv (single-label) and summary.csv from the complete runs under `out/runs`; a diverged run is counted, its numbers left out"
     import pandas as pd
     from fastai_softlabel.stats import summarize_runs
-    from fastai_softlabel.metrics import run_summaries
+    from fastai_softlabel.metrics import run_summaries, first_non_finite_epoch
     out = Path(out)
     cfg = _read_config(out)
     dirs = run_status(out)[0] if dirs is None else list(dirs)
     if not dirs: raise ValueError(f"{out} holds no finished run yet")
-    summaries = ('_best', '_last', '_early_variance')   # (and `_best_minus_last`): what an older version named otherwise
+    summaries,main = ('_best', '_last', '_early_variance'),'mean_auroc' if cfg['multi_label'] else 'accuracy'   # (and `_best_minus_last`)
     def row(d):   # the run's row, its curve summaries recomputed from its curves (one definition, and one naming, for every folder)
         c,r = pd.read_csv(d/'curves.csv'),json.loads((d/'row.json').read_text())
+        if 'diverged_epoch' not in r: r['diverged_epoch'] = first_non_finite_epoch(c, ['train_loss', 'valid_loss', main])   # a run of an older version
         return {k: v for k,v in r.items() if not k.endswith(summaries)} | run_summaries(c.drop(columns=['epoch', 'method', 'seed', 'corruption'], errors='ignore'), n_first=min(5, len(c)))
     runs = pd.DataFrame([row(d) for d in dirs])
-    if 'diverged_epoch' not in runs: runs['diverged_epoch'] = float('nan')   # runs of an older version: checked as they are read
     order = {m:i for i,m in enumerate(cfg['methods'])}
     keys = runs.sort_values(['corruption', 'method', 'seed'], key=lambda c: c.map(order) if c.name == 'method' else c, kind='stable').index
     runs,dirs = runs.loc[keys].reset_index(drop=True),[dirs[i] for i in keys]

@@ -154,25 +154,32 @@ def load_npz(path)->dict:
         "images.transpose(0, 2, 3, 1)")
     if im.ndim == 4 and im.shape[-1] not in (1, 3, 4): raise ValueError(f"{p.name}: 'images' must have 1, 3 or 4 channels last, got {im.shape}")
     if len(d['labels']) != len(im): raise ValueError(f"{p.name}: {len(im)} images but {len(d['labels'])} labels")
+    d |= _item_names_and_groups(d, len(im), p.name)   # before `names` becomes the class names (the NIH subset's `names` name images)
     d['labels'],d['names'] = check_labels(d['labels'], d.get('class_names', d.get('label_names')), p.name)
     if 'split' in d: d['split'] = _check_split_array(d['split'], len(im), p.name)
-    _item_names_and_groups(d, len(im), p.name)
     d['multi_label'] = d['labels'].ndim == 2
     return d
 
 GROUP_ARRAYS = ('lesion_id', 'patient_id', 'groups')      # an item's lesion or patient: items of one stay in one split
 NAME_ARRAYS = ('image_id', 'names', 'item_names', 'records')   # an item's name in messages (default: its row, `images[i]`)
 
-def _item_names_and_groups(d:dict, n:int, what:str):
-    "`d['item_names']` (for messages) and `d['groups']` (an empty string: an item in no group) from the arrays of a `.npz` that has them"
+def _item_names_and_groups(
+    arrays:dict, # the arrays of a `.npz` file
+    n:int,       # its number of items
+    what:str,    # the file, named in errors
+)->dict:         # `item_names` (for messages) and `groups`, `group_name` (an empty string: an item of no group), where the file has them
+    "The names of a `.npz` file's items and the groups (lesions, patients) that keep items together in a split"
+    out = {}
     for k in NAME_ARRAYS:
-        if k in d and np.asarray(d[k]).shape == (n,): d['item_names'] = np.asarray(d[k]).astype(str); break
+        if k in arrays and np.asarray(arrays[k]).shape == (n,): out['item_names'] = np.asarray(arrays[k]).astype(str); break
     for k in GROUP_ARRAYS:
-        if k not in d: continue
-        g = np.asarray(d[k])
+        if k not in arrays: continue
+        g = np.asarray(arrays[k])
         if g.shape != (n,): raise ValueError(f"{what}: '{k}' must have one value per item ({n}), got shape {g.shape}")
-        d['groups'],d['group_name'] = g.astype(str),k
+        missing = np.isnan(g) if g.dtype.kind == 'f' else np.zeros(n, dtype=bool)   # a number array's NaN: no id
+        out['groups'],out['group_name'] = np.where(missing, '', g.astype(str)),k
         break
+    return out
 
 def npz_dls(
     path,                   # the `.npz` file

@@ -123,15 +123,14 @@ def signal_dataset(
             split = np.where(split == '', '(not in the table)', split)
         source = f"from {Path(splits).name} ({split_column})" if splits is not None else None
     else:
-        from fastai_softlabel.datasets import read_npz, _check_split_array, _item_names_and_groups, GROUP_ARRAYS, NAME_ARRAYS
+        from fastai_softlabel.datasets import read_npz, _check_split_array, _item_names_and_groups
         z = read_npz(p)
         x,y = z.get('signals'),z.get('labels')
         if x is None: raise ValueError(f"{p.name} has no 'signals' array; it has {sorted(z)}")
         _check_signals(x, p.name)
         if y is None or len(y) != len(x): raise ValueError(f"{p.name} needs 'labels' with one row per signal ({len(x)})")
         y,names = check_labels(y, z.get('label_names', z.get('class_names')), p.name)
-        d = dict(signals=x.astype(np.float32), labels=y, names=np.asarray(names).astype(str), **{k: z[k] for k in GROUP_ARRAYS + NAME_ARRAYS if k in z})
-        _item_names_and_groups(d, len(x), p.name)
+        d = dict(signals=x.astype(np.float32), labels=y, names=np.asarray(names).astype(str)) | _item_names_and_groups(z, len(x), p.name)
         split,source = (None if 'split' not in z else _check_split_array(z['split'], len(x), p.name)),None
     d['multi_label'] = d['labels'].ndim == 2
     return _train_valid(d, split, valid, p.name, train, source=source)
@@ -262,7 +261,7 @@ class BestModel(TrackerCallback):
     def after_epoch(self):
         "Copy the weights of a new best epoch (on their device)"
         super().after_epoch()
-        model = getattr(self.learn.model, 'module', self.learn.model)   # under DDP: the model inside its wrapper
+        model = self.learn.model.module if isinstance(self.learn.model, nn.parallel.DistributedDataParallel) else self.learn.model   # under DDP: inside the wrapper
         if self.new_best: self.state,self.best_epoch = {k: v.detach().clone() for k,v in model.state_dict().items()},self.epoch
 
 AUGMENTATIONS = ('none', 'flip', 'paper')
@@ -346,6 +345,7 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     main = 'mean_auroc' if d['multi_label'] else 'accuracy'
     select = len(learn.dls.loaders) > 2   # a selection split: each epoch scored on it too, the best one kept
     if save == 'best' and not select: raise ValueError("save_model 'best' chooses the epoch on a selection split: give one (--select)")
+    if save == 'last' and select: raise ValueError("save_model 'last' with a selection split would export another epoch than the one the run describes: use 'best'")
     best = BestModel(f'select_{main}') if select else None
     ctx = learn.no_bar() if any(isinstance(cb, EpochLog) for cb in learn.cbs) else contextlib.nullcontext()
     start = time.time()
@@ -368,8 +368,7 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
         row['selected_epoch'] = best.best_epoch   # None: the selection score was never a number
         evaluated = [n for n in names if n not in TRAINING_COLUMNS and not n.startswith('select_')]
         row.update({f'{n}_selected': (float(curves[n].iloc[best.best_epoch]) if best.best_epoch is not None else float('nan')) for n in evaluated})
-        if save != 'last' and best.state is not None:
-            learn.model.load_state_dict(best.state); epoch,chosen = best.best_epoch,'selected'
+        if best.state is not None: learn.model.load_state_dict(best.state); epoch,chosen = best.best_epoch,'selected'
     row.update(described_epoch=epoch, described=chosen)
     with learn.no_bar(): probs,targs = learn.get_preds()   # that epoch's model on the evaluated split
     pc = per_class_metrics(probs.numpy(), targs.numpy(), list(learn.dls.vocab))   # the model's output order

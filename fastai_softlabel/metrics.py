@@ -149,7 +149,7 @@ def recorder_curve(learn:Learner, metric:str)->list:
 def curve_summaries(
     curves:pd.DataFrame,   # one row per epoch, one column per metric
     n_first:int|None=None, # epochs of the early variance (default: all)
-    lower_is_better=('train_loss', 'valid_loss', 'ce', 'kl', 'head_ce', 'l_cc'), # columns whose best is their minimum (CCL's loss terms too)
+    lower_is_better=('train_loss', 'valid_loss', 'select_loss', 'ce', 'kl', 'head_ce', 'l_cc'), # columns whose best is their minimum (CCL's loss terms too)
     skip=('epoch', 'seed', 'corruption', 'time', 'p_bar'), # columns that are no metric to summarise (p̄ has no "best")
 )->dict:                   # `<column>_best`, `<column>_last`, `<column>_best_minus_last`, `<column>_early_variance`
     "`curve_summary` of every numeric column of `curves`; NaN for a column with a missing epoch"

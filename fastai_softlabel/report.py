@@ -371,9 +371,10 @@ def write_report(
                      "classes' sensitivities.</p>")
         for rate in sorted(conf.corruption.unique()):
             parts.append(fig_(plot_confusion(conf, rate, methods, colours), f"Confusion matrices at label corruption {rate:g}, mean over seeds", 'confusion'))
-    fig = plot_paired_differences(summary, [m for m in table_metrics(multi) if m in set(summary.metric)], colours)
+    shown = selected_metrics(multi) if 'selected_epoch' in runs else table_metrics(multi)
+    fig = plot_paired_differences(summary, [m for m in shown if m in set(summary.metric)], colours)
     parts.append('<h2>Figures</h2>')
-    if fig is not None: parts += ['<h3>Paired differences</h3>', fig_(fig, f"Paired difference to {ref}: mean and 95% CI over seeds", 'differences')]
+    if fig is not None: parts += ['<h3>Paired differences</h3>', fig_(fig, f"Paired difference to {ref}: mean and 95% CI over seeds, {selection_sentence(cfg)}", 'differences')]
     parts.append('<h3>Curves</h3>')
     for metric in [main, f'select_{main}', 'valid_loss', 'select_loss']:
         if metric in curves: parts.append(fig_(plot_curves(curves, metric, methods, colours), f"{metric} per epoch: mean over seeds, band from the lowest to the highest seed", 'curves'))

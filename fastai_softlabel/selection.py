@@ -108,7 +108,7 @@ class SelectionMetrics(Callback):
         "`[loss, score]` over the whole selection split; under DDP every rank scores all of it and rank 0's numbers go to every rank"
         dl = self.dls[self.dl_idx]
         dl = getattr(dl, 'dl', dl)   # under DDP fastai deals every loader out in shares (`DistributedDL`): the whole loader
-        model = getattr(self.learn.model, 'module', self.learn.model)   # the model inside DDP's wrapper: no collective
+        model = self.learn.model.module if isinstance(self.learn.model, nn.parallel.DistributedDataParallel) else self.learn.model   # inside DDP's wrapper: no collective
         preds,targs = [],[]
         for b in dl:
             preds.append(model(*b[:dl.n_inp]).float()); targs.append(b[dl.n_inp])

@@ -102,11 +102,13 @@ def format_summary(
     keys = [c for c in summary.columns if c not in ('metric', 'mean', 'std', 'n', 'ci_low', 'ci_high', 'diff_mean',
                                                      'diff_ci_low', 'diff_ci_high', 'diff_n', 'diverged')]
     show_diverged = 'diverged' in summary.columns and (summary.diverged > 0).any()
+    if show_diverged:   # the runs of a row: its diverged ones and the most any metric has a number of
+        runs_of = {tuple(k) if isinstance(k, tuple) else (k,): int(v) for k,v in summary.groupby(keys, sort=False).apply(lambda g: g.n.max() + g.diverged.max()).items()}
     out = {}
     for _,r in summary.iterrows():
         if r.metric not in metrics: continue
         row = out.setdefault(tuple(r[k] for k in keys), {})
-        if show_diverged: row['diverged'] = f"{int(r.diverged)} of {int(r.diverged + r.n)}" if r.diverged else ''
+        if show_diverged: row['diverged'] = f"{int(r.diverged)} of {runs_of[tuple(r[k] for k in keys)]}" if r.diverged else ''
         if r.n == 0: row[r.metric] = 'diverged'; continue
         half = (r.ci_high - r.ci_low)/2
         row[r.metric] = _num(r['mean'], digits) + ('' if math.isnan(half) else f' ± {_num(half, digits)}')

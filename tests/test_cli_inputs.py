@@ -200,7 +200,7 @@ CASES = [
     (['--data', 'ecg.npz', '--weights', 'wrong.pth'], "--weights is for image backbones"),
     # copies of an item on both sides of the split
     (['--data', 'ham_twice.csv', '--images', 'img'], r"\d+ item\(s\) of the evaluated split \(valid\) are identical to items of the training split \(train\), "
-                                                    r"e.g. ISIC_\d+.jpg = ISIC_\d+.jpg.*: the same images would be trained on and scored; give the table a lesion_id"),
+                                                    r"e.g. ISIC_\d+.jpg = ISIC_\d+.jpg.*: the same images would be trained on and scored; give copies one lesion_id"),
     (['--data', 'mm_leak.npz', '--valid', 'test'], r"1 item\(s\) of the evaluated split \(test\) are identical to items of the training split \(train\), "
                                                    r"e.g. test_images\[3\] = train_images\[5\]: .*remove the copies from one of the splits of mm_leak.npz"),
     (['--data', 'mm_leak.npz', '--select', 'test'], r"1 item\(s\) of the selection split \(test\) are identical to items of the training split \(train\), "
@@ -227,6 +227,7 @@ CASES = [
     (['--save-model', 'all'], "argument --save-model: invalid choice: 'all'"),
     (['--export', '--save-model', 'best'], '--export is --save-model last; it cannot go with --save-model best'),
     (['--save-model', 'best'], r'--save-model best chooses the epoch on a selection split: add --select'),
+    (['--save-model', 'last', '--select', '0.2'], r'--save-model last with --select would export the last epoch.s model, while .*: --save-model best exports that one'),
     # the selection split
     (['--select', '1.5'], r'--select 1.5: a share of the training split is a number between 0 and 1'),
     (['--select', 'nan'], r'--select nan: a share of the training split is a number between 0 and 1'),
