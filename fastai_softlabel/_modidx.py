@@ -541,6 +541,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                       'fastai_softlabel/metrics.py'),
                                           'fastai_softlabel.metrics.first_non_finite_epoch': ( 'metrics.html#first_non_finite_epoch',
                                                                                                'fastai_softlabel/metrics.py'),
+                                          'fastai_softlabel.metrics.is_evaluated_column': ( 'metrics.html#is_evaluated_column',
+                                                                                            'fastai_softlabel/metrics.py'),
                                           'fastai_softlabel.metrics.layer_r2': ('metrics.html#layer_r2', 'fastai_softlabel/metrics.py'),
                                           'fastai_softlabel.metrics.mean_auroc': ('metrics.html#mean_auroc', 'fastai_softlabel/metrics.py'),
                                           'fastai_softlabel.metrics.multi_label_metrics': ( 'metrics.html#multi_label_metrics',

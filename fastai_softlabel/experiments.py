@@ -17,7 +17,7 @@ from .data import array_image_dls, synthetic_class_images, read_image, resize_sh
 from .datasets import load_npz, finding_labels, check_images, check_labels, _read_table
 from .corruption import corrupt_single_label, corrupt_multi_label
 from .metrics import single_label_metrics, multi_label_metrics, run_summaries, per_class_metrics, SingleLabelAUROC, confusion_counts, \
-    first_non_finite_epoch, TRAINING_COLUMNS
+    first_non_finite_epoch, is_evaluated_column
 from .selection import SelectionMetrics
 from .models import create_backbone, flowmixup_points, resnet1d34
 from .signals import signal_dls
@@ -52,8 +52,7 @@ def _train_valid(
     "`d` with `split` ('train', 'valid' or 'unused' per item) and what the summary and `config.json` say of it: `split_counts` (items per split value), `split_used`, `split_source`"
     if split is None and d.get('groups') is not None:   # copies of one lesion or patient stay in one split ('': an item alone)
         n = len(d['labels'])
-        g = np.where(d['groups'] == '', np.char.add('(alone) ', np.arange(n).astype(str)), d['groups'])
-        values = np.full(n, 'train', dtype=object); values[list(PatientSplitter(g, 0.2, seed)(list(range(n)))[1])] = 'valid'
+        values = np.full(n, 'train', dtype=object); values[list(PatientSplitter(d['groups'], 0.2, seed)(list(range(n)))[1])] = 'valid'
         values,train,valid,source = values.astype(str),['train'],'valid',source or f"random 80:20 by {d.get('group_name', 'group')} (seed {seed})"
     elif split is None:
         values = np.where(np.random.default_rng(seed).random(len(d['labels'])) < 0.8, 'train', 'valid')
@@ -366,7 +365,7 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     epoch,chosen = len(values) - 1,'last'
     if select:
         row['selected_epoch'] = best.best_epoch   # None: the selection score was never a number
-        evaluated = [n for n in names if n not in TRAINING_COLUMNS and not n.startswith('select_')]
+        evaluated = [n for n in names if is_evaluated_column(n)]
         row.update({f'{n}_selected': (float(curves[n].iloc[best.best_epoch]) if best.best_epoch is not None else float('nan')) for n in evaluated})
         if best.state is not None: learn.model.load_state_dict(best.state); epoch,chosen = best.best_epoch,'selected'
     row.update(described_epoch=epoch, described=chosen)

@@ -14,7 +14,8 @@ from sklearn.cluster import KMeans
 # %% auto #0
 __all__ = ['TRAINING_COLUMNS', 'single_label_metrics', 'mean_auroc', 'MeanAUROC', 'multi_label_metrics', 'single_label_auroc',
            'SingleLabelAUROC', 'per_class_metrics', 'confusion_counts', 'curve_summary', 'recorder_curve',
-           'curve_summaries', 'run_summaries', 'first_non_finite_epoch', 'cluster_r2', 'layer_r2']
+           'curve_summaries', 'is_evaluated_column', 'run_summaries', 'first_non_finite_epoch', 'cluster_r2',
+           'layer_r2']
 
 # %% ../nbs/07_metrics.ipynb #86476fae
 def _skm_metric(func, thresh=None, **kwargs):
@@ -165,6 +166,10 @@ def curve_summaries(
 
 TRAINING_COLUMNS = ('train_loss', 'ce', 'kl', 'head_ce', 'l_cc', 'p_bar')   # Recorder columns of the training epoch (CCL's terms too), not of an evaluation
 
+def is_evaluated_column(col:str)->bool:
+    "Whether a Recorder column scores the evaluated split: not a training column, not the selection split's (`select_*`)"
+    return col not in TRAINING_COLUMNS and not col.startswith('select_')
+
 def run_summaries(
     curves:pd.DataFrame,   # a run's Recorder columns, one row per epoch
     n_first:int|None=None, # epochs of the early variance (default: all)
@@ -173,7 +178,7 @@ def run_summaries(
     out = {}
     for col in curves.columns:
         s = curve_summaries(curves[[col]], n_first)
-        if col not in TRAINING_COLUMNS and not col.startswith('select_'): s = {k.replace(f'{col}_best', f'{col}_best_on_eval', 1): v for k,v in s.items()}
+        if is_evaluated_column(col): s = {k.replace(f'{col}_best', f'{col}_best_on_eval', 1): v for k,v in s.items()}
         out.update(s)
     return out
 

@@ -5,6 +5,7 @@
 # %% ../nbs/24_selection.ipynb #se000002
 from __future__ import annotations
 from fastai.basics import *
+from fastai.distributed import DistributedDL
 from .metrics import mean_auroc
 from .splits import PatientSplitter, StratifiedSplitter
 
@@ -17,10 +18,7 @@ def _held_out(d:dict, share:float, seed:int)->tuple:
     train = np.flatnonzero(d['split'] == 'train')
     positions = list(range(len(train)))
     groups = d.get('groups')
-    if groups is not None:   # an item without a group ('') is a group of its own
-        g = np.asarray(groups)[train].astype(str)
-        g = np.where(g == '', np.char.add('(alone) ', train.astype(str)), g)
-        splitter,how = PatientSplitter(g, share, seed),f"by {d.get('group_name', 'group')}"
+    if groups is not None: splitter,how = PatientSplitter(np.asarray(groups)[train], share, seed),f"by {d.get('group_name', 'group')}"   # '': an item alone
     elif d['labels'].ndim == 1: splitter,how = StratifiedSplitter(d['labels'][train], share, seed),'stratified'
     else: splitter,how = RandomSplitter(share, seed),'at random'
     try: _,held = splitter(positions)
@@ -107,7 +105,7 @@ class SelectionMetrics(Callback):
     def _scores(self)->list:
         "`[loss, score]` over the whole selection split; under DDP every rank scores all of it and rank 0's numbers go to every rank"
         dl = self.dls[self.dl_idx]
-        dl = getattr(dl, 'dl', dl)   # under DDP fastai deals every loader out in shares (`DistributedDL`): the whole loader
+        if isinstance(dl, DistributedDL): dl = dl.dl   # under DDP fastai deals every loader out in shares: the whole loader
         model = self.learn.model.module if isinstance(self.learn.model, nn.parallel.DistributedDataParallel) else self.learn.model   # inside DDP's wrapper: no collective
         preds,targs = [],[]
         for b in dl:

@@ -51,7 +51,9 @@ def PatientSplitter(
     valid_pct:float=0.2,  # approximate fraction of items in the validation set
     seed:int=42,
 ):
-    "Splitter: a seeded random split of whole patients, so that no patient is in both sets"
+    "Splitter: a seeded random split of whole patients, so that no patient is in both sets; an item without an id (None, NaN, '') is a patient of its own"
     groups = np.asarray(groups)
+    alone = np.array([g is None or (isinstance(g, str) and not g) or (isinstance(g, float) and g != g) for g in groups.tolist()], dtype=bool)
+    if alone.any(): groups = np.where(alone, np.char.add('(no id) ', np.arange(len(groups)).astype(str)), groups.astype(str))   # (ids kept as they are otherwise: the same split)
     return lambda items: _index_split(items, len(groups), 'patient ids',
         lambda idx: next(GroupShuffleSplit(n_splits=1, test_size=valid_pct, random_state=seed).split(idx, groups=groups)))
