@@ -5,221 +5,19 @@
 # %% ../nbs/03_ccl.ipynb #353e139b
 from __future__ import annotations
 import math, numbers
-from contextlib import contextmanager
 from collections import Counter
 from fastai.basics import *
-from fastai.callback.schedule import ParamScheduler
-from fastai.layers import Flatten
-from .losses import (ccl_head_loss, ccl_loss_from_terms, dictionary_terms, unit_rows, unit_sq_distance, soft_label_matrix, soft_label_kl,
-                                     normalized_sq_distance, multilabel_head_targets, multilabel_soft_targets, binary_soft_label_kl)
+from .losses import multilabel_head_targets, multilabel_soft_targets, binary_soft_label_kl, soft_label_kl, epochs_without_drop
 from .core import *
-from .lockstep import Lockstep, fused_supported, accumulation_scale
+from .lockstep import Lockstep, accumulation_scale, scheduled_peak_lr, default_head_opt
 from .flowmixup import FlowMixup, flow_components, mix_along_flow
+from .ccl_head import CCLHead
+from .ccl_state import ccl_state, check_ccl_state, head_fits, current_layout, optimizer_state_for
+from .plots import soft_label_heatmap, pbar_plot
+from .rowmask import masked_batch_norm, RowMaskBatchNorm1d, zero_scratch_, move_running_stats_   # where exported Learners found them
 
 # %% auto #0
-__all__ = ['masked_batch_norm', 'RowMaskBatchNorm1d', 'zero_scratch_', 'move_running_stats_', 'CCLHead', 'last_linear',
-           'find_features', 'epochs_without_drop', 'scheduled_peak_lr', 'default_head_opt', 'check_ccl_arguments',
-           'CCL', 'soft_label_heatmap']
-
-# %% ../nbs/03_ccl.ipynb #mb000002
-def masked_batch_norm(
-    bn:nn.BatchNorm1d, # a BatchNorm layer in training mode
-    x:Tensor,          # (B, C) its input; rows that do not count must be finite (e.g. zeros)
-    keep:Tensor,       # (B,) 1 (True) for the rows that count, 0 for the others
-)->Tensor:             # (B, C)
-    "`bn` in training mode with the batch statistics of the kept rows only; its running statistics move only when 2 or more rows are kept"
-    if bn.momentum is None: raise ValueError("masked_batch_norm needs a BatchNorm with a momentum, not a cumulative average.")
-    w = keep.to(x.dtype)[:, None]
-    n = w.sum()
-    mean = (w*x).sum(0)/n.clamp_min(1)
-    var = (w*(x - mean)**2).sum(0)/n.clamp_min(1)
-    y = (x - mean)*torch.rsqrt(var + bn.eps)
-    if bn.affine: y = y*bn.weight + bn.bias
-    if bn.track_running_stats:
-        with torch.no_grad():   # as BatchNorm: the running variance is the unbiased one
-            moved = n >= 2
-            bn.running_mean.lerp_(mean, moved*bn.momentum)
-            bn.running_var.lerp_(var*n/(n - 1).clamp_min(1), moved*bn.momentum)
-            bn.num_batches_tracked += moved
-    return y
-
-class RowMaskBatchNorm1d(nn.BatchNorm1d):
-    "`nn.BatchNorm1d` that can leave rows out, decided on the device: set `keep` to a (B,) mask, or to a 0-d flag for the whole batch"
-    keep = None      # None: plain BatchNorm; set for one forward pass by `CCLHead.loss`
-    collect = None   # with a 0-d `keep`: a list this layer appends itself to, leaving the running statistics to `move_running_stats_`
-    def forward(self, x:Tensor)->Tensor:
-        "BatchNorm of the rows of `keep` (`masked_batch_norm`); with a 0-d `keep`, of every row, its running statistics moving only if `keep`"
-        keep = self.keep
-        if keep is None or not self.training or not self.track_running_stats or self.momentum is None: return super().forward(x)
-        if keep.ndim: return masked_batch_norm(self, x, keep)
-        if len(x) < 2: raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
-        if self.collect is None: zero_scratch_([self])
-        # momentum 1: the op writes the batch statistics (the variance unbiased, as BatchNorm's) to the scratch buffers
-        y = torch.native_batch_norm(x, self.weight, self.bias, *self.scratch(), True, 1., self.eps)[0]
-        if self.collect is not None: self.collect.append(self)
-        else: move_running_stats_([self], keep)
-        return y
-
-    def scratch(self)->list:
-        "`[batch_mean, batch_var]`: the buffers a forward pass with a 0-d `keep` writes the batch statistics to (made on first use, not saved)"
-        if 'batch_mean' not in self._buffers:
-            for n,t in (('batch_mean', self.running_mean), ('batch_var', self.running_var)):
-                self.register_buffer(n, torch.zeros_like(t), persistent=False)
-        return [self.batch_mean, self.batch_var]
-
-def zero_scratch_(bns:list):
-    "Zero the scratch buffers of `RowMaskBatchNorm1d` layers before their forward pass, which writes `1*batch + 0*scratch` there: a NaN left from an earlier batch would stay"
-    torch._foreach_zero_([t for b in bns for t in b.scratch()])
-
-def move_running_stats_(
-    bns:list,     # `RowMaskBatchNorm1d` layers whose last forward pass had a 0-d `keep`
-    keep:Tensor,  # 0-d: 1 (True) moves their running statistics towards those batch statistics by their momentum, 0 leaves them
-):
-    "Move the running statistics of several BatchNorm layers in one go (a handful of ops for all), without asking the host about `keep`"
-    with torch.no_grad():
-        for m in {b.momentum for b in bns}:
-            group = [b for b in bns if b.momentum == m]
-            running = [t for b in group for t in (b.running_mean, b.running_var)]
-            step = torch._foreach_sub([t for b in group for t in b.scratch()], running)   # not in place: the backward reads them
-            torch._foreach_mul_(step, keep*m)   # running + w*(batch - running): `lerp_` with a weight on the device
-            torch._foreach_add_(running, step)
-        torch._foreach_add_([b.num_batches_tracked for b in bns], [keep]*len(bns))   # a 0-d `other` of the `Tensor` overload is read on the host
-
-# %% ../nbs/03_ccl.ipynb #c0f62ad0
-class CCLHead(Module):
-    "CCL-Net's plug-in head: an MLP $f_2$ embedding the pooled features $f$, and a dictionary of one learnable embedding per class"
-    def __init__(self,
-        in_features:int,   # width of the pooled backbone features f
-        n_classes:int,     # number of classes K: one embedding each
-        widths=(1024, 1024, 512), # widths of f_2's Linear layers (BatchNorm and ReLU between them); the last is the embedding size
-    ):
-        widths = tuple(widths)
-        if not widths: raise ValueError("widths needs at least one layer width")
-        layers = []
-        for i,(ni,nf) in enumerate(zip((in_features,)+widths[:-1], widths)):
-            bn = i < len(widths)-1
-            layers.append(nn.Linear(ni, nf, bias=not bn))   # the BatchNorm after it would remove a bias
-            if bn: layers += [RowMaskBatchNorm1d(nf), nn.ReLU(inplace=True)]
-        self.embed = nn.Sequential(*layers)
-        # unit-length start: f_d ignores length, and unit vectors make the dictionary's gradients O(1)
-        self.dictionary = nn.Parameter(F.normalize(torch.randn(n_classes, widths[-1]), dim=1))
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        for m in self.embed:   # a head pickled when its BatchNorm layers could not leave rows out
-            if type(m) is nn.BatchNorm1d: m.__class__ = RowMaskBatchNorm1d
-        for lin,bn in zip(self.embed, self.embed[1:]):   # ...or when its Linear layers before BatchNorm had a bias
-            if isinstance(lin, nn.Linear) and isinstance(bn, nn.BatchNorm1d) and lin.bias is not None:
-                with torch.no_grad(): bn.running_mean -= lin.bias
-                lin.bias = None
-
-    def forward(self, features:Tensor)->Tensor:
-        "Distances $d_k = f_d(f_2(f), c_k)$, shape (B, K); $q_{CCL}$ = `softmax(-d)`"
-        return normalized_sq_distance(self.embed(features), self.dictionary)
-
-    def dictionary_terms(self)->tuple:
-        "`(c2, cos2)` (`dictionary_terms`): the doubled normalised dictionary and cosines, from which l_CC, the logits and the soft labels come"
-        return dictionary_terms(self.dictionary)
-
-    def loss(self,
-        features:Tensor, target:Tensor, alpha_cc:float=10., margin:float=2., # as in `ccl_head_loss`
-        keep:Tensor|None=None,   # (B,) rows that count, or 0-d: the whole batch or none of it (`RowMaskBatchNorm1d`); None: every row
-        terms:tuple|None=None,   # this step's `dictionary_terms()`, if already computed
-    )->tuple:
-        "`(L_CCL, CE, l_CC)` of `ccl_head_loss` for a batch of features"
-        bns,moved = [m for m in self.embed if isinstance(m, RowMaskBatchNorm1d)],[]
-        if bns and keep is not None and keep.ndim == 0 and self.training: zero_scratch_(bns)
-        for m in bns: m.keep,m.collect = keep,moved
-        try: e = unit_rows(self.embed(features).float())
-        finally:
-            for m in bns: m.keep,m.collect = None,None
-        if moved: move_running_stats_(moved, keep)   # every layer's running statistics at once
-        return ccl_loss_from_terms(e, *(terms or self.dictionary_terms()), target, alpha_cc, margin,
-                              None if keep is None or keep.ndim == 0 else keep.float())
-
-    def soft_labels(self)->Tensor:
-        "The K×K soft-label matrix $P$ of the current dictionary (no gradient)"
-        with torch.no_grad(): return soft_label_matrix(self.dictionary)
-
-# %% ../nbs/03_ccl.ipynb #c86b2a64
-def last_linear(model:nn.Module)->tuple|None:
-    "`(name, module)` of the classifier `nn.Linear` of `model`: timm's `get_classifier()` if a Linear, else the last one registered"
-    names = {m:n for n,m in model.named_modules()}
-    clf = model.get_classifier() if callable(getattr(model, 'get_classifier', None)) else None
-    if isinstance(clf, nn.Linear) and clf in names: return names[clf],clf
-    lins = [(n,m) for n,m in model.named_modules() if isinstance(m, nn.Linear)]
-    return lins[-1] if lins else None
-
-# %% ../nbs/03_ccl.ipynb #59839ebf
-_FLATTENS = (nn.Flatten, Flatten)
-
-def _check_pooled(name, x, how):
-    if not isinstance(x, Tensor) or x.ndim != 2: raise ValueError(
-        f"The {how} of `{name}` is {f'of shape {tuple(x.shape)}' if isinstance(x, Tensor) else f'a {type(x).__name__}'}; "
-        "CCL needs pooled features of shape (batch, width): name the module that receives the pooled, flattened "
-        "features with CCL(features=...).")
-
-def find_features(
-    model:nn.Module,          # the Learner's model (inside any DDP wrapper)
-    xb:tuple,                 # one batch of inputs
-    features:str|nn.Module|None=None, # name or module whose *input* are the features; `None`: found automatically
-)->tuple:                     # `(name, module, 'input' or 'output', width)`
-    "Where CCL reads the pooled features $f$, from one eval-mode forward pass, with a clear error when it cannot tell"
-    if features is not None:
-        name,module = named_module(model, features, 'CCL features module')
-        _,calls = probe_forward(model, xb, [module])
-        if not calls: raise ValueError(f"Module `{name}` did not run in the model's forward pass: name a module that does.")
-        if len(calls) > 1: raise ValueError(f"Module `{name}` runs {len(calls)} times in one forward pass: name a module that runs once.")
-        _check_pooled(name, calls[0][1], 'input')
-        return name,module,'input',calls[0][1].shape[1]
-    names = {m:n for n,m in model.named_modules()}
-    out,calls = probe_forward(model, xb, [m for m in names if isinstance(m, (nn.Linear,) + _FLATTENS)])
-    clf = [i for i,(m,_,o,_) in enumerate(calls) if isinstance(m, nn.Linear) and o is out]
-    if not clf: raise ValueError(
-        "CCL could not find the classifier: no nn.Linear of this model produces its output (a convolution or another "
-        "layer does). Pass CCL(features='<module name>') naming the module whose input are the pooled, flattened "
-        "backbone features.")
-    i = clf[0]
-    flat = [j for j in range(i) if isinstance(calls[j][0], _FLATTENS) and isinstance(calls[j][2], Tensor) and calls[j][2].ndim == 2]
-    m,x,o,_ = calls[flat[-1]] if flat else calls[i]
-    how,f = ('output', o) if flat else ('input', x)
-    _check_pooled(names[m], f, how)
-    return names[m],m,how,f.shape[1]
-
-# %% ../nbs/03_ccl.ipynb #0614ea6a
-def epochs_without_drop(
-    pbars:list,         # label softness p̄ after each epoch, oldest first
-    min_delta:float=0., # smallest decrease below the best p̄ so far that counts as a drop
-)->int:
-    "Number of epochs since p̄ last dropped below its best value by more than `min_delta` (CCL-Net's freezing rule)"
-    best,wait = float('inf'),0
-    for p in pbars:
-        if p < best - min_delta: best,wait = p,0
-        else: wait += 1
-    return wait
-
-# %% ../nbs/03_ccl.ipynb #dffe7157
-def scheduled_peak_lr(learn:Learner)->float:
-    "Peak lr of the last parameter group in this fit: the maximum of the fit's `ParamScheduler` lr, or the optimizer's lr"
-    peak = float(learn.opt.hypers[-1]['lr'])
-    for cb in learn.cbs:
-        sched = getattr(cb, 'scheds', {}).get('lr') if isinstance(cb, ParamScheduler) else None
-        if sched is None: continue
-        f = sched[-1] if is_listy(sched) else sched
-        peak = max([peak] + [float(np.asarray(f(p)).reshape(-1)[-1]) for p in np.linspace(0, 1, 501)])
-    return peak
-
-def default_head_opt(
-    params,    # the head's parameters or parameter groups
-    lr:float,  # the head's learning rate
-)->torch.optim.Optimizer:
-    "CCL-Net's head optimizer: SGD with momentum 0.9 and weight decay 1e-4, fused where the parameters' device has fused kernels"
-    params = list(params)
-    if params and all(isinstance(g, dict) and set(g) == {'params'} for g in params):   # groups without settings of their own
-        params = [{'params': [p for g in params for p in g['params']]}]                # as one: one fused step
-    p = first(params)
-    device = (p['params'][0] if isinstance(p, dict) else p).device
-    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4, fused=fused_supported(device))
+__all__ = ['check_ccl_arguments', 'CCL']
 
 # %% ../nbs/03_ccl.ipynb #ca000002
 def check_ccl_arguments(
@@ -245,9 +43,10 @@ class CCL(Callback):
     "Class-correlation learning (CCL-Net): learn class embeddings with a plug-in head and regularise the backbone with their soft labels"
     order,run_valid = 51,False # after `Recorder` (50) adds its columns, before `ProgressCallback`/`LRFinder`/`SaveModelCallback` (60)
     columns = ('ce', 'kl', 'head_ce', 'l_cc', 'p_bar')
+    sums = ('ce', 'kl', 'head_ce', 'l_cc', 'head_rows', 'finite', 'one_item')   # an epoch's sums on the device, read at its end
     # what one fit needs and `export` leaves out (restored empty by `_init_state` after unpickling)
-    _stateattrs = ('_lockstep', '_where', '_handles', '_ours', '_feats', '_terms', '_sums', '_n', '_counts', '_epoch_row',
-                   '_peak_lr', '_columns_added', '_logged', '_batches', '_train_cancelled', '_head_batches', '_zero', '_consts', '_acc')
+    _stateattrs = ('_lockstep', '_where', '_handles', '_ours', '_feats', '_terms', '_sums', '_acc', '_n', '_counts', '_epoch_row',
+                   '_peak_lr', '_columns_added', '_logged', '_epoch', '_head_batches', '_zero', '_consts')
 
     def __init__(self,
         features:str|nn.Module|None=None, # module whose input are the pooled features; default: found automatically (`find_features`)
@@ -269,9 +68,9 @@ class CCL(Callback):
         self._init_state()
 
     def _init_state(self):
-        self.__dict__.update(_state={}, _lockstep=None, _where=None, _handles=[], _ours=False, _feats=None, _terms=None, _sums=None, _n=0,
-                             _counts=Counter(), _epoch_row=None, _peak_lr=None,
-                             _columns_added=False, _logged=False, _batches=0, _train_cancelled=False, _head_batches=0, _zero=None, _consts={}, _acc=None)
+        self.__dict__.update(_state={}, _lockstep=None, _where=None, _handles=[], _ours=False, _feats=None, _terms=None, _sums=None,
+                             _acc=None, _n=0, _counts=Counter(), _epoch_row=None, _peak_lr=None, _columns_added=False, _logged=False,
+                             _epoch=TrainingBatches('CCL'), _head_batches=0, _zero=None, _consts={})
 
     # ---------------------------------------------------------------- what was learned
     @property
@@ -304,7 +103,7 @@ class CCL(Callback):
         "Whether the Learner is set up for multi-label targets (`MultiCategoryBlock` or a BCE loss): CCL's multi-label form"
         return self.learn is not None and is_multilabel(self.learn.dls, self.learn.loss_func)
 
-    # ---------------------------------------------------------------- set-up: at creation, every fit, a fit's first training epoch
+    # ---------------------------------------------------------------- the events, in the order fastai calls them
     def after_create(self):
         "Check the Learner, and find the features, as soon as it is created with `cbs=CCL()`"
         self._check_learner()
@@ -329,27 +128,25 @@ class CCL(Callback):
         try:
             k,(_,_,_,width) = self._check_learner(),self._locate_features()
         except Exception: self._remove_columns(); raise
-        if len(self.learn.dl) == 0: refuse_fit(self.learn, no_training_batch_message(self.learn.dl, 'CCL'))
+        self._epoch.start(self.learn)   # an epoch without a batch is refused
         device = first(self.learn.model.parameters()).device
         if self.ccl_head is None: self.ccl_head = broadcast_module_(CCLHead(width, k, self.widths).to(device))
         if self._peak_lr is None: self._peak_lr = scheduled_peak_lr(self.learn)
         if self._lockstep is None: self._lockstep = self._make_lockstep()
         self._lockstep.to(device)   # the head, its optimizer state, and new step counters
         self.ccl_head.train()   # gradients held back by `GradientAccumulation` carry over to the next step, as the backbone's do
-        # backbone CE and KL sums; head CE and l_CC sums, items seen by the head; batches with finite features, and
-        # multi-label head batches of one item: added on the device, read at the end of the epoch. Items seen by the backbone: on the host
-        self._sums,self._n,self._counts,self._epoch_row,self._head_batches = torch.zeros(7, device=device),0,Counter(),{},0
-        self._acc = self._sums.unbind()   # views of its 7 elements, for `torch._foreach_add_`
+        # `sums` on the device (`_acc`: views of them by name): the backbone's CE and KL times the items, the head's CE and l_CC
+        # times its rows, its rows, its batches with finite features, multi-label ones of one item. The items, batches left out: on the host
+        self._sums,self._n,self._counts,self._epoch_row,self._head_batches = torch.zeros(len(self.sums), device=device),0,Counter(),{},0
+        self._acc = dict(zip(self.sums, self._sums.unbind()))
         self._zero,self._consts = torch.zeros((), device=device),{}   # what rows that do not count become; 1 and 1/b per batch size b
-        self._batches,self._train_cancelled = 0,False
 
-    # ---------------------------------------------------------------- one training batch
     def before_batch(self):
         "Refuse targets that are not one class index per item, hook this training batch's forward pass"
         self._remove_hooks()
         self._ours = False
         try: check_batch_targets(self.learn.yb, self.multi_label, self.ccl_head.dictionary.shape[0], 'CCL')
-        except ValueError as e: self._refuse(str(e))
+        except ValueError as e: refuse_fit(self.learn, str(e))
         name,module,how,_ = self._where
         grab = WeakHook(self._grab_input) if how == 'input' else WeakHook(self._grab_output)
         self._handles = hooks_for_next_forward(self.learn.model, [(self.learn.model, 'first', WeakHook(self._arm)),
@@ -357,12 +154,12 @@ class CCL(Callback):
 
     def after_loss(self):
         "Add the soft-label KL to the backbone's loss (softmax: `KL(P[y] || softmax(pred))`; multi-label: a Bernoulli KL per label), mixed along FlowMixup's flow"
-        if self._feats is None: self._refuse(
+        if self._feats is None: refuse_fit(self.learn,
             f"Module `{self._where[0]}` did not run in the forward pass: name one that does with CCL(features=...).")
         fm,k = self._mixer(),self.ccl_head.dictionary.shape[0]
         if fm is not None and fm.flow is None: fm = None   # a batch that did not mix
         pred = fm.flow.pred if fm is not None else self.learn.pred
-        if pred.shape[-1] != k: self._refuse(f"The model outputs {pred.shape[-1]} scores per item but there are {k} classes.")
+        if pred.shape[-1] != k: refuse_fit(self.learn, f"The model outputs {pred.shape[-1]} scores per item but there are {k} classes.")
         # the dictionary's distances once per step: the soft labels now, l_CC in the head's loss (`after_backward`)
         self._terms = self.ccl_head.dictionary_terms()
         y = self._target()
@@ -373,9 +170,13 @@ class CCL(Callback):
         self.learn.loss_grad = self.learn.loss_grad + (kl if scale == 1 else kl*scale)
         with torch.no_grad():   # what is shown and logged
             loss = self.learn.loss.float()
-            torch._foreach_add_(self._acc[:2], [loss.mean() if loss.ndim else loss, kl], alpha=len(y))
+            torch._foreach_add_([self._acc['ce'], self._acc['kl']], [loss.mean() if loss.ndim else loss, kl], alpha=len(y))
             self.learn.loss = self.learn.loss + kl
         self._n += len(y)
+
+    def after_cancel_backward(self):
+        "The backbone's backward was cancelled: no head backward for this batch"
+        self._feats = self._terms = None
 
     def after_backward(self):
         "Back-propagate the head's loss on the batch of every rank (scaled like the backbone's); rows that cannot train it get weight 0"
@@ -391,30 +192,31 @@ class CCL(Callback):
         elif distributed_world() > 1: keep = ok.expand(len(feats))   # the ranks' rows are normalised together: a mask
         # rows that do not count become zeros: finite everywhere in the head, so that weight 0 leaves no NaN behind
         feats = torch.where(ok if keep is None else keep[:, None], feats, self._zero)
-        if distributed_world() > 1:   # padded to a row count every rank knows: the DataLoader's batch size times the flow's
-            cap = undistributed_dl(self.learn.dl).bs*(len(feats)//len(self.learn.yb[0]))
-            if not target.is_floating_point():   # one-hot rows: the same columns on every rank, whichever way its batch
-                # went (`ManifoldMixup` picks its module on each rank: before the features on one, after them on another)
-                target = (target[:, None] == torch.arange(self.ccl_head.dictionary.shape[0], device=target.device)).float()
-            feats,target,keep = self._lockstep.gather(feats, target, keep, rows=cap)
+        if distributed_world() > 1: feats,target,keep = self._gather(feats, target, keep)
         scale,bn = self._lockstep.scale(self.learn),any(isinstance(m, nn.BatchNorm1d) for m in self.ccl_head.modules())
         self._head_batches += 1
+        acc = self._acc
         if keep is None:   # single-label, one process: the whole batch, or nothing (ok = 0)
             if len(feats) < 2 and bn:
                 self._counts['of one item'] += 1
-                self._acc[5].add_(ok)
+                acc['finite'].add_(ok)
                 return
             okf,b = ok.float(),len(feats)
             ce,lcc = self._head_backward(feats, target, ok, terms, okf if isinstance(scale, float) and scale == 1 else okf*scale)
             if b not in self._consts: self._consts[b] = [torch.full((), v, device=okf.device) for v in (1., 1/b)]
             with torch.no_grad():   # head CE and l_CC times the rows, the rows, the batch if finite (`1/b` times `b`): one op
-                torch._foreach_addcmul_(self._acc[2:6], [ce, lcc, *self._consts[b]], [okf]*4, value=b)
+                torch._foreach_addcmul_([acc['head_ce'], acc['l_cc'], acc['head_rows'], acc['finite']], [ce, lcc, *self._consts[b]],
+                                        [okf]*4, value=b)
         else:              # rows of `keep` only, their number known to the device alone
             rows = keep.float().sum()
             one = (rows == 1) & bn
             rows = rows*(rows >= (2 if bn else 1))   # the head's BatchNorm cannot normalise one row
             ce,lcc = self._head_backward(feats, target, keep, terms, (rows > 0)*scale)
-            with torch.no_grad(): torch._foreach_add_(self._acc[2:], [ce*rows, lcc*rows, rows, ok, one])
+            with torch.no_grad(): torch._foreach_add_([acc[k] for k in self.sums[2:]], [ce*rows, lcc*rows, rows, ok, one])
+
+    def after_cancel_step(self):
+        "The backbone's step was cancelled (e.g. GradScaler): no head step either"
+        self._lockstep.cancel_step()
 
     def after_step(self):
         "The head's step when the backbone stepped, skipped on the device without finite gradients; its lr follows the backbone's schedule"
@@ -422,45 +224,70 @@ class CCL(Callback):
         self._peak_lr = max(self._peak_lr, lr_now)
         self._lockstep.step(self.lr_ccl*lr_now/self._peak_lr)
 
-    def after_cancel_step(self):
-        "The backbone's step was cancelled (e.g. GradScaler): no head step either"
-        self._lockstep.cancel_step()
+    def after_cancel_batch(self):
+        "Remove the hooks of a batch cancelled before its forward pass (head gradients stay, as the backbone's do)"
+        self._remove_hooks()
 
     def after_batch(self):
         "Count the epoch's training batches (cancelled ones too: a callback decided about them)"
-        self._batches += 1
+        self._epoch.count()
 
-    # ---------------------------------------------------------------- end of the training epoch: p̄ and the freeze rule
+    def after_cancel_train(self):
+        "A callback cancelled this training epoch: an epoch without a batch is then intended"
+        self._epoch.cancel()
+
     def after_train(self):
         "Epoch means of the loss terms (across ranks), p̄, the freeze rule, and a warning for batches the head left out; an epoch without a batch is refused"
         self._remove_hooks()
-        if self._batches == 0 and not self._train_cancelled: refuse_fit(self.learn, no_training_batch_message(self.learn.dl, 'CCL'))
+        self._epoch.check(self.learn)
         if self._sums is None: return   # a callback cancelled the epoch before CCL's before_train: nothing of it to log
         sums,self._sums = self._sums,None
-        stats = all_reduce_mean_([torch.cat([sums, sums.new_tensor([self._n])])])[0].tolist()   # one host synchronisation per epoch
-        ce,kl,head_ce,lcc,n_head,finite,one_item,n = stats
-        nonfinite = round((self._head_batches - finite)*distributed_world())   # counted on every rank, as a mean
+        # one host synchronisation per epoch
+        s = dict(zip(self.sums + ('items',), all_reduce_mean_([torch.cat([sums, sums.new_tensor([self._n])])])[0].tolist()))
+        nonfinite = round((self._head_batches - s['finite'])*distributed_world())   # counted on every rank, as a mean
         if nonfinite: self._counts['with non-finite features'] = nonfinite
-        if one_item: self._counts['of one item'] += round(one_item)
+        if s['one_item']: self._counts['of one item'] += round(s['one_item'])
         counts = self._lockstep.counts()
         steps = counts.pop('steps')
         self._counts.update({k: v for k,v in counts.items() if v})
         if self._counts and not rank_distrib():
             warn(f"CCL: in epoch {len(self.history)} the head left out " + ', '.join(f'{v} batch(es) {k}' for k,v in self._counts.items())
                  + f" ({steps} head steps taken).")
+        n,rows = s['items'],max(s['head_rows'], 1e-12)
         if n == 0: return
         if not self._lockstep.agree_across_ranks() and not rank_distrib(): warn(
             f"CCL: in epoch {len(self.history)} the head differed between ranks (kernels that are not bitwise reproducible, "
             "e.g. different GPU models); rank 0's head was copied to every rank.")
         pbar = self.ccl_head.soft_labels().diagonal().mean().item()
-        self._epoch_row = dict(epoch=len(self.history), ce=ce/n, kl=kl/n, head_ce=head_ce/max(n_head, 1e-12),
-                               l_cc=lcc/max(n_head, 1e-12), p_bar=pbar)
+        self._epoch_row = dict(epoch=len(self.history), ce=s['ce']/n, kl=s['kl']/n, head_ce=s['head_ce']/rows, l_cc=s['l_cc']/rows, p_bar=pbar)
         self.history.append(self._epoch_row)
         if not self.frozen and epochs_without_drop(self.pbar_history, self.min_delta) >= self.patience:
             self.freeze_dictionary()
             if not rank_distrib(): print(f"CCL: p_bar has not dropped for {self.patience} epochs (now {pbar:.4f}); "
                                          f"class dictionary frozen after epoch {self.frozen_at}.")
 
+    def before_validate(self):
+        "The head in eval mode (its BatchNorm statistics stay as trained)"
+        if self.ccl_head is not None: self.ccl_head.eval()
+
+    def after_validate(self):
+        "Append this epoch's CCL columns to the Recorder's log (NaN for an epoch that trained on no item)"
+        if self._columns_added and self._epoch_row is not None:
+            self.learn.recorder.log += [self._epoch_row.get(c, float('nan')) for c in self.columns]
+            self._logged = True
+        self._epoch_row = None
+
+    def after_cancel_fit(self):
+        "Nothing stays on the model after an interrupted fit"
+        self._remove_hooks()
+
+    def after_fit(self):
+        "Nothing stays on the model; a fit that trained nothing (get_preds, validate) leaves no CCL columns"
+        self._remove_hooks()
+        if self.ccl_head is not None: self.ccl_head.eval()
+        if not self._logged: self._remove_columns()
+
+    # ---------------------------------------------------------------- the freeze
     def freeze_dictionary(self):
         "Stop updating the class dictionary: no gradient, and out of the head optimizer (no momentum, no weight decay)"
         if self.ccl_head is None: raise ValueError("CCL has no class dictionary yet: it is created by the first fit.")
@@ -473,287 +300,150 @@ class CCL(Callback):
             self.ccl_opt.param_groups[:] = [g for g in self.ccl_opt.param_groups if g['params']]
             self.ccl_opt.state.pop(d, None)
 
-# %% ../nbs/03_ccl.ipynb #cq000000
-@patch
-def _check_learner(self:CCL)->int:
-    "Raise a clear error for anything CCL cannot train with, before any work; return K"
-    refuse_fastai_mixing(self.learn, 'CCL')
-    if any(isinstance(cb, CCL) and cb is not self for cb in self.learn.cbs): raise ValueError(
-        "This Learner has two CCL callbacks: each would train its own head and log its own columns. Use one CCL "
-        "(remove the other with learn.remove_cb).")
-    model = plain_model(self.learn.model)
-    if self.features is not None: named_module(model, self.features, 'CCL features module')
-    k_data = getattr(self.learn.dls, 'c', None)
-    if self.n_classes is not None and k_data is not None and self.n_classes != k_data:
-        raise ValueError(f"CCL(n_classes={self.n_classes}) but the data has {k_data} classes (dls.c): "
-                         f"leave n_classes out or set it to {k_data}.")
-    clf = last_linear(model)
-    k = ifnone(self.n_classes, k_data)
-    if clf is not None and k is not None and clf[1].out_features != k:
-        raise ValueError(f"The model's classifier `{clf[0]}` has {clf[1].out_features} outputs but the data has {k} classes: "
-                         f"build the model with {k} outputs (e.g. timm's num_classes={k}, or vision_learner(n_out={k})).")
-    k = ifnone(k, clf[1].out_features if clf is not None else None)
-    if k is None: raise ValueError("Cannot tell the number of classes from the data or the model: pass CCL(n_classes=K).")
-    if self.ccl_head is not None and self.ccl_head.dictionary.shape[0] != k:
-        raise ValueError(f"The CCL head was trained for {self.ccl_head.dictionary.shape[0]} classes but the data has {k}: "
-                         "use a new CCL() for a new label set.")
-    return k
+    # ---------------------------------------------------------------- set-up: checks, features, the head's optimizer
+    def _check_learner(self)->int:
+        "Raise a clear error for anything CCL cannot train with, before any work; return K"
+        refuse_fastai_mixing(self.learn, 'CCL')
+        refuse_second(self.learn, self, CCL, "This Learner has two CCL callbacks: each would train its own head and log its own "
+                      "columns. Use one CCL (remove the other with learn.remove_cb).")
+        model = plain_model(self.learn.model)
+        if self.features is not None: named_module(model, self.features, 'CCL features module')
+        k_data = getattr(self.learn.dls, 'c', None)
+        if self.n_classes is not None and k_data is not None and self.n_classes != k_data:
+            raise ValueError(f"CCL(n_classes={self.n_classes}) but the data has {k_data} classes (dls.c): "
+                             f"leave n_classes out or set it to {k_data}.")
+        clf = last_linear(model)
+        k = ifnone(self.n_classes, k_data)
+        if clf is not None and k is not None and clf[1].out_features != k:
+            raise ValueError(f"The model's classifier `{clf[0]}` has {clf[1].out_features} outputs but the data has {k} classes: "
+                             f"build the model with {k} outputs (e.g. timm's num_classes={k}, or vision_learner(n_out={k})).")
+        k = ifnone(k, clf[1].out_features if clf is not None else None)
+        if k is None: raise ValueError("Cannot tell the number of classes from the data or the model: pass CCL(n_classes=K).")
+        if self.ccl_head is not None and self.ccl_head.dictionary.shape[0] != k:
+            raise ValueError(f"The CCL head was trained for {self.ccl_head.dictionary.shape[0]} classes but the data has {k}: "
+                             "use a new CCL() for a new label set.")
+        return k
 
-@patch
-def _locate_features(self:CCL)->tuple:
-    "`(name, module, 'input'/'output', width)` of the features, found once per model with one eval-mode forward pass"
-    model = plain_model(self.learn.model)
-    if self._where is None or not any(m is self._where[1] for m in model.modules()):
-        self._where = find_features(model, one_batch_inputs(self.learn.dls, first(model.parameters()).device), self.features)
-    return self._where
+    def _locate_features(self)->tuple:
+        "`(name, module, 'input'/'output', width)` of the features, found once per model with one eval-mode forward pass"
+        model = plain_model(self.learn.model)
+        if self._where is None or not any(m is self._where[1] for m in model.modules()):
+            self._where = find_features(model, one_batch_inputs(self.learn.dls, first(model.parameters()).device), self.features)
+        return self._where
 
-@patch
-def _make_lockstep(self:CCL)->Lockstep:
-    "The head's optimizer (one group for f_2 and, unless frozen, one for the dictionary), stepped in lockstep with `learn.opt`"
-    groups = [{'params': list(self.ccl_head.embed.parameters())}]
-    if not self.frozen: groups.append({'params': [self.ccl_head.dictionary]})
-    return Lockstep(self.ccl_head, self.head_opt_func(groups, lr=self.lr_ccl), prefer_fused=self.head_opt_func is default_head_opt)
+    def _make_lockstep(self)->Lockstep:
+        "The head's optimizer (one group for f_2 and, unless frozen, one for the dictionary), stepped in lockstep with `learn.opt`"
+        groups = [{'params': list(self.ccl_head.embed.parameters())}]
+        if not self.frozen: groups.append({'params': [self.ccl_head.dictionary]})
+        return Lockstep(self.ccl_head, self.head_opt_func(groups, lr=self.lr_ccl), prefer_fused=self.head_opt_func is default_head_opt)
 
-# %% ../nbs/03_ccl.ipynb #cq000001
-@patch
-def _arm(self:CCL, model, args):
-    "Read features only in the forward pass of the training batch (not, e.g., a callback's extra forward)"
-    learn = self.learn
-    self._ours = learn is not None and len(args) > 0 and len(learn.xb) > 0 and args[0] is learn.xb[0]
+    # ---------------------------------------------------------------- reading the features in the training forward pass
+    def _arm(self, model, args):
+        "Read features only in the forward pass of the training batch (not, e.g., a callback's extra forward)"
+        self._ours = is_training_forward(self.learn, args)
 
-@patch
-def _grab(self:CCL, f):
-    if not self._ours: return
-    name,_,how,_ = self._where
-    if self._feats is not None: self._refuse(
-        f"Module `{name}` runs twice in one forward pass: name a module that runs once with CCL(features=...).")
-    if not isinstance(f, Tensor) or f.ndim != 2: self._refuse(
-        f"The {how} of `{name}` is not of shape (batch, width); CCL needs pooled features: "
-        "name the module that receives the pooled, flattened features with CCL(features=...).")
-    fm = self._mixer()
-    self._feats = f,(fm.mixing_so_far() if fm is not None else [])   # the features, and the mixing before them
+    def _grab(self, f):
+        if not self._ours: return
+        name,_,how,_ = self._where
+        if self._feats is not None: refuse_fit(self.learn,
+            f"Module `{name}` runs twice in one forward pass: name a module that runs once with CCL(features=...).")
+        if not isinstance(f, Tensor) or f.ndim != 2: refuse_fit(self.learn,
+            f"The {how} of `{name}` is not of shape (batch, width); CCL needs pooled features: "
+            "name the module that receives the pooled, flattened features with CCL(features=...).")
+        fm = self._mixer()
+        self._feats = f,(fm.mixing_so_far() if fm is not None else [])   # the features, and the mixing before them
 
-@patch
-def _grab_input(self:CCL, module, args): self._grab(args[0] if args else None)
+    def _grab_input(self, module, args): self._grab(args[0] if args else None)
+    def _grab_output(self, module, args, output): self._grab(output)
 
-@patch
-def _grab_output(self:CCL, module, args, output): self._grab(output)
+    def _remove_hooks(self):
+        "Remove hooks whose forward pass did not run, forget the batch"
+        remove_hooks(self._handles)
+        self._feats = self._terms = None
 
-@patch
-def _remove_hooks(self:CCL):
-    "Remove hooks whose forward pass did not run, forget the batch"
-    remove_hooks(self._handles)
-    self._feats = self._terms = None
+    # ---------------------------------------------------------------- the head's batch and backward
+    def _target(self)->Tensor:
+        "The batch's targets: class indices, or multi-hot rows as floats"
+        y = self.learn.yb[0].as_subclass(Tensor)
+        return y.float() if self.multi_label else y.long()
 
-@patch
-def after_cancel_batch(self:CCL):
-    "Remove the hooks of a batch cancelled before its forward pass (head gradients stay, as the backbone's do)"
-    self._remove_hooks()
+    def _mixer(self):
+        "The Learner's `FlowMixup` (or `Mixup`, `ManifoldMixup`), or None"
+        return first(cb for cb in self.learn.cbs if isinstance(cb, FlowMixup))
 
-@patch
-def after_cancel_backward(self:CCL):
-    "The backbone's backward was cancelled: no head backward for this batch"
-    self._feats = self._terms = None
+    def _head_batch(self)->tuple:
+        "Features, targets and rows kept (None: all) the head learns from: the original items, or every row of a flow that has none un-mixed"
+        (feats,ops),y = self._feats,self._target()
+        feats = feats.detach().float()
+        # the flow as it was where the features were read: mixing modules after them do not change the features
+        rows = len(y)*2**sum(keep for _,_,keep in ops)   # each mixing module that keeps its original doubles the rows
+        if len(feats) != rows: refuse_fit(self.learn,
+            f"The features have {len(feats)} rows, but the batch has {len(y)} items and the flow {rows} rows where they were read.")
+        multi = self.multi_label
+        if all(keep for _,_,keep in ops):   # the un-mixed original items lead the flow
+            if len(feats) > len(y): feats = feats[:len(y)]
+            return (feats,*multilabel_head_targets(y)[::-1]) if multi else (feats,y,None)   # items without a positive label: not kept
+        # every row mixed: the targets mixed as the rows were (multi-label: the items' spread positives, renormalised)
+        one = y/y.sum(1, keepdim=True).clamp_min(1) if multi else self._one_hot(y)
+        mixed = mix_along_flow(one, *flow_components(len(y), ops, feats.device))
+        if not multi: return feats,mixed,None
+        mass = mixed.sum(1, keepdim=True)
+        return feats,mixed/mass.clamp_min(1e-12),mass[:, 0] > 0
 
-# %% ../nbs/03_ccl.ipynb #cq000002
-@patch
-def _target(self:CCL)->Tensor:
-    "The batch's targets: class indices, or multi-hot rows as floats"
-    y = self.learn.yb[0].as_subclass(Tensor)
-    return y.float() if self.multi_label else y.long()
+    def _one_hot(self, y:Tensor)->Tensor:
+        "Class indices as one-hot rows, by comparison: `F.one_hot` checks the classes' range on the host"
+        return (y[:, None] == torch.arange(self.ccl_head.dictionary.shape[0], device=y.device)).float()
 
-@patch
-def _mixer(self:CCL):
-    "The Learner's `FlowMixup` (or `Mixup`, `ManifoldMixup`), or None"
-    return first(cb for cb in self.learn.cbs if isinstance(cb, FlowMixup))
+    def _gather(self, feats, target, keep)->tuple:
+        "The head's batch of every rank, padded to a row count every rank knows: the DataLoader's batch size times the flow's"
+        cap = undistributed_dl(self.learn.dl).bs*(len(feats)//len(self.learn.yb[0]))
+        # one-hot rows: the same columns on every rank, whichever way its batch went (`ManifoldMixup` picks its
+        # module on each rank: before the features on one, after them on another)
+        if not target.is_floating_point(): target = self._one_hot(target)
+        return self._lockstep.gather(feats, target, keep, rows=cap)
 
-@patch
-def _head_batch(self:CCL)->tuple:
-    "Features, targets and rows kept (None: all) the head learns from: the original items, or every row of a flow that has none un-mixed"
-    (feats,ops),y = self._feats,self._target()
-    feats = feats.detach().float()
-    # the flow as it was where the features were read: mixing modules after them do not change the features
-    rows = len(y)*2**sum(keep for _,_,keep in ops)   # each mixing module that keeps its original doubles the rows
-    if len(feats) != rows: self._refuse(
-        f"The features have {len(feats)} rows, but the batch has {len(y)} items and the flow {rows} rows where they were read.")
-    multi = self.multi_label
-    if all(keep for _,_,keep in ops):   # the un-mixed original items lead the flow
-        if len(feats) > len(y): feats = feats[:len(y)]
-        return (feats,*multilabel_head_targets(y)[::-1]) if multi else (feats,y,None)   # items without a positive label: not kept
-    # every row mixed: the targets mixed as the rows were (multi-label: the items' spread positives, renormalised)
-    k = self.ccl_head.dictionary.shape[0]   # one-hot by comparison: `F.one_hot` checks the classes' range on the host
-    one = y/y.sum(1, keepdim=True).clamp_min(1) if multi else (y[:, None] == torch.arange(k, device=y.device)).float()
-    mixed = mix_along_flow(one, *flow_components(len(y), ops, feats.device))
-    if not multi: return feats,mixed,None
-    mass = mixed.sum(1, keepdim=True)
-    return feats,mixed/mass.clamp_min(1e-12),mass[:, 0] > 0
+    def _head_backward(self, feats, target, keep, terms, weight)->tuple:
+        "The head's loss in float32 (outside autocast), back-propagated with `weight` (0-d: 0 for a batch that must not train the head); `(CE, l_CC)`"
+        with torch.autocast(feats.device.type, enabled=False):
+            loss,ce,lcc = self.ccl_head.loss(feats, target, self.alpha_cc, self.margin, keep, terms)
+        self._lockstep.backward(loss, weight)
+        return ce,lcc   # their graph is gone: summed under `no_grad`
 
-@patch
-def _head_backward(self:CCL, feats, target, keep, terms, weight)->tuple:
-    "The head's loss in float32 (outside autocast), back-propagated with `weight` (0-d: 0 for a batch that must not train the head); `(CE, l_CC)`"
-    with torch.autocast(feats.device.type, enabled=False):
-        loss,ce,lcc = self.ccl_head.loss(feats, target, self.alpha_cc, self.margin, keep, terms)
-    self._lockstep.backward(loss, weight)
-    return ce,lcc   # their graph is gone: summed under `no_grad`
+    # ---------------------------------------------------------------- a refusal mid-fit (`refuse_fit`), the Recorder's columns
+    def _abandon_fit(self):
+        "Undo this fit's set-up before a refusal (`refuse_fit`): no hooks, no CCL columns"
+        self._remove_hooks()
+        self._remove_columns()
 
-# %% ../nbs/03_ccl.ipynb #cq000003
-@patch
-def after_cancel_train(self:CCL):
-    "A callback cancelled this training epoch: an epoch without a batch is then intended"
-    self._train_cancelled = True
+    def _remove_columns(self):
+        "Take CCL's columns out of the Recorder again (a fit that trained nothing, or failed)"
+        if self._columns_added: self.learn.recorder.metric_names = L(n for n in self.learn.recorder.metric_names if n not in self.columns)
 
-@patch
-def before_validate(self:CCL):
-    "The head in eval mode (its BatchNorm statistics stay as trained)"
-    if self.ccl_head is not None: self.ccl_head.eval()
+    # ---------------------------------------------------------------- saving and loading (`learn.save`/`learn.load`; earlier layouts: `ccl_state`)
+    state_dict,check_state_dict = ccl_state,check_ccl_state   # what `learn.save` writes, what `learn.load` checks before it loads
 
-@patch
-def after_validate(self:CCL):
-    "Append this epoch's CCL columns to the Recorder's log (NaN for an epoch that trained on no item)"
-    if self._columns_added and self._epoch_row is not None:
-        self.learn.recorder.log += [self._epoch_row.get(c, float('nan')) for c in self.columns]
-        self._logged = True
-    self._epoch_row = None
+    def load_state_dict(self, sd:dict):
+        "Restore a `state_dict` (called by `learn.load`): the head, its optimizer, the freeze state and the history as they were when saved"
+        if not sd:
+            self.ccl_head,self._lockstep,self.history,self.frozen_at = None,None,[],None
+            return
+        check_ccl_state(self, sd)
+        if not head_fits(self.ccl_head, sd): self.ccl_head = CCLHead(sd['in_features'], sd['n_classes'], self.widths)
+        head,opt = current_layout(sd['head'], sd['opt'])
+        self.ccl_head.load_state_dict(head)
+        self.frozen_at,self.history = sd['frozen_at'],[dict(h) for h in sd['history']]
+        self.ccl_head.dictionary.requires_grad_(not self.frozen)
+        self._lockstep = self._make_lockstep()
+        if opt is not None: self.ccl_opt.load_state_dict(optimizer_state_for(opt, len(self.ccl_opt.param_groups)))
 
-@patch
-def after_fit(self:CCL):
-    "Nothing stays on the model; a fit that trained nothing (get_preds, validate) leaves no CCL columns"
-    self._remove_hooks()
-    if self.ccl_head is not None: self.ccl_head.eval()
-    if not self._logged: self._remove_columns()
+    # ---------------------------------------------------------------- plots
+    @delegates(soft_label_heatmap, but=['P', 'names', 'multi_label', 'title'])
+    def plot_soft_labels(self, ax=None, **kwargs):
+        "Heat map of the learned soft-label matrix P (`soft_label_heatmap`), labelled with `dls.vocab`"
+        if (P := self.soft_labels) is None: raise ValueError("CCL has not trained yet: fit the Learner first.")
+        vocab = getattr(self.learn.dls, 'vocab', None) if self.learn is not None else None
+        return soft_label_heatmap(P.numpy(), vocab, self.multi_label, ax, **kwargs)
 
-@patch
-def after_cancel_fit(self:CCL):
-    "Nothing stays on the model after an interrupted fit"
-    self._remove_hooks()
-
-@patch
-def _refuse(self:CCL, msg:str):
-    "Raise `ValueError(msg)` mid-fit, leaving the Learner as it was (an exception skips the `after_*` events)"
-    refuse_fit(self.learn, msg)
-
-@patch
-def _abandon_fit(self:CCL):
-    "Undo this fit's set-up before a refusal (`refuse_fit`): no hooks, no CCL columns"
-    self._remove_hooks()
-    self._remove_columns()
-
-@patch
-def _remove_columns(self:CCL):
-    "Take CCL's columns out of the Recorder again (a fit that trained nothing, or failed)"
-    if self._columns_added: self.learn.recorder.metric_names = L(n for n in self.learn.recorder.metric_names if n not in self.columns)
-
-# %% ../nbs/03_ccl.ipynb #cq000004
-@patch
-def state_dict(self:CCL)->dict:
-    "Everything needed to resume CCL training (saved by `learn.save`)"
-    if self.ccl_head is None: return {}
-    return dict(in_features=self.ccl_head.embed[0].in_features, n_classes=self.ccl_head.dictionary.shape[0],
-                widths=list(self.widths), head=self.ccl_head.state_dict(),
-                opt=None if self.ccl_opt is None else self.ccl_opt.state_dict(),
-                frozen_at=self.frozen_at, history=[dict(h) for h in self.history])
-
-@patch
-def check_state_dict(self:CCL, sd:dict):
-    "Raise a clear error for a saved state this CCL cannot take (`learn.load` asks before it loads anything)"
-    if not sd: return
-    if list(self.widths) != list(sd['widths']): raise ValueError(
-        f"The saved CCL state has a head of widths {tuple(sd['widths'])}, but this CCL was built with widths={self.widths}: "
-        f"build it with CCL(widths={tuple(sd['widths'])}) to load this state.")
-    if self.n_classes is not None and self.n_classes != sd['n_classes']: raise ValueError(
-        f"The saved CCL state is for {sd['n_classes']} classes, but this CCL was built with n_classes={self.n_classes}.")
-
-@patch
-def load_state_dict(self:CCL, sd:dict):
-    "Restore a `state_dict` (called by `learn.load`): the head, its optimizer, the freeze state and the history as they were when saved"
-    if not sd:
-        self.ccl_head,self._lockstep,self.history,self.frozen_at = None,None,[],None
-        return
-    self.check_state_dict(sd)
-    if self.ccl_head is None or self.ccl_head.dictionary.shape != (sd['n_classes'], sd['widths'][-1]) \
-            or self.ccl_head.embed[0].in_features != sd['in_features']:
-        self.ccl_head = CCLHead(sd['in_features'], sd['n_classes'], self.widths)
-    head,opt = _current_layout(sd['head'], sd['opt'])
-    self.ccl_head.load_state_dict(head)
-    self.frozen_at,self.history = sd['frozen_at'],[dict(h) for h in sd['history']]
-    self.ccl_head.dictionary.requires_grad_(not self.frozen)
-    self._lockstep = self._make_lockstep()
-    if opt is None: return
-    groups = opt['param_groups']
-    if len(groups) == 2 and len(self.ccl_opt.param_groups) == 1:   # f_2 and the dictionary, saved before `default_head_opt` made them one group
-        opt = {**opt, 'param_groups': [{**groups[0], 'params': [j for g in groups for j in g['params']]}]}
-    self.ccl_opt.load_state_dict(opt)
-
-def _current_layout(
-    head:dict,       # the head's saved `state_dict`
-    opt:dict|None,   # its optimizer's saved `state_dict`
-)->tuple:
-    "A head and optimizer state saved by an earlier version in today's layout: no bias before BatchNorm (folded into the running mean)"
-    names = [k for k in head if k.startswith('embed.') and k.rsplit('.', 1)[1] in ('weight', 'bias')]   # f_2's, in the optimizer's order
-    head,dropped = dict(head),set()
-    for k in names:   # a bias before BatchNorm: folded into its running mean, which gives the same outputs
-        i,what = k.split('.')[1:]
-        if what == 'bias' and f'embed.{int(i) + 1}.running_mean' in head:
-            head[f'embed.{int(i) + 1}.running_mean'] = head[f'embed.{int(i) + 1}.running_mean'] - head.pop(k)
-            dropped.add(names.index(k))
-    if opt is None: return head,None
-    groups = opt['param_groups']
-    if dropped:   # the optimizer's indices without the biases: known where it kept CCL's groups (f_2's parameters in order, the dictionary)
-        if len(groups) > 2 or len(groups[0]['params']) != len(names) or any(len(g['params']) != 1 for g in groups[1:]):
-            warn("CCL: the saved head optimizer state is from an earlier version of the head and groups its parameters in its "
-                 "own way; the head's optimizer starts afresh (no momentum yet).")
-            return head,None
-        new = {old: i for i,old in enumerate(j for g in groups for j in g['params'] if j not in dropped)}
-        groups = [{**g, 'params': [new[j] for j in g['params'] if j in new]} for g in groups]
-        opt = {**opt, 'state': {new[i]: s for i,s in opt['state'].items() if i in new}, 'param_groups': groups}
-    return head,opt
-
-# %% ../nbs/03_ccl.ipynb #cq000009
-def soft_label_heatmap(
-    P,                  # (K, K) soft-label matrix, row k the soft label of class k
-    names=None,         # K class (label) names (default 0..K-1)
-    multi_label:bool=False, # say "label" rather than "class"
-    ax=None,            # matplotlib axes to draw on
-    figsize=(4.5, 3.8), # size of a new figure (inches)
-    cmap='Blues',       # colour map
-    annotate:bool|None=None, # write the values in the cells (default: when K <= 12)
-    title:str|None=None, # default: "CCL soft labels (p̄ = ...)"
-):
-    "Heat map of a soft-label matrix P with the classes' names, its title giving p̄ (the mean of P's diagonal)"
-    P = np.asarray(P, dtype=np.float64)
-    K = len(P)
-    names = [str(n) for n in names] if names is not None and len(names) == K else [str(i) for i in range(K)]
-    if ax is None: _,ax = plt.subplots(figsize=figsize)
-    im = ax.imshow(P, cmap=cmap, vmin=0)
-    ax.set_xticks(range(K), names, rotation=45, ha='right'); ax.set_yticks(range(K), names)
-    what,whats = ('label','labels') if multi_label else ('class','classes')
-    ax.set_xlabel(f"soft label over {whats}"); ax.set_ylabel(f"{what} k (row: {what} k's soft label)")
-    ax.set_title(ifnone(title, f"CCL soft labels (p̄ = {P.diagonal().mean():.3f})"))
-    if ifnone(annotate, K <= 12):
-        for i in range(K):
-            for j in range(K): ax.text(j, i, f'{P[i,j]:.2f}', ha='center', va='center', fontsize=8,
-                                       color='white' if P[i,j] > P.max()/2 else 'black')
-    plt.colorbar(im, ax=ax, fraction=0.046)
-    return ax
-
-@patch
-def plot_soft_labels(self:CCL,
-    ax=None,            # matplotlib axes to draw on
-    figsize=(4.5, 3.8), # size of a new figure (inches)
-    cmap='Blues',       # colour map
-    annotate:bool|None=None, # write the values in the cells (default: when K <= 12)
-):
-    "Heat map of the learned soft-label matrix P (`soft_label_heatmap`), labelled with `dls.vocab`"
-    P = self.soft_labels
-    if P is None: raise ValueError("CCL has not trained yet: fit the Learner first.")
-    vocab = getattr(self.learn.dls, 'vocab', None) if self.learn is not None else None
-    return soft_label_heatmap(P.numpy(), vocab, self.multi_label, ax, figsize, cmap, annotate)
-
-@patch
-def plot_pbar(self:CCL, ax=None, figsize=(4.5, 2.8)):
-    "p̄ (mean diagonal of P) per training epoch over all fits, with the epoch after which the dictionary was frozen"
-    if ax is None: _,ax = plt.subplots(figsize=figsize)
-    ax.plot([h['epoch'] for h in self.history], self.pbar_history, marker='o')
-    if self.frozen: ax.axvline(self.frozen_at, color='grey', ls=':', label='dictionary frozen'); ax.legend()
-    ax.set_xlabel('epoch (CCL training epochs, all fits)'); ax.set_ylabel('p̄ (mean diagonal of P)')
-    return ax
+    def plot_pbar(self, ax=None, figsize=(4.5, 2.8)):
+        "p̄ (mean diagonal of P) per training epoch over all fits, with the epoch after which the dictionary was frozen (`pbar_plot`)"
+        return pbar_plot(self.history, self.frozen_at, ax, figsize)

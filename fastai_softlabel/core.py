@@ -9,9 +9,10 @@ from fastai.basics import *
 
 # %% auto #0
 __all__ = ['stateful_callbacks', 'callback_state_file', 'named_module', 'undistributed_dl', 'one_batch_inputs', 'plain_model',
-           'WeakHook', 'hooks_for_next_forward', 'remove_hooks', 'probe_forward', 'refuse_fastai_mixing',
-           'distributed_world', 'broadcast_module_', 'all_reduce_mean_', 'all_gather_rows', 'is_multilabel',
-           'check_batch_targets', 'no_training_batch_message', 'refuse_fit']
+           'WeakHook', 'hooks_for_next_forward', 'remove_hooks', 'probe_forward', 'last_linear', 'find_features',
+           'refuse_fastai_mixing', 'distributed_world', 'broadcast_module_', 'all_reduce_mean_', 'all_gather_rows',
+           'is_multilabel', 'check_batch_targets', 'no_training_batch_message', 'refuse_fit', 'is_training_forward',
+           'refuse_second', 'TrainingBatches']
 
 # %% ../nbs/00_core.ipynb #4f940ebb
 def stateful_callbacks(learn:Learner) -> L:
@@ -160,6 +161,53 @@ def probe_forward(
     finally: model.train(was)
     return out,[tuple(c) for c in calls]
 
+# %% ../nbs/00_core.ipynb #c86b2a64
+def last_linear(model:nn.Module)->tuple|None:
+    "`(name, module)` of the classifier `nn.Linear` of `model`: timm's `get_classifier()` if a Linear, else the last one registered"
+    names = {m:n for n,m in model.named_modules()}
+    clf = model.get_classifier() if callable(getattr(model, 'get_classifier', None)) else None
+    if isinstance(clf, nn.Linear) and clf in names: return names[clf],clf
+    lins = [(n,m) for n,m in model.named_modules() if isinstance(m, nn.Linear)]
+    return lins[-1] if lins else None
+
+# %% ../nbs/00_core.ipynb #59839ebf
+from fastai.layers import Flatten
+
+_FLATTENS = (nn.Flatten, Flatten)
+
+def _check_pooled(name, x, how):
+    if not isinstance(x, Tensor) or x.ndim != 2: raise ValueError(
+        f"The {how} of `{name}` is {f'of shape {tuple(x.shape)}' if isinstance(x, Tensor) else f'a {type(x).__name__}'}; "
+        "CCL needs pooled features of shape (batch, width): name the module that receives the pooled, flattened "
+        "features with CCL(features=...).")
+
+def find_features(
+    model:nn.Module,          # the Learner's model (inside any DDP wrapper)
+    xb:tuple,                 # one batch of inputs
+    features:str|nn.Module|None=None, # name or module whose *input* are the features; `None`: found automatically
+)->tuple:                     # `(name, module, 'input' or 'output', width)`
+    "Where CCL reads the pooled features $f$, from one eval-mode forward pass, with a clear error when it cannot tell"
+    if features is not None:
+        name,module = named_module(model, features, 'CCL features module')
+        _,calls = probe_forward(model, xb, [module])
+        if not calls: raise ValueError(f"Module `{name}` did not run in the model's forward pass: name a module that does.")
+        if len(calls) > 1: raise ValueError(f"Module `{name}` runs {len(calls)} times in one forward pass: name a module that runs once.")
+        _check_pooled(name, calls[0][1], 'input')
+        return name,module,'input',calls[0][1].shape[1]
+    names = {m:n for n,m in model.named_modules()}
+    out,calls = probe_forward(model, xb, [m for m in names if isinstance(m, (nn.Linear,) + _FLATTENS)])
+    clf = [i for i,(m,_,o,_) in enumerate(calls) if isinstance(m, nn.Linear) and o is out]
+    if not clf: raise ValueError(
+        "CCL could not find the classifier: no nn.Linear of this model produces its output (a convolution or another "
+        "layer does). Pass CCL(features='<module name>') naming the module whose input are the pooled, flattened "
+        "backbone features.")
+    i = clf[0]
+    flat = [j for j in range(i) if isinstance(calls[j][0], _FLATTENS) and isinstance(calls[j][2], Tensor) and calls[j][2].ndim == 2]
+    m,x,o,_ = calls[flat[-1]] if flat else calls[i]
+    how,f = ('output', o) if flat else ('input', x)
+    _check_pooled(names[m], f, how)
+    return names[m],m,how,f.shape[1]
+
 # %% ../nbs/00_core.ipynb #fe9639ff
 def refuse_fastai_mixing(learn:Learner, who:str):
     "Raise a clear error naming fastai's `MixUp`/`CutMix` callbacks of `learn`, which `who` cannot run with"
@@ -275,3 +323,37 @@ def refuse_fit(
         undo = getattr(type(cb), '_abandon_fit', None)
         if undo is not None: undo(cb)
     raise ValueError(msg)
+
+# %% ../nbs/00_core.ipynb #sb000002
+def is_training_forward(
+    learn:Learner|None, # the Learner
+    args:tuple,         # the arguments of a forward pre-hook of `learn.model`
+)->bool:
+    "Whether this forward pass is the training batch's own (its input is `learn.xb[0]`), not another callback's extra forward"
+    return learn is not None and len(args) > 0 and len(learn.xb) > 0 and args[0] is learn.xb[0]
+
+def refuse_second(
+    learn:Learner, # the Learner
+    cb:Callback,   # the callback that checks
+    cls:type,      # the callbacks of which `learn` may hold one only
+    msg:str,       # what is wrong and what to do
+):
+    "Raise `ValueError(msg)` when `learn` holds another callback of type `cls` than `cb`"
+    if any(isinstance(o, cls) and o is not cb for o in learn.cbs): raise ValueError(msg)
+
+class TrainingBatches:
+    "Counts a training epoch's batches, and refuses an epoch that saw none (unless a callback cancelled it)"
+    def __init__(self, who:str): self.who,self.n,self.cancelled = who,0,False   # `who`: the callback named in the refusal
+    def start(self, learn:Learner):
+        "At `before_train`: refuse a loader without a batch, start counting"
+        if len(learn.dl) == 0: refuse_fit(learn, no_training_batch_message(learn.dl, self.who))
+        self.n,self.cancelled = 0,False
+    def count(self):
+        "At `after_batch`: one more batch (a cancelled one too: a callback decided about it)"
+        self.n += 1
+    def cancel(self):
+        "At `after_cancel_train`: an epoch without a batch is then intended"
+        self.cancelled = True
+    def check(self, learn:Learner):
+        "At `after_train`: refuse an epoch that saw no batch though its loader promised one"
+        if self.n == 0 and not self.cancelled: refuse_fit(learn, no_training_batch_message(learn.dl, self.who))

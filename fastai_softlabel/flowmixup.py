@@ -10,7 +10,7 @@ from typing import NamedTuple
 from fastai.basics import *
 from .core import (named_module, is_multilabel, one_batch_inputs, plain_model, WeakHook, probe_forward,
                                    hooks_for_next_forward, remove_hooks, refuse_fastai_mixing, check_batch_targets,
-                                   no_training_batch_message, refuse_fit)
+                                   refuse_fit, is_training_forward, refuse_second, TrainingBatches)
 from .losses import inverse_prevalence_weights
 
 # %% auto #0
@@ -144,7 +144,7 @@ class Flow(NamedTuple):
 class FlowMixup(Callback):
     "Flow-Mixup: mixing modules at chosen hidden states keep the original features and add mixed copies along a flow dimension"
     order,run_valid = 0,False
-    _stateattrs = ('flow', '_handles', '_ops', '_order', '_class_weight', '_batches', '_train_cancelled')   # not pickled: `export` carries no hook or flow
+    _stateattrs = ('flow', '_handles', '_ops', '_order', '_class_weight', '_epoch')   # not pickled: `export` carries no hook or flow
 
     # ---- set-up and checks: when the Learner is created, at every fit, at a fit's first training epoch
     def __init__(self,
@@ -172,8 +172,8 @@ class FlowMixup(Callback):
         # per batch: flow (after_pred to after_batch), _handles (the hooks), _ops (the forward pass's mixing operations
         # by module name, None while the hooks are not armed); per fit: _order (`(name, module)` of the mixing points
         # in forward order, None until the first training epoch), _class_weight
-        self.__dict__.update(_state={}, flow=None, _handles=[], _ops=None, _order=None, _class_weight=None, _batches=0,
-                             _train_cancelled=False)
+        self.__dict__.update(_state={}, flow=None, _handles=[], _ops=None, _order=None, _class_weight=None,
+                             _epoch=TrainingBatches('FlowMixup'))
 
     def _resolve(self)->list:
         "`(name, module)` of each mixing point in the model (inside a DDP wrapper), with a clear error for unknown names"
@@ -183,8 +183,8 @@ class FlowMixup(Callback):
         "Everything FlowMixup needs from the Learner, before any work: other callbacks, modules, targets, loss function"
         learn = self.learn
         refuse_fastai_mixing(learn, 'FlowMixup')
-        if any(isinstance(cb, FlowMixup) and cb is not self for cb in learn.cbs): raise ValueError(
-            "This Learner has two FlowMixup/Mixup/ManifoldMixup callbacks: use one (ManifoldMixup already chooses among modules).")
+        refuse_second(learn, self, FlowMixup, "This Learner has two FlowMixup/Mixup/ManifoldMixup callbacks: use one "
+                      "(ManifoldMixup already chooses among modules).")
         self._resolve()
         multi = is_multilabel(learn.dls, learn.loss_func)
         tls = getattr(getattr(learn.dls, 'train_ds', None), 'tls', None)
@@ -248,7 +248,7 @@ class FlowMixup(Callback):
     ):
         "Arm the hooks if this forward pass is the training batch's (its input is `learn.xb[0]`), else remove them"
         learn = self.learn
-        ours = learn is not None and len(args) > 0 and len(learn.xb) > 0 and args[0] is learn.xb[0]
+        ours = is_training_forward(learn, args)
         self._ops = {} if ours else None
         # another forward pass, or eval mode: no mixing (PyTorch has already taken the model's own pre-hooks for this call,
         # so `_mix` checks the mode too)
@@ -288,9 +288,8 @@ class FlowMixup(Callback):
 
     def before_train(self):
         "Refuse an epoch without a batch; find the modules' order and the class weights (first epoch of the fit)"
-        if len(self.learn.dl) == 0: refuse_fit(self.learn, no_training_batch_message(self.learn.dl, 'FlowMixup'))
+        self._epoch.start(self.learn)   # an epoch without a batch is refused
         if self._order is None: self._order,self._class_weight = self._probe_order(),self._class_weight_tensor()
-        self._batches,self._train_cancelled = 0,False
 
     def before_batch(self):
         "Refuse targets FlowMixup cannot mix, hook this batch's forward pass"
@@ -321,11 +320,11 @@ class FlowMixup(Callback):
 
     def after_cancel_train(self):
         "A callback cancelled this training epoch: an epoch without a batch is then intended"
-        self._train_cancelled = True
+        self._epoch.cancel()
 
     def after_train(self):
         "Refuse a training epoch that saw no batch (a loader whose length promised one)"
-        if self._batches == 0 and not self._train_cancelled: refuse_fit(self.learn, no_training_batch_message(self.learn.dl, 'FlowMixup'))
+        self._epoch.check(self.learn)
 
     # ---- clean-up: after every batch and fit, cancelled ones too
     def _cleanup(self):
@@ -335,7 +334,7 @@ class FlowMixup(Callback):
     after_cancel_batch = after_fit = after_cancel_fit = _abandon_fit = _cleanup
     def after_batch(self):
         "Count the epoch's training batches (cancelled ones too: a callback decided about them), then clean up"
-        self._batches += 1
+        self._epoch.count()
         self._cleanup()
 
     # ---- for other callbacks (CCL's soft labels and features)

@@ -6,11 +6,12 @@
 from __future__ import annotations
 from fastai.basics import *
 from fastai.callback.training import GradientAccumulation
+from fastai.callback.schedule import ParamScheduler
 from .core import distributed_world, all_gather_rows, all_reduce_mean_, broadcast_module_
 import functools
 
 # %% auto #0
-__all__ = ['fused_supported', 'skips_on_device', 'Lockstep', 'accumulation_scale']
+__all__ = ['fused_supported', 'skips_on_device', 'Lockstep', 'accumulation_scale', 'scheduled_peak_lr', 'default_head_opt']
 
 # %% ../nbs/22_lockstep.ipynb #ls000005
 @functools.lru_cache(maxsize=None)
@@ -167,3 +168,26 @@ def agree_across_ranks(self:Lockstep)->bool:
     torch.distributed.broadcast_object_list(state, src=0)
     self.opt.load_state_dict(state[0])
     return False
+
+# %% ../nbs/22_lockstep.ipynb #dffe7157
+def scheduled_peak_lr(learn:Learner)->float:
+    "Peak lr of the last parameter group in this fit: the maximum of the fit's `ParamScheduler` lr, or the optimizer's lr"
+    peak = float(learn.opt.hypers[-1]['lr'])
+    for cb in learn.cbs:
+        sched = getattr(cb, 'scheds', {}).get('lr') if isinstance(cb, ParamScheduler) else None
+        if sched is None: continue
+        f = sched[-1] if is_listy(sched) else sched
+        peak = max([peak] + [float(np.asarray(f(p)).reshape(-1)[-1]) for p in np.linspace(0, 1, 501)])
+    return peak
+
+def default_head_opt(
+    params,    # the head's parameters or parameter groups
+    lr:float,  # the head's learning rate
+)->torch.optim.Optimizer:
+    "CCL-Net's head optimizer: SGD with momentum 0.9 and weight decay 1e-4, fused where the parameters' device has fused kernels"
+    params = list(params)
+    if params and all(isinstance(g, dict) and set(g) == {'params'} for g in params):   # groups without settings of their own
+        params = [{'params': [p for g in params for p in g['params']]}]                # as one: one fused step
+    p = first(params)
+    device = (p['params'][0] if isinstance(p, dict) else p).device
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4, fused=fused_supported(device))

@@ -11,8 +11,8 @@ from fastai.losses import BaseLoss, LabelSmoothingCrossEntropy
 # %% auto #0
 __all__ = ['normalized_sq_distance', 'unit_rows', 'unit_sq_distance', 'class_orthogonality_loss', 'ccl_head_loss',
            'dictionary_terms', 'ccl_loss_from_terms', 'soft_label_matrix', 'equidistant_smoothing_eps',
-           'smoothed_targets', 'soft_label_kl', 'multilabel_head_targets', 'multilabel_soft_targets',
-           'binary_soft_label_kl', 'LabelSmoothingCE', 'LabelSmoothingCEFlat', 'class_prior',
+           'smoothed_targets', 'epochs_without_drop', 'soft_label_kl', 'multilabel_head_targets',
+           'multilabel_soft_targets', 'binary_soft_label_kl', 'LabelSmoothingCE', 'LabelSmoothingCEFlat', 'class_prior',
            'soft_target_cross_entropy', 'soft_bce_with_logits', 'inverse_prevalence_weights']
 
 # %% ../nbs/01_losses.ipynb #7c421b31
@@ -118,6 +118,18 @@ def smoothed_targets(
     "Label-smoothed targets `(1-eps)*onehot(y) + eps*prior`"
     u = torch.full((n_classes,), 1/n_classes, device=target.device) if prior is None else prior.to(target.device).float()
     return (1-eps)*F.one_hot(target.long(), n_classes).float() + eps*u
+
+# %% ../nbs/01_losses.ipynb #0614ea6a
+def epochs_without_drop(
+    pbars:list,         # label softness p̄ after each epoch, oldest first
+    min_delta:float=0., # smallest decrease below the best p̄ so far that counts as a drop
+)->int:
+    "Number of epochs since p̄ last dropped below its best value by more than `min_delta` (CCL-Net's freezing rule)"
+    best,wait = float('inf'),0
+    for p in pbars:
+        if p < best - min_delta: best,wait = p,0
+        else: wait += 1
+    return wait
 
 # %% ../nbs/01_losses.ipynb #4c80ae29
 def soft_label_kl(

@@ -10,7 +10,7 @@ import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 import matplotlib.colors as mcolors, matplotlib.lines as mlines, matplotlib.patches as mpatches, matplotlib.text as mtext, matplotlib.collections as mcoll
 from .stats import format_summary, few_seeds_note, diverged_lines
-from .ccl import soft_label_heatmap
+from .plots import soft_label_heatmap
 
 # %% auto #0
 __all__ = ['png_data_uri', 'method_colours', 'drawn_method_colours', 'plot_paired_differences', 'plot_curves', 'plot_ccl_pbar',

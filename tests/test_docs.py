@@ -193,12 +193,14 @@ def test_ccl_page_renders(site, browser):
     _load(browser, site[1] + 'ccl.html')
     f = _page_facts(browser)
     assert f['title'].startswith('CCL')
-    assert {'cclhead', 'ccl', 'ccl.freeze_dictionary', 'ccl.plot_soft_labels', 'ccl.plot_pbar'} <= set(f['signatures'])
+    assert {'ccl', 'ccl.freeze_dictionary', 'ccl.plot_soft_labels', 'ccl.plot_pbar'} <= set(f['signatures'])
     sig = next(s for s in f['signature_code'] if s.startswith('def CCL('))
     for arg in ('features', 'lr_ccl', 'alpha_cc', 'margin', 'patience'): assert arg in sig
     assert f['code_cells'] >= 5 and f['plots'] >= 1 and f['math'] >= 5
     assert not _severe_console(browser)
     _shot(browser, site, 'ccl')
+    _load(browser, site[1] + 'ccl_head.html')   # the head has a page of its own
+    assert 'cclhead' in set(_page_facts(browser)['signatures'])
 
 def test_internal_links_resolve_in_the_browser(site, browser):
     "Every page is reachable from the index, and every link between pages reaches a page and an element with its #anchor"
