@@ -4,720 +4,27 @@
 
 # %% ../nbs/13_cli.ipynb #f7a88e6f
 from __future__ import annotations
-import argparse, datetime, hashlib, json, math, os, platform, shutil, sys, tempfile, time
+import datetime, json, os, sys, time
 from pathlib import Path
-# torch, fastai and timm are imported by `main` once the arguments are parsed: `softlabel --help` answers at once
+# what earlier code imported from here, now in the parts of the command
+from .methods import SINGLE_METHODS, MULTI_METHODS, BEYOND_THE_PAPERS, CCL_METHODS, MIXING_METHODS, POINT_METHODS, LSR_METHODS
+from .arguments import (CommandError, RECIPES, NPZ_LAYOUTS, fast_ccl_patience, resolve_recipe, progress_bars, data_kind, not_applied,
+                                       parse_command, torchrun_world, quiet_imports, _Parser)
+from .results import (LOCK_FILE, resolved_config, data_fingerprint, applied_arguments, result_settings, settings_differences, run_id, run_status,
+                                     planned_runs, build_tables, read_results_config, claim_folder, in_use_message, package_versions, print_tables,
+                                     unfinished_runs, print_unfinished, new_results_folder, shared_results_folder, claim_shard, device_name)
+from .prepare import prepare
+from .runner import shard_runs, run_all, follow_rank0, release_other_ranks, leave_process_group
+# torch, fastai and timm are imported once the arguments are parsed: `softlabel --help` answers at once
 
 # %% auto #0
-__all__ = ['SINGLE_METHODS', 'MULTI_METHODS', 'BEYOND_THE_PAPERS', 'CCL_METHODS', 'MIXING_METHODS', 'POINT_METHODS',
-           'LSR_METHODS', 'RECIPES', 'NPZ_LAYOUTS', 'LOCK_FILE', 'fast_ccl_patience', 'resolve_recipe', 'progress_bars',
-           'data_kind', 'not_applied', 'data_fingerprint', 'applied_arguments', 'result_settings',
-           'settings_differences', 'run_id', 'run_status', 'planned_runs', 'build_tables', 'shard_runs', 'main']
-
-# %% ../nbs/13_cli.ipynb #ffbd600b
-SINGLE_METHODS = ('baseline', 'lsr-u1', 'lsr-u5', 'lsr-a1', 'lsr-a5', 'ols', 'ccl', 'cutmix')
-MULTI_METHODS = ('erm', 'mixup-a1', 'mixup-a3', 'manifold', 'flowmixup', 'flowmixup-noop', 'ccl', 'ccl+flowmixup')
-BEYOND_THE_PAPERS = ('ccl', 'ccl+flowmixup')   # multi-label CCL: run when named, not in the papers' default comparison
-CCL_METHODS = ('ccl', 'ccl+flowmixup')
-MIXING_METHODS = ('mixup-a1', 'mixup-a3', 'manifold', 'flowmixup', 'flowmixup-noop', 'ccl+flowmixup', 'cutmix')   # they draw from Beta(α, α)
-POINT_METHODS = ('manifold', 'flowmixup', 'flowmixup-noop', 'ccl+flowmixup')   # they mix at --points
-LSR_METHODS = ('lsr-u1', 'lsr-u5', 'lsr-a1', 'lsr-a5')
-
-RECIPES = {   # what each recipe sets, per task; None: not used by that task
-    # fast: lr_CCL 5e-3 for single-label data, where p̄ falls over the first epochs and settles inside CCL-Net's range
-    # (the study in nbs/03_ccl.ipynb); multi-label CCL, beyond the papers, keeps CCL's default 1.0
-    'single': {'fast':  dict(opt='adam', lr=2e-3, wd=0.01, schedule='one_cycle', bs=32, clip=0., lr_ccl=5e-3, weighted_bce='no', aug='none', ccl_patience='scaled'),
-               # CCL-Net (Wei et al., MICCAI 2020): SGD, momentum 0.9, weight decay 1e-4, lr 0.1 ×0.1 at 50% and 75%,
-               # batch 128, gradient clipping (its max-norm is not given: 5.0 here), lr_CCL 5e-4; its data protocol for images (--aug paper)
-               'paper': dict(opt='sgd', lr=0.1, wd=1e-4, schedule='step', bs=128, clip=5.0, lr_ccl=5e-4, weighted_bce='no', aug='paper', ccl_patience=10)},
-    'multi':  {'fast':  dict(opt='adam', lr=2e-3, wd=0.01, schedule='one_cycle', bs=32, clip=0., lr_ccl=1.0, weighted_bce='no', aug='none', ccl_patience='scaled'),
-               # Flow-Mixup (Chen et al., BIBM 2020): Adam (0.9, 0.999), lr 1e-4 ÷10 on a validation-loss plateau, batch 32,
-               # BCE weighted by inverse prevalence; mixing at the inputs of the 3rd and 5th block (the default --points)
-               'paper': dict(opt='adam', lr=1e-4, wd=0., schedule='plateau', bs=32, clip=0., lr_ccl=5e-4, weighted_bce='yes', aug='none', ccl_patience=10)},
-}
-
-def fast_ccl_patience(epochs:int)->int:
-    "The fast recipe's CCL patience: 30% of the epochs, at least 2; CCL-Net's 10 epochs could not pass in a run of a few"
-    return max(2, round(0.3*epochs))
-
-def resolve_recipe(args, multi_label:bool)->dict:
-    "Fill the training settings left unset on the command line from `--recipe` for the task; return them"
-    rec = RECIPES['multi' if multi_label else 'single'][args.recipe]
-    for k,v in rec.items():
-        if getattr(args, k) is None: setattr(args, k, fast_ccl_patience(args.epochs) if v == 'scaled' else v)
-    if args.head is None: args.head = '1024,1024,512'
-    return {k: getattr(args, k) for k in (*rec, 'head')}
-
-class _Parser(argparse.ArgumentParser):
-    "argparse, with its errors as the command's one line (`softlabel: error: ...`, exit status 2) instead of a usage block"
-    def error(self, message): _fail(f"error: {message}")
-
-NPZ_LAYOUTS = """\
-.npz files (--data), read with numpy.load, never unpickled:
-  this project's layout: one array per field
-    images       (N, H, W) or (N, H, W, C) uint8, C = 1, 3 or 4 (channels last); or
-    signals      (N, leads, T) numbers (1-D signals: ECGs)
-    labels       (N,) class indices (single-label) or (N, C) multi-hot 0/1 (multi-label)
-    class_names  (K,) or label_names (C,) strings, optional (without: --class-names, else 0, 1, ...)
-    split        (N,) strings, optional: 'train', 'valid', 'test', ... (--train and --valid choose; without: random 80:20)
-    lesion_id    or patient_id (N,), optional: one lesion's or patient's items stay in one split ('' or NaN: an item alone)
-    image_id     or names (N,) strings, optional: how messages name items (e.g. the copies found across the split)
-  MedMNIST's layout, read as it is: train_images, train_labels, val_images, val_labels, test_images, test_labels
-    (labels (N, 1) class indices or (N, C) multi-hot); the split values are train, valid ('val' is read as valid) and
-    test; no class names: give them with --class-names, in the order of MedMNIST's INFO['label']
-Grayscale images (MedMNIST's 1-channel sets, chest X-rays) train from random weights with --in-chans 1."""
-
-def _parser():
-    p = _Parser(prog='softlabel', description="Compare soft-label training methods (CCL, LSR, Mixup, Manifold Mixup, FlowMixup) on medical image data. "
-                "`softlabel report OUT` rebuilds the tables of a results folder.", epilog=NPZ_LAYOUTS, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--data', help="dataset .npz file (its two layouts are below), a HAM10000/ISIC or NIH ChestX-ray14 CSV table with --images, or a folder of WFDB records (PhysioNet/CinC ECGs); default: embedded synthetic data")
-    p.add_argument('--images', help="image folder of a CSV table given as --data")
-    p.add_argument('--task', choices=['single', 'multi'], default=None, help="synthetic data only: single-label or multi-label (default single)")
-    p.add_argument('--valid', default=None, help="split value evaluated on (default valid; MedMNIST's val is read as valid), e.g. 'test' for ISIC 2018's official test set; for data with a split of its own (a .npz with a split array, a WFDB folder with --splits)")
-    p.add_argument('--select', default=None, help="where each run's epoch is chosen (the best epoch, --save-model best, the plateau of --schedule plateau), apart from the evaluated split: a split value of the data (e.g. valid, MedMNIST's val, with --valid test), or a share of the training split held out, e.g. 0.1 (by lesion_id/patient_id where the data has them, else stratified; seed 0, the same items for every run). Its labels are not corrupted. The tables then give the evaluated split's metrics at that epoch and at the last. Without it, runs are scored at their last epoch, and the best epoch on the evaluated split is shown as what it is: optimistic")
-    p.add_argument('--train', default=None, help="comma-separated split value(s) trained on (default train), e.g. 1,2,3,4,5,6,7,8 for PTB-XL's strat_fold; other values are left out")
-    p.add_argument('--methods', help=f"comma-separated; single-label: {','.join(SINGLE_METHODS)}; multi-label: {','.join(MULTI_METHODS)} (default: all of the task's, but multi-label {' and '.join(BEYOND_THE_PAPERS)}, which go beyond the papers, only when named); the first is the reference of the paired differences")
-    p.add_argument('--corruption', default='0', help="comma-separated label-corruption rates in [0, 1) applied to the training labels (default 0)")
-    p.add_argument('--seeds', default='0', help="comma-separated integer seeds (default 0)")
-    p.add_argument('--backbone', default=None, help="timm model name for images (default resnet18), from random weights unless --pretrained or --weights; signals train resnet1d34")
-    p.add_argument('--pretrained', action='store_const', const=True, default=None, help="images: start from timm's ImageNet weights of --backbone, read from the Hugging Face cache (downloaded into it when online, as timm does; HF_HUB_CACHE names another cache folder, HF_HUB_OFFLINE=1 skips the network); the classifier is made anew for the data's classes")
-    p.add_argument('--weights', default=None, help="images: start from the weights in this file for --backbone (a .pth/.pt state dict or checkpoint, or .safetensors); the classifier is made anew for the data's classes, the first convolution adapted for --in-chans 1")
-    p.add_argument('--recipe', choices=list(RECIPES['single']), default='fast', help="'fast': one-cycle Adam, a few epochs; 'paper': each paper's training section (CCL-Net for single-label, Flow-Mixup for multi-label data); every value below overrides the recipe's")
-    p.add_argument('--epochs', type=int, default=5)
-    p.add_argument('--lr', type=float, default=None, help="peak/initial learning rate (recipe: fast 2e-3; paper 0.1 single-label, 1e-4 multi-label)")
-    p.add_argument('--bs', type=int, default=None, help="batch size, at most the training items (recipe: fast 32; paper 128 single-label, 32 multi-label)")
-    p.add_argument('--opt', choices=['adam', 'sgd'], default=None, help="optimizer (recipe: fast adam; paper sgd single-label, adam multi-label)")
-    p.add_argument('--wd', type=float, default=None, help="weight decay (recipe: fast 0.01 decoupled; paper 1e-4 L2 for SGD, 0 for Adam)")
-    p.add_argument('--schedule', choices=['one_cycle', 'step', 'plateau'], default=None, help="lr schedule: one-cycle; ×0.1 at 50%% and 75%% of the epochs; ÷10 on a validation-loss plateau")
-    p.add_argument('--clip', type=float, default=None, help="gradient clipping max-norm, 0 for none (recipe: paper single-label 5.0)")
-    p.add_argument('--weighted-bce', choices=['yes', 'no'], default=None, help="multi-label data: BCE weighted by inverse label prevalence (recipe: paper yes)")
-    p.add_argument('--head', default=None, help="CCL head widths, comma-separated (default 1024,1024,512: the paper's three fc layers)")
-    p.add_argument('--alpha', type=float, default=None, help="replaces α of Beta(α, α) of the mixing methods (mixup-a1, mixup-a3, manifold, flowmixup*, cutmix)")
-    p.add_argument('--lsr-eps', type=float, default=None, help="replaces ε of the lsr methods (default 0.1 for lsr-u1/a1, Proposition S1's ε for K for lsr-u5/a5)")
-    p.add_argument('--points', default=None, help="comma-separated module names where manifold/flowmixup mix (default: the inputs of the 3rd and 5th residual blocks)")
-    p.add_argument('--ccl-patience', type=int, default=None, help="CCL freezes its class dictionary after this many epochs without a drop of p_bar (recipe: paper 10, as CCL-Net; fast 30%% of --epochs, at least 2, so that it can fire in a short run)")
-    p.add_argument('--lr-ccl', type=float, default=None, help="CCL's head learning rate lr_CCL (recipe: fast 5e-3 single-label, 1.0 multi-label; paper 5e-4)")
-    p.add_argument('--size', type=int, default=None, help="images: resize to this size (default: keep; CSV tables 64)")
-    p.add_argument('--aug', choices=['none', 'flip', 'paper'], default=None, help="images: training augmentation with fastai's transforms: 'flip', horizontal and vertical flips; 'paper' (single-label), CCL-Net's protocol: images resized to a short side of 256/224 × --size keeping their aspect ratio, random crops of --size (default: 224/256 of the images' short side), both flips, colour jitter, evaluation on the centre crop (recipe: paper single-label paper; otherwise none)")
-    p.add_argument('--in-chans', type=int, choices=[1, 3], default=None, help="images: channels the backbone takes: 3 (RGB; grayscale images repeated) or 1 (grayscale; RGB converted). Use 1 for grayscale data (chest X-rays, MedMNIST's 1-channel sets) trained from random weights: the same images, a first layer a third the size; 3 for colour images; with --pretrained or --weights either works, 1 summing the RGB filters of the first convolution (default 3)")
-    p.add_argument('--class-names', default=None, help="a .npz without class_names/label_names: the names of its classes (labels) in the order of their indices, comma-separated (e.g. normal,pneumonia for PneumoniaMNIST) or a text file with one per line; they name the classes in every table and figure, and in the exported Learner's vocab (default: 0, 1, ...)")
-    p.add_argument('--n-per-class', type=int, default=None, help="synthetic data: images per class (default 100)")
-    p.add_argument('--fs', type=float, default=None, help="WFDB records: sampling frequency to resample to, Hz (default 500)")
-    p.add_argument('--seconds', type=float, default=None, help="WFDB records: seconds kept, zero-padded when shorter (default 10)")
-    p.add_argument('--mapping', help="WFDB records: the challenge's SNOMED-CT table (dx_mapping_scored.csv) naming the diagnoses; only its codes are kept")
-    p.add_argument('--min-count', type=int, default=None, help="WFDB records: drop diagnoses with fewer records (default 1)")
-    p.add_argument('--splits', help="WFDB records: a CSV of each record's split (columns record and --split-column); without one the records are split at random 80:20")
-    p.add_argument('--split-column', default=None, help="the split column of --splits (default split), e.g. strat_fold for PTB-XL's table")
-    p.add_argument('--out', default='softlabel_results', help="results folder (default ./softlabel_results); must not exist yet, unless --resume")
-    p.add_argument('--resume', action='store_true', help="go on with the unfinished runs of --out (made by the same command)")
-    p.add_argument('--save-model', choices=['none', 'last', 'best'], default=None, help="export each run's trained Learner to runs/<run>/export.pkl (fastai's load_learner reads it without this library's command; it predicts on new images, signals or records): the model of the last epoch, or with --select of the epoch with the best main metric (accuracy; multi-label mean_auroc) on the selection split (default none)")
-    p.add_argument('--export', action='store_true', help="the same as --save-model last")
-    p.add_argument('--device', default=None, help="where to train: cpu, cuda, cuda:1, ... (default: fastai's choice, the first GPU when there is one)")
-    p.add_argument('--precision', choices=['fp32', 'fp16', 'bf16'], default=None, help="fp16 or bf16: fastai's mixed precision, on CUDA (default there: bf16 where the GPU supports it, else fp16); fp32 elsewhere")
-    p.add_argument('--jobs', type=int, default=None, help="run the comparison's independent runs in this many worker processes at once (default 1): on a machine with several GPUs they spread over them (or all use --device when it is given); on the CPU each takes --threads threads (default: as many as one process would), so that the numbers are a sequential run's")
-    p.add_argument('--shard', default=None, help="I/N: run only the I-th of N shares of the comparison's runs, for a cluster's array jobs (e.g. SLURM's --array=1-N with --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT), every shard writing into the same --out with the same command; the shard that finishes the last run builds the tables, and `softlabel report OUT` builds them from whatever runs are there, naming the missing ones")
-    p.add_argument('--threads', type=int, default=None, help="torch's CPU threads (default: torch's choice)")
-    p.add_argument('--progress', choices=['auto', 'bar', 'log'], default='auto', help="'bar': progress bars; 'log': one line per epoch; 'auto' (default): bars on a terminal, lines otherwise, never both")
-    return p
-
-def progress_bars(
-    progress:str|bool='auto', # `--progress`: 'auto', 'bar' or 'log' (or already decided: True for bars, False for lines)
-    stream=None,              # where the command prints (default `sys.stdout`)
-)->bool:                      # True: progress bars only; False: one line per epoch only
-    "Whether a run shows progress bars (True) or prints one line per epoch (False): 'auto' gives bars on a terminal only"
-    if isinstance(progress, bool): return progress
-    if progress not in ('auto', 'bar', 'log'): raise ValueError(f"--progress must be auto, bar or log, got {progress!r}")
-    stream = sys.stdout if stream is None else stream
-    return progress == 'bar' or (progress == 'auto' and bool(getattr(stream, 'isatty', lambda: False)()))
-
-# %% ../nbs/13_cli.ipynb #5a7e0c01
-def _floats(s, what):
-    try: vals = [float(x) for x in s.split(',') if x.strip()]
-    except ValueError: raise ValueError(f"{what} must be comma-separated numbers, got {s!r}") from None
-    if not vals: raise ValueError(f"{what} names no value, got {s!r}")
-    return vals
-
-def _ints(s, what):
-    vals = _floats(s, what)
-    if any(not math.isfinite(v) or v != int(v) for v in vals): raise ValueError(f"{what} must be comma-separated integers, got {s!r}")
-    return [int(v) for v in vals]
-
-def _flag(name:str)->str: return '--' + name.replace('_', '-')
-
-# (name, lowest, highest, whether the lowest is excluded): numbers given on the command line, finite and in range
-_NUMBERS = [('lr', 0, None, True), ('lr_ccl', 0, None, True), ('wd', 0, None, False), ('clip', 0, None, False),
-            ('alpha', 0, 1000, False), ('lsr_eps', 0, 1, False), ('fs', 1, 100_000, False), ('seconds', 0, 86_400, True)]
-_WHOLE = [('epochs', 1, None), ('bs', 2, None), ('jobs', 1, 256), ('n_per_class', 1, 100_000), ('min_count', 1, None), ('ccl_patience', 1, None),
-          ('threads', 1, 1024), ('size', 1, 4096)]
-
-def _check_numbers(args):
-    "Every numeric argument finite and in its range"
-    for name,low,high,strict in _NUMBERS:
-        v = getattr(args, name)
-        if v is None: continue
-        if not math.isfinite(v) or v < low or (strict and v == low) or (high is not None and v >= high): raise ValueError(
-            f"{_flag(name)} must be a finite number {'>' if strict else '>='} {low:g}{f' and < {high:g}' if high is not None else ''}, got {v:g}")
-    for name,low,high in _WHOLE:
-        v = getattr(args, name)
-        if v is None: continue
-        if v < low: raise ValueError(f"{_flag(name)} must be at least {low}{' (a batch of one item cannot train BatchNorm)' if name == 'bs' else ''}, got {v}")
-        if high is not None and v > high: raise ValueError(f"{_flag(name)} must be at most {high}, got {v}")
-    if args.alpha is not None and 0 < args.alpha < 1e-3: raise ValueError(
-        f"--alpha must be 0 (no mixing) or at least 0.001 (smaller values underflow in float32), got {args.alpha:g}")
-
-def _check_arguments(args)->tuple:
-    "The checks that need no data: `(rates, seeds)`; then the results folder (`_check_out`)"
-    rates = _floats(args.corruption, '--corruption')
-    bad = [r for r in rates if not 0 <= r < 1]
-    if bad: raise ValueError(f"corruption rates must be in [0, 1), got {bad}")
-    if len({f'{r:g}' for r in rates}) < len(rates): raise ValueError(f"--corruption has repeated rates: {args.corruption}")
-    long = [r for r in rates if float(f'{r:g}') != r]
-    if long: raise ValueError(f"--corruption rates have at most 6 significant digits (a run's folder is named by its rate), got {long}")
-    seeds = _ints(args.seeds, '--seeds')
-    if any(not 0 <= s < 2**32 for s in seeds): raise ValueError(f"--seeds must be in [0, 2**32), got {args.seeds}")
-    if len(set(seeds)) < len(seeds): raise ValueError(f"--seeds has repeated values: {args.seeds}")
-    _check_numbers(args)
-    if args.head is not None:
-        try: widths = [int(w) for w in args.head.split(',')]
-        except ValueError: widths = []
-        if not widths or min(widths) < 1 or max(widths) > 65536: raise ValueError(
-            f"--head must be comma-separated widths from 1 to 65536, e.g. 1024,1024,512; got {args.head!r}")
-        args.head = ','.join(map(str, widths))   # '64, 32' and '64,32' are the same head
-    for name in ('methods', 'points', 'train', 'valid', 'split_column'):
-        v = getattr(args, name)
-        if v is not None and not [x for x in v.split(',') if x.strip()]: raise ValueError(f"{_flag(name)} names nothing, got {v!r}")
-    if args.valid is not None and ',' in args.valid: raise ValueError(f"--valid names one split value, got {args.valid!r}")
-    if args.select is not None:
-        args.select = args.select.strip()
-        if not args.select or ',' in args.select: raise ValueError(f"--select names one split value or a share of the training split such as 0.1, got {args.select!r}")
-        try: share = float(args.select)
-        except ValueError: share = None
-        if share is not None and 0 < share < 1: args.select = f'{share:g}'   # '0.10' and '0.1' are the same settings for --resume
-        elif share is not None and not (math.isfinite(share) and share == int(share) and share >= 1): raise ValueError(
-            f"--select {args.select}: a share of the training split is a number between 0 and 1 (e.g. 0.1); a split value is a name such as valid")
-    if args.shard is not None:
-        try: i,n = (int(x) for x in args.shard.split('/'))
-        except ValueError: raise ValueError(f"--shard must be I/N with whole numbers, e.g. 2/4, got {args.shard!r}") from None
-        if not 1 <= i <= n: raise ValueError(f"--shard I/N needs 1 <= I <= N, got {args.shard}")
-        args.shard = f'{i}/{n}'
-    if args.export and args.save_model not in (None, 'last'): raise ValueError(f"--export is --save-model last; it cannot go with --save-model {args.save_model}")
-    args.save_model = 'last' if args.export else args.save_model or 'none'
-    if args.save_model == 'best' and args.select is None: raise ValueError(
-        "--save-model best chooses the epoch on a selection split: add --select (a split value such as valid, or a share of the training "
-        "split such as 0.1); chosen on the evaluated split, the model's score there would be optimistic")
-    if args.save_model == 'last' and args.select is not None: raise ValueError(
-        "--save-model last with --select would export the last epoch's model, while the run's tables, per-class metrics and confusion "
-        "matrix describe the epoch chosen on the selection split: --save-model best exports that one")
-    if args.valid is not None: args.valid = args.valid.strip()
-    if args.train is not None: args.train = ','.join(sorted({t.strip() for t in args.train.split(',') if t.strip()}))   # a set of values
-    _check_out(args)
-    return rates,seeds
-
-# ---------------------------------------------------------------- the results folder, before any work
-def _read_config(out:Path)->dict:
-    "A results folder's `config.json`, with a clear error when it is not one of softlabel's"
-    f = Path(out)/'config.json'
-    try: cfg = json.loads(f.read_text())
-    except (OSError, ValueError) as e: raise ValueError(f"{f} cannot be read ({type(e).__name__}): the folder was not made by softlabel, or "
-                                                        "its config.json was damaged; choose another --out") from None
-    missing = [k for k in ('settings', 'methods', 'corruption', 'seeds', 'multi_label', 'classes') if not isinstance(cfg, dict) or k not in cfg]
-    if missing: raise ValueError(f"{f} lacks {missing}: the folder was not made by softlabel, or its config.json was damaged; choose another --out")
-    return cfg
-
-LOCK_FILE = '.softlabel-lock'   # in a results folder: locked by the command that writes into it
-
-def _lock(f, wait:float=0., shared:bool=False)->bool:
-    "Take the exclusive (or `shared`) advisory lock on the open file `f`, trying for up to `wait` seconds; False when another process holds it (exclusively, for a shared one)"
-    try: import fcntl
-    except ImportError: return True   # no advisory locks on this platform: no protection against a second command
-    deadline = time.monotonic() + wait
-    while True:
-        try: fcntl.flock(f.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB); return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline: return False
-            time.sleep(0.05)
-
-def _claim(out:Path, wait:float=1., shared:bool=False):
-    "The results folder's lock file, opened and locked for this command (`shared`: with the other shards of its comparison); None while another command holds it"
-    f = open(Path(out)/LOCK_FILE, 'a')   # made by the command that made the folder (or by the first command on an older folder)
-    if _lock(f, wait, shared): return f
-    f.close()
-
-def _in_use(out:Path, shared:bool=False)->bool:
-    "Whether a softlabel command (or `softlabel report`) is writing into `out` now (`shared`: one that is not a shard); a folder without a lock file: none is"
-    if not (Path(out)/LOCK_FILE).is_file(): return False
-    f = _claim(out, shared=shared)
-    if f is None: return True
-    f.close(); return False
-
-def _in_use_message(out:Path, resume:bool)->str:
-    return (f"the results folder {out} is in use by another softlabel command: wait for it to finish" +
-            (" (it finishes the runs itself; --resume is for a command that was stopped)" if resume else ", or choose another --out"))
-
-def _writable(folder:Path)->bool:
-    "Whether a folder can be made in `folder` (tried: permissions alone do not tell, e.g. for root on a read-only file system)"
-    try: os.rmdir(tempfile.mkdtemp(dir=folder, prefix='.softlabel-'))
-    except OSError: return False
-    return True
-
-def _check_out(args):
-    "`--out`: a new folder that can be made, or under `--resume` a results folder of softlabel that no command is using"
-    out,shard = Path(args.out),args.shard is not None
-    if out.is_symlink() and not out.exists(): raise ValueError(
-        f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist: remove the link, or choose another --out")
-    if args.resume:
-        if out.is_dir() and _in_use(out, shard): raise ValueError(_in_use_message(out, True))   # also while its config.json is being written
-        if not (out/'config.json').is_file(): raise ValueError(f"--resume: {out} is not a results folder of softlabel (no config.json)")
-        _read_config(out)
-        if not _writable(out): raise ValueError(f"--resume: the results folder {out} cannot be written to")
-    elif out.exists() and shard:   # another shard made it (or is making it): its settings are compared once the data are read
-        if out.is_file() or not ((out/'config.json').is_file() or (out/LOCK_FILE).is_file()): raise ValueError(
-            f"--shard: {out} exists and is not a results folder of softlabel: choose another --out")
-        if _in_use(out, True): raise ValueError(f"the results folder {out} is in use by a softlabel command that is not a shard: wait for it to finish")
-        if not _writable(out): raise ValueError(f"the results folder {out} cannot be written to")
-    elif out.exists():
-        if _in_use(out): raise ValueError(_in_use_message(out, False))
-        raise ValueError(f"the results folder {out} exists already{' (a file)' if out.is_file() else ''}: choose another --out"
-                         + ("" if out.is_file() else ", or add --resume to finish its runs"))
-    else:
-        parent = out.absolute().parent
-        if not parent.is_dir(): raise ValueError(f"the folder that would hold {out} does not exist")
-        if not _writable(parent): raise ValueError(f"the results folder {out} cannot be made: {parent} is not writable; choose another --out")
-
-# ---------------------------------------------------------------- which options apply to the data and the methods
-def data_kind(data)->str:
-    "What `--data` is: 'synthetic' (none), 'table' (.csv), 'wfdb' (a folder), 'images' or 'signals' (.npz)"
-    if data is None: return 'synthetic'
-    p = Path(data)
-    if p.is_dir(): return 'wfdb'
-    if not p.exists(): raise FileNotFoundError(f"No such file: {p}")
-    if p.suffix.lower() == '.csv': return 'table'
-    if p.suffix.lower() != '.npz': raise ValueError(f"--data must be a .npz file, a .csv table (with --images) or a folder of WFDB records, got {p.name}")
-    from fastai_softlabel.datasets import npz_keys
-    return 'signals' if 'signals' in npz_keys(p) else 'images'
-
-_IMAGES = ('synthetic', 'images', 'table')
-# option: (whether it applies, what it is for); `c` has kind, split (the data has a split of its own), multi, methods
-_APPLIES = {
-    'task':         (lambda c: c.kind == 'synthetic', "the embedded synthetic data (no --data)"),
-    'n_per_class':  (lambda c: c.kind == 'synthetic', "the embedded synthetic data (no --data)"),
-    'images':       (lambda c: c.kind == 'table', "a CSV table given as --data"),
-    'size':         (lambda c: c.kind in _IMAGES, "images"),
-    'in_chans':     (lambda c: c.kind in _IMAGES, "images"),
-    'aug':          (lambda c: c.kind in _IMAGES, "images"),
-    'pretrained':   (lambda c: c.kind in _IMAGES, "image backbones (timm's)"),
-    'weights':      (lambda c: c.kind in _IMAGES, "image backbones (timm's)"),
-    'fs':           (lambda c: c.kind == 'wfdb', "folders of WFDB records"),
-    'seconds':      (lambda c: c.kind == 'wfdb', "folders of WFDB records"),
-    'mapping':      (lambda c: c.kind == 'wfdb', "folders of WFDB records"),
-    'min_count':    (lambda c: c.kind == 'wfdb', "folders of WFDB records"),
-    'splits':       (lambda c: c.kind == 'wfdb', "folders of WFDB records"),
-    'split_column': (lambda c: c.kind == 'wfdb' and c.split, "a WFDB folder's --splits table"),
-    'valid':        (lambda c: c.split, "data with a split of its own: a .npz with a split array, or a WFDB folder with --splits"),
-    'train':        (lambda c: c.split, "data with a split of its own: a .npz with a split array, or a WFDB folder with --splits"),
-    'weighted_bce': (lambda c: c.multi, "multi-label data"),
-    'class_names':  (lambda c: c.kind in ('images', 'signals'), "a .npz file given as --data (tables, WFDB folders and the synthetic data name their classes)"),
-}
-_METHOD_GROUPS = {CCL_METHODS: 'the CCL methods', MIXING_METHODS: 'the mixing methods', POINT_METHODS: 'the methods that mix at hidden states',
-                  LSR_METHODS: 'the label-smoothing methods'}
-_FOR_METHODS = dict(head=CCL_METHODS, lr_ccl=CCL_METHODS, ccl_patience=CCL_METHODS, alpha=MIXING_METHODS, points=POINT_METHODS, lsr_eps=LSR_METHODS)
-_APPLIES |= {n: (lambda c, ms=ms: bool(set(c.methods) & set(ms)), f"{_METHOD_GROUPS[ms]} ({', '.join(ms)})") for n,ms in _FOR_METHODS.items()}
-_DATA_ONLY = ('task', 'n_per_class', 'images', 'size', 'in_chans', 'aug', 'pretrained', 'weights', 'fs', 'seconds', 'mapping', 'min_count', 'splits', 'class_names')   # decided by the kind alone
-
-def _describe_data(args, kind:str)->str:
-    name = Path(args.data).name if args.data is not None else ''
-    return dict(synthetic='the embedded synthetic data', table=f'the table {name}', wfdb=f'the WFDB folder {name}',
-                images=f'{name} (images)', signals=f'{name} (signals)')[kind]
-
-def not_applied(
-    ctx,               # `kind`, `split` (the data has a split of its own), `multi`, `methods` of the comparison
-    names=None,        # the options to look at (default: all of `_APPLIES`)
-)->list:               # the options that do not apply
-    "The options that do not apply to this data and these methods (not recorded in `config.json`; refused when given)"
-    return [n for n in (names or _APPLIES) if not _APPLIES[n][0](ctx)]
-
-def _refuse_unused(args, ctx, names=None):
-    "A clear error for an option given on the command line that this data or these methods would ignore"
-    for n in not_applied(ctx, names):
-        if getattr(args, n) is not None:
-            by = f"none of --methods {','.join(ctx.methods)} uses it" if n in _FOR_METHODS else f"{_describe_data(args, ctx.kind)} does not use it"
-            if n in ('valid', 'train') and ctx.kind == 'wfdb': by = f"{_describe_data(args, ctx.kind)} has no split of its own: give --splits TABLE (record, split) for it, or leave it out for a random 80:20 split"
-            elif n in ('valid', 'train'): by = f"{_describe_data(args, ctx.kind)} has no split array: it is split at random 80:20"
-            raise ValueError(f"{_flag(n)} is for {_APPLIES[n][1]}; {by}")
-
-# ---------------------------------------------------------------- the data and the methods
-def _load_data(args, kind:str)->dict:
-    from fastai_softlabel.experiments import synthetic_dataset, real_dataset, table_dataset, signal_dataset
-    data,train,valid = args.data,(args.train or 'train').split(','),args.valid or 'valid'   # as `_check_arguments` normalised them
-    if kind == 'synthetic': return synthetic_dataset(args.task or 'single', args.n_per_class or 100)
-    if kind == 'table':   # CCL-Net's protocol reads the images at their crops' short side, keeping their aspect ratio
-        from fastai_softlabel.experiments import table_is_multi_label, paper_crop
-        aug = args.aug or RECIPES['multi' if table_is_multi_label(data) else 'single'][args.recipe]['aug']
-        return table_dataset(data, args.images, args.size or 64, short_side=paper_crop(args.size or 64, 0)[1] if aug == 'paper' else None)
-    if kind == 'images': return real_dataset(data, valid, train)
-    return signal_dataset(data, valid, 500. if args.fs is None else args.fs, 10. if args.seconds is None else args.seconds, args.mapping, args.min_count or 1,
-                          args.splits, args.split_column or 'split', train)
-
-def _apply_class_names(args, d:dict, kind:str):
-    "Name the classes of a `.npz` that carries no names with `--class-names` (comma-separated, or a file of one name per line); `args.class_names` becomes the list"
-    from fastai_softlabel.datasets import check_labels
-    given,p = args.class_names,Path(args.class_names)
-    names = ([l.strip() for l in p.read_text(encoding='utf-8-sig').splitlines() if l.strip()] if p.is_file()   # a BOM is not part of a name
-             else [n.strip() for n in given.split(',')])
-    what = f"--class-names {given if len(given) < 60 else given[:57] + '...'}"
-    if any(not n for n in names): raise ValueError(f"{what}: an empty name (two commas, or one at an end)")
-    own = [str(n) for n in d['names']]
-    if own != [str(i) for i in range(len(own))]: raise ValueError(
-        f"{what}: {_describe_data(args, kind)} names its classes already ({', '.join(own[:8])}{', ...' if len(own) > 8 else ''}); "
-        "--class-names is for a file without class_names or label_names")
-    if len(names) != len(own): raise ValueError(
-        f"{what}: {len(names)} name(s) for the {len(own)} " + (f"label columns of {_describe_data(args, kind)}" if d['multi_label'] else
-        f"classes of {_describe_data(args, kind)} (class indices 0 to {len(own) - 1}): one name per class, in index order"))
-    d['labels'],d['names'] = check_labels(d['labels'], names, what)
-    args.class_names = [str(n) for n in d['names']]
-
-def _check_training_fits(args, d:dict, kind:str, bs_given:bool):
-    "A training split that fills at least one batch (fastai drops the last incomplete one), and something to evaluate on"
-    n_train,n_valid = int((d['split'] == 'train').sum()),int((d['split'] == 'valid').sum())
-    if not n_valid: raise ValueError(f"{_describe_data(args, kind)} has no item to evaluate on: its {d['split_used']['valid']!r} split is empty")
-    if n_train < 2: raise ValueError(f"{_describe_data(args, kind)} has {n_train} training item(s): at least 2 are needed")
-    given,world = ('--bs' if bs_given else f"--recipe {args.recipe}'s batch size"),_world()[1]
-    more = ", or a larger --n-per-class" if kind == 'synthetic' else ", or more training data"
-    if n_train < args.bs: raise ValueError(
-        f"the training split has {n_train} items, fewer than the batch size {args.bs} ({given}): fastai drops the last "
-        f"incomplete batch, so not one step would train. Use --bs {n_train} or less" + more)
-    share = -(-n_train//world)   # fastai's DistributedDL pads the training items to a multiple of the processes and deals them out
-    if share < args.bs: raise ValueError(
-        f"under torchrun each of the {world} processes trains on {share} of the {n_train} training items (fastai's DistributedDL deals "
-        f"them out), fewer than the batch size {args.bs} per process ({given}): not one step would train. Use --bs {share} or less, "
-        f"or fewer processes" + more)
-    if not d['multi_label'] and len(d['names']) < 2: raise ValueError(f"{_describe_data(args, kind)} has one class: there is nothing to classify")
-
-def _select(args, d:dict, kind:str):
-    "The selection split of `--select`: a split value of the data, or a share of the training split held out; multi-label items that can score a mean AUROC"
-    from fastai_softlabel.selection import with_selection
-    try: share = float(args.select)
-    except ValueError: share = None
-    with_selection(d, share if share is not None and share < 1 else args.select, seed=0, name=_describe_data(args, kind))
-    sel = d['split'] == 'select'
-    if not sel.any(): raise ValueError(f"--select {args.select}: the selection split of {_describe_data(args, kind)} is empty")
-    if d['multi_label'] and not ((d['labels'][sel].sum(0) > 0) & (d['labels'][sel].sum(0) < sel.sum())).any(): raise ValueError(
-        f"--select {args.select}: no label has both positive and negative items among the {int(sel.sum())} selection items, so their mean "
-        "AUROC, which chooses the epoch, is undefined; select on more items")
-
-def _check_label_coverage(args, d:dict, kind:str)->dict:
-    "Every class (label) with a training item, unnamed class indices without gaps (`datachecks.check_label_coverage`): what the evaluated split lacks, for the summary"
-    from fastai_softlabel.datachecks import check_label_coverage
-    names = [str(n) for n in d['names']]
-    named = kind in ('synthetic', 'table', 'wfdb') or args.class_names is not None or names != [str(i) for i in range(len(names))]
-    hint = ("raise --min-count, or give --splits that put its records in training" if kind == 'wfdb' else
-            "the split by lesion or patient put all of its items in the evaluated split: add items of it to the table, or leave it out" if kind == 'table' else
-            "leave it out of the data, or train on a split that has it (--train)" if d['own_split'] else '')
-    return check_label_coverage(d['labels'], d['split'], names, named, hint)
-
-def _check_leakage(args, d:dict, kind:str)->dict:
-    "No item identical to one on the other side of a split (`datachecks.check_no_leakage`), with the way out for this kind of data; the copies within the training split, for the summary"
-    from fastai_softlabel.datachecks import check_no_leakage
-    name = _describe_data(args, kind)
-    way_out = dict(
-        table=f"give copies one lesion_id (HAM10000) or Patient ID (NIH) in the table, so that they stay in one split, or remove the copies from {name}",
-        wfdb="remove the copied records, or give --splits that keeps them in one split",
-        synthetic="the synthetic data should have no copies: report it as a bug",
-    ).get(kind, f"remove the copies from one of the splits of {name}" if d['own_split'] else
-          f"remove the copies from {name}, or give it a lesion_id or patient_id array with one value for copies (the random split keeps each value in one split)")
-    return check_no_leakage(d, way_out)
-
-def _check_backbone(args, d:dict, kind:str):
-    "The backbone, after one forward pass of two items as the runs will feed them (their size, channels or leads): it must give one score per class"
-    import torch
-    from fastai_softlabel.models import create_backbone, resnet1d34
-    from fastai_softlabel.data import to_channels, resize_images
-    k = len(d['names'])
-    if 'signals' in d: model,x = resnet1d34(k, d['signals'].shape[1]),torch.as_tensor(d['signals'][:2], dtype=torch.float32)
-    else:
-        im = to_channels(d['images'][:2], args.in_chans or 3)
-        size = args.size
-        if args.aug == 'paper':   # the model sees the crops
-            from fastai_softlabel.experiments import paper_crop
-            size = paper_crop(args.size, min(im.shape[1:3]))[0]
-        if size: im = resize_images(im, size)
-        model,x = create_backbone(args.backbone, k, args.weights_file, args.in_chans or 3),torch.from_numpy(im.transpose(0, 3, 1, 2)).float()/255
-    what = f"{'signals' if 'signals' in d else 'images'} of shape {tuple(x.shape[1:])}"
-    try:
-        with torch.no_grad(): out = model.eval()(x)
-    except Exception as e: raise ValueError(f"the backbone {args.backbone} cannot take {what} ({type(e).__name__}: {e})"
-                                            + ("; choose a larger --size" if 'images' in d else '')) from None
-    if tuple(out.shape) != (len(x), k): raise ValueError(f"the backbone {args.backbone} gives outputs of shape {tuple(out.shape[1:])} for {what}, not one score per class ({k})")
-    return model
-
-def _check_device(args):
-    "`--device` as torch names it (default: fastai's choice), and `--precision` for it (default: bf16 where the GPU supports it, else fp16, on CUDA; fp32 elsewhere)"
-    import torch
-    from fastai.torch_core import default_device
-    if args.device is None: dev = default_device()
-    else:
-        try: dev = torch.device(args.device)
-        except (RuntimeError, ValueError): raise ValueError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}") from None
-        if dev.type not in ('cpu', 'cuda', 'mps'): raise ValueError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
-        if dev.type == 'cuda' and not torch.cuda.is_available(): raise ValueError(f"--device {args.device}: torch sees no CUDA GPU on this machine")
-        if dev.type == 'mps' and not torch.backends.mps.is_available(): raise ValueError(f"--device {args.device}: torch sees no MPS device on this machine")
-        n = torch.cuda.device_count() if dev.type == 'cuda' else 0
-        if dev.type == 'cuda' and dev.index is not None and dev.index >= n: raise ValueError(
-            f"--device {args.device}: this machine has {n} GPU(s), cuda:0{f' to cuda:{n - 1}' if n > 1 else ''}")
-    given = args.device is not None
-    if _world()[1] > 1 and dev.type == 'cuda':   # torchrun: each process on its own GPU
-        if given and dev.index is not None: raise ValueError(f"--device {args.device}: under torchrun each process trains on cuda:LOCAL_RANK; give --device cuda, or leave it out")
-        dev = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))); torch.cuda.set_device(dev)
-    if dev.type == 'cuda' and dev.index is None: dev = torch.device('cuda', torch.cuda.current_device())
-    bf16 = dev.type == 'cuda' and torch.cuda.get_device_capability(dev)[0] >= 8   # Ampere on: bf16 in hardware (torch also counts emulation)
-    if args.precision is None: args.precision = ('bf16' if bf16 else 'fp16') if dev.type == 'cuda' else 'fp32'
-    elif args.precision != 'fp32' and dev.type != 'cuda': raise ValueError(
-        f"--precision {args.precision} is fastai's mixed precision, which autocasts on CUDA only: on {dev.type}, use --precision fp32")
-    elif args.precision == 'bf16' and not bf16: raise ValueError(
-        f"--precision bf16: the GPU {torch.cuda.get_device_name(dev)} does not support bfloat16; use --precision fp16")
-    args.device = str(dev)
-    # --jobs: the workers' devices; without --device, every GPU in turn
-    n = args.jobs or 1
-    args.devices = [f'cuda:{i % torch.cuda.device_count()}' for i in range(n)] if dev.type == 'cuda' and not given else [args.device]*n
-
-def _world()->tuple:
-    "`(rank, world size)` of a process that torchrun (or `accelerate launch`) started; `(0, 1)` otherwise"
-    return int(os.environ.get('RANK', 0)),int(os.environ.get('WORLD_SIZE', 1))
-
-def _check_distributed(args):
-    "Under torchrun every process trains every run together, with its share of each batch: not with --jobs or --shard, and with lines, not bars"
-    if _world()[1] == 1: return
-    if (args.jobs or 1) > 1: raise ValueError("--jobs runs independent runs in worker processes: under torchrun the processes train each run together; use one or the other")
-    if args.shard is not None: raise ValueError("--shard gives a process a share of the runs: under torchrun the processes train each run together; use one or the other")
-    args.progress = 'log'
-
-def _check_weights(args, kind:str):
-    "The weights file the backbone starts from (`args.weights_file`, None: random weights) and where it comes from (`args.weights_source`)"
-    from fastai_softlabel.models import pretrained_weights
-    args.weights_file = args.weights_source = None
-    if args.pretrained and args.weights is not None: raise ValueError("--pretrained and --weights both name the weights to start from: give one")
-    if args.pretrained:
-        try: path,args.weights_source = pretrained_weights(args.backbone)
-        except ValueError as e: raise ValueError(f"--pretrained: {e}") from None
-        args.weights_file = str(path)
-    elif args.weights is not None:
-        p = Path(args.weights)
-        if not p.is_file(): raise ValueError(f"--weights: no such file: {p}")
-        args.weights_file,args.weights_source = str(p.absolute()),f'file:{p.name}'
-
-def _prepare(args)->tuple:
-    "Check everything before any work: `(dataset, methods, rates, seeds)`; `d['kind']` and `d['not_applied']` say what the data is and which options it does not use"
-    rates,seeds = _check_arguments(args)
-    _check_distributed(args)
-    _check_device(args)
-    from types import SimpleNamespace
-    from fastai_softlabel.models import check_model_name, create_backbone, flowmixup_points, resnet1d34
-    kind = data_kind(args.data)
-    ctx = SimpleNamespace(kind=kind, split=kind == 'wfdb' and args.splits is not None, multi=False, methods=())
-    _refuse_unused(args, ctx, _DATA_ONLY)
-    if kind in ('signals', 'wfdb'):
-        if args.backbone not in (None, 'resnet1d34'): raise ValueError(f"{_describe_data(args, kind)} holds 1-D signals, which train resnet1d34; --backbone {args.backbone} is an image model")
-        args.backbone = 'resnet1d34'
-    else: args.backbone = check_model_name(args.backbone or 'resnet18')
-    _check_weights(args, kind)
-    d = _load_data(args, kind)
-    if args.class_names is not None: _apply_class_names(args, d, kind)
-    if args.select is not None: _select(args, d, kind)
-    checks = _check_label_coverage(args, d, kind)
-    ctx.split,ctx.multi = kind in ('images', 'signals', 'wfdb') and d['own_split'],bool(d['multi_label'])
-    if 'images' in d:   # the image channels fit --in-chans (RGBA, RGB, grayscale), checked before any work
-        from fastai_softlabel.data import to_channels
-        to_channels(d['images'][:1], args.in_chans or 3)
-    allowed = MULTI_METHODS if d['multi_label'] else SINGLE_METHODS
-    default = [m for m in allowed if not (d['multi_label'] and m in BEYOND_THE_PAPERS) and not (kind in ('signals', 'wfdb') and m == 'cutmix')]
-    methods = default if args.methods is None else [m.strip() for m in args.methods.split(',') if m.strip()]
-    wrong = [m for m in methods if m not in allowed]
-    if wrong: raise ValueError(f"method(s) {wrong} do not fit {'multi' if d['multi_label'] else 'single'}-label data; choose from {', '.join(allowed)}")
-    if len(set(methods)) < len(methods): raise ValueError(f"--methods has repeated names: {args.methods}")
-    if kind in ('signals', 'wfdb') and 'cutmix' in methods: raise ValueError("cutmix cuts and pastes image patches: it does not fit 1-D signals")
-    ctx.methods = methods
-    _refuse_unused(args, ctx)
-    if args.alpha == 0 and 'cutmix' in methods: raise ValueError("--alpha 0 leaves CutMix without a Beta(α, α) to draw from: use α > 0")
-    args.points = [s.strip() for s in args.points.split(',') if s.strip()] if isinstance(args.points, str) else args.points
-    bs_given = args.bs is not None
-    resolve_recipe(args, d['multi_label'])
-    if kind not in _IMAGES: args.aug = None
-    if args.aug == 'paper' and d['multi_label']: raise ValueError(
-        "--aug paper is CCL-Net's protocol for single-label images; multi-label data train with --aug none (the Flow-Mixup recipe) or flip")
-    model = _check_backbone(args, d, kind)
-    if set(POINT_METHODS) & set(methods):
-        if args.points:
-            names = dict(model.named_modules())
-            wrong = [n for n in args.points if n not in names]
-            if wrong: raise ValueError(f"--points {wrong} are not modules of {args.backbone}; e.g. {', '.join(list(names)[1:6])}")
-        else:
-            try: flowmixup_points(model)
-            except ValueError as e: raise ValueError(str(e).replace('yourself.', 'with --points (module names of the model)')) from None
-    _check_training_fits(args, d, kind, bs_given)
-    d['data_checks'] = checks | _check_leakage(args, d, kind)
-    # the options that apply, at their defaults; what was asked, as parsed ("0, 1" and "0,1" are the same settings for --resume)
-    defaults = dict(task='single', n_per_class=100, in_chans=3, fs=500., seconds=10., min_count=1, split_column='split', valid='valid', train='train')
-    for k,v in defaults.items():
-        if _APPLIES[k][0](ctx) and getattr(args, k) is None: setattr(args, k, v)
-    if kind == 'table': args.size = args.size or 64
-    args.methods,args.corruption,args.seeds = ','.join(methods),','.join(f'{r:g}' for r in rates),','.join(map(str, seeds))
-    args.split_groups = d.get('group_name') if d.get('groups') is not None and not d['own_split'] else None   # a random split by lesion/patient
-    d['kind'],d['not_applied'] = kind,not_applied(ctx)
-    return d,methods,rates,seeds
-
-# %% ../nbs/13_cli.ipynb #rf000002
-# arguments that do not change a run's result (the weights file: by its SHA-256 in `result_settings`)
-_NOT_RESULTS = ('out', 'resume', 'progress', 'threads', 'data', 'images', 'export', 'save_model', 'device', 'devices', 'jobs', 'shard',
-                'weights', 'weights_file', 'weights_source')
-
-def _sha256(path)->str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
-    return h.hexdigest()
-
-def data_fingerprint(
-    data:str|None, # the `--data` file or folder (None: the embedded synthetic data)
-    exclude=None,  # a folder inside `data` to leave out (the results folder)
-)->dict:           # `kind`, and its name, size in bytes and SHA-256 (a folder: of its files' names and contents, in order)
-    "What identifies the data of a comparison, whatever its path"
-    if data is None: return dict(kind='synthetic')
-    p = Path(data)
-    if p.is_file(): return dict(kind='file', name=p.name, bytes=p.stat().st_size, sha256=_sha256(p))
-    skip = Path(exclude).resolve() if exclude is not None else None
-    files = sorted(f for f in p.rglob('*') if f.is_file() and not (skip and f.resolve().is_relative_to(skip)))
-    h = hashlib.sha256()
-    for f in files: h.update(f"{f.relative_to(p)}\0{_sha256(f)}\n".encode())
-    return dict(kind='folder', name=p.name, files=len(files), bytes=sum(f.stat().st_size for f in files), sha256=h.hexdigest())
-
-def applied_arguments(args, left_out=())->dict:
-    "The arguments that change a run's result and apply to its data and methods (`left_out`: those that do not)"
-    return {k:v for k,v in sorted(vars(args).items()) if k not in _NOT_RESULTS + tuple(left_out)}
-
-def result_settings(args, versions:dict|None=None, left_out=())->dict:
-    "The arguments that change a run's result, the fingerprints of the data (image folder, mapping and split tables, the backbone's starting weights) and the package versions: what `--resume` must find unchanged"
-    fp = lambda k: data_fingerprint(getattr(args, k, None), exclude=args.out)
-    return dict(arguments=applied_arguments(args, tuple(left_out) + ('mapping', 'splits')) | {'world_size': _world()[1]},   # torchrun: the batch is bs × world size
-                data=fp('data'), images=fp('images'), mapping=fp('mapping'), splits=fp('splits'), weights=fp('weights_file'), versions=versions or {})
-
-# arguments added after results folders were made: what those folders' runs had (`--resume` finds them unchanged)
-_ADDED_ARGUMENTS = dict(aug='none', precision='fp32', world_size=1, split_groups=None, select=None)
-_WAS_NONE = dict(ccl_patience=10)   # recorded as None (CCL's default) before the recipes set it
-
-def settings_differences(old:dict, new:dict)->list:
-    "The settings in which `new` differs from `old`, as `--name old → new` strings"
-    meant = lambda k, v: v if v is not None else _WAS_NONE.get(k)   # None: what it meant then
-    was = lambda k: meant(k, old['arguments'].get(k, _ADDED_ARGUMENTS.get(k)))
-    named = dict(world_size="the processes of torchrun", split_groups="the random split's groups (a random 80:20 split now keeps each lesion or patient of a .npz in one split)")
-    diffs = [named.get(k, f"--{k.replace('_', '-')}") + f" {was(k)!r} → {v!r}" for k,v in new['arguments'].items() if was(k) != meant(k, v)]
-    for k in ('data', 'images', 'mapping', 'splits', 'weights'):   # a folder made before `splits` or `weights` were recorded had none
-        if old.get(k, data_fingerprint(None)) != new.get(k, data_fingerprint(None)): diffs.append(f"the {'data' if k == 'data' else f'--{k}'} ({old.get(k, {}).get('sha256', '-')[:12]} → {new.get(k, {}).get('sha256', '-')[:12]})")
-    diffs += [f"{p} {v!r} → {new.get('versions', {}).get(p)!r}" for p,v in old.get('versions', {}).items() if new.get('versions', {}).get(p) != v]
-    return diffs
-
-# %% ../nbs/13_cli.ipynb #rf000004
-def run_id(method:str, seed:int, corruption:float)->str:
-    "The folder name of one run under `runs/`"
-    return f"{method}_seed{seed}_c{corruption:g}"
-
-def _write_run(out:Path, rid:str, make, config:dict|None=None)->None:
-    "Run `make(folder)` -> (row, curves) in a partial folder with the run's `config.json`, then move it to `runs/<rid>` complete"
-    part = out/'runs'/f'.partial-{rid}'
-    shutil.rmtree(part, ignore_errors=True); part.mkdir(parents=True)
-    if config is not None: (part/'config.json').write_text(json.dumps(config, indent=2, default=str))
-    row,curves = make(part)
-    curves.to_csv(part/'curves.csv', index=False)
-    (part/'row.json').write_text(json.dumps(row, indent=2))
-    shutil.rmtree(part/'models', ignore_errors=True)
-    part.rename(out/'runs'/rid)   # a run's folder exists only once complete
-
-_RUN_FILES = ('row.json', 'curves.csv', 'per_class.csv')   # what every finished run has
-
-def _run_problem(d:Path)->str|None:
-    "Why the run folder `d` is not complete (None: it is)"
-    missing = [f for f in _RUN_FILES if not (d/f).is_file()]
-    if missing: return f"no {', '.join(missing)}"
-    try:
-        row = json.loads((d/'row.json').read_text())
-        if not {'method', 'seed', 'corruption'} <= set(row): return "row.json lacks method, seed or corruption"
-    except (OSError, ValueError): return "row.json cannot be read"
-    import pandas as pd
-    for f in ('curves.csv', 'per_class.csv'):
-        try: pd.read_csv(d/f)
-        except (OSError, ValueError): return f"{f} cannot be read"
-    return None
-
-def run_status(
-    out, # a results folder of `softlabel`
-)->tuple: # `(complete, incomplete)`: the complete run folders, and `{run id: why}` of the others (folders in progress or left unfinished)
-    "Which runs of a results folder are complete, and why the others are not"
-    complete,incomplete,runs = [],{},Path(out)/'runs'
-    dirs = [d for d in sorted(runs.iterdir()) if d.is_dir()] if runs.is_dir() else []
-    for d in dirs:
-        if d.name.startswith('.'): continue
-        why = _run_problem(d)
-        if why is None: complete.append(d)
-        else: incomplete[d.name] = why
-    done = {d.name for d in complete}
-    for d in dirs:   # a partial folder beside its complete run is a leftover, not a run
-        rid = d.name[len('.partial-'):]
-        if d.name.startswith('.partial-') and rid not in done and rid not in incomplete: incomplete[rid] = 'in progress, or stopped before it finished'
-    return complete,incomplete
-
-def planned_runs(cfg:dict)->list:
-    "The run ids of a results folder's comparison, from its `config.json`"
-    return [run_id(m, s, r) for r in cfg['corruption'] for m in cfg['methods'] for s in cfg['seeds']]
-
-def _write_atomic(path:Path, write):
-    "Write `path` through `write(tmp)` and a rename: a reader never sees half a file"
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    write(tmp); os.replace(tmp, path)
-
-_NOT_METRICS = ('method', 'seed', 'corruption', 'seconds', 'diverged_epoch', 'described_epoch')   # numeric run columns that are no result
-
-def build_tables(
-    out,              # a results folder of `softlabel`
-    write:bool=True,  # write the tables into `out` (False: only return them)
-    dirs=None,        # the complete run folders, as the caller read them (default: `run_status(out)`)
-)->tuple:             # `(runs, summary)` DataFrames
-    "Rebuild runs.csv, runs.json, curves.csv, per_class.csv, confusion.csv (single-label) and summary.csv from the complete runs under `out/runs`; a diverged run is counted, its numbers left out"
-    import pandas as pd
-    from fastai_softlabel.stats import summarize_runs
-    from fastai_softlabel.metrics import run_summaries, first_non_finite_epoch
-    out = Path(out)
-    cfg = _read_config(out)
-    dirs = run_status(out)[0] if dirs is None else list(dirs)
-    if not dirs: raise ValueError(f"{out} holds no finished run yet")
-    summaries,main = ('_best', '_last', '_early_variance'),'mean_auroc' if cfg['multi_label'] else 'accuracy'   # (and `_best_minus_last`)
-    def row(d):   # the run's row, its curve summaries recomputed from its curves (one definition, and one naming, for every folder)
-        c,r = pd.read_csv(d/'curves.csv'),json.loads((d/'row.json').read_text())
-        if 'diverged_epoch' not in r: r['diverged_epoch'] = first_non_finite_epoch(c, ['train_loss', 'valid_loss', main])   # a run of an older version
-        return {k: v for k,v in r.items() if not k.endswith(summaries)} | run_summaries(c.drop(columns=['epoch', 'method', 'seed', 'corruption'], errors='ignore'), n_first=min(5, len(c)))
-    runs = pd.DataFrame([row(d) for d in dirs])
-    order = {m:i for i,m in enumerate(cfg['methods'])}
-    keys = runs.sort_values(['corruption', 'method', 'seed'], key=lambda c: c.map(order) if c.name == 'method' else c, kind='stable').index
-    runs,dirs = runs.loc[keys].reset_index(drop=True),[dirs[i] for i in keys]
-    metrics = [c for c in runs.columns if c not in _NOT_METRICS and pd.api.types.is_numeric_dtype(runs[c])]
-    diverged = runs.diverged_epoch.notna()
-    runs.loc[diverged, [m for m in metrics if m not in ('corrupted_fraction', 'selected_epoch')]] = float('nan')   # never a number of a diverged run
-    ok = [d for d,bad in zip(dirs, diverged) if not bad]   # the per-epoch and per-class tables: runs that did not diverge
-    summary = summarize_runs(runs, metrics, reference=cfg['methods'][0])
-    if write:
-        _write_atomic(out/'runs.csv', lambda f: runs.to_csv(f, index=False))
-        _write_atomic(out/'runs.json', lambda f: f.write_text(json.dumps(runs.astype(object).where(runs.notna(), None).to_dict('records'), indent=2)))
-        from fastai_softlabel.report import read_class_table   # class names as text: 'NA' or '01' stay names
-        for name,read in (('curves.csv', pd.read_csv), ('per_class.csv', read_class_table), ('confusion.csv', read_class_table)):
-            parts = [read(d/name) for d in ok if (d/name).is_file()]   # confusion.csv: single-label runs
-            if parts: _write_atomic(out/name, lambda f: pd.concat(parts, ignore_index=True).to_csv(f, index=False))
-            else: (out/name).unlink(missing_ok=True)   # every run diverged: no such table
-        _write_atomic(out/'summary.csv', lambda f: summary.to_csv(f, index=False))
-    return runs,summary
+__all__ = ['main']
 
 # %% ../nbs/13_cli.ipynb #ffbd600c
 def _fail(msg, status=2, wait:float=20.):
     "Print `softlabel: <msg>` as one line on stderr (a message from a library may span lines) and exit; under torchrun the other ranks leave it to rank 0"
     line = 'softlabel: ' + ' '.join(l.strip() for l in str(msg).splitlines() if l.strip())
-    rank,world = _world()
+    rank,world = torchrun_world()
     if rank > 0 and world > 1 and status == 2:
         # every rank ran the same checks: rank 0 says it, and torchrun stops the others when it exits; they exit with the same status.
         # A rank that rank 0 does not stop within `wait` seconds found something rank 0 did not, and says it itself
@@ -727,276 +34,78 @@ def _fail(msg, status=2, wait:float=20.):
         line = line.replace('softlabel: ', f'softlabel: rank {rank}: ', 1)
     print(line, file=sys.stderr); sys.exit(status)
 
-def _versions()->dict:
-    from importlib.metadata import version, PackageNotFoundError
-    def v(p):
-        try: return version(p)
-        except PackageNotFoundError: return None
-    return {p: v(p) for p in ('torch', 'fastai', 'timm', 'fastai_softlabel')} | dict(python=platform.python_version())
-
-def _print_table(out, runs, summary, cfg:dict, written:bool=True):
-    "The comparison as the command prints it: at the epoch chosen on the selection split (with `--select`) and at the last epoch; diverged runs named"
-    from fastai_softlabel.stats import format_summary, few_seeds_note, diverged_lines
-    from fastai_softlabel.report import table_metrics, fewest_seeds, selected_metrics, selection_sentence
-    import pandas as pd
-    multi,reference = cfg['multi_label'],cfg['methods'][0]
-    n = summary.groupby('method', sort=False)['n'].max() if len(summary) else pd.Series(dtype=int)
-    print(f"\n{len(runs)} runs; mean ± half-width of the 95% CI over seeds (n = {', '.join(f'{m} {k}' for m,k in n.items())}); "
-          f"Δ: paired difference to {reference} [95% CI]")
-    tables = ([(selection_sentence(cfg), selected_metrics(multi))] if 'selected_epoch' in runs else []) + [("at the last epoch", table_metrics(multi))]
-    for title,metrics in tables:
-        shown = [m for m in metrics if m in set(summary.get('metric', ()))]
-        if not shown: continue
-        print(f"\n{title}:")
-        with pd.option_context('display.width', 250, 'display.max_columns', 30):
-            print(format_summary(summary, shown).rename(columns=lambda c: c.replace('_selected', '')).to_string())
-    lines = diverged_lines(runs)
-    if lines: print("\ndiverged runs (a non-finite training loss, evaluated loss or main metric), counted and never averaged:\n  " + '\n  '.join(lines))
-    note = few_seeds_note(fewest_seeds(summary, table_metrics(multi)))
-    if note: print(f"\n{note}")
-    if written: print(f"\nresults in {out}/ (report.html, config.json, runs/, runs.csv, runs.json, curves.csv, per_class.csv, summary.csv)")
-
-def _unfinished(cfg:dict, complete:list, incomplete:dict)->dict:
-    "`{run id: why}` of the comparison's runs that are not complete: incomplete folders, and planned runs not started"
-    done = {d.name for d in complete}
-    return incomplete | {r: 'not run yet' for r in planned_runs(cfg) if r not in done and r not in incomplete}
-
-def _print_unfinished(unfinished:dict):
-    if not unfinished: return
-    shown = '; '.join(f'{r} ({why})' for r,why in list(unfinished.items())[:8]) + ('; ...' if len(unfinished) > 8 else '')
-    print(f"\n{len(unfinished)} run(s) not in the tables: {shown}")
-
 def _report(argv):
     p = _Parser(prog='softlabel report', description="Rebuild the tables and report.html of a softlabel results folder from its complete runs/, naming the others")
     p.add_argument('out', help="results folder")
     a = p.parse_args(argv)
     out = Path(a.out)
-    if not (out/'config.json').is_file(): _fail(f"error: {a.out} is not a results folder of softlabel (no config.json)")
-    try: cfg = _read_config(out)
-    except ValueError as e: _fail(f"error: {e}")
-    try: lock = _claim(out)   # None: a command is writing into the folder; its tables are shown, nothing is written
-    except OSError as e: _fail(f"error: {out} cannot be written to ({e})")
+    if not (out/'config.json').is_file(): raise CommandError(f"{a.out} is not a results folder of softlabel (no config.json)")
+    try: cfg = read_results_config(out)
+    except ValueError as e: raise CommandError(f"{e}")
+    try: lock = claim_folder(out)   # None: a command is writing into the folder; its tables are shown, nothing is written
+    except OSError as e: raise CommandError(f"{out} cannot be written to ({e})")
     try:
         complete,incomplete = run_status(out)   # read once: the tables, the runs they leave out and what is printed agree
-        if not complete: _fail(f"error: {out} holds no finished run yet")
-        unfinished = _unfinished(cfg, complete, incomplete)
+        if not complete: raise CommandError(f"{out} holds no finished run yet")
+        unfinished = unfinished_runs(cfg, complete, incomplete)
         try: runs,summary = build_tables(out, write=lock is not None, dirs=complete)
-        except ValueError as e: _fail(f"error: {e}")
+        except ValueError as e: raise CommandError(f"{e}")
         if lock is not None:
             from fastai_softlabel.report import write_report
             write_report(out, unfinished)
     finally:
         if lock is not None: lock.close()
-    _print_table(out, runs, summary, cfg, written=lock is not None)
-    _print_unfinished(unfinished)
+    print_tables(out, runs, summary, cfg, written=lock is not None)
+    print_unfinished(unfinished)
     if lock is None: print(f"\n{out} is in use by a running softlabel command: these are the tables of its {len(runs)} finished runs, read once; "
                            "nothing was written (the command writes the tables and report.html when it finishes)")
 
-def shard_runs(plan:list, shard:str|None)->list:
-    "The runs of `plan` that `--shard I/N` runs: every N-th, from the I-th on (all of them without a shard)"
-    if shard is None: return list(plan)
-    i,n = (int(x) for x in shard.split('/'))
-    return [p for k,p in enumerate(plan) if k % n == i - 1]
-
-def _run_all(args, d, methods, rates, seeds, out:Path, left_out=()):
-    from fastai_softlabel.experiments import run_one
-    plan = shard_runs([(r, m, s) for r in rates for m in methods for s in seeds], args.shard)
-    mine = {run_id(m, s, r) for r,m,s in plan}   # a shard touches its own runs only: the other shards may be writing theirs
-    complete,incomplete = run_status(out)
-    finished = {c.name for c in complete}
-    done = [p for p in plan if run_id(p[1], p[2], p[0]) in finished]
-    of = f" of shard {args.shard}" if args.shard else ''
-    if done: print(f"{len(done)} of {len(plan)} runs{of} already finished in {out}: going on with the others", flush=True)
-    for part in (out/'runs').glob('.partial-*'):   # left by a command that stopped: this one holds the folder (its share of it)
-        if part.name[len('.partial-'):] in mine: shutil.rmtree(part)
-    redo = {r: why for r,why in incomplete.items() if r in mine and r not in finished and (out/'runs'/r).is_dir()}
-    if redo:   # a run folder that lost a file: run again
-        print(f"running again {len(redo)} incomplete run(s): " + '; '.join(f'{r} ({why})' for r,why in redo.items()), flush=True)
-        for r in redo: shutil.rmtree(out/'runs'/r)
-    todo = [p for p in plan if p not in done]
-    if _world()[1] > 1: _todo_to_all_ranks(todo)
-    config = lambda rate,method,seed: (applied_arguments(args, tuple(left_out) + ('methods', 'seeds')) | dict(method=method, seed=seed, corruption=rate)
-                                       | dict(device=_device_name(args.device), world_size=_world()[1]))
-    if (args.jobs or 1) > 1 and len(todo) > 1: return _run_in_workers(args, d, todo, out, config, len(done), len(plan), of)
-    start,finished = time.time(),0
-    try:
-        for i,(rate,method,seed) in enumerate(todo):
-            el = time.time() - start
-            eta = f", ETA {_hms(el/finished*(len(todo) - i))}" if finished else ''
-            print(f"run {len(done) + i + 1}/{len(plan)}{of} ({method}, seed {seed}, corruption {rate:g}); elapsed {_hms(el)}{eta}", flush=True)
-            _write_run(out, run_id(method, seed, rate), lambda folder: run_one(d, method, seed, rate, args, folder), config(rate, method, seed))
-            finished += 1
-    except KeyboardInterrupt:
-        _fail(f"interrupted after {len(done) + finished} of {len(plan)} runs{of}; rerun the same command with --resume", 130)
-
-# ---------------------------------------------------------------- --jobs: worker processes, one device each
-_WORKER = {}
-
-def _worker_start(d:dict, args, devices, threads:int):
-    "In a worker process of `--jobs`: the data and the arguments, once; a device of its own; the threads a sequential run has; Ctrl-C left to the command, which stops it"
-    import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _quiet_imports()
-    import torch
-    torch.set_num_threads(threads)
-    args.device = devices.get()
-    _WORKER.update(d=d, args=args)
-
-def _worker_run(task:tuple)->tuple:
-    "One run `(out, rate, method, seed, config)` in a worker, written as a sequential run writes it: `(rate, method, seed, device, seconds)`"
-    from fastai_softlabel.experiments import run_one
-    out,rate,method,seed,config = task
-    d,args,start = _WORKER['d'],_WORKER['args'],time.time()
-    config = config | dict(device=_device_name(args.device))
-    _write_run(Path(out), run_id(method, seed, rate), lambda folder: run_one(d, method, seed, rate, args, folder), config)
-    return rate,method,seed,args.device,time.time() - start
-
-def _run_in_workers(args, d, todo:list, out:Path, config, n_done:int, n_plan:int, of:str=''):
-    "The runs `todo` in `args.jobs` worker processes (spawned: no CUDA state or threads shared with this one), on `args.devices`"
-    import copy, multiprocessing as mp, torch
-    n,ctx = min(args.jobs, len(todo)),mp.get_context('spawn')
-    devices = ctx.Queue()
-    for dev in args.devices[:n]: devices.put(dev)
-    wargs = copy.copy(args); wargs.progress = False   # one line per epoch: bars of several processes would overwrite each other
-    threads = args.threads or torch.get_num_threads()
-    print(f"{len(todo)} runs in {n} worker processes on {', '.join(dict.fromkeys(args.devices[:n]))}", flush=True)
-    start,finished = time.time(),0
-    pool = ctx.Pool(n, initializer=_worker_start, initargs=(d, wargs, devices, threads))
-    try:   # one run at a time to each worker, in the plan's order
-        for rate,method,seed,dev,secs in pool.imap_unordered(_worker_run, [(str(out), r, m, s, config(r, m, s)) for r,m,s in todo], chunksize=1):
-            finished += 1   # a run that failed raises here, as in a sequential run
-            el = time.time() - start
-            print(f"run {n_done + finished}/{n_plan}{of} finished ({method}, seed {seed}, corruption {rate:g}, {dev}, {_hms(secs)}); "
-                  f"elapsed {_hms(el)}" + (f", ETA {_hms(el/finished*(len(todo) - finished))}" if finished < len(todo) else ''), flush=True)
-        pool.close()
-    except KeyboardInterrupt:
-        pool.terminate()   # the runs in progress stop (their partial folders go at --resume); none starts
-        _fail(f"interrupted after {n_done + finished} of {n_plan} runs{of}; rerun the same command with --resume", 130)
-    finally:
-        pool.terminate(); pool.join()
-
-_SENT_TODO = []   # rank 0 under torchrun: whether it sent the other ranks their runs
-
-def _todo_to_all_ranks(todo:list|None=None)->list:
-    "Under torchrun: rank 0's list of the runs to do, on every rank (an empty one when rank 0 stopped before it had one)"
-    import torch.distributed as dist
-    if not dist.is_initialized(): return []
-    box = [todo]; dist.broadcast_object_list(box, src=0)
-    if _world()[0] == 0: _SENT_TODO.append(True)
-    return box[0]
-
-def _follow_rank0(args, d:dict):
-    "A rank other than 0 under torchrun: train the runs rank 0 does, together with it, writing nothing"
-    import contextlib, tempfile
-    from fastai_softlabel.experiments import run_one
-    with open(os.devnull, 'w') as quiet, contextlib.redirect_stdout(quiet):   # rank 0 reports
-        for rate,method,seed in _todo_to_all_ranks():
-            with tempfile.TemporaryDirectory() as folder: run_one(d, method, seed, rate, args, Path(folder))
-
-def _device_name(device:str)->str:
-    "A device as `config.json` records it: 'cpu', or 'cuda:1 (NVIDIA H200)'"
-    if not device.startswith('cuda'): return device
-    import torch
-    return f'{device} ({torch.cuda.get_device_name(device)})'
-
-def _leave_process_group():
-    "Under torchrun: leave the process group (one left open can abort the process at exit)"
-    if _world()[1] > 1 and 'torch' in sys.modules:
-        import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
-
-def _hms(s): s = int(s); return f"{s//3600}h{s//60%60:02d}m{s%60:02d}s" if s >= 3600 else f"{s//60}m{s%60:02d}s"
-
-def _quiet_imports():
-    "Silence the one warning importing fastai prints with recent torch (its `torch.jit.script` decorators), and nothing else"
-    import warnings
-    warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
-
-def _new_results_folder(out:Path, config:dict):
-    "Create `out`, lock it for this command, then write its `config.json` (whole or not at all); a clear error when another command got there first"
-    try: out.mkdir()
-    except FileExistsError: _fail(f"error: {_in_use_message(out, False) if _in_use(out) else f'the results folder {out} was made by another command meanwhile: choose another --out'}")
-    except OSError as e: _fail(f"error: the results folder {out} cannot be made ({e})")
-    f = open(out/LOCK_FILE, 'a')
-    _lock(f, wait=60.)   # only a moment's check by another command (`_in_use`) can hold it: this command made the folder
-    _write_atomic(out/'config.json', lambda t: t.write_text(json.dumps(config, indent=2)))
-    return f
-
-def _shared_results_folder(out:Path, config:dict, settings:dict):
-    "The results folder of a `--shard`: made by the first shard as `_new_results_folder` makes one, joined by the others when its settings are theirs; held with a shared lock"
-    try: out.mkdir(); made = True
-    except FileExistsError: made = False
-    except OSError as e: _fail(f"error: the results folder {out} cannot be made ({e})")
-    if made:
-        f = open(out/LOCK_FILE, 'a')
-        if not _lock(f, wait=60.): f.close(); _fail(f"error: the results folder {out} is in use by another softlabel command")
-        _write_atomic(out/'config.json', lambda t: t.write_text(json.dumps(config, indent=2)))
-        _lock(f, shared=True)   # from exclusive to shared: the other shards join now
-        return f
-    deadline = time.monotonic() + 60
-    while not (out/'config.json').is_file():   # the shard that made the folder writes it at once (whole, by a rename)
-        if time.monotonic() > deadline: _fail(f"error: --shard: {out} is not a results folder of softlabel (no config.json after a minute): choose another --out")
-        time.sleep(0.05)
-    f = open(out/LOCK_FILE, 'a')
-    if not _lock(f, wait=60., shared=True): f.close(); _fail(f"error: the results folder {out} is in use by a softlabel command that is not a shard: wait for it to finish")
-    try: cfg = _read_config(out)
-    except ValueError as e: f.close(); _fail(f"error: {e}")
-    diffs = settings_differences(cfg['settings'], settings)
-    if cfg.get('shards') != config['shards']: diffs.append(f"--shard I/{cfg.get('shards')} → I/{config['shards']}")
-    if diffs: f.close(); _fail(f"error: --shard: {out} was made with other settings ({'; '.join(diffs)}): every shard runs the same command but for --shard")
-    return f
-
-def _claim_shard(out:Path, shard:str):
-    "This shard's own lock in the results folder: one process per shard (a shard started twice, e.g. requeued while it still runs, is refused)"
-    f = open(out/f".softlabel-shard-{shard.replace('/', '-of-')}", 'a')
-    if _lock(f): return f
-    f.close(); _fail(f"error: shard {shard} is running already in {out}: each shard runs once at a time (the others' runs are theirs)")
-
 def main(argv=None):
     "Console entry point of `softlabel` (and `softlabel report OUT`)"
-    _quiet_imports()   # before anything imports fastai: every command would start with torch's FutureWarning otherwise
+    quiet_imports()   # before anything imports fastai: every command would start with torch's FutureWarning otherwise
     argv = sys.argv[1:] if argv is None else list(argv)
     lock = shard_lock = None
     try:
         if argv[:1] == ['report']: return _report(argv[1:])
-        args = _parser().parse_args(argv)
-        try: d,methods,rates,seeds = _prepare(args)
-        except (ValueError, OSError, ImportError) as e: _fail(f"error: {e}")
-        except MemoryError: _fail("error: not enough memory to read the data as asked (see --size, --fs, --seconds)")
+        args = parse_command(argv)
+        try: d,methods,rates,seeds = prepare(args)
+        except (ValueError, OSError, ImportError) as e: raise CommandError(str(e)) from None
+        except MemoryError: raise CommandError("not enough memory to read the data as asked (see --size, --fs, --seconds)") from None
+        if args.print_config: return print(json.dumps(resolved_config(args, d['not_applied']), indent=2))
         from fastai_softlabel.experiments import split_summary
         out = Path(args.out)
-        rank,world = _world()
+        rank,world = torchrun_world()
         if world > 1:   # torchrun: every rank has checked everything before rank 0, which alone writes, makes the folder
             import torch.distributed as dist
             from fastai_softlabel.experiments import use_cpu_broadcast
             dist.init_process_group('nccl' if args.device.startswith('cuda') else 'gloo')
             if args.device == 'cpu': use_cpu_broadcast()
             dist.barrier()
-            if rank > 0: return _follow_rank0(args, d)
-        settings = result_settings(args, _versions(), d['not_applied'])
+            if rank > 0: return follow_rank0(args, d)
+        settings = result_settings(args, package_versions(), d['not_applied'])
         if args.resume:
             def same_settings():
-                try: cfg = _read_config(out)
-                except ValueError as e: _fail(f"error: {e}")
+                try: cfg = read_results_config(out)
+                except ValueError as e: raise CommandError(f"{e}")
                 diffs = settings_differences(cfg['settings'], settings)
                 if args.shard is not None and cfg.get('shards') != int(args.shard.split('/')[1]): diffs.append(f"--shard I/{cfg.get('shards')} → I/{args.shard.split('/')[1]}")
-                if diffs: _fail(f"error: --resume: {out} was made with other settings ({'; '.join(diffs)}): rerun with those, or choose another --out")
+                if diffs: raise CommandError(f"--resume: {out} was made with other settings ({'; '.join(diffs)}): rerun with those, or choose another --out")
             same_settings()   # before taking the folder: a refused --resume leaves it as it was
-            lock = _claim(out, shared=args.shard is not None)
-            if lock is None: _fail(f"error: {_in_use_message(out, True)}")
+            lock = claim_folder(out, shared=args.shard is not None)
+            if lock is None: raise CommandError(f"{in_use_message(out, True)}")
             same_settings()   # and as the folder is now, held
         else:
             import torch
-            lock = (_new_results_folder if args.shard is None else lambda o, c: _shared_results_folder(o, c, settings))(out, dict(
+            lock = (new_results_folder if args.shard is None else lambda o, c: shared_results_folder(o, c, settings))(out, dict(
                 settings=settings, methods=methods, corruption=rates, seeds=seeds, multi_label=bool(d['multi_label']),
                 classes=[str(n) for n in d['names']], items={s: int((d['split'] == s).sum()) for s in ('train', 'valid', 'select') if s != 'select' or args.select},
                 split=dict(source=d['split_source'], counts=d['split_counts'], **d['split_used'], checks=d['data_checks']),
-                command=['softlabel', *argv], versions=_versions(),
-                device=_device_name(args.device),
+                command=['softlabel', *argv], versions=package_versions(),
+                device=device_name(args.device),
                 precision=args.precision, weights=args.weights_source and dict(source=args.weights_source, sha256=settings['weights']['sha256']),
                 threads=args.threads, started=datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
                 **({} if args.shard is None else dict(shards=int(args.shard.split('/')[1])))))
-        if args.shard is not None: shard_lock = _claim_shard(out, args.shard)
+        if args.shard is not None: shard_lock = claim_shard(out, args.shard)
         print(f"data: {args.data or f'synthetic ({args.task}-label)'}: {split_summary(d)}", flush=True)
         if args.select is None: print("epochs: each run is scored at its last epoch; the tables' best epochs are chosen on the evaluated split, "
                                       "so they are optimistic" + (", and --schedule plateau lowers the lr on its loss" if args.schedule == 'plateau' else '')
@@ -1004,10 +113,10 @@ def main(argv=None):
         if args.threads:
             import torch; torch.set_num_threads(args.threads)
         args.progress = progress_bars(args.progress)   # decided once: bars only on a terminal, one line per epoch otherwise
-        _run_all(args, d, methods, rates, seeds, out, d['not_applied'])
-        cfg = _read_config(out)
+        run_all(args, d, methods, rates, seeds, out, d['not_applied'])
+        cfg = read_results_config(out)
         complete,incomplete = run_status(out)
-        unfinished = _unfinished(cfg, complete, incomplete)
+        unfinished = unfinished_runs(cfg, complete, incomplete)
         if args.shard is not None and unfinished:   # the other shards' runs: the last shard to finish builds the tables
             print(f"\nshard {args.shard}: its runs are finished in {out}; {len(unfinished)} run(s) of the comparison are not (other shards'): "
                   f"the shard that finishes the last run writes the tables, and `softlabel report {out}` shows what is there")
@@ -1016,11 +125,12 @@ def main(argv=None):
         from fastai_softlabel.report import write_report
         write_report(out, unfinished)
         print(f"\ndata: {args.data or f'synthetic ({args.task}-label)'}; backbone {args.backbone}; {args.epochs} epochs; seeds {seeds}")
-        _print_table(out, runs, summary, cfg)
-        _print_unfinished(unfinished)
+        print_tables(out, runs, summary, cfg)
+        print_unfinished(unfinished)
+    except CommandError as e: _fail(f"error: {e}" if e.status == 2 else str(e), e.status)
     except KeyboardInterrupt: _fail("interrupted (finished runs are kept: rerun the same command with --resume)", 130)
     finally:
         if lock is not None: lock.close()
         if shard_lock is not None: shard_lock.close()
-        if _world()[1] > 1 and _world()[0] == 0 and not _SENT_TODO: _todo_to_all_ranks([])   # rank 0 stopped early: the others stop too
-        _leave_process_group()
+        release_other_ranks()   # rank 0 stopped early: the others stop too
+        leave_process_group()

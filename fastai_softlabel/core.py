@@ -8,11 +8,11 @@ import weakref
 from fastai.basics import *
 
 # %% auto #0
-__all__ = ['stateful_callbacks', 'callback_state_file', 'named_module', 'undistributed_dl', 'one_batch_inputs', 'plain_model',
-           'WeakHook', 'hooks_for_next_forward', 'remove_hooks', 'probe_forward', 'last_linear', 'find_features',
-           'refuse_fastai_mixing', 'distributed_world', 'broadcast_module_', 'all_reduce_mean_', 'all_gather_rows',
-           'is_multilabel', 'check_batch_targets', 'no_training_batch_message', 'refuse_fit', 'is_training_forward',
-           'refuse_second', 'TrainingBatches']
+__all__ = ['PRIVATE_TORCH', 'stateful_callbacks', 'callback_state_file', 'named_module', 'undistributed_dl', 'one_batch_inputs',
+           'plain_model', 'WeakHook', 'hooks_for_next_forward', 'remove_hooks', 'probe_forward', 'last_linear',
+           'find_features', 'refuse_fastai_mixing', 'distributed_world', 'broadcast_module_', 'all_reduce_mean_',
+           'all_gather_rows', 'is_multilabel', 'check_batch_targets', 'no_training_batch_message', 'refuse_fit',
+           'is_training_forward', 'refuse_second', 'TrainingBatches']
 
 # %% ../nbs/00_core.ipynb #4f940ebb
 def stateful_callbacks(learn:Learner) -> L:
@@ -357,3 +357,10 @@ class TrainingBatches:
     def check(self, learn:Learner):
         "At `after_train`: refuse an epoch that saw no batch though its loader promised one"
         if self.n == 0 and not self.cancelled: refuse_fit(learn, no_training_batch_message(learn.dl, self.who))
+
+# %% ../nbs/00_core.ipynb #pt000002
+PRIVATE_TORCH = dict(
+    functions=('torch._foreach_add_', 'torch._foreach_addcmul_', 'torch._foreach_mul_', 'torch._foreach_sub', 'torch._foreach_zero_',
+               'torch._amp_foreach_non_finite_check_and_unscale_', 'torch.native_batch_norm'),
+    optimizer_attributes=('_step_supports_amp_scaling', '_need_device_dtype_check_for_fused'),   # what a fused torch optimizer carries
+)

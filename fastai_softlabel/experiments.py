@@ -4,15 +4,13 @@
 
 # %% ../nbs/17_experiments.ipynb #ex000003
 from __future__ import annotations
-import argparse, contextlib, json, tempfile, time
+import contextlib, json, time
 import timm
 from fastai.vision.all import *
 from fastai.distributed import *
 from scipy.stats import spearmanr
 from .ccl import CCL
-from .flowmixup import FlowMixup, Mixup, ManifoldMixup
-from .losses import LabelSmoothingCEFlat, class_prior, equidistant_smoothing_eps, inverse_prevalence_weights
-from .ols import OnlineLabelSmoothing
+from .losses import inverse_prevalence_weights
 from .data import array_image_dls, synthetic_class_images, read_image, resize_short_side, _unique_names
 from .datasets import load_npz, finding_labels, check_images, check_labels, _read_table
 from .corruption import corrupt_single_label, corrupt_multi_label
@@ -22,7 +20,8 @@ from .selection import SelectionMetrics
 from .models import create_backbone, flowmixup_points, resnet1d34
 from .signals import signal_dls
 from .splits import ColumnSplitter, StratifiedSplitter, PatientSplitter
-from .cli import SINGLE_METHODS, MULTI_METHODS, progress_bars
+from .methods import METHODS, MethodContext
+from .arguments import progress_bars
 
 # %% auto #0
 __all__ = ['AUGMENTATIONS', 'synthetic_dataset', 'split_summary', 'real_dataset', 'signal_dataset', 'table_is_multi_label',
@@ -196,7 +195,7 @@ def table_dataset(
 
 # %% ../nbs/17_experiments.ipynb #5859cb35
 def method_setup(
-    method:str,        # a name of `SINGLE_METHODS` or `MULTI_METHODS`
+    method:str,        # a name of the registry, `METHODS`
     model:nn.Module,   # the backbone (for the mixing points)
     train_labels,      # the training labels (for the a-priori u(k) of lsr-a*)
     n_classes:int,     # K
@@ -207,23 +206,9 @@ def method_setup(
     head=None,         # CCL's head widths, e.g. '1024,1024,512' (default: CCL's)
     ccl_patience:int|None=None, # CCL freezes its dictionary after this many epochs without a drop of p̄ (default: CCL's)
 )->tuple:              # `(loss_func or None, callbacks)`
-    "What a method name sets up: a loss function (`None`: the Learner's default) and callbacks"
-    if method in ('baseline', 'erm'): return None,[]
-    if method.startswith('lsr-'):
-        eps = lsr_eps if lsr_eps is not None else (0.1 if method.endswith('1') else equidistant_smoothing_eps(n_classes))
-        return LabelSmoothingCEFlat(eps, class_prior(train_labels, n_classes) if method.startswith('lsr-a') else None),[]
-    if method == 'ols': return None,[OnlineLabelSmoothing()]
-    ccl_kw = ({} if head is None else dict(widths=[int(w) for w in str(head).split(',')])) | ({} if ccl_patience is None else dict(patience=ccl_patience)) \
-             | ({} if lr_ccl is None else dict(lr_ccl=lr_ccl))
-    if method == 'ccl': return None,[CCL(**ccl_kw)]   # single- or multi-label, as the targets are
-    if method == 'cutmix': return None,[CutMix(ifnone(alpha, 1.))]
-    if method in ('mixup-a1', 'mixup-a3'): return None,[Mixup(ifnone(alpha, float(method[-1])))]
-    points = list(points) if points else flowmixup_points(model)
-    if method == 'manifold': return None,[ManifoldMixup(points, alpha=ifnone(alpha, 3.))]
-    if method == 'flowmixup': return None,[FlowMixup(points, alpha=ifnone(alpha, 3.))]
-    if method == 'flowmixup-noop': return None,[FlowMixup(points, alpha=ifnone(alpha, 3.), op=False)]
-    if method == 'ccl+flowmixup': return None,[CCL(**ccl_kw), FlowMixup(points, alpha=ifnone(alpha, 3.))]
-    raise ValueError(f"Unknown method {method!r}; choose from {', '.join(SINGLE_METHODS + MULTI_METHODS)}")
+    "What a method name sets up (`fastai_softlabel.methods`): a loss function (`None`: the Learner's default) and callbacks"
+    if method not in METHODS: raise ValueError(f"Unknown method {method!r}; choose from {', '.join(METHODS)}")
+    return METHODS[method].build(MethodContext(model, train_labels, n_classes, lr_ccl, alpha, lsr_eps, points, head, ccl_patience))
 
 # %% ../nbs/17_experiments.ipynb #299d88d0
 class EpochLog(Callback):

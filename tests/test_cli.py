@@ -117,7 +117,9 @@ def test_multilabel_with_corruption(tmp_path):
 
 def test_multilabel_ccl_and_ccl_with_flowmixup(tmp_path):
     "Multi-label CCL runs when named (not in the papers' default comparison), with its soft labels written per run"
-    from fastai_softlabel.cli import _parser, _prepare, BEYOND_THE_PAPERS
+    from fastai_softlabel.arguments import command_parser as _parser
+    from fastai_softlabel.prepare import prepare as _prepare
+    from fastai_softlabel.methods import BEYOND_THE_PAPERS
     default = _prepare(_parser().parse_args(['--task', 'multi', '--out', str(tmp_path/'x')]))[1]
     assert default == ['erm', 'mixup-a1', 'mixup-a3', 'manifold', 'flowmixup', 'flowmixup-noop'] and not set(BEYOND_THE_PAPERS) & set(default)
     r = softlabel(*FAST, '--backbone', 'resnet18', '--task', 'multi', '--methods', 'erm,ccl,ccl+flowmixup', '--out', 'res', cwd=tmp_path)
@@ -162,7 +164,8 @@ def test_signals_npz_train_a_1d_resnet(tmp_path):
     r = softlabel('--data', 'one.npz', '--methods', 'baseline', '--epochs', '1', '--bs', '8', '--progress', 'log', '--out', 'res1', cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert {'accuracy', 'cohen_kappa_score'} <= set(pd.read_csv(tmp_path/'res1'/'runs.csv').columns)   # single-label, not 1-output BCE
-    from fastai_softlabel.cli import _parser, _prepare
+    from fastai_softlabel.arguments import command_parser as _parser
+    from fastai_softlabel.prepare import prepare as _prepare
     methods = _prepare(_parser().parse_args(['--data', str(tmp_path/'one.npz'), '--bs', '8', '--out', str(tmp_path/'new')]))[1]
     assert methods == ['baseline', 'lsr-u1', 'lsr-u5', 'lsr-a1', 'lsr-a5', 'ols', 'ccl']   # the default list, without cutmix
     # multi-label signals, no --methods: the Flow-Mixup task's default list (it stopped with "list.remove(x): x not in list")

@@ -48,6 +48,8 @@ def inputs(tmp_path_factory):
     import torch; torch.save({'conv.weight': torch.zeros(1)}, d/'wrong.pth')   # the weights of no timm model
     (d/'cut.npz').write_bytes((d/'split.npz').read_bytes()[:300])
     (d/'data.txt').write_text('x')
+    (d/'typo.yaml').write_text('epoch: 3\n')
+    (d/'choice.json').write_text('{"opt": "adamw"}')
     (d/'emptydir').mkdir()
     (d/'img').mkdir()
     df = pd.DataFrame(dict(image_id=[f'ISIC_{i:04d}' for i in range(24)], dx=np.repeat(['nv', 'mel', 'bkl'], 8),
@@ -107,6 +109,11 @@ MULTI = ['--task', 'multi']
 CASES = [
     # --data: files that are not what they claim to be, data the command would read other than meant
     (['--data', 'missing.npz'], 'No such file: missing.npz'),
+    (['--config', 'missing.json'], '--config missing.json cannot be read'),
+    (['--config', 'data.txt'], '--config data.txt is not valid JSON'),
+    (['--config', 'typo.yaml'], "--config typo.yaml: 'epoch' is not an option of softlabel \\(did you mean 'epochs', --epochs\\?\\)"),
+    (['--config', 'choice.json'], "--config choice.json: opt: 'adamw' is not one of --opt's choices"),
+    (['--print-config', '--epochs', '0'], '--epochs must be at least 1'),
     (['--data', 'data.txt'], '--data must be a .npz file, a .csv table'),
     (['--data', 'text.npz'], 'text.npz is not a readable .npz file'),
     (['--data', 'cut.npz'], 'cut.npz is (not a readable|truncated)'),
@@ -338,7 +345,7 @@ def test_bad_input_one_line_nothing_written(inputs, weights, args, message, monk
 
 def test_every_option_is_in_the_table():
     "A new option of the command needs a bad value in `CASES`"
-    from fastai_softlabel.cli import _parser
+    from fastai_softlabel.arguments import command_parser as _parser
     options = {s for a in _parser()._actions for s in a.option_strings if s.startswith('--') and s != '--help'}
     used = {a.split('=')[0] for args,_ in CASES for a in args if a.startswith('--')}
     assert options - used == set(), f"options without a bad value in CASES: {sorted(options - used)}"
