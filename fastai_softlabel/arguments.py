@@ -12,7 +12,7 @@ from .methods import OPTION_GROUPS, method_names, default_methods, methods_takin
 # %% auto #0
 __all__ = ['RECIPES', 'NPZ_LAYOUTS', 'IMAGE_KINDS', 'APPLIES', 'DATA_ONLY', 'RECORDED_NOT_OPTIONS', 'CommandError',
            'fast_ccl_patience', 'resolve_recipe', 'command_parser', 'progress_bars', 'flag', 'check_arguments',
-           'data_kind', 'applies_to', 'describe_data', 'not_applied', 'refuse_unused', 'read_config_file',
+           'data_kind', 'applies_to', 'describe_data', 'not_applied', 'refuse_unused', 'Settings', 'read_config_file',
            'config_defaults', 'parse_command', 'torchrun_world', 'hms', 'quiet_imports']
 
 # %% ../nbs/30_arguments.ipynb #ar000002
@@ -286,6 +286,16 @@ def refuse_unused(args, ctx, names=None):
             raise ValueError(f"{flag(n)} is for {applies_to(n)}; {by}")
 
 # %% ../nbs/30_arguments.ipynb #ar000008
+class Settings(argparse.Namespace):
+    "A comparison's settings as `prepare` resolved them (command line, `--config`, recipe): read-only from then on; `replace` gives a changed copy"
+    def __init__(self, **kwargs):
+        for k,v in kwargs.items(): object.__setattr__(self, k, v)
+    def __setattr__(self, name, value): raise AttributeError(f"the settings are read-only once resolved: use settings.replace({name}=...)")
+    def __delattr__(self, name): raise AttributeError("the settings are read-only once resolved")
+    def replace(self, **changes)->Settings:
+        "A copy of these settings with `changes`"
+        return Settings(**(vars(self) | changes))
+
 RECORDED_NOT_OPTIONS = ('world_size', 'split_groups')   # in a results folder's settings, decided by the run rather than given
 
 def read_config_file(

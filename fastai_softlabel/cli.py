@@ -9,7 +9,7 @@ from pathlib import Path
 # what earlier code imported from here, now in the parts of the command
 from .methods import SINGLE_METHODS, MULTI_METHODS, BEYOND_THE_PAPERS, CCL_METHODS, MIXING_METHODS, POINT_METHODS, LSR_METHODS
 from .arguments import (CommandError, RECIPES, NPZ_LAYOUTS, fast_ccl_patience, resolve_recipe, progress_bars, data_kind, not_applied,
-                                       parse_command, torchrun_world, quiet_imports, _Parser)
+                                       parse_command, torchrun_world, quiet_imports, Settings, _Parser)
 from .results import (LOCK_FILE, resolved_config, data_fingerprint, applied_arguments, result_settings, settings_differences, run_id, run_status,
                                      planned_runs, build_tables, read_results_config, claim_folder, in_use_message, package_versions, print_tables,
                                      unfinished_runs, print_unfinished, new_results_folder, shared_results_folder, claim_shard, device_name)
@@ -71,6 +71,7 @@ def main(argv=None):
         try: d,methods,rates,seeds = prepare(args)
         except (ValueError, OSError, ImportError) as e: raise CommandError(str(e)) from None
         except MemoryError: raise CommandError("not enough memory to read the data as asked (see --size, --fs, --seconds)") from None
+        args = Settings(**vars(args))   # resolved: read-only from here on
         if args.print_config: return print(json.dumps(resolved_config(args, d['not_applied']), indent=2))
         from fastai_softlabel.experiments import split_summary
         out = Path(args.out)
@@ -112,7 +113,7 @@ def main(argv=None):
                                       + ": --select chooses on a split of their own", flush=True)
         if args.threads:
             import torch; torch.set_num_threads(args.threads)
-        args.progress = progress_bars(args.progress)   # decided once: bars only on a terminal, one line per epoch otherwise
+        args = args.replace(progress=progress_bars(args.progress))   # decided once: bars only on a terminal, one line per epoch otherwise
         run_all(args, d, methods, rates, seeds, out, d['not_applied'])
         cfg = read_results_config(out)
         complete,incomplete = run_status(out)

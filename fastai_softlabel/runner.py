@@ -6,7 +6,7 @@
 from __future__ import annotations
 import os, shutil, sys, time
 from pathlib import Path
-from .arguments import CommandError, torchrun_world, hms, quiet_imports
+from .arguments import CommandError, Settings, torchrun_world, hms, quiet_imports
 from .results import run_id, run_status, write_run, applied_arguments, device_name
 
 # %% auto #0
@@ -22,6 +22,7 @@ def shard_runs(plan:list, shard:str|None)->list:
 def run_all(args, d, methods, rates, seeds, out:Path, left_out=()):
     "Run the comparison's runs (this shard's) that `out` does not hold finished, one after another or in `--jobs` workers, each written whole"
     from fastai_softlabel.experiments import run_one
+    args = args if isinstance(args, Settings) else Settings(**vars(args))   # read-only from here on
     plan = shard_runs([(r, m, s) for r in rates for m in methods for s in seeds], args.shard)
     mine = {run_id(m, s, r) for r,m,s in plan}   # a shard touches its own runs only: the other shards may be writing theirs
     complete,incomplete = run_status(out)
@@ -62,8 +63,7 @@ def _worker_start(d:dict, args, devices, threads:int):
     quiet_imports()
     import torch
     torch.set_num_threads(threads)
-    args.device = devices.get()
-    _WORKER.update(d=d, args=args)
+    _WORKER.update(d=d, args=args.replace(device=devices.get()))
 
 def _worker_run(task:tuple)->tuple:
     "One run `(out, rate, method, seed, config)` in a worker, written as a sequential run writes it: `(rate, method, seed, device, seconds)`"
@@ -76,11 +76,11 @@ def _worker_run(task:tuple)->tuple:
 
 def _run_in_workers(args, d, todo:list, out:Path, config, n_done:int, n_plan:int, of:str=''):
     "The runs `todo` in `args.jobs` worker processes (spawned: no CUDA state or threads shared with this one), on `args.devices`"
-    import copy, multiprocessing as mp, torch
+    import multiprocessing as mp, torch
     n,ctx = min(args.jobs, len(todo)),mp.get_context('spawn')
     devices = ctx.Queue()
     for dev in args.devices[:n]: devices.put(dev)
-    wargs = copy.copy(args); wargs.progress = False   # one line per epoch: bars of several processes would overwrite each other
+    wargs = args.replace(progress=False)   # one line per epoch: bars of several processes would overwrite each other
     threads = args.threads or torch.get_num_threads()
     print(f"{len(todo)} runs in {n} worker processes on {', '.join(dict.fromkeys(args.devices[:n]))}", flush=True)
     start,finished = time.time(),0
