@@ -10,10 +10,11 @@ from .methods import OPTION_GROUPS, method_names, default_methods, methods_takin
 # no torch, fastai or timm here: `softlabel --help` answers at once
 
 # %% auto #0
-__all__ = ['RECIPES', 'NPZ_LAYOUTS', 'IMAGE_KINDS', 'APPLIES', 'DATA_ONLY', 'RECORDED_NOT_OPTIONS', 'CommandError',
-           'fast_ccl_patience', 'resolve_recipe', 'command_parser', 'progress_bars', 'flag', 'check_arguments',
-           'data_kind', 'applies_to', 'describe_data', 'not_applied', 'refuse_unused', 'Settings', 'read_config_file',
-           'config_defaults', 'parse_command', 'torchrun_world', 'hms', 'quiet_imports']
+__all__ = ['RECIPES', 'NPZ_LAYOUTS', 'IMAGE_KINDS', 'APPLIES', 'DATA_ONLY', 'RECORDED_NOT_OPTIONS', 'RECORDED_AS_NONE',
+           'LIST_OPTIONS', 'CommandError', 'fast_ccl_patience', 'resolve_recipe', 'command_parser', 'progress_bars',
+           'flag', 'check_arguments', 'data_kind', 'applies_to', 'describe_data', 'not_applied', 'refuse_unused',
+           'Settings', 'recorded_settings', 'read_config_file', 'config_defaults', 'parse_command', 'torchrun_world',
+           'hms', 'quiet_imports']
 
 # %% ../nbs/30_arguments.ipynb #ar000002
 class CommandError(Exception):
@@ -297,14 +298,24 @@ class Settings(argparse.Namespace):
         return Settings(**(vars(self) | changes))
 
 RECORDED_NOT_OPTIONS = ('world_size', 'split_groups')   # in a results folder's settings, decided by the run rather than given
+RECORDED_AS_NONE = dict(ccl_patience=10)   # what an older results folder meant by None (CCL's default then)
+LIST_OPTIONS = ('methods', 'corruption', 'seeds', 'points', 'class_names', 'train', 'head')   # comma-separated: a list in a file
+
+def recorded_settings(path)->dict|None:
+    "The settings a results folder's `config.json` records (its arguments and the data's fingerprints), or None for another config file"
+    try: cfg = json.loads(Path(path).read_text(encoding='utf-8-sig'))
+    except (OSError, ValueError): return None
+    s = cfg.get('settings') if isinstance(cfg, dict) else None
+    return s if isinstance(s, dict) and isinstance(s.get('arguments'), dict) else None
 
 def read_config_file(
     path,   # a YAML (.yaml, .yml) or JSON file of the command's options (`--print-config` writes one), or a results folder's config.json
 )->dict:    # option (as `--help` names it, without the dashes, `_` for `-`): value
     "The options of a `--config` file; a results folder's `config.json` gives the settings its comparison ran with"
     p = Path(path)
-    try: text = p.read_text(encoding='utf-8')
+    try: text = p.read_text(encoding='utf-8-sig')
     except OSError as e: raise CommandError(f"--config {path} cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError: raise CommandError(f"--config {path} is not a text file (UTF-8): give the options as YAML or JSON") from None
     if p.suffix.lower() in ('.yaml', '.yml'):
         try: import yaml
         except ImportError: raise CommandError(f"--config {path}: reading YAML needs PyYAML (pip install pyyaml); or give the options as JSON") from None
@@ -314,8 +325,10 @@ def read_config_file(
         try: cfg = json.loads(text)
         except ValueError as e: raise CommandError(f"--config {path} is not valid JSON ({e})") from None
     if not isinstance(cfg, dict): raise CommandError(f"--config {path} holds a {type(cfg).__name__}, not options and their values")
-    if isinstance(cfg.get('settings'), dict) and isinstance(cfg['settings'].get('arguments'), dict):   # a results folder's
-        cfg = {k: v for k,v in cfg['settings']['arguments'].items() if k not in RECORDED_NOT_OPTIONS}
+    bad = [k for k in cfg if not isinstance(k, str)]
+    if bad: raise CommandError(f"--config {path}: {bad[0]!r} is not an option name")
+    if (recorded := recorded_settings(p)) is not None:   # a results folder's: what its runs had, None as it was meant then
+        cfg = {k: RECORDED_AS_NONE.get(k) if v is None else v for k,v in recorded['arguments'].items() if k not in RECORDED_NOT_OPTIONS}
     return cfg
 
 def config_defaults(
@@ -323,7 +336,7 @@ def config_defaults(
     cfg:dict,                       # `read_config_file`'s options
     path:str,                       # the file, named in errors
 )->dict:                            # option: value, as argparse would have parsed it from the command line
-    "The options of a config file checked as the command line's are: known names, values of the option's type and choices"
+    "The options of a config file checked as the command line's are: known names, values of the option's type and choices; null: not set"
     actions = {a.dest: a for a in parser._actions if a.dest not in ('help', 'config', 'print_config')}
     out = {}
     for k,v in cfg.items():
@@ -331,17 +344,21 @@ def config_defaults(
         if key not in actions:
             close = difflib.get_close_matches(key, list(actions), n=1)
             raise CommandError(f"--config {path}: {k!r} is not an option of softlabel" + (f" (did you mean {close[0]!r}, {flag(close[0])}?)" if close else ""))
-        a = actions[key]
-        if isinstance(v, (list, tuple)): v = ','.join(map(str, v))   # comma-separated on the command line (seeds, methods, points, class names)
-        if v is None or a.nargs == 0:   # a flag: true or false
-            if a.nargs == 0 and v is not None and not isinstance(v, bool): raise CommandError(f"--config {path}: {k} is a flag: true or false, got {v!r}")
-            out[key] = v if a.nargs != 0 or v else a.default
+        a,what = actions[key],f"--config {path}: {k}: {v!r} is not a value of {flag(key)}"
+        if v is None: continue   # not set: the option's default, as when the command line leaves it out
+        if isinstance(v, (list, tuple)):   # comma-separated on the command line
+            if key not in LIST_OPTIONS or not v or any(isinstance(x, (list, tuple, dict)) for x in v): raise CommandError(what)
+            v = ','.join(map(str, v))
+        if a.nargs == 0:   # a flag
+            if not isinstance(v, bool): raise CommandError(f"--config {path}: {k} is a flag: true or false, got {v!r}")
+            if v: out[key] = a.const
             continue
-        if isinstance(v, bool) or not isinstance(v, (str, int, float)): raise CommandError(f"--config {path}: {k}: {v!r} is not a value of {flag(key)}")
+        if isinstance(v, bool) and a.choices is not None and set(a.choices) == {'yes', 'no'}: v = 'yes' if v else 'no'   # YAML reads yes/no as booleans
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)): raise CommandError(what)
         if a.type is not None:
             try: v = a.type(str(v))
-            except (TypeError, ValueError): raise CommandError(f"--config {path}: {k}: {v!r} is not a value of {flag(key)} ({a.type.__name__})") from None
-        elif not isinstance(v, str): v = f'{v:g}' if isinstance(v, float) else str(v)
+            except (TypeError, ValueError): raise CommandError(f"{what} ({a.type.__name__})") from None
+        else: v = str(v)   # as the command line gives it: `0.1234567` stays itself, and is checked as there
         if a.choices is not None and v not in a.choices: raise CommandError(
             f"--config {path}: {k}: {v!r} is not one of {flag(key)}'s choices ({', '.join(map(str, a.choices))})")
         out[key] = v
@@ -350,11 +367,13 @@ def config_defaults(
 def parse_command(argv:list)->argparse.Namespace:
     "The command's arguments: `--config FILE`'s options (if given), overridden by those on the command line"
     parser = command_parser()
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = _Parser(add_help=False, allow_abbrev=False)
     pre.add_argument('--config', default=None)
     known,_ = pre.parse_known_args(argv)
     if known.config is not None: parser.set_defaults(**config_defaults(parser, read_config_file(known.config), known.config))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.config != known.config: raise CommandError(f"give the config file as --config {args.config} (the option's whole name)")
+    return args
 
 # %% ../nbs/30_arguments.ipynb #ar000011
 def torchrun_world()->tuple:
@@ -366,6 +385,6 @@ def hms(s)->str:
     s = int(s); return f"{s//3600}h{s//60%60:02d}m{s%60:02d}s" if s >= 3600 else f"{s//60}m{s%60:02d}s"
 
 def quiet_imports():
-    "Silence the one warning importing fastai prints with recent torch (its `torch.jit.script` decorators), and nothing else"
+    "Silence the warnings importing fastai (its `torch.jit.script` decorators) or an older timm (`torch.jit.interface`) print with recent torch, and nothing else"
     import warnings
-    warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
+    warnings.filterwarnings('ignore', message=r'`torch\.jit\.(script|interface)` is deprecated', category=FutureWarning)

@@ -15,9 +15,11 @@ from .ccl_head import CCLHead
 from .ccl_state import ccl_state, check_ccl_state, head_fits, current_layout, optimizer_state_for
 from .plots import soft_label_heatmap, pbar_plot
 from .rowmask import masked_batch_norm, RowMaskBatchNorm1d, zero_scratch_, move_running_stats_   # where exported Learners found them
+_all_ = ['CCLHead', 'RowMaskBatchNorm1d', 'masked_batch_norm', 'last_linear', 'find_features', 'epochs_without_drop', 'soft_label_heatmap']   # and `import *` did
 
 # %% auto #0
-__all__ = ['check_ccl_arguments', 'CCL']
+__all__ = ['check_ccl_arguments', 'CCL', 'CCLHead', 'RowMaskBatchNorm1d', 'masked_batch_norm', 'last_linear', 'find_features',
+           'epochs_without_drop', 'soft_label_heatmap']
 
 # %% ../nbs/03_ccl.ipynb #ca000002
 def check_ccl_arguments(
@@ -437,12 +439,11 @@ class CCL(Callback):
         if opt is not None: self.ccl_opt.load_state_dict(optimizer_state_for(opt, len(self.ccl_opt.param_groups)))
 
     # ---------------------------------------------------------------- plots
-    @delegates(soft_label_heatmap, but=['P', 'names', 'multi_label', 'title'])
-    def plot_soft_labels(self, ax=None, **kwargs):
-        "Heat map of the learned soft-label matrix P (`soft_label_heatmap`), labelled with `dls.vocab`"
+    def plot_soft_labels(self, ax=None, figsize=(4.5, 3.8), cmap='Blues', annotate:bool|None=None):
+        "Heat map of the learned soft-label matrix P (`soft_label_heatmap`; `annotate`: the values in the cells, default when K <= 12), labelled with `dls.vocab`"
         if (P := self.soft_labels) is None: raise ValueError("CCL has not trained yet: fit the Learner first.")
         vocab = getattr(self.learn.dls, 'vocab', None) if self.learn is not None else None
-        return soft_label_heatmap(P.numpy(), vocab, self.multi_label, ax, **kwargs)
+        return soft_label_heatmap(P.numpy(), vocab, self.multi_label, ax, figsize, cmap, annotate)
 
     def plot_pbar(self, ax=None, figsize=(4.5, 2.8)):
         "p̄ (mean diagonal of P) per training epoch over all fits, with the epoch after which the dictionary was frozen (`pbar_plot`)"

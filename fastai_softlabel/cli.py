@@ -9,8 +9,8 @@ from pathlib import Path
 # what earlier code imported from here, now in the parts of the command
 from .methods import SINGLE_METHODS, MULTI_METHODS, BEYOND_THE_PAPERS, CCL_METHODS, MIXING_METHODS, POINT_METHODS, LSR_METHODS
 from .arguments import (CommandError, RECIPES, NPZ_LAYOUTS, fast_ccl_patience, resolve_recipe, progress_bars, data_kind, not_applied,
-                                       parse_command, torchrun_world, quiet_imports, Settings, _Parser)
-from .results import (LOCK_FILE, resolved_config, data_fingerprint, applied_arguments, result_settings, settings_differences, run_id, run_status,
+                                       parse_command, recorded_settings, torchrun_world, quiet_imports, Settings, _Parser)
+from .results import (LOCK_FILE, resolved_config, config_differences, data_fingerprint, applied_arguments, result_settings, settings_differences, run_id, run_status,
                                      planned_runs, build_tables, read_results_config, claim_folder, in_use_message, package_versions, print_tables,
                                      unfinished_runs, print_unfinished, new_results_folder, shared_results_folder, claim_shard, device_name)
 from .prepare import prepare
@@ -72,6 +72,10 @@ def main(argv=None):
         except (ValueError, OSError, ImportError) as e: raise CommandError(str(e)) from None
         except MemoryError: raise CommandError("not enough memory to read the data as asked (see --size, --fs, --seconds)") from None
         args = Settings(**vars(args))   # resolved: read-only from here on
+        settings = result_settings(args, package_versions(), d['not_applied'])
+        if args.config is not None and (recorded := recorded_settings(args.config)) is not None:   # a results folder's config.json
+            diffs = config_differences(args.config, recorded, settings)   # refused for other data or starting weights
+            if diffs and torchrun_world()[0] == 0: print(f"--config {args.config}: this comparison differs from that one in {'; '.join(diffs)}", flush=True)
         if args.print_config: return print(json.dumps(resolved_config(args, d['not_applied']), indent=2))
         from fastai_softlabel.experiments import split_summary
         out = Path(args.out)
@@ -83,7 +87,6 @@ def main(argv=None):
             if args.device == 'cpu': use_cpu_broadcast()
             dist.barrier()
             if rank > 0: return follow_rank0(args, d)
-        settings = result_settings(args, package_versions(), d['not_applied'])
         if args.resume:
             def same_settings():
                 try: cfg = read_results_config(out)

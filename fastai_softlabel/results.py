@@ -12,8 +12,8 @@ from .arguments import CommandError, torchrun_world, RECORDED_NOT_OPTIONS
 __all__ = ['LOCK_FILE', 'read_results_config', 'lock_file', 'claim_folder', 'folder_in_use', 'in_use_message', 'check_out',
            'run_id', 'write_run', 'run_status', 'planned_runs', 'write_atomic', 'build_tables', 'new_results_folder',
            'shared_results_folder', 'claim_shard', 'device_name', 'data_fingerprint', 'applied_arguments',
-           'result_settings', 'resolved_config', 'settings_differences', 'package_versions', 'print_tables',
-           'unfinished_runs', 'print_unfinished']
+           'result_settings', 'resolved_config', 'settings_differences', 'config_differences', 'package_versions',
+           'print_tables', 'unfinished_runs', 'print_unfinished']
 
 # %% ../nbs/32_results.ipynb #re000001
 # ---------------------------------------------------------------- the results folder, before any work
@@ -267,7 +267,7 @@ def result_settings(args, versions:dict|None=None, left_out=())->dict:
 
 def resolved_config(args, left_out=())->dict:
     "What `--print-config` prints, and `--config` reads back: where the data are, and every argument that changes the results and applies (after the recipe)"
-    where = {k: getattr(args, k) for k in ('data', 'images', 'mapping', 'splits', 'weights') if getattr(args, k, None) is not None}
+    where = {k: str(Path(getattr(args, k)).absolute()) for k in ('data', 'images', 'mapping', 'splits', 'weights') if getattr(args, k, None) is not None}
     return where | {k: v for k,v in applied_arguments(args, left_out).items() if k not in RECORDED_NOT_OPTIONS}
 
 # arguments added after results folders were made: what those folders' runs had (`--resume` finds them unchanged)
@@ -285,6 +285,23 @@ def settings_differences(old:dict, new:dict)->list:
         if old.get(k, data_fingerprint(None)) != new.get(k, data_fingerprint(None)): diffs.append(f"the {'data' if k == 'data' else f'--{k}'} ({old.get(k, {}).get('sha256', '-')[:12]} → {new.get(k, {}).get('sha256', '-')[:12]})")
     diffs += [f"{p} {v!r} → {new.get('versions', {}).get(p)!r}" for p,v in old.get('versions', {}).items() if new.get('versions', {}).get(p) != v]
     return diffs
+
+def _fingerprint_named(k:str, fp:dict)->str:
+    if fp.get('kind') == 'synthetic': return 'the embedded synthetic data' if k == 'data' else f'no --{k}'
+    return f"{'the data ' if k == 'data' else f'--{k} '}{fp.get('name')} (SHA-256 {str(fp.get('sha256', '-'))[:12]})"
+
+def config_differences(
+    path,            # the `--config` file: a results folder's config.json
+    recorded:dict,   # the settings it records (`arguments.recorded_settings`)
+    settings:dict,   # this command's (`result_settings`)
+)->list:             # the differences in the arguments and versions (`settings_differences`): the command line's overrides
+    "How this comparison differs from the one whose `config.json` it was given; other data, tables or starting weights are refused"
+    for k in ('data', 'images', 'mapping', 'splits', 'weights'):
+        old,new = recorded.get(k, data_fingerprint(None)),settings.get(k, data_fingerprint(None))
+        if old != new: raise CommandError(
+            f"--config {path}: that comparison ran with {_fingerprint_named(k, old)}, this command with {_fingerprint_named(k, new)}: "
+            + (f"give --{k} with that {'file or folder' if k == 'data' else 'file'} to reproduce it" if old.get('kind') != 'synthetic' else f"leave --{k} out to reproduce it"))
+    return settings_differences(recorded, settings)
 
 def package_versions()->dict:
     "The versions of torch, fastai, timm, this package and Python, as `config.json` records them"

@@ -50,6 +50,10 @@ def inputs(tmp_path_factory):
     (d/'data.txt').write_text('x')
     (d/'typo.yaml').write_text('epoch: 3\n')
     (d/'choice.json').write_text('{"opt": "adamw"}')
+    (d/'list.json').write_text('{"epochs": [5]}')
+    (d/'binary.json').write_bytes(b'\xff\xfe\x00\x81')
+    (d/'folder.json').write_text(json.dumps({'settings': {'arguments': {'epochs': 1, 'bs': 16, 'n_per_class': 8, 'size': 16, 'backbone': 'resnet10t'},
+                                                          'data': {'kind': 'file', 'name': 'ham.npz', 'bytes': 3, 'sha256': 'ab'*32}}}))
     (d/'emptydir').mkdir()
     (d/'img').mkdir()
     df = pd.DataFrame(dict(image_id=[f'ISIC_{i:04d}' for i in range(24)], dx=np.repeat(['nv', 'mel', 'bkl'], 8),
@@ -114,6 +118,11 @@ CASES = [
     (['--config', 'typo.yaml'], "--config typo.yaml: 'epoch' is not an option of softlabel \\(did you mean 'epochs', --epochs\\?\\)"),
     (['--config', 'choice.json'], "--config choice.json: opt: 'adamw' is not one of --opt's choices"),
     (['--print-config', '--epochs', '0'], '--epochs must be at least 1'),
+    (['--config'], 'argument --config: expected one argument'),
+    (['--conf', 'choice.json'], 'give the config file as --config choice.json'),
+    (['--config', 'list.json'], r"--config list.json: epochs: \[5\] is not a value of --epochs"),
+    (['--config', 'binary.json'], '--config binary.json is not a text file'),
+    (['--config', 'folder.json'], r"--config folder.json: that comparison ran with the data ham.npz \(SHA-256 abababababab\), this command with the embedded synthetic data: give --data"),
     (['--data', 'data.txt'], '--data must be a .npz file, a .csv table'),
     (['--data', 'text.npz'], 'text.npz is not a readable .npz file'),
     (['--data', 'cut.npz'], 'cut.npz is (not a readable|truncated)'),
