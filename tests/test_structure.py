@@ -124,14 +124,15 @@ def test_config_of_a_results_folder_reproduces_its_tables(tmp_path):
     old_cfg,new_cfg = (json.loads(p.read_text())['settings']['arguments'] for p in (GOLDEN/'results'/'config.json', tmp_path/'new'/'config.json'))
     assert old_cfg == new_cfg
 
-def test_print_config_prints_what_config_reads(tmp_path):
+def test_print_config_prints_what_config_reads(tmp_path, monkeypatch, capsys):
     "`--print-config` checks everything, writes nothing, and prints the resolved settings; read back, they are the same settings"
-    args = ['--methods', 'baseline,ccl', '--epochs', '1', '--n-per-class', '8', '--size', '16', '--backbone', 'resnet10t', '--bs', '16']
-    r = subprocess.run([str(EXE), *args, '--print-config'], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    printed = json.loads(r.stdout[r.stdout.index('{'):])
+    from fastai_softlabel.cli import main
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    main(['--methods', 'baseline,ccl', '--epochs', '1', '--n-per-class', '8', '--size', '16', '--backbone', 'resnet10t', '--bs', '16', '--print-config'])
+    printed = json.loads(capsys.readouterr().out)
     assert printed['lr_ccl'] == 5e-3 and printed['ccl_patience'] == 2 and printed['methods'] == 'baseline,ccl'   # the recipe, resolved
     assert list(tmp_path.iterdir()) == []
     (tmp_path/'c.json').write_text(json.dumps(printed))
-    again = subprocess.run([str(EXE), '--config', 'c.json', '--print-config'], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and json.loads(again.stdout[again.stdout.index('{'):]) == printed
+    main(['--config', 'c.json', '--print-config'])
+    assert json.loads(capsys.readouterr().out) == printed
