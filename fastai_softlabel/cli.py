@@ -10,7 +10,7 @@ from pathlib import Path
 from .methods import SINGLE_METHODS, MULTI_METHODS, BEYOND_THE_PAPERS, CCL_METHODS, MIXING_METHODS, POINT_METHODS, LSR_METHODS
 from .arguments import (CommandError, RECIPES, NPZ_LAYOUTS, fast_ccl_patience, resolve_recipe, progress_bars, data_kind, not_applied,
                                        parse_command, recorded_settings, torchrun_world, quiet_imports, Settings, _Parser)
-from .results import (LOCK_FILE, resolved_config, config_differences, data_fingerprint, applied_arguments, result_settings, settings_differences, run_id, run_status,
+from .results_folder import (LOCK_FILE, resolved_config, config_differences, data_fingerprint, applied_arguments, result_settings, settings_differences, run_id, run_status,
                                      planned_runs, build_tables, read_results_config, claim_folder, in_use_message, package_versions, print_tables,
                                      unfinished_runs, print_unfinished, new_results_folder, shared_results_folder, claim_shard, device_name)
 from .prepare import prepare

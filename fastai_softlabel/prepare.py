@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from .methods import METHODS, method_names, default_methods, methods_taking
 from .arguments import (RECIPES, IMAGE_KINDS, APPLIES, DATA_ONLY, check_arguments, data_kind, describe_data, not_applied,
                                        refuse_unused, resolve_recipe, torchrun_world)
-from .results import check_out
+from .results_folder import check_out
 
 # %% auto #0
 __all__ = ['prepare']

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os, shutil, sys, time
 from pathlib import Path
 from .arguments import CommandError, Settings, torchrun_world, hms, quiet_imports
-from .results import run_id, run_status, write_run, applied_arguments, device_name
+from .results_folder import run_id, run_status, write_run, applied_arguments, device_name
 
 # %% auto #0
 __all__ = ['shard_runs', 'run_all', 'todo_to_all_ranks', 'follow_rank0', 'leave_process_group', 'release_other_ranks']

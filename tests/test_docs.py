@@ -223,3 +223,8 @@ def test_internal_links_resolve_in_the_browser(site, browser):
             assert target in ids, f"{page}: link to {h}, no such page"
             if frag: assert frag in ids[target], f"{page}: link to {h}, no such anchor"; anchors += 1
     assert anchors > 20, "too few links between API entries: are `backticked` names linked?"
+
+def test_two_notebooks_of_one_page_are_refused(tmp_path):
+    "`21_results.ipynb` and `32_results.ipynb` would both write results.html, one page hiding the other: the build refuses them"
+    for n in ('21_results.ipynb', '32_results.ipynb'): nbformat.write(_nb(nbformat.v4.new_markdown_cell('# R')), tmp_path/n)
+    with pytest.raises(bd.DocsError, match=r'21_results.ipynb and 32_results.ipynb -> results.html'): bd.render_site(tmp_path, tmp_path/'out')

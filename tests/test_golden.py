@@ -52,7 +52,7 @@ def test_a_results_folder_of_the_recorded_code_reports_and_resumes_without_train
     assert r.returncode == 0, r.stderr[-3000:]
     for f,text in tables.items(): assert (tmp_path/'res'/f).read_text() == text, f"softlabel report changed {f}"
     r = softlabel(*RESULTS_ARGS, '--out', 'res', '--resume', cwd=tmp_path)
-    from fastai_softlabel.results import package_versions
+    from fastai_softlabel.results_folder import package_versions
     recorded = json.loads((GOLDEN/'results'/'config.json').read_text())['settings']['versions']
     other = {p for p,v in recorded.items() if package_versions().get(p) != v and p != 'fastai_softlabel'}
     if other:   # --resume refuses to mix runs of other versions, and says only that

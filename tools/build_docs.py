@@ -194,6 +194,9 @@ def render_site(proc:Path, out:Path)->list:
     for f,nb in nbs.items():
         fm = front_matter(nb)
         pages[f] = dict(href=page_name(Path(f), fm), title=fm.get('title', Path(f).stem), description=fm.get('description', ''))
+    same = {h: [f for f,p in pages.items() if p['href'] == h] for h in {p['href'] for p in pages.values()}}
+    same = {h: fs for h,fs in same.items() if len(fs) > 1}
+    if same: raise DocsError("notebooks that would write one page (rename one): " + '; '.join(f"{' and '.join(fs)} -> {h}" for h,fs in same.items()))
     site_cfg = yaml.safe_load((proc/'nbdev.yml').read_text())['website']
     site = dict(title=site_cfg.get('title') or 'Documentation', nav=read_nav(proc, pages))
     if out.exists(): shutil.rmtree(out)
