@@ -6,7 +6,7 @@
 from __future__ import annotations
 import hashlib, json, os, platform, shutil, sys, tempfile, time
 from pathlib import Path
-from .arguments import CommandError, torchrun_world, RECORDED_NOT_OPTIONS
+from .arguments import CommandError, torchrun_world, RECORDED_NOT_OPTIONS, RECORDED_AS_NONE
 
 # %% auto #0
 __all__ = ['LOCK_FILE', 'read_results_config', 'lock_file', 'claim_folder', 'folder_in_use', 'in_use_message', 'check_out',
@@ -273,11 +273,10 @@ def resolved_config(args, left_out=())->dict:
 # arguments added after results folders were made: what those folders' runs had (`--resume` finds them unchanged)
 _ADDED_ARGUMENTS = dict(aug='none', precision='fp32', world_size=1, split_groups=None, select=None)
 
-_WAS_NONE = dict(ccl_patience=10)   # recorded as None (CCL's default) before the recipes set it
 
 def settings_differences(old:dict, new:dict)->list:
     "The settings in which `new` differs from `old`, as `--name old → new` strings"
-    meant = lambda k, v: v if v is not None else _WAS_NONE.get(k)   # None: what it meant then
+    meant = lambda k, v: v if v is not None else RECORDED_AS_NONE.get(k)   # None: what it meant then (CCL's default before the recipes set it)
     was = lambda k: meant(k, old['arguments'].get(k, _ADDED_ARGUMENTS.get(k)))
     named = dict(world_size="the processes of torchrun", split_groups="the random split's groups (a random 80:20 split now keeps each lesion or patient of a .npz in one split)")
     diffs = [named.get(k, f"--{k.replace('_', '-')}") + f" {was(k)!r} → {v!r}" for k,v in new['arguments'].items() if was(k) != meant(k, v)]
