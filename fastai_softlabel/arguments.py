@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse, difflib, json, math, os, sys
 from pathlib import Path
 from .methods import OPTION_GROUPS, method_names, default_methods, methods_taking
+from .corruption import NOISE_MODELS, NOISE_FILES
 # no torch, fastai or timm here: `softlabel --help` answers at once
 
 # %% auto #0
@@ -77,8 +78,11 @@ def command_parser()->argparse.ArgumentParser:
     p.add_argument('--valid', default=None, help="split value evaluated on (default valid; MedMNIST's val is read as valid), e.g. 'test' for ISIC 2018's official test set; for data with a split of its own (a .npz with a split array, a WFDB folder with --splits)")
     p.add_argument('--select', default=None, help="where each run's epoch is chosen (the best epoch, --save-model best, the plateau of --schedule plateau), apart from the evaluated split: a split value of the data (e.g. valid, MedMNIST's val, with --valid test), or a share of the training split held out, e.g. 0.1 (by lesion_id/patient_id where the data has them, else stratified; seed 0, the same items for every run). Its labels are not corrupted. The tables then give the evaluated split's metrics at that epoch and at the last. Without it, runs are scored at their last epoch, and the best epoch on the evaluated split is shown as what it is: optimistic")
     p.add_argument('--train', default=None, help="comma-separated split value(s) trained on (default train), e.g. 1,2,3,4,5,6,7,8 for PTB-XL's strat_fold; other values are left out")
-    p.add_argument('--methods', help=f"comma-separated; single-label: {','.join(method_names('single'))}; multi-label: {','.join(method_names('multi'))} (default: all of the task's, but multi-label {' and '.join(n for n in method_names('multi') if n not in default_methods('multi'))}, which go beyond the papers, only when named); the first is the reference of the paired differences")
-    p.add_argument('--corruption', default='0', help="comma-separated label-corruption rates in [0, 1) applied to the training labels (default 0)")
+    p.add_argument('--methods', help=f"comma-separated; single-label: {','.join(method_names('single'))}; multi-label: {','.join(method_names('multi'))} (default: the papers' comparison of the task; {', '.join(n for n in method_names('single') if n not in default_methods('single'))} (single-label) and {', '.join(n for n in method_names('multi') if n not in default_methods('multi'))} (multi-label), which go beyond the papers, only when named); the first is the reference of the paired differences")
+    p.add_argument('--corruption', default='0', help="comma-separated label-corruption rates in [0, 1) applied to the training labels (default 0); up to 1 with --noise-file, whose noise the rate scales")
+    p.add_argument('--noise', choices=list(dict.fromkeys(NOISE_MODELS['single'] + NOISE_MODELS['multi'])), default=None, help="how --corruption changes the training labels (default symmetric, the Flow-Mixup paper's). Single-label: symmetric (a share r of the items get another class, uniformly), pair (class k → k+1 with probability r, Co-teaching's pair flipping), matrix (by (1-r)I + rM, M the --noise-file matrix), instance (instance-dependent, Xia et al. 2020, from a fixed random projection of the inputs). Multi-label: symmetric (each label bit flips with probability r), missing (positives dropped with probability r), asymmetric (positives dropped with probability r, negatives turned on at --noise-up × r). Each run's folder keeps the noisy labels, the mask of what changed and the realised rates (noise.npz)")
+    p.add_argument('--noise-file', default=None, help="--noise matrix: a CSV transition matrix M whose first row and column name the classes (true class per row); --noise missing/asymmetric: a CSV of per-label rates (columns label, down and for asymmetric up). The file's noise is its noise at rate 1: each --corruption rate scales it")
+    p.add_argument('--noise-up', type=float, default=None, help="--noise asymmetric without --noise-file: negatives turn on at this multiple of the corruption rate (e.g. 0.1: a false-positive rate a tenth of the missed-positive rate)")
     p.add_argument('--seeds', default='0', help="comma-separated integer seeds (default 0)")
     p.add_argument('--backbone', default=None, help="timm model name for images (default resnet18), from random weights unless --pretrained or --weights; signals train resnet1d34")
     p.add_argument('--pretrained', action='store_const', const=True, default=None, help="images: start from timm's ImageNet weights of --backbone, read from the Hugging Face cache (downloaded into it when online, as timm does; HF_HUB_CACHE names another cache folder, HF_HUB_OFFLINE=1 skips the network); the classifier is made anew for the data's classes")
@@ -151,7 +155,7 @@ def flag(name:str)->str:
 
 # (name, lowest, highest, whether the lowest is excluded): numbers given on the command line, finite and in range
 _NUMBERS = [('lr', 0, None, True), ('lr_ccl', 0, None, True), ('wd', 0, None, False), ('clip', 0, None, False),
-            ('alpha', 0, 1000, False), ('lsr_eps', 0, 1, False), ('fs', 1, 100_000, False), ('seconds', 0, 86_400, True)]
+            ('alpha', 0, 1000, False), ('lsr_eps', 0, 1, False), ('noise_up', 0, None, False), ('fs', 1, 100_000, False), ('seconds', 0, 86_400, True)]
 
 _WHOLE = [('epochs', 1, None), ('bs', 2, None), ('jobs', 1, 256), ('n_per_class', 1, 100_000), ('min_count', 1, None), ('ccl_patience', 1, None),
           ('threads', 1, 1024), ('size', 1, 4096)]
@@ -174,8 +178,9 @@ def _check_numbers(args):
 def check_arguments(args)->tuple:
     "The checks that need neither the data nor the results folder: `(rates, seeds)`"
     rates = _floats(args.corruption, '--corruption')
-    bad = [r for r in rates if not 0 <= r < 1]
-    if bad: raise ValueError(f"corruption rates must be in [0, 1), got {bad}")
+    scaled = getattr(args, 'noise_file', None) is not None   # a file's noise: rate 1 applies it as it is
+    bad = [r for r in rates if not (0 <= r <= 1 if scaled else 0 <= r < 1)]
+    if bad: raise ValueError(f"corruption rates must be in {'[0, 1] (with --noise-file)' if scaled else '[0, 1)'}, got {bad}")
     if len({f'{r:g}' for r in rates}) < len(rates): raise ValueError(f"--corruption has repeated rates: {args.corruption}")
     long = [r for r in rates if float(f'{r:g}') != r]
     if long: raise ValueError(f"--corruption rates have at most 6 significant digits (a run's folder is named by its rate), got {long}")
@@ -252,6 +257,8 @@ APPLIES = {
     'valid':        (lambda c: c.split, "data with a split of its own: a .npz with a split array, or a WFDB folder with --splits"),
     'train':        (lambda c: c.split, "data with a split of its own: a .npz with a split array, or a WFDB folder with --splits"),
     'weighted_bce': (lambda c: c.multi, "multi-label data"),
+    'noise_file':   (lambda c: getattr(c, 'noise', None) in NOISE_FILES, f"--noise {', '.join(NOISE_FILES)}"),
+    'noise_up':     (lambda c: getattr(c, 'noise', None) == 'asymmetric', "--noise asymmetric"),
     'class_names':  (lambda c: c.kind in ('images', 'signals'), "a .npz file given as --data (tables, WFDB folders and the synthetic data name their classes)"),
 }
 # the method options apply when a method takes them (`fastai_softlabel.methods`: read when asked, so that a method registered later counts)
@@ -284,6 +291,7 @@ def refuse_unused(args, ctx, names=None):
             by = f"none of --methods {','.join(ctx.methods)} uses it" if n in OPTION_GROUPS else f"{describe_data(args, ctx.kind)} does not use it"
             if n in ('valid', 'train') and ctx.kind == 'wfdb': by = f"{describe_data(args, ctx.kind)} has no split of its own: give --splits TABLE (record, split) for it, or leave it out for a random 80:20 split"
             elif n in ('valid', 'train'): by = f"{describe_data(args, ctx.kind)} has no split array: it is split at random 80:20"
+            elif n in ('noise_file', 'noise_up'): by = f"--noise {getattr(ctx, 'noise', None)} does not use it"
             raise ValueError(f"{flag(n)} is for {applies_to(n)}; {by}")
 
 # %% ../nbs/30_arguments.ipynb #ar000008

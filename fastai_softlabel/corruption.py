@@ -4,8 +4,9 @@
 
 # %% ../nbs/09_corruption.ipynb #afbb2d1d
 from __future__ import annotations
+from pathlib import Path
 from typing import NamedTuple
-from fastai.basics import *
+import numpy as np, pandas as pd   # numpy and pandas only: the command's options read `NOISE_MODELS` without torch
 
 # %% auto #0
 __all__ = ['NOISE_MODELS', 'NOISE_FILES', 'corrupt_single_label', 'corrupt_multi_label', 'LabelNoise',
@@ -28,7 +29,7 @@ def corrupt_single_label(
     "Replace the labels of round(r·N) random items by a different class drawn uniformly"
     _check_rate(rate)
     labels = np.asarray(labels)
-    k = int(ifnone(n_classes, labels.max() + 1))
+    k = int(n_classes if n_classes is not None else labels.max() + 1)
     if k < 2: raise ValueError("Label corruption needs at least 2 classes")
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(labels), size=int(round(rate*len(labels))), replace=False)

@@ -13,7 +13,9 @@ from .ccl import CCL
 from .losses import inverse_prevalence_weights
 from .data import array_image_dls, synthetic_class_images, read_image, resize_short_side, _unique_names
 from .datasets import load_npz, finding_labels, check_images, check_labels, _read_table
-from .corruption import corrupt_single_label, corrupt_multi_label
+from .corruption import add_label_noise, random_projection_features
+from .calibration import expected_calibration_error
+from .noise_detection import training_predictions, noise_detection
 from .metrics import single_label_metrics, multi_label_metrics, run_summaries, per_class_metrics, SingleLabelAUROC, confusion_counts, \
     first_non_finite_epoch, is_evaluated_column
 from .selection import SelectionMetrics
@@ -26,7 +28,7 @@ from .arguments import progress_bars
 # %% auto #0
 __all__ = ['AUGMENTATIONS', 'synthetic_dataset', 'split_summary', 'real_dataset', 'signal_dataset', 'table_is_multi_label',
            'table_dataset', 'method_setup', 'EpochLog', 'fit_schedule', 'BestModel', 'paper_crop', 'augmentations',
-           'run_learner', 'run_one', 'check_ranks_agree', 'use_cpu_broadcast']
+           'training_label_noise', 'run_learner', 'run_one', 'check_ranks_agree', 'use_cpu_broadcast']
 
 # %% ../nbs/17_experiments.ipynb #076b24b6
 def synthetic_dataset(task='single', n_per_class=100, size=32, n_classes=8, seed=0)->dict:
@@ -267,16 +269,27 @@ def augmentations(aug:str, channels:int=3)->list:
     jitter = [Brightness(max_lighting=0.2, p=1.), Contrast(max_lighting=0.2, p=1.)] + ([Saturation(max_lighting=0.2, p=1.)] if channels == 3 else [])
     return flips + jitter
 
+def training_label_noise(
+    d:dict,           # the dataset (`d['noise_matrix']`, `d['noise_label_rates']`: a --noise-file's, read by `prepare`)
+    rate:float,       # the corruption rate r (0: the clean labels, None returned)
+    seed:int,         # the run's seed: the same seed, the same noise
+    noise:str='symmetric', # a model of `corruption.NOISE_MODELS`
+    noise_up:float|None=None, # asymmetric: negatives turn on at `noise_up`·r
+):                    # `corruption.LabelNoise` of the training split's labels, in the order of `d`, or None
+    "The label noise of one run: the training split's labels under `noise` at rate r (`instance`: from a fixed random projection of the inputs)"
+    if rate == 0: return None
+    train_idx = np.flatnonzero(d['split'] == 'train')
+    features = random_projection_features(d['signals' if 'signals' in d else 'images'][train_idx], seed=0) if noise == 'instance' else None
+    return add_label_noise(d['labels'][train_idx], noise, rate, len(d['names']), seed, matrix=d.get('noise_matrix'), features=features,
+                           label_rates=d.get('noise_label_rates'), up_ratio=noise_up)
+
 def run_learner(d:dict, method:str, seed:int, corruption:float, args, prefix:str='')->tuple:
-    "The Learner of one configuration, ready to fit (`args.device`, `args.precision`, `args.weights_file` as the command resolved them), and the fraction of training labels corrupted"
+    "The Learner of one configuration, ready to fit (`args.device`, `args.precision`, `args.weights_file` as the command resolved them), and its training labels' noise (`corruption.LabelNoise`, None without)"
     train_idx = np.flatnonzero(d['split'] == 'train')
     labels = d['labels'].copy()
     k = len(d['names'])
-    if corruption > 0:
-        noisy = (corrupt_multi_label(labels[train_idx], corruption, seed=seed) if d['multi_label']
-                 else corrupt_single_label(labels[train_idx], corruption, k, seed=seed))
-        labels[train_idx],frac = noisy[0],noisy[2]
-    else: frac = 0.
+    noise = training_label_noise(d, corruption, seed, getattr(args, 'noise', None) or 'symmetric', getattr(args, 'noise_up', None))
+    if noise is not None: labels[train_idx] = noise.noisy
     set_seed(seed)   # before the DataLoaders: fastai's DataLoader seeds its shuffling from Python's `random` when created
     keep = np.flatnonzero(d['split'] != 'unused')
     split = d['split'][keep]
@@ -318,11 +331,12 @@ def run_learner(d:dict, method:str, seed:int, corruption:float, args, prefix:str
     metrics = multi_label_metrics() if d['multi_label'] else single_label_metrics() + [SingleLabelAUROC()]
     bars = progress_bars(getattr(args, 'progress', 'auto'))   # bars or lines, not both
     learn = Learner(dls, model, loss_func=loss_func, opt_func=opt_func, metrics=metrics, cbs=cbs + ([] if bars else [EpochLog(prefix)]))
-    return learn,frac
+    return learn,noise
 
 def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tuple:
     "Train and evaluate one configuration, writing its per-class metrics (CCL's soft labels; with `args.save_model` 'last' or 'best', the trained Learner as `export.pkl`) into the folder `out`; return its row of results and its curves"
-    learn,frac = run_learner(d, method, seed, corruption, args, f"[{method} seed {seed} corruption {corruption:g}]")
+    learn,noise = run_learner(d, method, seed, corruption, args, f"[{method} seed {seed} corruption {corruption:g}]")
+    frac = 0. if noise is None else noise.fraction
     learn.path = Path(out)
     k = len(d['names'])
     save = getattr(args, 'save_model', None) or ('last' if getattr(args, 'export', False) else 'none')
@@ -358,6 +372,12 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     pc = per_class_metrics(probs.numpy(), targs.numpy(), list(learn.dls.vocab))   # the model's output order
     pc.insert(0, 'method', method); pc.insert(1, 'seed', seed); pc.insert(2, 'corruption', corruption); pc.insert(3, 'epoch', epoch)
     pc.to_csv(out/'per_class.csv', index=False)
+    row['ece'] = expected_calibration_error(probs.numpy(), targs.numpy())
+    if d['multi_label']: row['mean_auprc'] = float(pc['auprc'].mean())
+    elif k == 2: row['auprc'] = float(pc['auprc'].iloc[1])   # the second class's, as the binary tables show
+    keep = np.flatnonzero(d['split'] != 'unused')
+    np.savez_compressed(out/'preds.npz', probs=probs.numpy(), targets=targs.numpy(), item=keep[np.asarray(learn.dls.valid_ds.items)], epoch=epoch)
+    if noise is not None: row.update(_noise_detected(learn, d, noise, out))
     if not d['multi_label']:   # the confusion matrix, long: one row per (true, predicted) class pair
         cm,names = confusion_counts(probs.numpy(), targs.numpy()),[str(v) for v in learn.dls.vocab]
         pd.DataFrame(dict(method=method, seed=seed, corruption=corruption, epoch=epoch, true=np.repeat(names, k), predicted=np.tile(names, k),
@@ -373,6 +393,15 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     if save != 'none': _export(learn, out, save, epoch, chosen, f'select_{main}' if chosen == 'selected' else main, curves)
     curves = curves.assign(epoch=range(len(values)), method=method, seed=seed, corruption=corruption)
     return row,curves
+
+def _noise_detected(learn:Learner, d:dict, noise, out:Path)->dict:
+    "Write `noise.npz` (the training items, their clean and noisy labels, the mask, the realised noise); score how well the model's belief finds the changed labels"
+    train_idx = np.flatnonzero(d['split'] == 'train')
+    np.savez_compressed(out/'noise.npz', item=train_idx, clean=d['labels'][train_idx], noisy=noise.noisy, mask=noise.mask, realised=noise.realised)
+    probs,given = training_predictions(learn)
+    if given.shape != noise.noisy.shape or not (given == noise.noisy).all(): raise RuntimeError(
+        "the training items' labels, in the order the model was scored, are not the noisy labels of noise.npz: the noise detection would score the wrong items")
+    return noise_detection(probs, given, noise.mask)
 
 def check_ranks_agree(model:nn.Module):
     "Under DDP: every rank's trained model is bit for bit the same, or a `RuntimeError` (DDP averages the gradients; a difference means a result of no rank)"

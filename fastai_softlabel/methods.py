@@ -24,6 +24,7 @@ class Method:
     options:tuple=()     # the method options of `OPTION_GROUPS` it takes (e.g. 'alpha', 'points')
     beyond:tuple=()      # the tasks where it goes beyond the papers: run only when named, not by default
     images_only:str=''   # why it cannot train on 1-D signals ('' : it can)
+    unfit:str=''         # why it does not run on the task it lacks, for the refusal ('' : it is not defined there)
 
 METHODS = {}   # name: `Method`, in the order of the comparison's tables
 
@@ -100,6 +101,19 @@ def _flowmixup(op:bool, c):
     from fastai_softlabel.flowmixup import FlowMixup
     return None,[FlowMixup(_points(c), alpha=_alpha(c, 3.), **({} if op else dict(op=False)))]
 
+def _robust_loss(name:str, c):
+    "A noise-robust loss with its paper's defaults (`fastai_softlabel.robust_losses`); bootstrapping per label for multi-hot labels"
+    import numpy as np
+    from fastai_softlabel import robust_losses as rl
+    if name == 'gce': return rl.GCELoss(),[]
+    if name == 'sce': return rl.SCELoss(),[]
+    hard = name == 'bootstrap-hard'
+    return (rl.BootstrapBCELoss(hard=hard) if np.ndim(c.train_labels) == 2 else rl.BootstrapLoss(hard=hard)),[]
+
+def _elr(c):
+    from fastai_softlabel.elr import ELR
+    return None,[ELR()]
+
 def _ccl_flowmixup(c):
     from fastai_softlabel.flowmixup import FlowMixup
     points = _points(c)
@@ -116,7 +130,12 @@ for m in [Method('baseline', ('single',), _nothing),
           Method('flowmixup-noop', ('multi',), partial(_flowmixup, False), _MIX + ('points',)),
           Method('ccl', ('single', 'multi'), lambda c: (None,[_ccl(c)]), _CCL, beyond=('multi',)),   # multi-label CCL: beyond the papers
           Method('ccl+flowmixup', ('multi',), _ccl_flowmixup, _CCL + _MIX + ('points',), beyond=('multi',)),
-          Method('cutmix', ('single',), _cutmix, _MIX, images_only='cuts and pastes image patches')]: register(m)
+          Method('cutmix', ('single',), _cutmix, _MIX, images_only='cuts and pastes image patches'),
+          # the noise-robust baselines: not the papers' comparison, run when named
+          *[Method(n, ('single',), partial(_robust_loss, n), beyond=('single',), unfit=f"{n} is defined on a softmax over classes; multi-hot labels have none")
+            for n in ('gce', 'sce')],
+          *[Method(n, ('single', 'multi'), partial(_robust_loss, n), beyond=('single', 'multi')) for n in ('bootstrap-soft', 'bootstrap-hard')],
+          Method('elr', ('single', 'multi'), _elr, beyond=('single', 'multi'))]: register(m)
 
 # %% ../nbs/29_methods.ipynb #me000005
 # the registry as it is here, under the names earlier code read from `fastai_softlabel.cli`

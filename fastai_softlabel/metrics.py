@@ -96,8 +96,8 @@ def per_class_metrics(
     targets,               # (N,) class indices, or (N, C) multi-hot
     names=None,            # C class names (default 0..C-1)
     thresh:float=0.5,      # multi-label: a class is predicted when its probability is at least this
-)->pd.DataFrame:           # one row per class: `class`, `positives`, `auroc`, `f1`, `sensitivity`, `specificity`
-    "Each class's number of positives, one-vs-rest AUROC, F1, sensitivity and specificity"
+)->pd.DataFrame:           # one row per class: `class`, `positives`, `auroc`, `auprc`, `f1`, `sensitivity`, `specificity`
+    "Each class's number of positives, one-vs-rest AUROC, AUPRC (scikit-learn's average precision), F1, sensitivity and specificity"
     probs,targets = np.asarray(probs, dtype=np.float64),np.asarray(targets)
     n,c = probs.shape
     onehot = targets.astype(bool) if targets.ndim == 2 else np.eye(c, dtype=bool)[targets]
@@ -106,9 +106,11 @@ def per_class_metrics(
     tp,fp,fn,tn = (pred & onehot).sum(0),(pred & ~onehot).sum(0),(~pred & onehot).sum(0),(~pred & ~onehot).sum(0)
     ratio = lambda a, b: np.where(b > 0, a/np.maximum(b, 1), np.nan)   # NaN where undefined (0/0)
     f1 = np.where(onehot.sum(0) > 0, ratio(2*tp, 2*tp + fp + fn), np.nan)   # a class the split lacks: undefined, even when predicted
-    auroc = [roc_auc_score(onehot[:, k], probs[:, k]) if 0 < onehot[:, k].sum() < n and np.isfinite(probs[:, k]).all() else np.nan for k in range(c)]
+    defined = [0 < onehot[:, k].sum() < n and np.isfinite(probs[:, k]).all() for k in range(c)]
+    auroc = [roc_auc_score(onehot[:, k], probs[:, k]) if ok else np.nan for k,ok in enumerate(defined)]
+    auprc = [skm.average_precision_score(onehot[:, k], probs[:, k]) if ok else np.nan for k,ok in enumerate(defined)]
     names = np.arange(c) if names is None else np.asarray(names)
-    return pd.DataFrame({'class': [str(x) for x in names], 'positives': onehot.sum(0), 'auroc': auroc, 'f1': f1,
+    return pd.DataFrame({'class': [str(x) for x in names], 'positives': onehot.sum(0), 'auroc': auroc, 'auprc': auprc, 'f1': f1,
                          'sensitivity': ratio(tp, tp + fn), 'specificity': ratio(tn, tn + fp)})
 
 def confusion_counts(

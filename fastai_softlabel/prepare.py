@@ -11,6 +11,7 @@ from .methods import METHODS, method_names, default_methods, methods_taking
 from .arguments import (RECIPES, IMAGE_KINDS, APPLIES, DATA_ONLY, check_arguments, data_kind, describe_data, not_applied,
                                        refuse_unused, resolve_recipe, torchrun_world)
 from .results_folder import check_out
+from .corruption import NOISE_MODELS, read_transition_matrix, read_label_rates
 
 # %% auto #0
 __all__ = ['prepare']
@@ -174,6 +175,17 @@ def _check_weights(args, kind:str):
         args.weights_file,args.weights_source = str(p.absolute()),f'file:{p.name}'
 
 # %% ../nbs/31_prepare.ipynb #pp000004
+def _check_noise(args, d:dict, rates:list):
+    "The noise model's file or rates, read against the data's classes before any run (`d['noise_matrix']`, `d['noise_label_rates']`)"
+    if args.noise_file is not None and not Path(args.noise_file).is_file(): raise ValueError(f"--noise-file: no such file: {args.noise_file}")
+    if args.noise == 'matrix':
+        if args.noise_file is None: raise ValueError("--noise matrix needs --noise-file: a CSV transition matrix whose first row and column name the classes (true class per row)")
+        d['noise_matrix'] = read_transition_matrix(args.noise_file, d['names'])
+    elif args.noise_file is not None: d['noise_label_rates'] = read_label_rates(args.noise_file, d['names'])
+    elif args.noise == 'asymmetric':
+        if args.noise_up is None: raise ValueError("--noise asymmetric needs the rate at which negatives turn on: --noise-up (a multiple of each corruption rate) or per-label rates in --noise-file")
+        if args.noise_up*max(rates) > 1: raise ValueError(f"--noise-up {args.noise_up:g} × --corruption {max(rates):g} is more than 1: negatives cannot turn on with that probability")
+
 def prepare(args)->tuple:
     "Check everything before any work: `(dataset, methods, rates, seeds)`; `d['kind']` and `d['not_applied']` say what the data is and which options it does not use"
     rates,seeds = check_arguments(args)
@@ -201,12 +213,18 @@ def prepare(args)->tuple:
     allowed,default = method_names(task),default_methods(task, signals)
     methods = default if args.methods is None else [m.strip() for m in args.methods.split(',') if m.strip()]
     wrong = [m for m in methods if m not in allowed]
-    if wrong: raise ValueError(f"method(s) {wrong} do not fit {'multi' if d['multi_label'] else 'single'}-label data; choose from {', '.join(allowed)}")
+    why = ''.join(f" ({METHODS[m].unfit})" for m in wrong if m in METHODS and METHODS[m].unfit)
+    if wrong: raise ValueError(f"method(s) {wrong} do not fit {'multi' if d['multi_label'] else 'single'}-label data{why}; choose from {', '.join(allowed)}")
     if len(set(methods)) < len(methods): raise ValueError(f"--methods has repeated names: {args.methods}")
     cut = [m for m in methods if METHODS[m].images_only] if signals else []
     if cut: raise ValueError(f"{cut[0]} {METHODS[cut[0]].images_only}: it does not fit 1-D signals")
     ctx.methods = methods
+    noise = args.noise or 'symmetric'
+    if noise not in NOISE_MODELS[task]: raise ValueError(
+        f"--noise {noise} is for {'single' if task == 'multi' else 'multi'}-label data; {task}-label data take --noise {', '.join(NOISE_MODELS[task])}")
+    args.noise = ctx.noise = noise
     refuse_unused(args, ctx)
+    _check_noise(args, d, rates)
     if args.alpha == 0 and 'cutmix' in methods: raise ValueError("--alpha 0 leaves CutMix without a Beta(α, α) to draw from: use α > 0")
     args.points = [s.strip() for s in args.points.split(',') if s.strip()] if isinstance(args.points, str) else args.points
     bs_given = args.bs is not None

@@ -9,11 +9,11 @@ from pathlib import Path
 from .arguments import CommandError, torchrun_world, RECORDED_NOT_OPTIONS, RECORDED_AS_NONE
 
 # %% auto #0
-__all__ = ['LOCK_FILE', 'read_results_config', 'lock_file', 'claim_folder', 'folder_in_use', 'in_use_message', 'check_out',
-           'run_id', 'write_run', 'run_status', 'planned_runs', 'write_atomic', 'build_tables', 'new_results_folder',
-           'shared_results_folder', 'claim_shard', 'device_name', 'data_fingerprint', 'applied_arguments',
-           'result_settings', 'resolved_config', 'settings_differences', 'config_differences', 'package_versions',
-           'print_tables', 'unfinished_runs', 'print_unfinished']
+__all__ = ['LOCK_FILE', 'DATA_FILES', 'read_results_config', 'lock_file', 'claim_folder', 'folder_in_use', 'in_use_message',
+           'check_out', 'run_id', 'write_run', 'run_status', 'planned_runs', 'write_atomic', 'build_tables',
+           'new_results_folder', 'shared_results_folder', 'claim_shard', 'device_name', 'data_fingerprint',
+           'applied_arguments', 'result_settings', 'resolved_config', 'settings_differences', 'config_differences',
+           'package_versions', 'print_tables', 'unfinished_runs', 'print_unfinished']
 
 # %% ../nbs/32_results_folder.ipynb #re000001
 # ---------------------------------------------------------------- the results folder, before any work
@@ -259,19 +259,21 @@ def applied_arguments(args, left_out=())->dict:
     "The arguments that change a run's result and apply to its data and methods (`left_out`: those that do not)"
     return {k:v for k,v in sorted(vars(args).items()) if k not in _NOT_RESULTS + tuple(left_out)}
 
+DATA_FILES = ('data', 'images', 'mapping', 'splits', 'weights', 'noise_file')   # the files and folders a comparison reads: recorded by fingerprint
+
 def result_settings(args, versions:dict|None=None, left_out=())->dict:
-    "The arguments that change a run's result, the fingerprints of the data (image folder, mapping and split tables, the backbone's starting weights) and the package versions: what `--resume` must find unchanged"
-    fp = lambda k: data_fingerprint(getattr(args, k, None), exclude=args.out)
-    return dict(arguments=applied_arguments(args, tuple(left_out) + ('mapping', 'splits')) | {'world_size': torchrun_world()[1]},   # torchrun: the batch is bs × world size
-                data=fp('data'), images=fp('images'), mapping=fp('mapping'), splits=fp('splits'), weights=fp('weights_file'), versions=versions or {})
+    "The arguments that change a run's result, the fingerprints of the data (image folder, mapping and split tables, the backbone's starting weights, the noise file) and the package versions: what `--resume` must find unchanged"
+    fp = lambda k: data_fingerprint(getattr(args, 'weights_file' if k == 'weights' else k, None), exclude=args.out)
+    return dict(arguments=applied_arguments(args, tuple(left_out) + ('mapping', 'splits', 'noise_file')) | {'world_size': torchrun_world()[1]},   # torchrun: the batch is bs × world size
+                **{k: fp(k) for k in DATA_FILES}, versions=versions or {})
 
 def resolved_config(args, left_out=())->dict:
     "What `--print-config` prints, and `--config` reads back: where the data are, and every argument that changes the results and applies (after the recipe)"
-    where = {k: str(Path(getattr(args, k)).absolute()) for k in ('data', 'images', 'mapping', 'splits', 'weights') if getattr(args, k, None) is not None}
+    where = {k: str(Path(getattr(args, k)).absolute()) for k in DATA_FILES if getattr(args, k, None) is not None}
     return where | {k: v for k,v in applied_arguments(args, left_out).items() if k not in RECORDED_NOT_OPTIONS}
 
 # arguments added after results folders were made: what those folders' runs had (`--resume` finds them unchanged)
-_ADDED_ARGUMENTS = dict(aug='none', precision='fp32', world_size=1, split_groups=None, select=None)
+_ADDED_ARGUMENTS = dict(aug='none', precision='fp32', world_size=1, split_groups=None, select=None, noise='symmetric')
 
 
 def settings_differences(old:dict, new:dict)->list:
@@ -280,7 +282,7 @@ def settings_differences(old:dict, new:dict)->list:
     was = lambda k: meant(k, old['arguments'].get(k, _ADDED_ARGUMENTS.get(k)))
     named = dict(world_size="the processes of torchrun", split_groups="the random split's groups (a random 80:20 split now keeps each lesion or patient of a .npz in one split)")
     diffs = [named.get(k, f"--{k.replace('_', '-')}") + f" {was(k)!r} → {v!r}" for k,v in new['arguments'].items() if was(k) != meant(k, v)]
-    for k in ('data', 'images', 'mapping', 'splits', 'weights'):   # a folder made before `splits` or `weights` were recorded had none
+    for k in DATA_FILES:   # a folder made before `splits`, `weights` or `noise_file` were recorded had none
         if old.get(k, data_fingerprint(None)) != new.get(k, data_fingerprint(None)): diffs.append(f"the {'data' if k == 'data' else f'--{k}'} ({old.get(k, {}).get('sha256', '-')[:12]} → {new.get(k, {}).get('sha256', '-')[:12]})")
     diffs += [f"{p} {v!r} → {new.get('versions', {}).get(p)!r}" for p,v in old.get('versions', {}).items() if new.get('versions', {}).get(p) != v]
     return diffs
@@ -295,7 +297,7 @@ def config_differences(
     settings:dict,   # this command's (`result_settings`)
 )->list:             # the differences in the arguments and versions (`settings_differences`): the command line's overrides
     "How this comparison differs from the one whose `config.json` it was given; other data, tables or starting weights are refused"
-    for k in ('data', 'images', 'mapping', 'splits', 'weights'):
+    for k in DATA_FILES:
         old,new = recorded.get(k, data_fingerprint(None)),settings.get(k, data_fingerprint(None))
         if old != new: raise CommandError(
             f"--config {path}: that comparison ran with {_fingerprint_named(k, old)}, this command with {_fingerprint_named(k, new)}: "

@@ -99,22 +99,30 @@ def bootstrap_bce(
 class _ClassLoss(Module):
     "A single-label loss of the logits and class indices, as fastai's `CrossEntropyLossFlat` is used"
     y_int = True
-    def activation(self, out:Tensor)->Tensor: return F.softmax(out, dim=-1)
-    def decodes(self, out:Tensor)->Tensor: return out.argmax(dim=-1)
+    def activation(self, out:Tensor)->Tensor:
+        "Probabilities, for `get_preds`"
+        return F.softmax(out, dim=-1)
+    def decodes(self, out:Tensor)->Tensor:
+        "Predicted class indices, for `predict`"
+        return out.argmax(dim=-1)
 
 class GCELoss(_ClassLoss):
     "Generalized cross entropy (`gce_loss`) as a fastai loss"
     def __init__(self, q:float=0.7, reduction:str='mean'):
         if not 0 < q <= 1: raise ValueError(f"q must be in (0, 1], got {q}")
         store_attr()
-    def forward(self, out:Tensor, target:Tensor)->Tensor: return gce_loss(out, target, self.q, self.reduction)
+    def forward(self, out:Tensor, target:Tensor)->Tensor:
+        "`gce_loss` of the logits and class indices"
+        return gce_loss(out, target, self.q, self.reduction)
 
 class SCELoss(_ClassLoss):
     "Symmetric cross entropy (`sce_loss`) as a fastai loss"
     def __init__(self, alpha:float=0.1, beta:float=1., A:float=-4., reduction:str='mean'):
         if not A < 0: raise ValueError(f"A, the clipped log 0, must be negative, got {A}")
         store_attr()
-    def forward(self, out:Tensor, target:Tensor)->Tensor: return sce_loss(out, target, self.alpha, self.beta, self.A, self.reduction)
+    def forward(self, out:Tensor, target:Tensor)->Tensor:
+        "`sce_loss` of the logits and class indices"
+        return sce_loss(out, target, self.alpha, self.beta, self.A, self.reduction)
 
 class BootstrapLoss(_ClassLoss):
     "Soft or hard bootstrapping (`bootstrap_loss`) as a fastai loss; `beta` defaults to the paper's 0.95 (soft) or 0.8 (hard)"
@@ -122,7 +130,9 @@ class BootstrapLoss(_ClassLoss):
         beta = ifnone(beta, 0.8 if hard else 0.95)
         if not 0 <= beta <= 1: raise ValueError(f"beta must be in [0, 1], got {beta}")
         store_attr()
-    def forward(self, out:Tensor, target:Tensor)->Tensor: return bootstrap_loss(out, target, self.beta, self.hard, self.reduction)
+    def forward(self, out:Tensor, target:Tensor)->Tensor:
+        "`bootstrap_loss` of the logits and class indices"
+        return bootstrap_loss(out, target, self.beta, self.hard, self.reduction)
 
 class BootstrapBCELoss(Module):
     "Bootstrapping per label (`bootstrap_bce`) as a fastai loss for multi-hot targets"
@@ -130,6 +140,12 @@ class BootstrapBCELoss(Module):
         beta = ifnone(beta, 0.8 if hard else 0.95)
         if not 0 <= beta <= 1: raise ValueError(f"beta must be in [0, 1], got {beta}")
         store_attr()
-    def forward(self, out:Tensor, target:Tensor)->Tensor: return bootstrap_bce(out, target, self.beta, self.hard, self.reduction)
-    def activation(self, out:Tensor)->Tensor: return torch.sigmoid(out)
-    def decodes(self, out:Tensor)->Tensor: return out > self.thresh
+    def forward(self, out:Tensor, target:Tensor)->Tensor:
+        "`bootstrap_bce` of the logits and multi-hot targets"
+        return bootstrap_bce(out, target, self.beta, self.hard, self.reduction)
+    def activation(self, out:Tensor)->Tensor:
+        "Per-label probabilities, for `get_preds`"
+        return torch.sigmoid(out)
+    def decodes(self, out:Tensor)->Tensor:
+        "The labels predicted present, for `predict`"
+        return out > self.thresh

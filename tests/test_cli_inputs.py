@@ -88,6 +88,9 @@ def inputs(tmp_path_factory):
     multi = np.stack([np.arange(60) % 2, 1 - np.arange(60) % 2, (np.arange(60) >= 50).astype(int)], 1)
     np.savez(d/'multi_rare.npz', images=im, labels=multi, label_names=np.array(['Effusion', 'Mass', 'Hernia']), split=np.where(np.arange(60) < 50, 'train', 'valid'))
     os.symlink(d/'nowhere'/'res', d/'dangling')
+    pd.DataFrame([[.9, .2], [0, 1]], index=['benign', 'malignant'], columns=['benign', 'malignant']).to_csv(d/'M_rows.csv')   # a row sums to 1.1
+    pd.DataFrame([[1, 0], [0, 1]], index=['benign', 'other'], columns=['benign', 'other']).to_csv(d/'M_names.csv')
+    pd.DataFrame(dict(label=[f'class{i}' for i in range(8)], down=[.2, 1.5] + [.1]*6)).to_csv(d/'rates_bad.csv', index=False)   # the synthetic labels
     return d
 
 @pytest.fixture(scope='module')
@@ -274,6 +277,22 @@ CASES = [
     (['--methods', 'ccl', '--ccl-patience', '0'], '--ccl-patience must be at least 1'),
     (['--weighted-bce', 'yes'], '--weighted-bce is for multi-label data; the embedded synthetic data does not use it'),
     ([*MULTI, '--weighted-bce', 'maybe'], "argument --weighted-bce: invalid choice: 'maybe'"),
+    # --noise, --noise-file, --noise-up: the noise model fits the task, its file the data's classes
+    (['--noise', 'missing'], '--noise missing is for multi-label data; single-label data take --noise symmetric, pair, matrix, instance'),
+    ([*MULTI, '--noise', 'pair'], '--noise pair is for single-label data'),
+    (['--noise', 'loud'], "argument --noise: invalid choice: 'loud'"),
+    (['--noise', 'matrix', '--corruption', '0.2'], '--noise matrix needs --noise-file'),
+    (['--noise', 'matrix', '--noise-file', 'missing.csv'], '--noise-file: no such file: missing.csv'),
+    (['--data', 'named.npz', '--noise', 'matrix', '--noise-file', 'M_rows.csv', '--corruption', '0.2'], r"each row of M_rows.csv's matrix must sum to 1 .*rows \[0\] sum to \[1.1\]"),
+    (['--data', 'named.npz', '--noise', 'matrix', '--noise-file', 'M_names.csv'], r"M_names.csv: the rows of the transition matrix must name the data's classes \['benign', 'malignant'\]"),
+    (['--noise', 'pair', '--noise-file', 'M_rows.csv'], '--noise-file is for --noise matrix, missing, asymmetric; --noise pair does not use it'),
+    ([*MULTI, '--noise', 'missing', '--noise-file', 'rates_bad.csv'], r'rates_bad.csv: the rates must be numbers in \[0, 1\]'),
+    ([*MULTI, '--noise', 'asymmetric', '--corruption', '0.3'], '--noise asymmetric needs the rate at which negatives turn on: --noise-up'),
+    ([*MULTI, '--noise', 'asymmetric', '--noise-up', '5', '--corruption', '0.3'], '--noise-up 5 × --corruption 0.3 is more than 1'),
+    ([*MULTI, '--noise', 'asymmetric', '--noise-up', '-1'], '--noise-up must be a finite number >= 0, got -1'),
+    (['--noise', 'pair', '--noise-up', '0.1'], '--noise-up is for --noise asymmetric; --noise pair does not use it'),
+    (['--corruption', '1', '--noise', 'pair'], r'corruption rates must be in \[0, 1\)'),
+    ([*MULTI, '--methods', 'erm,gce'], r"method\(s\) \['gce'\] do not fit multi-label data \(gce is defined on a softmax over classes; multi-hot labels have none\)"),
     # --corruption, --seeds
     (['--corruption', '1.0'], r'corruption rates must be in \[0, 1\)'),
     (['--corruption', '-0.1'], r'corruption rates must be in \[0, 1\)'),
