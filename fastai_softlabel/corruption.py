@@ -6,7 +6,7 @@
 from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
-import numpy as np, pandas as pd   # numpy and pandas only: the command's options read `NOISE_MODELS` without torch
+import numpy as np   # numpy only (pandas when a file is read): the command's `--help` reads `NOISE_MODELS` without torch or pandas
 
 # %% auto #0
 __all__ = ['NOISE_MODELS', 'NOISE_FILES', 'corrupt_single_label', 'corrupt_multi_label', 'LabelNoise',
@@ -236,7 +236,8 @@ def add_label_noise(
         down,up = rate,rate*up_ratio
     return corrupt_multi_label_asymmetric(labels, down, up, seed)
 
-def _class_named_csv(path, names, what:str)->pd.DataFrame:
+def _class_named_csv(path, names, what:str):
+    import pandas as pd
     df = pd.read_csv(path, index_col=0)
     df.index,df.columns = df.index.astype(str),df.columns.astype(str)
     names = [str(n) for n in names]
@@ -260,6 +261,7 @@ def read_label_rates(
     names,  # the data's label names
 )->np.ndarray: # (2, C) rates at corruption 1, in the data's label order
     "Per-label flip rates of `missing`/`asymmetric` noise from a CSV naming every label once, checked"
+    import pandas as pd
     df = pd.read_csv(path)
     if 'label' not in df or 'down' not in df: raise ValueError(f"{Path(path).name}: a rate table needs the columns label and down (and up), got {list(df.columns)}")
     df['label'] = df['label'].astype(str); names = [str(n) for n in names]

@@ -25,7 +25,7 @@ def test_report_and_per_class_tables_are_written(results):
     out, stdout = results
     assert (out/'report.html').exists() and 'report.html' in stdout
     pc = pd.read_csv(out/'per_class.csv', keep_default_na=False, dtype={'class': str})
-    assert len(pc) == 8*3 and set(pc.columns) == {'method', 'seed', 'corruption', 'epoch', 'class', 'positives', 'auroc', 'f1', 'sensitivity', 'specificity'}
+    assert len(pc) == 8*3 and set(pc.columns) == {'method', 'seed', 'corruption', 'epoch', 'class', 'positives', 'auroc', 'auprc', 'f1', 'sensitivity', 'specificity'}
     assert list(pc['class'][:3]) == NAMES
     conf = pd.read_csv(out/'confusion.csv', keep_default_na=False, dtype={'true': str, 'predicted': str})   # 8 runs x 3 x 3 cells, each run's counts adding up to the evaluated items
     assert len(conf) == 8*9 and set(conf['true']) == set(conf['predicted']) == set(NAMES)
