@@ -65,6 +65,10 @@ def sce_loss(
     return _reduce(alpha*ce + beta*reverse_cross_entropy(logits, target, A, 'none'), reduction)
 
 # %% ../nbs/34_robust_losses.ipynb #rl000013
+def _one_hot(idx:Tensor, like:Tensor)->Tensor:
+    "One-hot rows shaped as `like`, decided on the device (`F.one_hot` asks the host for the indices' range)"
+    return torch.zeros_like(like).scatter_(-1, idx[:, None], 1.)
+
 def bootstrap_loss(
     logits:Tensor,      # (B, K) scores
     target:Tensor,      # (B,) class indices
@@ -75,8 +79,8 @@ def bootstrap_loss(
     "Bootstrapping (Reed et al. 2015): cross entropy against `beta*onehot(y) + (1-beta)*p` (soft) or `+ (1-beta)*onehot(argmax p)` (hard)"
     if not 0 <= beta <= 1: raise ValueError(f"beta must be in [0, 1], got {beta}")
     logp = F.log_softmax(logits.float(), dim=-1)
-    t = F.one_hot(_class_indices(target, 'Bootstrapping'), logp.shape[-1]).float()
-    own = F.one_hot(logp.detach().argmax(-1), logp.shape[-1]).float() if hard else logp.exp()
+    t = _one_hot(_class_indices(target, 'Bootstrapping'), logp)
+    own = _one_hot(logp.detach().argmax(-1), logp) if hard else logp.exp()
     return _reduce(-((beta*t + (1 - beta)*own)*logp).sum(-1), reduction)
 
 def bootstrap_bce(

@@ -11,6 +11,8 @@ from fastai_softlabel.ccl import CCL
 from fastai_softlabel.flowmixup import FlowMixup, Mixup, ManifoldMixup
 from fastai_softlabel.ols import OnlineLabelSmoothing
 from fastai_softlabel.losses import LabelSmoothingCE, LabelSmoothingCEFlat
+from fastai_softlabel.robust_losses import GCELoss, SCELoss, BootstrapLoss, BootstrapBCELoss
+from fastai_softlabel.elr import ELR
 from fastai_softlabel.data import synthetic_class_images, array_image_dls
 
 def multilabel_dls(device='cpu'):
@@ -37,9 +39,12 @@ METHODS = {
     'CCL + FlowMixup': (lambda: [CCL(), FlowMixup(['0', '2'])], False), 'CCL + FlowMixup multi-label': (lambda: [CCL(), FlowMixup(['0', '2'])], True),
     'CCL + Mixup (op=False)': (lambda: [CCL(), Mixup()], False),
     'OnlineLabelSmoothing': (lambda: [OnlineLabelSmoothing()], False),
+    'ELR': (lambda: [ELR()], False), 'ELR multi-label': (lambda: [ELR()], True),
 }
 LOSSES = {'LabelSmoothingCE': lambda: LabelSmoothingCE(), 'LabelSmoothingCE(prior)': lambda: LabelSmoothingCE(prior=torch.tensor([.1, .2, .3, .4])),
-          'LabelSmoothingCEFlat': lambda: LabelSmoothingCEFlat()}
+          'LabelSmoothingCEFlat': lambda: LabelSmoothingCEFlat(), 'GCELoss': lambda: GCELoss(), 'SCELoss': lambda: SCELoss(),
+          'BootstrapLoss': lambda: BootstrapLoss(), 'BootstrapLoss(hard)': lambda: BootstrapLoss(hard=True),
+          'BootstrapBCELoss': lambda: BootstrapBCELoss(), 'BootstrapBCELoss(hard)': lambda: BootstrapBCELoss(hard=True)}
 
 @pytest.fixture(scope='module')
 def plain(): return {m: step_cost(multi=m) for m in (False, True)}
@@ -49,7 +54,9 @@ def test_no_method_adds_a_host_synchronisation(name, plain):
     if name in METHODS:
         make, multi = METHODS[name]
         cost = step_cost(make(), multi=multi)
-    else: cost, multi = step_cost(loss_func=LOSSES[name]()), False
+    else:
+        multi = name.startswith('BootstrapBCE')
+        cost = step_cost(loss_func=LOSSES[name](), multi=multi)
     added = cost.syncs - plain[multi].syncs
     print(f"{name}: +{cost.n_ops - plain[multi].n_ops} aten ops (+{cost.n_kernels - plain[multi].n_kernels} that do arithmetic or copy), "
           f"+{sum(added.values())} host syncs {dict(added)}")
