@@ -1,0 +1,143 @@
+"""The noise-robust baselines in fastai's life cycle: ELR's per-item targets under shuffling, gradient accumulation,
+bf16 autocast, lr_find, fine_tune, save/load, export/predict and interrupted fits; the robust losses as a Learner's
+loss through the same steps."""
+import numpy as np, pytest, torch
+from fastai.vision.all import *
+from conftest import tiny_cnn, make_dls, snapshot, assert_nested_equal, no_hooks, StopAfterBatches, CPUAutocast, item_images
+from fastai_softlabel.elr import ELR, elr_target_update, elr_regularizer
+from fastai_softlabel.robust_losses import GCELoss, SCELoss, BootstrapLoss, BootstrapBCELoss
+from fastai_softlabel.flowmixup import Mixup
+
+class Spy(Callback):
+    "Every training batch's item indices and probabilities, as ELR saw them"
+    order,run_valid = ELR.order + 1,False
+    def before_fit(self): self.seen = []
+    def after_loss(self): self.seen.append((self.learn.elr._idx.clone(), F.softmax(self.learn.pred.detach().float(), -1)))
+
+def replayed(seen, n, k, beta=0.7):
+    "ELR's targets computed by hand from the batches' indices and probabilities"
+    t = torch.zeros(n, k)
+    for idx,p in seen: t[idx] = elr_target_update(t[idx], p, beta)
+    return t
+
+def elr_learner(dls, tmp_path=None, **kwargs):
+    set_seed(0)
+    return Learner(dls, tiny_cnn(4), cbs=[ELR(**kwargs)], path=tmp_path or Path('.'))
+
+def test_targets_are_running_averages_under_accumulation(dls):
+    "`GradientAccumulation` changes when the optimizer steps, not which items each batch holds: targets as without it"
+    learn = elr_learner(dls)
+    learn.fit(2, 1e-2, cbs=[spy := Spy(), GradientAccumulation(n_acc=32)])
+    n = len(dls.train_ds)
+    test_close(learn.elr.targets, replayed(spy.seen, n, 4))
+    assert len(spy.seen) == 2*(n//16) and len({tuple(i.tolist()) for i,_ in spy.seen}) == len(spy.seen)   # shuffled: no two batches alike
+
+def test_loss_is_scaled_by_accumulation_as_the_learners_is(dls):
+    "ELR adds to `loss_grad` before `GradientAccumulation` (order 6) divides it: λ = 0 trains as plain accumulation does"
+    def weights(cbs):
+        set_seed(0); learn = Learner(make_dls(), tiny_cnn(4), cbs=cbs)   # a new loader each: its generator starts alike
+        learn.fit(1, 1e-2, cbs=GradientAccumulation(n_acc=32))
+        return learn.model.state_dict()
+    assert_nested_equal(snapshot(weights([ELR(lam=0.)])), snapshot(weights([])))
+
+def test_bf16_autocast_keeps_targets_float32(dls):
+    learn = elr_learner(dls)
+    learn.fit(1, 1e-2, cbs=[spy := Spy(), CPUAutocast()])
+    assert learn.elr.targets.dtype == torch.float32 and torch.isfinite(learn.elr.targets).all()
+    test_close(learn.elr.targets, replayed(spy.seen, len(dls.train_ds), 4), eps=1e-5)
+
+def test_lr_find_leaves_model_optimizer_and_targets_bit_identical(dls, tmp_path):
+    learn = elr_learner(dls, tmp_path)
+    learn.fit(1, 1e-2)
+    before = snapshot(dict(model=learn.model.state_dict(), targets=learn.elr.targets))
+    learn.lr_find(num_it=6, show_plot=False, suggest_funcs=())
+    assert_nested_equal(before, snapshot(dict(model=learn.model.state_dict(), targets=learn.elr.targets)))
+    assert learn.dls.train.dataset is dls.train.dataset   # the indexed copy never replaced the Learner's loader
+
+def test_save_load_restores_targets_and_fine_tune_keeps_them(dls, tmp_path):
+    learn = elr_learner(dls, tmp_path)
+    learn.fit(1, 1e-2); learn.save('m')
+    saved = learn.elr.targets.clone()
+    learn.fit(1, 1e-2)
+    assert not torch.equal(learn.elr.targets, saved)
+    learn.load('m')
+    test_eq(learn.elr.targets, saved)
+    learn.fine_tune(1, 1e-3, freeze_epochs=1)   # two fits: the targets go on averaging over both
+    assert learn.elr.targets.shape == (len(dls.train_ds), 4) and (learn.elr.targets.sum(1) > saved.sum(1) - 1e-6).all()
+
+def test_interrupted_fit_leaves_the_loader_and_the_next_fit_correct(dls):
+    "A fit cancelled mid-epoch keeps the targets of the last finished epoch; the next fit's targets follow its batches"
+    learn = elr_learner(dls)
+    learn.fit(1, 1e-2)
+    done = learn.elr.targets.clone()
+    learn.fit(1, 1e-2, cbs=StopAfterBatches(2))
+    test_eq(learn.elr.targets, done)
+    learn.fit(1, 1e-2, cbs=(spy := Spy()))
+    t = done.clone()
+    for idx,p in spy.seen: t[idx] = elr_target_update(t[idx], p, 0.7)
+    test_close(learn.elr.targets, t)
+
+def test_same_shuffling_as_without_elr(dls):
+    "The indexed copy draws its order from the loader's own generator: the same batches as a Learner without ELR"
+    def orders(cbs):
+        class Order(Callback):
+            run_valid = False
+            order = ELR.order + 1
+            def before_fit(self): self.rows = []
+            def before_batch(self): self.rows.append(self.learn.xb[0].sum((1, 2, 3)).clone())
+        set_seed(0); learn = Learner(make_dls(), tiny_cnn(4), cbs=cbs + [o := Order()])
+        learn.fit(2, 0.)
+        return o.rows
+    for a,b in zip(orders([ELR()]), orders([])): test_eq(a, b)
+
+def test_export_predicts_and_get_preds_has_no_index(dls, tmp_path):
+    learn = elr_learner(dls, tmp_path)
+    learn.fit(1, 1e-2)
+    probs,targs = learn.get_preds()
+    test_eq(probs.shape, (len(dls.valid_ds), 4)); test_eq(targs.ndim, 1)
+    learn.export(tmp_path/'export.pkl')
+    new = load_learner(tmp_path/'export.pkl')
+    img = item_images(dls, [dls.valid_ds.items[0]])[0]
+    test_eq(new.predict(img)[2], learn.predict(img)[2])
+
+def test_refuses_mixing_and_a_second_elr(dls):
+    for cbs,msg in [([ELR(), Mixup()], 'mix items'), ([ELR(), ELR()], 'one ELR callback'), ([ELR(), MixUp()], "fastai's MixUp")]:
+        learn = Learner(dls, tiny_cnn(4), cbs=cbs)
+        with pytest.raises(ValueError, match=msg): learn.fit(1, 1e-2)
+
+def test_multilabel_targets_are_per_label_averages():
+    from test_step_cost import multilabel_dls
+    dls = multilabel_dls()
+    set_seed(0); learn = Learner(dls, tiny_cnn(4), loss_func=BCEWithLogitsLossFlat(), cbs=[ELR()])
+    class MSpy(Spy):
+        def after_loss(self): self.seen.append((self.learn.elr._idx.clone(), torch.sigmoid(self.learn.pred.detach().float())))
+    learn.fit(2, 1e-2, cbs=(spy := MSpy()))
+    t = torch.zeros(len(dls.train_ds), 4)
+    for idx,p in spy.seen: t[idx] = elr_target_update(t[idx], p, 0.7, multi=True)
+    test_close(learn.elr.targets, t)
+
+@pytest.mark.parametrize('make', [GCELoss, SCELoss, BootstrapLoss, lambda: BootstrapLoss(hard=True)], ids=['gce', 'sce', 'bootstrap-soft', 'bootstrap-hard'])
+def test_robust_losses_through_lr_find_save_load_and_export(make, dls, tmp_path):
+    set_seed(0); learn = Learner(dls, tiny_cnn(4), loss_func=make(), path=tmp_path)
+    learn.fit(1, 1e-2)
+    before = snapshot(learn.model.state_dict())
+    learn.lr_find(num_it=6, show_plot=False, suggest_funcs=())
+    assert_nested_equal(before, snapshot(learn.model.state_dict()))
+    learn.save('m'); learn.fit(1, 1e-2); learn.load('m')
+    assert_nested_equal(before, snapshot(learn.model.state_dict()))
+    probs,_,losses = learn.get_preds(with_loss=True)
+    test_close(probs.sum(1), torch.ones(len(probs))); test_eq(losses.shape, (len(probs),))
+    learn.export(tmp_path/'export.pkl')
+    img = item_images(dls, [dls.valid_ds.items[0]])[0]
+    test_eq(load_learner(tmp_path/'export.pkl').predict(img)[2], learn.predict(img)[2])
+
+def test_bootstrap_bce_multilabel_predicts_labels(tmp_path):
+    from test_step_cost import multilabel_dls
+    dls = multilabel_dls()
+    set_seed(0); learn = Learner(dls, tiny_cnn(4), loss_func=BootstrapBCELoss(), path=tmp_path)
+    learn.fit(1, 1e-2)
+    probs,targs = learn.get_preds()
+    assert ((probs >= 0) & (probs <= 1)).all() and targs.shape == probs.shape
+    learn.export(tmp_path/'export.pkl')
+    img = item_images(dls, [dls.valid_ds.items[0]])[0]
+    test_eq(load_learner(tmp_path/'export.pkl').predict(img)[2], learn.predict(img)[2])
