@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import matplotlib.colors as mcolors, matplotlib.lines as mlines, matplotlib.patches as mpatches, matplotlib.text as mtext, matplotlib.collections as mcoll
 from .stats import format_summary, few_seeds_note, diverged_lines
 from .plots import soft_label_heatmap
+from .noise_report import noise_section
 
 # %% auto #0
 __all__ = ['png_data_uri', 'method_colours', 'drawn_method_colours', 'plot_paired_differences', 'plot_curves', 'plot_ccl_pbar',
@@ -371,6 +372,8 @@ def write_report(
                      "classes' sensitivities.</p>")
         for rate in sorted(conf.corruption.unique()):
             parts.append(fig_(plot_confusion(conf, rate, methods, colours), f"Confusion matrices at label corruption {rate:g}, mean over seeds", 'confusion'))
+    finished = [d for d in sorted((out/'runs').glob('*')) if d.is_dir() and d.name not in (unfinished or {})]
+    parts += noise_section(out, finished, summary, cfg, colours, _table, fig_)
     shown = selected_metrics(multi) if 'selected_epoch' in runs else table_metrics(multi)
     fig = plot_paired_differences(summary, [m for m in shown if m in set(summary.metric)], colours)
     parts.append('<h2>Figures</h2>')
