@@ -101,6 +101,7 @@ def command_parser()->argparse.ArgumentParser:
     p.add_argument('--lsr-eps', type=float, default=None, help="replaces ε of the lsr methods (default 0.1 for lsr-u1/a1, Proposition S1's ε for K for lsr-u5/a5)")
     p.add_argument('--points', default=None, help="comma-separated module names where manifold/flowmixup mix (default: the inputs of the 3rd and 5th residual blocks)")
     p.add_argument('--ccl-patience', type=int, default=None, help="CCL freezes its class dictionary after this many epochs without a drop of p_bar (recipe: paper 10, as CCL-Net; fast 30%% of --epochs, at least 2, so that it can fire in a short run)")
+    p.add_argument('--forget-rate', type=float, default=None, help="coteaching: τ, the share of each batch dropped after T_k = 10 epochs (default: the share of training labels the run's --corruption changed; give it for data whose labels are noisy of themselves)")
     p.add_argument('--lr-ccl', type=float, default=None, help="CCL's head learning rate lr_CCL (recipe: fast 5e-3 single-label, 1.0 multi-label; paper 5e-4)")
     p.add_argument('--size', type=int, default=None, help="images: resize to this size (default: keep; CSV tables 64)")
     p.add_argument('--aug', choices=['none', 'flip', 'paper'], default=None, help="images: training augmentation with fastai's transforms: 'flip', horizontal and vertical flips; 'paper' (single-label), CCL-Net's protocol: images resized to a short side of 256/224 × --size keeping their aspect ratio, random crops of --size (default: 224/256 of the images' short side), both flips, colour jitter, evaluation on the centre crop (recipe: paper single-label paper; otherwise none)")
@@ -155,7 +156,7 @@ def flag(name:str)->str:
 
 # (name, lowest, highest, whether the lowest is excluded): numbers given on the command line, finite and in range
 _NUMBERS = [('lr', 0, None, True), ('lr_ccl', 0, None, True), ('wd', 0, None, False), ('clip', 0, None, False),
-            ('alpha', 0, 1000, False), ('lsr_eps', 0, 1, False), ('noise_up', 0, None, False), ('fs', 1, 100_000, False), ('seconds', 0, 86_400, True)]
+            ('alpha', 0, 1000, False), ('lsr_eps', 0, 1, False), ('noise_up', 0, None, False), ('forget_rate', 0, 1, False), ('fs', 1, 100_000, False), ('seconds', 0, 86_400, True)]
 
 _WHOLE = [('epochs', 1, None), ('bs', 2, None), ('jobs', 1, 256), ('n_per_class', 1, 100_000), ('min_count', 1, None), ('ccl_patience', 1, None),
           ('threads', 1, 1024), ('size', 1, 4096)]

@@ -54,6 +54,7 @@ def indexed_loader(dl:DataLoader)->DataLoader:
 class ELR(Callback):
     "Early-learning regularization: adds `lam * mean log(1 - <p_i, t_i>)` to the Learner's loss, t_i each training item's running average of the model's predictions"
     order,run_valid = -5,False   # before any callback reads `learn.yb` in `before_batch`, before `GradientAccumulation` (6) scales `loss_grad`
+    _stateattrs = ('_plain', '_indexed', '_t', '_seen', '_idx')   # an epoch's: not pickled by `export` (the loaders hold the training data)
     def __init__(self,
         beta:float=0.7, # β, the weight of an item's past predictions in its target (the paper's CIFAR-10 value)
         lam:float=3.,   # λ, the weight of the regularizer (the paper's CIFAR-10 value)

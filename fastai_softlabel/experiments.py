@@ -207,10 +207,14 @@ def method_setup(
     points=None,       # module names the mixing methods use (default `flowmixup_points(model)`)
     head=None,         # CCL's head widths, e.g. '1024,1024,512' (default: CCL's)
     ccl_patience:int|None=None, # CCL freezes its dictionary after this many epochs without a drop of p̄ (default: CCL's)
+    forget_rate:float|None=None, # co-teaching's τ (default: `noise_share`)
+    noise_share:float=0.,        # the share of training items whose labels the run's noise changed
+    pretrained:bool=False,       # the backbone starts from trained weights
 )->tuple:              # `(loss_func or None, callbacks)`
     "What a method name sets up (`fastai_softlabel.methods`): a loss function (`None`: the Learner's default) and callbacks"
     if method not in METHODS: raise ValueError(f"Unknown method {method!r}; choose from {', '.join(METHODS)}")
-    return METHODS[method].build(MethodContext(model, train_labels, n_classes, lr_ccl, alpha, lsr_eps, points, head, ccl_patience))
+    return METHODS[method].build(MethodContext(model, train_labels, n_classes, lr_ccl, alpha, lsr_eps, points, head, ccl_patience,
+                                               forget_rate, noise_share, pretrained))
 
 # %% ../nbs/17_experiments.ipynb #299d88d0
 class EpochLog(Callback):
@@ -317,7 +321,9 @@ def run_learner(d:dict, method:str, seed:int, corruption:float, args, prefix:str
              create_backbone(args.backbone, k, getattr(args, 'weights_file', None), getattr(args, 'in_chans', 3) or 3))
     loss_func,cbs = method_setup(method, model, labels[train_idx], k, args.lr_ccl, getattr(args, 'alpha', None),
                                  getattr(args, 'lsr_eps', None), getattr(args, 'points', None), getattr(args, 'head', None),
-                                 getattr(args, 'ccl_patience', None))
+                                 getattr(args, 'ccl_patience', None), getattr(args, 'forget_rate', None),
+                                 0. if noise is None else float(noise.mask.reshape(len(noise.mask), -1).any(1).mean()),   # items with a changed label
+                                 bool(getattr(args, 'weights_file', None)))
     if d['multi_label'] and getattr(args, 'weighted_bce', 'no') == 'yes':
         if loss_func is not None: raise ValueError(f"{method} sets its own loss; it cannot take --weighted-bce")
         loss_func = BCEWithLogitsLossFlat(weight=inverse_prevalence_weights(labels[train_idx]).to(dls.device), flatten=False)   # (C,) weights on (B, C) losses

@@ -94,7 +94,7 @@ class Lockstep:
             torch._amp_foreach_non_finite_check_and_unscale_(grads, skip, self._one)
         else: skip.logical_or_(~torch.stack([g.sum() for g in grads]).sum().isfinite())   # a torch without that op here
         if skips_on_device(self.opt) and self._zero_momentum_ok():
-            self.opt.grad_scale,self.opt.found_inf = None,skip
+            self.opt.grad_scale,self.opt.found_inf = None,skip.view(())   # 0-d, as `GradScaler` gives it (fused Adam needs that shape)
             try: self.opt.step()
             finally: del self.opt.grad_scale, self.opt.found_inf
         elif not skip.item(): self.opt.step()   # one host synchronisation: this optimizer cannot skip on the device

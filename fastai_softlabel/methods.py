@@ -30,7 +30,7 @@ METHODS = {}   # name: `Method`, in the order of the comparison's tables
 
 # the method options: which group of methods takes each, in words (the options that apply: `fastai_softlabel.arguments`)
 OPTION_GROUPS = dict(head='the CCL methods', lr_ccl='the CCL methods', ccl_patience='the CCL methods', alpha='the mixing methods',
-                     points='the methods that mix at hidden states', lsr_eps='the label-smoothing methods')
+                     points='the methods that mix at hidden states', lsr_eps='the label-smoothing methods', forget_rate='co-teaching')
 
 def register(method:Method)->Method:
     "Add `method` to `METHODS` (a name taken, or an option no group knows, is refused)"
@@ -59,6 +59,9 @@ class MethodContext(NamedTuple):
     train_labels:object   # the training labels (for the a-priori u(k) of lsr-a*)
     n_classes:int         # K
     lr_ccl:float|None=None; alpha:float|None=None; lsr_eps:float|None=None; points:list|None=None; head:str|None=None; ccl_patience:int|None=None
+    forget_rate:float|None=None # co-teaching's τ (None: `noise_share`)
+    noise_share:float=0.        # the share of training items whose labels the run's noise changed
+    pretrained:bool=False       # the backbone starts from trained weights (co-teaching's peer then too, with a classifier of its own)
 
 def _nothing(c): return None,[]
 
@@ -114,6 +117,18 @@ def _elr(c):
     from fastai_softlabel.elr import ELR
     return None,[ELR()]
 
+def _coteaching(c):
+    "Co-teaching with τ the --forget-rate, else the share of training labels the run's noise changed; a pretrained backbone's peer starts from the same weights with a new classifier"
+    from copy import deepcopy
+    from fastai_softlabel.coteaching import CoTeaching
+    from fastai_softlabel.core import last_linear
+    peer = None
+    if c.pretrained:
+        peer = deepcopy(c.model)
+        clf = last_linear(peer)
+        if clf is not None: clf[1].reset_parameters()
+    return None,[CoTeaching(c.forget_rate if c.forget_rate is not None else c.noise_share, peer=peer)]
+
 def _ccl_flowmixup(c):
     from fastai_softlabel.flowmixup import FlowMixup
     points = _points(c)
@@ -135,7 +150,8 @@ for m in [Method('baseline', ('single',), _nothing),
           *[Method(n, ('single',), partial(_robust_loss, n), beyond=('single',), unfit=f"{n} is defined on a softmax over classes; multi-hot labels have none")
             for n in ('gce', 'sce')],
           *[Method(n, ('single', 'multi'), partial(_robust_loss, n), beyond=('single', 'multi')) for n in ('bootstrap-soft', 'bootstrap-hard')],
-          Method('elr', ('single', 'multi'), _elr, beyond=('single', 'multi'))]: register(m)
+          Method('elr', ('single', 'multi'), _elr, beyond=('single', 'multi')),
+          Method('coteaching', ('single', 'multi'), _coteaching, ('forget_rate',), beyond=('single', 'multi'))]: register(m)
 
 # %% ../nbs/29_methods.ipynb #me000005
 # the registry as it is here, under the names earlier code read from `fastai_softlabel.cli`

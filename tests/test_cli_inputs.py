@@ -293,6 +293,8 @@ CASES = [
     (['--noise', 'pair', '--noise-up', '0.1'], '--noise-up is for --noise asymmetric; --noise pair does not use it'),
     (['--corruption', '1', '--noise', 'pair'], r'corruption rates must be in \[0, 1\)'),
     ([*MULTI, '--methods', 'erm,gce'], r"method\(s\) \['gce'\] do not fit multi-label data \(gce is defined on a softmax over classes; multi-hot labels have none\)"),
+    (['--methods', 'baseline', '--forget-rate', '0.2'], '--forget-rate is for co-teaching \\(coteaching\\); none of --methods baseline uses it'),
+    (['--methods', 'coteaching', '--forget-rate', '1'], '--forget-rate must be a finite number >= 0 and < 1, got 1'),
     # --corruption, --seeds
     (['--corruption', '1.0'], r'corruption rates must be in \[0, 1\)'),
     (['--corruption', '-0.1'], r'corruption rates must be in \[0, 1\)'),

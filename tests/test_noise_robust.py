@@ -97,6 +97,7 @@ def test_export_predicts_and_get_preds_has_no_index(dls, tmp_path):
     test_eq(probs.shape, (len(dls.valid_ds), 4)); test_eq(targs.ndim, 1)
     learn.export(tmp_path/'export.pkl')
     new = load_learner(tmp_path/'export.pkl')
+    assert not {'_plain', '_indexed', '_t'} & set(vars(new.elr))   # no training loader (nor its data) in the export
     img = item_images(dls, [dls.valid_ds.items[0]])[0]
     test_eq(new.predict(img)[2], learn.predict(img)[2])
 
@@ -141,3 +142,55 @@ def test_bootstrap_bce_multilabel_predicts_labels(tmp_path):
     learn.export(tmp_path/'export.pkl')
     img = item_images(dls, [dls.valid_ds.items[0]])[0]
     test_eq(load_learner(tmp_path/'export.pkl').predict(img)[2], learn.predict(img)[2])
+
+# ---------------------------------------------------------------- co-teaching
+from fastai_softlabel.coteaching import CoTeaching
+
+def coteaching_learner(dls, tmp_path=None, loss_func=None, **kwargs):
+    set_seed(0)
+    return Learner(dls, tiny_cnn(4), loss_func=loss_func, cbs=[CoTeaching(0.3, t_k=2, **kwargs)], path=tmp_path or Path('.'))
+
+class PeerSteps(Callback):
+    "The peer's weights after every optimizer step of the Learner, and the number of steps"
+    order = CoTeaching.order + 1
+    def before_fit(self): self.steps,self.changed = 0,[]
+    def before_step(self): self._before = [p.detach().clone() for p in self.learn.co_teaching.peer.parameters()]
+    def after_step(self):
+        self.steps += 1
+        self.changed.append(any(not torch.equal(a, p) for a,p in zip(self._before, self.learn.co_teaching.peer.parameters())))
+
+def test_peer_steps_exactly_when_the_learner_steps_under_accumulation(dls):
+    learn = coteaching_learner(dls)
+    before = snapshot(learn.model.state_dict())
+    learn.fit(1, 1e-2, cbs=[spy := PeerSteps(), GradientAccumulation(n_acc=32)])
+    n = len(dls.train_ds)//16
+    assert spy.steps == n//2 and all(spy.changed)   # one step per two batches, and the peer moved at each
+    assert learn.co_teaching.peer is not learn.model and not any(p is q for p,q in zip(learn.co_teaching.peer.parameters(), learn.model.parameters()))
+
+def test_interrupted_fit_then_a_fit_and_export(dls, tmp_path):
+    learn = coteaching_learner(dls, tmp_path)
+    learn.fit(1, 1e-2, cbs=StopAfterBatches(1))
+    learn.fit(2, 1e-2)
+    test_eq([h['keep_rate'] for h in learn.co_teaching.history], [1., .85])   # R(T) with T_k = 2, τ = 0.3; the cancelled epoch is not one
+    learn.export(tmp_path/'export.pkl')
+    new = load_learner(tmp_path/'export.pkl')
+    assert isinstance(new.co_teaching.peer, nn.Module)   # both networks exported; the Learner's model predicts
+    img = item_images(dls, [dls.valid_ds.items[0]])[0]
+    test_eq(new.predict(img)[2], learn.predict(img)[2])
+
+def test_multilabel_coteaching_keeps_whole_items():
+    from test_step_cost import multilabel_dls
+    dls = multilabel_dls()
+    class Kept(Callback):
+        order,run_valid = CoTeaching.order + 0.5,False
+        def before_fit(self): self.n = []
+        def after_loss(self): self.n.append((len(self.learn.co_teaching._kept[0]), len(self.learn.yb[0])))
+    learn = coteaching_learner(dls, loss_func=BCEWithLogitsLossFlat())
+    learn.fit(2, 1e-2, cbs=(k := Kept()))
+    assert [a for a,b in k.n[-2:]] == [int(.85*b) for a,b in k.n[-2:]]   # items, not label bits
+
+def test_coteaching_refuses_what_it_cannot_run_with(dls):
+    for cbs,msg in [([CoTeaching(.2), ELR()], 'does not combine with ELR'), ([CoTeaching(.2), CoTeaching(.2)], 'one CoTeaching')]:
+        learn = Learner(dls, tiny_cnn(4), cbs=cbs)
+        with pytest.raises(ValueError, match=msg): learn.fit(1, 1e-2)
+    with pytest.raises(ValueError, match=r'tau must be in \[0, 1\)'): CoTeaching(1.)

@@ -69,19 +69,19 @@ def test_report_in_chromium(results, browser):
                 tables: [...document.querySelectorAll('table.results')].map(t => t.innerText)};""")
     browser.save_screenshot(str(out/'report_screenshot.png'))
     # per-class dots, confusion matrices at 2 rates, paired differences, accuracy and valid_loss curves, CCL's p_bar,
-    # 4 soft-label heat maps (2 seeds x 2 rates)
-    assert facts['n'] == 11 and facts['decoded'] == 11 and facts['external'] == 0, facts
-    assert facts['headings'] == ['Comparison', 'Per class', 'Confusion matrices', 'Figures', 'Configuration'], facts['headings']
+    # 4 soft-label heat maps (2 seeds x 2 rates), reliability diagrams at 2 rates, the realised noise of the corrupted rate
+    assert facts['n'] == 14 and facts['decoded'] == 14 and facts['external'] == 0, facts
+    assert facts['headings'] == ['Comparison', 'Per class', 'Confusion matrices', 'Calibration and label noise', 'Figures', 'Configuration'], facts['headings']
     assert facts['title'].startswith('dermamnist.npz: ccl, baseline') and '2 seeds' in facts['title'], facts['title']
     # nothing wider than a 1300 px window: the page does not scroll sideways; wide tables scroll inside their box
     assert facts['inner'] == 1300 and facts['scrollWidth'] <= facts['width'] and not facts['wide'], facts
     # one colour per method, the legend's, in every figure that draws methods
     assert facts['legend'] == {'ccl': '#1f77b4', 'baseline': '#ff7f0e'}   # the comparison's order
     kinds = {f['kind'] for f in facts['figures'] if f['colours']}
-    assert kinds == {'per-class', 'confusion', 'differences', 'curves', 'p_bar'}, kinds
+    assert kinds == {'per-class', 'confusion', 'differences', 'curves', 'p_bar', 'reliability'}, kinds
     for f in facts['figures']:
         for m,cs in f['colours'].items(): assert cs == [facts['legend'][m]], (f['kind'], m, cs)
     # the class names of --class-names in the per-class tables and in every figure about classes
     assert all(n in facts['tables'][2] for n in NAMES), facts['tables'][2]   # sensitivity and specificity per class
-    about = [f for f in facts['figures'] if f['kind'] in ('per-class', 'confusion', 'soft-labels')]
-    assert len(about) == 1 + 2 + 4 and all(set(NAMES) <= set(f['texts']) for f in about), about
+    about = [f for f in facts['figures'] if f['kind'] in ('per-class', 'confusion', 'soft-labels', 'realised-noise')]
+    assert len(about) == 1 + 2 + 4 + 1 and all(set(NAMES) <= set(f['texts']) for f in about), about

@@ -13,6 +13,7 @@ from fastai_softlabel.ols import OnlineLabelSmoothing
 from fastai_softlabel.losses import LabelSmoothingCE, LabelSmoothingCEFlat
 from fastai_softlabel.robust_losses import GCELoss, SCELoss, BootstrapLoss, BootstrapBCELoss
 from fastai_softlabel.elr import ELR
+from fastai_softlabel.coteaching import CoTeaching
 from fastai_softlabel.data import synthetic_class_images, array_image_dls
 
 def multilabel_dls(device='cpu'):
@@ -40,6 +41,7 @@ METHODS = {
     'CCL + Mixup (op=False)': (lambda: [CCL(), Mixup()], False),
     'OnlineLabelSmoothing': (lambda: [OnlineLabelSmoothing()], False),
     'ELR': (lambda: [ELR()], False), 'ELR multi-label': (lambda: [ELR()], True),
+    'CoTeaching': (lambda: [CoTeaching(0.3)], False), 'CoTeaching multi-label': (lambda: [CoTeaching(0.3)], True),
 }
 LOSSES = {'LabelSmoothingCE': lambda: LabelSmoothingCE(), 'LabelSmoothingCE(prior)': lambda: LabelSmoothingCE(prior=torch.tensor([.1, .2, .3, .4])),
           'LabelSmoothingCEFlat': lambda: LabelSmoothingCEFlat(), 'GCELoss': lambda: GCELoss(), 'SCELoss': lambda: SCELoss(),
