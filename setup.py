@@ -34,7 +34,7 @@ setuptools.setup(
     include_package_data=True,
     install_requires=_split('requirements'),
     extras_require={'dev': _split('dev_requirements'), 'distributed': _split('distributed_requirements'),
-                    'ecg': _split('ecg_requirements')},
+                    'ecg': _split('ecg_requirements'), 'cl': _split('cl_requirements')},
     entry_points={'console_scripts': _split('console_scripts'),
                   'nbdev': [f"{cfg['lib_name']}={cfg['lib_name']}._modidx:d"]},
     zip_safe=False,

@@ -16,6 +16,7 @@ from .datasets import load_npz, finding_labels, check_images, check_labels, _rea
 from .corruption import add_label_noise, random_projection_features
 from .calibration import expected_calibration_error
 from .noise_detection import training_predictions, noise_detection
+from .confident_learning import stratified_folds, label_issues
 from .metrics import single_label_metrics, multi_label_metrics, run_summaries, per_class_metrics, SingleLabelAUROC, confusion_counts, \
     first_non_finite_epoch, is_evaluated_column
 from .selection import SelectionMetrics
@@ -28,7 +29,8 @@ from .arguments import progress_bars
 # %% auto #0
 __all__ = ['AUGMENTATIONS', 'synthetic_dataset', 'split_summary', 'real_dataset', 'signal_dataset', 'table_is_multi_label',
            'table_dataset', 'method_setup', 'EpochLog', 'fit_schedule', 'BestModel', 'paper_crop', 'augmentations',
-           'training_label_noise', 'run_learner', 'run_one', 'check_ranks_agree', 'use_cpu_broadcast']
+           'training_label_noise', 'run_learner', 'confident_learning_pass', 'run_one', 'check_ranks_agree',
+           'use_cpu_broadcast']
 
 # %% ../nbs/17_experiments.ipynb #076b24b6
 def synthetic_dataset(task='single', n_per_class=100, size=32, n_classes=8, seed=0)->dict:
@@ -287,13 +289,14 @@ def training_label_noise(
     return add_label_noise(d['labels'][train_idx], noise, rate, len(d['names']), seed, matrix=d.get('noise_matrix'), features=features,
                            label_rates=d.get('noise_label_rates'), up_ratio=noise_up)
 
-def run_learner(d:dict, method:str, seed:int, corruption:float, args, prefix:str='')->tuple:
-    "The Learner of one configuration, ready to fit (`args.device`, `args.precision`, `args.weights_file` as the command resolved them), and its training labels' noise (`corruption.LabelNoise`, None without)"
+def run_learner(d:dict, method:str, seed:int, corruption:float, args, prefix:str='', leave_out=None)->tuple:
+    "The Learner of one configuration, ready to fit (`args.device`, `args.precision`, `args.weights_file` as the command resolved them), and its training labels' noise (`corruption.LabelNoise`, None without); `leave_out`: items of `d` not trained on"
     train_idx = np.flatnonzero(d['split'] == 'train')
     labels = d['labels'].copy()
     k = len(d['names'])
     noise = training_label_noise(d, corruption, seed, getattr(args, 'noise', None) or 'symmetric', getattr(args, 'noise_up', None))
     if noise is not None: labels[train_idx] = noise.noisy
+    if leave_out is not None and len(leave_out): d = dict(d, split=np.where(np.isin(np.arange(len(labels)), leave_out), 'unused', d['split']))
     set_seed(seed)   # before the DataLoaders: fastai's DataLoader seeds its shuffling from Python's `random` when created
     keep = np.flatnonzero(d['split'] != 'unused')
     split = d['split'][keep]
@@ -339,9 +342,33 @@ def run_learner(d:dict, method:str, seed:int, corruption:float, args, prefix:str
     learn = Learner(dls, model, loss_func=loss_func, opt_func=opt_func, metrics=metrics, cbs=cbs + ([] if bars else [EpochLog(prefix)]))
     return learn,noise
 
+def confident_learning_pass(
+    d:dict, seed:int, corruption:float, args, prefix:str='',
+    k:int=3,   # folds
+)->tuple:      # `(probs, flagged)`: (N_train, K) out-of-fold probabilities and (N_train,) label issues, in the order of `d`'s training items
+    "Out-of-fold probabilities of the baseline trained with the run's recipe on the run's noisy labels, k-fold, and the label issues `cleanlab` finds in them"
+    train_idx = np.flatnonzero(d['split'] == 'train')
+    noise = training_label_noise(d, corruption, seed, getattr(args, 'noise', None) or 'symmetric', getattr(args, 'noise_up', None))
+    given = d['labels'][train_idx] if noise is None else noise.noisy
+    labels = d['labels'].copy(); labels[train_idx] = given
+    fold = stratified_folds(given, k, seed)
+    probs = np.zeros((len(train_idx), len(d['names'])), dtype=np.float32)
+    for j in range(k):
+        split = np.full(len(labels), 'unused', dtype=object)
+        split[train_idx] = np.where(fold == j, 'valid', 'train')
+        learn,_ = run_learner(dict(d, labels=labels, split=split.astype(str)), 'baseline', seed, 0., args, f"{prefix} [fold {j + 1}/{k}]")
+        ctx = learn.no_bar() if any(isinstance(cb, EpochLog) for cb in learn.cbs) else contextlib.nullcontext()
+        with ctx, learn.no_logging(): fit_schedule(learn, getattr(args, 'schedule', 'one_cycle'), args.epochs, args.lr, getattr(args, 'wd', None))
+        with learn.no_bar(): p,_ = learn.get_preds()   # the held-out fold, in the order of its items
+        probs[fold == j] = p.numpy()
+    return probs,label_issues(given, probs)
+
 def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tuple:
     "Train and evaluate one configuration, writing its per-class metrics (CCL's soft labels; with `args.save_model` 'last' or 'best', the trained Learner as `export.pkl`) into the folder `out`; return its row of results and its curves"
-    learn,noise = run_learner(d, method, seed, corruption, args, f"[{method} seed {seed} corruption {corruption:g}]")
+    prefix = f"[{method} seed {seed} corruption {corruption:g}]"
+    issues = confident_learning_pass(d, seed, corruption, args, prefix) if METHODS[method].cleans_labels else None   # cl: folds first
+    learn,noise = run_learner(d, method, seed, corruption, args, prefix,
+                              leave_out=None if issues is None else np.flatnonzero(d['split'] == 'train')[issues[1]])
     frac = 0. if noise is None else noise.fraction
     learn.path = Path(out)
     k = len(d['names'])
@@ -383,7 +410,8 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     elif k == 2: row['auprc'] = float(pc['auprc'].iloc[1])   # the second class's, as the binary tables show
     keep = np.flatnonzero(d['split'] != 'unused')
     np.savez_compressed(out/'preds.npz', probs=probs.numpy(), targets=targs.numpy(), item=keep[np.asarray(learn.dls.valid_ds.items)], epoch=epoch)
-    if noise is not None: row.update(_noise_detected(learn, d, noise, out))
+    if issues is not None: row['cl_flagged_share'] = float(issues[1].mean())
+    if noise is not None: row.update(_noise_detected(learn, d, noise, out, issues))
     if not d['multi_label']:   # the confusion matrix, long: one row per (true, predicted) class pair
         cm,names = confusion_counts(probs.numpy(), targs.numpy()),[str(v) for v in learn.dls.vocab]
         pd.DataFrame(dict(method=method, seed=seed, corruption=corruption, epoch=epoch, true=np.repeat(names, k), predicted=np.tile(names, k),
@@ -400,11 +428,12 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     curves = curves.assign(epoch=range(len(values)), method=method, seed=seed, corruption=corruption)
     return row,curves
 
-def _noise_detected(learn:Learner, d:dict, noise, out:Path)->dict:
-    "Write `noise.npz` (the training items, their clean and noisy labels, the mask, the realised noise); score how well the model's belief finds the changed labels"
+def _noise_detected(learn:Learner, d:dict, noise, out:Path, issues=None)->dict:
+    "Write `noise.npz` (the training items, their clean and noisy labels, the mask, the realised noise; cl's flagged items); score how well the model's belief (cl: the out-of-fold one) finds the changed labels"
     train_idx = np.flatnonzero(d['split'] == 'train')
-    np.savez_compressed(out/'noise.npz', item=train_idx, clean=d['labels'][train_idx], noisy=noise.noisy, mask=noise.mask, realised=noise.realised)
-    probs,given = training_predictions(learn)
+    np.savez_compressed(out/'noise.npz', item=train_idx, clean=d['labels'][train_idx], noisy=noise.noisy, mask=noise.mask, realised=noise.realised,
+                        **({} if issues is None else dict(flagged=issues[1])))
+    probs,given = training_predictions(learn) if issues is None else (issues[0],noise.noisy)
     if given.shape != noise.noisy.shape or not (given == noise.noisy).all(): raise RuntimeError(
         "the training items' labels, in the order the model was scored, are not the noisy labels of noise.npz: the noise detection would score the wrong items")
     return noise_detection(probs, given, noise.mask)

@@ -25,6 +25,7 @@ class Method:
     beyond:tuple=()      # the tasks where it goes beyond the papers: run only when named, not by default
     images_only:str=''   # why it cannot train on 1-D signals ('' : it can)
     unfit:str=''         # why it does not run on the task it lacks, for the refusal ('' : it is not defined there)
+    cleans_labels:bool=False # trains k folds first and leaves out the label issues they reveal (confident learning), then builds as `build`
 
 METHODS = {}   # name: `Method`, in the order of the comparison's tables
 
@@ -151,7 +152,9 @@ for m in [Method('baseline', ('single',), _nothing),
             for n in ('gce', 'sce')],
           *[Method(n, ('single', 'multi'), partial(_robust_loss, n), beyond=('single', 'multi')) for n in ('bootstrap-soft', 'bootstrap-hard')],
           Method('elr', ('single', 'multi'), _elr, beyond=('single', 'multi')),
-          Method('coteaching', ('single', 'multi'), _coteaching, ('forget_rate',), beyond=('single', 'multi'))]: register(m)
+          Method('coteaching', ('single', 'multi'), _coteaching, ('forget_rate',), beyond=('single', 'multi')),
+          Method('cl', ('single',), _nothing, beyond=('single',), cleans_labels=True,
+                 unfit="cl (confident learning) is run here on class indices; cleanlab's multi-label filter ranks label sets otherwise")]: register(m)
 
 # %% ../nbs/29_methods.ipynb #me000005
 # the registry as it is here, under the names earlier code read from `fastai_softlabel.cli`

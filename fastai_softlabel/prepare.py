@@ -219,6 +219,11 @@ def prepare(args)->tuple:
     cut = [m for m in methods if METHODS[m].images_only] if signals else []
     if cut: raise ValueError(f"{cut[0]} {METHODS[cut[0]].images_only}: it does not fit 1-D signals")
     ctx.methods = methods
+    if any(METHODS[m].cleans_labels for m in methods):
+        from fastai_softlabel.confident_learning import require_cleanlab, stratified_folds
+        try: require_cleanlab()
+        except ImportError as e: raise ValueError(str(e)) from None
+        stratified_folds(d['labels'][d['split'] == 'train'])   # every class with a training item in each of the 3 folds
     noise = args.noise or 'symmetric'
     if noise not in NOISE_MODELS[task]: raise ValueError(
         f"--noise {noise} is for {'single' if task == 'multi' else 'multi'}-label data; {task}-label data take --noise {', '.join(NOISE_MODELS[task])}")
