@@ -295,7 +295,7 @@ CASES = [
     ([*MULTI, '--methods', 'erm,gce'], r"method\(s\) \['gce'\] do not fit multi-label data \(gce is defined on a softmax over classes; multi-hot labels have none\)"),
     (['--methods', 'baseline', '--forget-rate', '0.2'], '--forget-rate is for co-teaching \\(coteaching\\); none of --methods baseline uses it'),
     (['--methods', 'coteaching', '--forget-rate', '1'], '--forget-rate must be a finite number >= 0 and < 1, got 1'),
-    ([*MULTI, '--methods', 'erm,cl'], r"method\\(s\\) \\['cl'\\] do not fit multi-label data \\(cl \\(confident learning\\) is run here on class indices"),
+    ([*MULTI, '--methods', 'erm,cl'], r"method\(s\) \['cl'\] do not fit multi-label data \(cl \(confident learning\) is run here on class indices"),
     # --corruption, --seeds
     (['--corruption', '1.0'], r'corruption rates must be in \[0, 1\)'),
     (['--corruption', '-0.1'], r'corruption rates must be in \[0, 1\)'),
