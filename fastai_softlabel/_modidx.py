@@ -919,6 +919,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                    'fastai_softlabel/robust_losses.py'),
                                                 'fastai_softlabel.robust_losses._one_hot': ( 'robust_losses.html#_one_hot',
                                                                                              'fastai_softlabel/robust_losses.py'),
+                                                'fastai_softlabel.robust_losses._plain': ( 'robust_losses.html#_plain',
+                                                                                           'fastai_softlabel/robust_losses.py'),
                                                 'fastai_softlabel.robust_losses._reduce': ( 'robust_losses.html#_reduce',
                                                                                             'fastai_softlabel/robust_losses.py'),
                                                 'fastai_softlabel.robust_losses.bootstrap_bce': ( 'robust_losses.html#bootstrap_bce',

@@ -17,17 +17,21 @@ def _reduce(loss:Tensor, reduction:str)->Tensor:
     if reduction == 'none': return loss
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
+def _plain(t:Tensor)->Tensor:
+    "`t` as a plain tensor: fastai's typed tensors (a `TensorImage` model output, `TensorMultiCategory` targets) refuse to mix"
+    return t.as_subclass(Tensor) if isinstance(t, Tensor) else t
+
 def _class_indices(target:Tensor, what:str)->Tensor:
     "The (B,) class indices a single-label loss takes; a clear error for multi-hot targets"
     if target.ndim != 1: raise ValueError(f"{what} takes (B,) class indices (single-label data), got a target of shape {tuple(target.shape)}")
-    return target.long()
+    return _plain(target).long()
 
 def given_class_probability(
     logits:Tensor, # (B, K)
     target:Tensor, # (B,) class indices
 )->Tensor:         # (B,) p_y in float32
     "softmax(logits)[y] of each item"
-    return F.softmax(logits.float(), dim=-1).gather(1, target.long()[:, None])[:, 0]
+    return F.softmax(_plain(logits).float(), dim=-1).gather(1, _plain(target).long()[:, None])[:, 0]
 
 # %% ../nbs/34_robust_losses.ipynb #rl000007
 def gce_loss(
@@ -61,7 +65,7 @@ def sce_loss(
     reduction:str='mean',
 )->Tensor:
     "Symmetric cross entropy `alpha*CE + beta*RCE` (Wang et al. 2019, Eq. 5)"
-    ce = F.cross_entropy(logits.float(), _class_indices(target, 'SCE'), reduction='none')
+    ce = F.cross_entropy(_plain(logits).float(), _class_indices(target, 'SCE'), reduction='none')
     return _reduce(alpha*ce + beta*reverse_cross_entropy(logits, target, A, 'none'), reduction)
 
 # %% ../nbs/34_robust_losses.ipynb #rl000013
@@ -78,7 +82,7 @@ def bootstrap_loss(
 )->Tensor:
     "Bootstrapping (Reed et al. 2015): cross entropy against `beta*onehot(y) + (1-beta)*p` (soft) or `+ (1-beta)*onehot(argmax p)` (hard)"
     if not 0 <= beta <= 1: raise ValueError(f"beta must be in [0, 1], got {beta}")
-    logp = F.log_softmax(logits.float(), dim=-1)
+    logp = F.log_softmax(_plain(logits).float(), dim=-1)
     t = _one_hot(_class_indices(target, 'Bootstrapping'), logp)
     own = _one_hot(logp.detach().argmax(-1), logp) if hard else logp.exp()
     return _reduce(-((beta*t + (1 - beta)*own)*logp).sum(-1), reduction)
@@ -93,7 +97,8 @@ def bootstrap_bce(
     "Bootstrapping per label: binary cross entropy against `beta*t + (1-beta)*p` (soft) or `+ (1-beta)*(p > 0.5)` (hard)"
     if not 0 <= beta <= 1: raise ValueError(f"beta must be in [0, 1], got {beta}")
     if target.shape != logits.shape: raise ValueError(f"multi-label bootstrapping takes (B, C) multi-hot targets like the logits {tuple(logits.shape)}, got {tuple(target.shape)}")
-    z = logits.float(); p = torch.sigmoid(z)
+    z,target = _plain(logits).float(),_plain(target)
+    p = torch.sigmoid(z)
     own = (p.detach() > 0.5).float() if hard else p
     mixed = beta*target.float() + (1 - beta)*own
     loss = -(mixed*F.logsigmoid(z) + (1 - mixed)*F.logsigmoid(-z))

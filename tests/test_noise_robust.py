@@ -132,6 +132,13 @@ def test_robust_losses_through_lr_find_save_load_and_export(make, dls, tmp_path)
     img = item_images(dls, [dls.valid_ds.items[0]])[0]
     test_eq(load_learner(tmp_path/'export.pkl').predict(img)[2], learn.predict(img)[2])
 
+@pytest.mark.parametrize('make,multi', [(GCELoss, False), (SCELoss, False), (BootstrapLoss, False), (BootstrapBCELoss, True)])
+def test_robust_losses_take_fastais_typed_tensors(make, multi):
+    "A model called on a `TensorImage` returns one (as `--select`'s scoring does); targets come as `TensorCategory`/`TensorMultiCategory`"
+    z = TensorImage(torch.randn(4, 3))
+    y = TensorMultiCategory(torch.tensor([[1., 0, 1], [0, 0, 0], [1, 1, 1], [0, 1, 0]])) if multi else TensorCategory(torch.tensor([0, 2, 1, 0]))
+    test_close(make()(z, y), make()(z.as_subclass(Tensor), y.as_subclass(Tensor)))
+
 def test_bootstrap_bce_multilabel_predicts_labels(tmp_path):
     from test_step_cost import multilabel_dls
     dls = multilabel_dls()
