@@ -8,6 +8,7 @@ from fastai.basics import *
 from copy import deepcopy   # after fastai's names, which include another `copy`
 from .core import refuse_fastai_mixing, refuse_second, refuse_fit, is_multilabel, distributed_world
 from .lockstep import Lockstep, accumulation_scale
+from fastai.callback.training import GradientClip
 
 # %% auto #0
 __all__ = ['coteaching_keep_rate', 'small_loss_items', 'per_item_loss', 'CoTeaching']
@@ -18,10 +19,10 @@ def coteaching_keep_rate(
     tau:float,    # τ, the share of labels expected to be wrong (the forget rate)
     t_k:int=10,   # T_k, the epochs over which the kept share falls from 1 to 1 - τ
 )->float:         # R(T)
-    "The share of each batch co-teaching keeps: `1 - min(T/T_k * tau, tau)` (Han et al. 2018)"
+    "The share of each batch co-teaching keeps: 1 at epoch 0, falling linearly to `1 - tau` at epoch T_k - 1 (Han et al. 2018's code)"
     if not 0 <= tau < 1: raise ValueError(f"tau must be in [0, 1), got {tau}")
     if t_k < 1: raise ValueError(f"t_k must be at least 1, got {t_k}")
-    return 1 - min(epoch/t_k*tau, tau)
+    return 1 - tau*min(epoch/(t_k - 1), 1) if t_k > 1 else 1 - tau   # the paper's code: 0 to τ over epochs 0..T_k-1
 
 def small_loss_items(
     losses:Tensor, # (B,) per-item losses
@@ -45,21 +46,29 @@ def per_item_loss(
 
 # %% ../nbs/39_coteaching.ipynb #ct000008
 def _reinitialised(model:nn.Module)->nn.Module:
-    "A copy of `model` whose layers draw new starting weights (from torch's generator)"
+    "A copy of an untrained `model` with other starting weights from the same initialisation: each parameter's values in a random order (torch's generator), so that every layer keeps its initialisation's distribution (a zero-initialised scale stays zero)"
     peer = deepcopy(model)
-    for m in peer.modules():
-        if hasattr(m, 'reset_parameters'): m.reset_parameters()
+    with torch.no_grad():
+        for p in peer.parameters(): p.copy_(p.flatten()[torch.randperm(p.numel(), device=p.device)].view_as(p))
     return peer
+
+def _peer_optimizer(learn:Learner, params:list)->torch.optim.Optimizer:
+    "A torch optimizer like the Learner's, with its hyper-parameters now: Adam-type (AdamW for fastai's decoupled weight decay) or SGD (weight decay as L2)"
+    h,f = learn.opt.hypers[-1],learn.opt_func
+    decoupled = getattr(f, 'keywords', {}).get('decouple_wd', True)
+    if 'sqr_mom' in h: return (torch.optim.AdamW if decoupled else torch.optim.Adam)(
+        params, lr=h['lr'], betas=(h['mom'], h['sqr_mom']), eps=h.get('eps', 1e-5), weight_decay=h.get('wd', 0.))
+    return torch.optim.SGD(params, lr=h['lr'], momentum=h.get('mom', 0.), weight_decay=h.get('wd', 0.))
 
 class CoTeaching(Callback):
     "Co-teaching: the Learner's model and a peer network, each updated on the share R(T) of each batch with the other's smallest losses"
     order,run_valid = 5,False   # after the Learner's loss, before `GradientAccumulation` (6) scales it
-    _stateattrs = ('_lockstep', '_loss_g', '_kept')
+    _stateattrs = ('_lockstep', '_loss_g', '_kept', '_opt_state')
     def __init__(self,
         tau:float,          # τ, the share of labels expected to be wrong (the paper: the noise rate)
         t_k:int=10,         # T_k, the epochs over which the kept share falls to 1 - τ
         peer:nn.Module|None=None, # the second network (default: a copy of the Learner's model with new random weights)
-        opt_func=None,      # `(params, lr) -> torch optimizer` of the peer (default: AdamW as fastai's Adam: betas (0.9, 0.99), eps 1e-5, wd 0.01)
+        opt_func=None,      # `(params, lr) -> torch optimizer` of the peer (default: the Learner's kind, Adam or SGD, with its hyper-parameters)
     ):
         coteaching_keep_rate(0, tau, t_k)   # checks τ and T_k
         store_attr('tau,t_k,peer,opt_func')
@@ -68,7 +77,14 @@ class CoTeaching(Callback):
 
     def _init_state(self):
         "What an exported Learner's callback starts from: no peer optimizer yet (made at the next fit), no batch's losses"
-        self._lockstep,self._loss_g,self._kept = None,None,None
+        self._lockstep,self._loss_g,self._kept,self._opt_state = None,None,None,None
+
+    def _make_lockstep(self):
+        "The peer's optimizer (the Learner's kind, fused where the device allows: no host read per step), with a loaded state if one waits"
+        params = [p for p in self.peer.parameters() if p.requires_grad]
+        opt = self.opt_func(params, 1e-3) if self.opt_func is not None else _peer_optimizer(self.learn, params)
+        self._lockstep = Lockstep(self.peer, opt, prefer_fused=self.opt_func is None)
+        if self._opt_state is not None: opt.load_state_dict(self._opt_state); self._opt_state = None
 
     def before_fit(self):
         "Refuse what co-teaching cannot run with; make the peer and its optimizer on first use"
@@ -80,13 +96,10 @@ class CoTeaching(Callback):
         if getattr(self.learn.loss_func, 'reduction', None) is None: raise ValueError(
             "CoTeaching needs a loss function with a `reduction` attribute (fastai's and torch's losses have one).")
         if self.peer is None: self.peer = _reinitialised(self.learn.model)
-        if self._lockstep is None:
-            params = [p for p in self.peer.parameters() if p.requires_grad]
-            opt = (self.opt_func or (lambda ps, lr: torch.optim.AdamW(ps, lr=lr, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)))(params, 1e-3)
-            self._lockstep = Lockstep(self.peer, opt, prefer_fused=self.opt_func is None)   # ours fused where the device allows: no host read per step
 
     def before_train(self):
-        "The peer on the model's device, in training mode; this epoch's kept share R(T)"
+        "The peer's optimizer on first use, the peer on the model's device in training mode; this epoch's kept share R(T)"
+        if self._lockstep is None: self._make_lockstep()
         self._lockstep.to(first(self.learn.model.parameters()).device)
         self.peer.train()
         self.keep_rate = coteaching_keep_rate(self.epoch, self.tau, self.t_k)
@@ -94,7 +107,7 @@ class CoTeaching(Callback):
 
     def after_loss(self):
         "Each network's per-item losses; each keeps the other's small-loss items: the Learner's loss becomes f's on g's choice"
-        pred_g = self.peer(*self.learn.xb)
+        with torch.autocast(self.learn.xb[0].device.type, enabled=False): pred_g = self.peer(*self.learn.xb)   # fp32: no GradScaler scales the peer's loss
         l_f = per_item_loss(self.learn.loss_func, self.learn.pred, *self.learn.yb)
         l_g = per_item_loss(self.learn.loss_func, pred_g, *self.learn.yb)
         n_keep = max(1, int(self.keep_rate*len(l_f)))   # the batch's size is a shape: no host read
@@ -107,12 +120,22 @@ class CoTeaching(Callback):
     def after_backward(self):
         "Back-propagate the peer's loss, scaled as the Learner's (gradient accumulation)"
         if self._loss_g is None: return
-        self._lockstep.backward(self._loss_g, torch.tensor(accumulation_scale(self.learn), device=self._loss_g.device))
+        self._lockstep.backward(self._loss_g, torch.full((), accumulation_scale(self.learn), device=self._loss_g.device))   # a fill, not a copy from the host
         self._loss_g = None
 
+    def before_step(self):
+        "Clip the peer's gradients as `GradientClip` clips the Learner's"
+        clip = [cb.max_norm for cb in self.learn.cbs if isinstance(cb, GradientClip)]
+        grads = [p for p in self.peer.parameters() if p.grad is not None]
+        if clip and grads: nn.utils.clip_grad_norm_(grads, clip[0])
+
     def after_step(self):
-        "The peer steps when the Learner's optimizer steps, at the Learner's current learning rate"
-        self._lockstep.step(float(self.learn.opt.hypers[-1]['lr']))
+        "The peer steps when the Learner's optimizer steps, with the Learner's current learning rate and momentum (its schedule)"
+        h = self.learn.opt.hypers[-1]
+        for g in self._lockstep.opt.param_groups:
+            if 'betas' in g and 'sqr_mom' in h: g['betas'] = (h['mom'], h['sqr_mom'])
+            elif 'momentum' in g and 'mom' in h: g['momentum'] = h['mom']
+        self._lockstep.step(float(h['lr']))
 
     def after_cancel_step(self):
         "The Learner's step was cancelled: none for the peer either"
@@ -133,13 +156,13 @@ class CoTeaching(Callback):
     def state_dict(self)->dict:
         "The peer, its optimizer and the history (saved by `learn.save`; `lr_find` restores them)"
         return dict(peer=None if self.peer is None else self.peer.state_dict(),
-                    opt=None if self._lockstep is None else self._lockstep.opt.state_dict(), history=[dict(h) for h in self.history])
+                    opt=self._opt_state if self._lockstep is None else self._lockstep.opt.state_dict(), history=[dict(h) for h in self.history])
     def load_state_dict(self, sd:dict):
         "Restore a `state_dict` (called by `learn.load`)"
         if sd.get('peer') is not None:
             if self.peer is None: self.peer = _reinitialised(self.learn.model)
             self.peer.load_state_dict(sd['peer'])
         if sd.get('opt') is not None:
-            if self._lockstep is None: self.before_fit()
-            self._lockstep.opt.load_state_dict(sd['opt'])
+            if self._lockstep is None: self._opt_state = sd['opt']   # loaded when the next training epoch makes the optimizer
+            else: self._lockstep.opt.load_state_dict(sd['opt'])
         self.history = [dict(h) for h in sd.get('history', [])]

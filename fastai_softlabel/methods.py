@@ -63,6 +63,7 @@ class MethodContext(NamedTuple):
     forget_rate:float|None=None # co-teaching's τ (None: `noise_share`)
     noise_share:float=0.        # the share of training items whose labels the run's noise changed
     pretrained:bool=False       # the backbone starts from trained weights (co-teaching's peer then too, with a classifier of its own)
+    epochs:int|None=None        # the run's epochs (co-teaching's T_k: 10 as the paper, at most half of them)
 
 def _nothing(c): return None,[]
 
@@ -128,7 +129,11 @@ def _coteaching(c):
         peer = deepcopy(c.model)
         clf = last_linear(peer)
         if clf is not None: clf[1].reset_parameters()
-    return None,[CoTeaching(c.forget_rate if c.forget_rate is not None else c.noise_share, peer=peer)]
+    if c.forget_rate is None and c.noise_share > 0.5: raise ValueError(
+        f"co-teaching: the run's noise changed the labels of {c.noise_share:.0%} of the training items, and dropping that share of each batch "
+        "would leave almost nothing to train on: give --forget-rate (the share of each batch to drop)")
+    t_k = 10 if c.epochs is None else max(1, min(10, c.epochs//2))   # short runs reach τ by their middle
+    return None,[CoTeaching(c.forget_rate if c.forget_rate is not None else c.noise_share, t_k=t_k, peer=peer)]
 
 def _ccl_flowmixup(c):
     from fastai_softlabel.flowmixup import FlowMixup

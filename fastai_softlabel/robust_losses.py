@@ -42,8 +42,8 @@ def gce_loss(
 )->Tensor:
     "Generalized cross entropy `(1 - p_y**q)/q` (Zhang & Sabuncu 2018, Eq. 6)"
     if not 0 < q <= 1: raise ValueError(f"q must be in (0, 1], got {q}")
-    p = given_class_probability(logits, _class_indices(target, 'GCE'))
-    return _reduce((1 - p.pow(q))/q, reduction)
+    logp = F.log_softmax(_plain(logits).float(), dim=-1).gather(1, _class_indices(target, 'GCE')[:, None])[:, 0]
+    return _reduce((1 - torch.exp(q*logp))/q, reduction)   # p**q in log space: finite gradients when p underflows to 0
 
 # %% ../nbs/34_robust_losses.ipynb #rl000010
 def reverse_cross_entropy(
@@ -91,15 +91,16 @@ def bootstrap_bce(
     logits:Tensor,      # (B, C) per-label scores
     target:Tensor,      # (B, C) multi-hot labels
     beta:float=0.95,    # β, the weight of the given label
-    hard:bool=False,    # the thresholded prediction (p > 0.5) instead of p
+    hard:bool=False,    # the thresholded prediction (p > thresh) instead of p
     reduction:str='mean', # 'mean' over items and labels, 'sum', or 'none' for (B,) per-item means over the labels
+    thresh:float=0.5,   # hard bootstrapping: a label is predicted when p > thresh
 )->Tensor:
     "Bootstrapping per label: binary cross entropy against `beta*t + (1-beta)*p` (soft) or `+ (1-beta)*(p > 0.5)` (hard)"
     if not 0 <= beta <= 1: raise ValueError(f"beta must be in [0, 1], got {beta}")
     if target.shape != logits.shape: raise ValueError(f"multi-label bootstrapping takes (B, C) multi-hot targets like the logits {tuple(logits.shape)}, got {tuple(target.shape)}")
     z,target = _plain(logits).float(),_plain(target)
     p = torch.sigmoid(z)
-    own = (p.detach() > 0.5).float() if hard else p
+    own = (p.detach() > thresh).float() if hard else p
     mixed = beta*target.float() + (1 - beta)*own
     loss = -(mixed*F.logsigmoid(z) + (1 - mixed)*F.logsigmoid(-z))
     return loss.mean() if reduction == 'mean' else _reduce(loss.mean(-1), reduction)
@@ -151,7 +152,7 @@ class BootstrapBCELoss(Module):
         store_attr()
     def forward(self, out:Tensor, target:Tensor)->Tensor:
         "`bootstrap_bce` of the logits and multi-hot targets"
-        return bootstrap_bce(out, target, self.beta, self.hard, self.reduction)
+        return bootstrap_bce(out, target, self.beta, self.hard, self.reduction, self.thresh)
     def activation(self, out:Tensor)->Tensor:
         "Per-label probabilities, for `get_preds`"
         return torch.sigmoid(out)
