@@ -141,7 +141,10 @@ def random_projection_features(
     "Each item's inputs, standardised over the set and flattened, through a fixed Gaussian random projection scaled by 1/√D"
     x = np.asarray(x); n = len(x); flat = x.reshape(n, -1)
     if n == 0: raise ValueError("random_projection_features needs at least one item")
-    mean = flat.mean(0, dtype=np.float64); sd = flat.std(0, dtype=np.float64); sd[sd == 0] = 1
+    total,squares = np.zeros(flat.shape[1]),np.zeros(flat.shape[1])   # per input: the mean and deviation, a chunk at a time
+    for i in range(0, n, chunk):
+        b = flat[i:i+chunk].astype(np.float64); total += b.sum(0); squares += (b*b).sum(0)
+    mean = total/n; sd = np.sqrt(np.maximum(squares/n - mean*mean, 0)); sd[sd == 0] = 1
     W = np.random.default_rng(seed).standard_normal((flat.shape[1], dim)).astype(np.float32)/np.sqrt(flat.shape[1])
     return np.concatenate([((flat[i:i+chunk] - mean)/sd).astype(np.float32) @ W for i in range(0, n, chunk)])
 
@@ -164,7 +167,8 @@ def corrupt_instance(
     q = (truncnorm.rvs(-rate/rate_sd, (1 - rate)/rate_sd, loc=rate, scale=rate_sd, size=len(labels), random_state=rng)
          if rate > 0 else np.zeros(len(labels)))
     W = rng.standard_normal((k, f.shape[1], k))
-    p = np.einsum('ns,nsk->nk', f, W[labels])
+    p = np.empty((len(labels), k))
+    for c in np.unique(labels): p[labels == c] = f[labels == c] @ W[c]   # class by class: no (N, S, K) array
     p[np.arange(len(labels)), labels] = -np.inf
     p = np.exp(p - p.max(1, keepdims=True)); p /= p.sum(1, keepdims=True)
     p *= q[:, None]; p[np.arange(len(labels)), labels] = 1 - q
