@@ -6,6 +6,7 @@
 from __future__ import annotations
 from fastai.basics import *
 from copy import deepcopy   # after fastai's names, which include another `copy`
+from contextlib import contextmanager
 from .core import refuse_fastai_mixing, refuse_second, refuse_fit, is_multilabel, distributed_world
 from .lockstep import Lockstep, accumulation_scale
 from fastai.callback.training import GradientClip
@@ -36,12 +37,9 @@ def per_item_loss(
     pred:Tensor,   # (B, K) outputs
     *yb,           # the targets
 )->Tensor:         # (B,) one loss per item (multi-hot: the sum over the labels)
-    "The Learner's loss of each item, with its reduction set to 'none' for the call"
-    old = getattr(loss_func, 'reduction', None)
-    if old is None: raise ValueError("co-teaching needs a loss function with a `reduction` attribute (fastai's and torch's losses have one)")
-    loss_func.reduction = 'none'
-    try: l = loss_func(pred, *yb)
-    finally: loss_func.reduction = old
+    "The Learner's loss of each item, its reduction 'none' for the call (fastcore's `replacing_yield`, as fastai's `loss_not_reduced`)"
+    if getattr(loss_func, 'reduction', None) is None: raise ValueError("co-teaching needs a loss function with a `reduction` attribute (fastai's and torch's losses have one)")
+    with contextmanager(replacing_yield)(loss_func, 'reduction', 'none'): l = loss_func(pred, *yb)
     return l.float().reshape(len(pred), -1).sum(1)
 
 # %% ../nbs/39_coteaching.ipynb #ct000008

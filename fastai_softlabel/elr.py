@@ -5,7 +5,7 @@
 # %% ../nbs/37_elr.ipynb #el000002
 from __future__ import annotations
 from fastai.basics import *
-from .core import refuse_fastai_mixing, refuse_second, refuse_fit, is_multilabel, all_reduce_mean_, distributed_world
+from .core import refuse_fastai_mixing, refuse_second, refuse_fit, is_multilabel, distributed_world
 
 # %% auto #0
 __all__ = ['elr_target_update', 'elr_regularizer', 'WithItemIndex', 'indexed_loader', 'ELR']
@@ -54,7 +54,7 @@ def indexed_loader(dl:DataLoader)->DataLoader:
 class ELR(Callback):
     "Early-learning regularization: adds `lam * mean log(1 - <p_i, t_i>)` to the Learner's loss, t_i each training item's running average of the model's predictions"
     order,run_valid = -5,False   # before any callback reads `learn.yb` in `before_batch`, before `GradientAccumulation` (6) scales `loss_grad`
-    _stateattrs = ('_plain', '_indexed', '_t', '_seen', '_idx')   # an epoch's: not pickled by `export` (the loaders hold the training data)
+    _stateattrs = ('_plain', '_indexed', '_t', '_idx')   # an epoch's: not pickled by `export` (the loaders hold the training data)
     def __init__(self,
         beta:float=0.7, # β, the weight of an item's past predictions in its target (the paper's CIFAR-10 value)
         lam:float=3.,   # λ, the weight of the regularizer (the paper's CIFAR-10 value)
@@ -70,6 +70,7 @@ class ELR(Callback):
         refuse_fastai_mixing(self.learn, 'ELR')
         mixers = [type(cb).__name__ for cb in self.learn.cbs if hasattr(cb, 'mix_targets') or type(cb).__name__ in ('FlowMixup', 'Mixup', 'ManifoldMixup')]
         if mixers: raise ValueError(f"ELR keeps a target per training item; {', '.join(mixers)} mix items, whose targets are no item's: use them apart.")
+        if distributed_world() > 1: raise ValueError("ELR's per-item targets are kept by one process: under DDP each would see only its share of the items. Train ELR in one process.")
         self.multi = is_multilabel(self.learn.dls, self.learn.loss_func)
         shape = (len(self.learn.dls.train_ds), self.learn.dls.c)
         if self.targets is None or tuple(self.targets.shape) != shape: self.targets = torch.zeros(shape)
@@ -79,7 +80,6 @@ class ELR(Callback):
         self._plain = self.learn.dl
         self.learn.dl = self._indexed = indexed_loader(self._plain)
         self._t = self.targets.to(first(self.learn.model.parameters()).device, copy=True)   # a cancelled epoch leaves `targets` as they were
-        self._seen = torch.zeros(len(self._t), device=self._t.device)   # the items this process updated (DDP: each its own)
 
     def before_batch(self):
         "Take the items' indices off the targets"
@@ -95,19 +95,14 @@ class ELR(Callback):
         idx = self._idx.long()
         t = elr_target_update(self._t[idx], probs, self.beta, self.multi)
         self._t[idx] = t
-        self._seen[idx] = 1.
         reg = self.lam*elr_regularizer(probs, t, self.multi)
         self.learn.loss_grad = self.learn.loss_grad + reg
         self.learn.loss = self.learn.loss + reg.detach()
 
     def after_train(self):
-        "Keep the epoch's targets (under DDP: each item's from the process that saw it); the training loader's generator where the copy left it"
+        "Keep the epoch's targets; the training loader's generator where the copy left it"
         self._plain.rng = self._indexed.rng
-        t,seen = self._t,self._seen
-        if distributed_world() > 1:
-            upd,cnt = all_reduce_mean_([t*seen[:, None], seen.clone()])   # means of both: their ratio is the items' average
-            t = torch.where(cnt[:, None] > 0, upd/cnt.clamp_min(1e-12)[:, None], t)
-        self.targets = t.cpu()
+        self.targets = self._t.cpu()
 
     def after_cancel_train(self):
         "An interrupted epoch: the training loader's generator where the copy left it; the targets as they were before the epoch"

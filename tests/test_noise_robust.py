@@ -106,6 +106,15 @@ def test_refuses_mixing_and_a_second_elr(dls):
         learn = Learner(dls, tiny_cnn(4), cbs=cbs)
         with pytest.raises(ValueError, match=msg): learn.fit(1, 1e-2)
 
+def test_elr_refuses_ddp(dls, monkeypatch):
+    "Under DDP a process sees its share of the items only: refused before the fit, the model untouched"
+    import fastai_softlabel.elr as elr
+    monkeypatch.setattr(elr, 'distributed_world', lambda: 2)
+    learn = elr_learner(dls)
+    before = snapshot(learn.model.state_dict())
+    with pytest.raises(ValueError, match='Train ELR in one process'): learn.fit(1, 1e-2)
+    assert_nested_equal(before, snapshot(learn.model.state_dict()))
+
 def test_multilabel_targets_are_per_label_averages():
     from test_step_cost import multilabel_dls
     dls = multilabel_dls()
