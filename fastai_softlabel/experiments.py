@@ -430,14 +430,15 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     return row,curves
 
 def _noise_detected(learn:Learner, d:dict, noise, out:Path, issues=None)->dict:
-    "Write `noise.npz` (the training items, their clean and noisy labels, the mask, the realised noise; cl's flagged items); score how well the model's belief (cl: the out-of-fold one) finds the changed labels"
+    "Write `noise.npz` (the training items, their clean and noisy labels, the mask, the realised noise, the scored probabilities; cl's flagged items); score how well the model's belief (cl: the out-of-fold one; CCL: also its soft labels) finds the changed labels"
     train_idx = np.flatnonzero(d['split'] == 'train')
-    np.savez_compressed(out/'noise.npz', item=train_idx, clean=d['labels'][train_idx], noisy=noise.noisy, mask=noise.mask, realised=noise.realised,
-                        **({} if issues is None else dict(flagged=issues[1])))
     probs,given = training_predictions(learn) if issues is None else (issues[0],noise.noisy)
     if given.shape != noise.noisy.shape or not (given == noise.noisy).all(): raise RuntimeError(
         "the training items' labels, in the order the model was scored, are not the noisy labels of noise.npz: the noise detection would score the wrong items")
-    return noise_detection(probs, given, noise.mask)
+    np.savez_compressed(out/'noise.npz', item=train_idx, clean=d['labels'][train_idx], noisy=noise.noisy, mask=noise.mask, realised=noise.realised,
+                        probs=np.asarray(probs, dtype=np.float32), **({} if issues is None else dict(flagged=issues[1])))
+    P = learn.ccl.soft_labels.numpy() if issues is None and 'ccl' in learn.cbs.attrgot('name') else None
+    return noise_detection(probs, given, noise.mask, soft_labels=P)
 
 def check_ranks_agree(model:nn.Module):
     "Under DDP: every rank's trained model is bit for bit the same, or a `RuntimeError` (DDP averages the gradients; a difference means a result of no rank)"

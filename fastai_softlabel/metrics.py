@@ -10,12 +10,13 @@ from fastai.metrics import ActivationType
 import sklearn.metrics as skm
 from sklearn.metrics import roc_auc_score
 from sklearn.cluster import KMeans
+from .calibration import expected_calibration_error
 
 # %% auto #0
 __all__ = ['TRAINING_COLUMNS', 'single_label_metrics', 'mean_auroc', 'MeanAUROC', 'multi_label_metrics', 'single_label_auroc',
-           'SingleLabelAUROC', 'per_class_metrics', 'confusion_counts', 'curve_summary', 'recorder_curve',
-           'curve_summaries', 'is_evaluated_column', 'run_summaries', 'first_non_finite_epoch', 'cluster_r2',
-           'layer_r2']
+           'SingleLabelAUROC', 'per_class_metrics', 'confusion_counts', 'prediction_metrics', 'curve_summary',
+           'recorder_curve', 'curve_summaries', 'is_evaluated_column', 'run_summaries', 'first_non_finite_epoch',
+           'cluster_r2', 'layer_r2']
 
 # %% ../nbs/07_metrics.ipynb #86476fae
 def _skm_metric(func, thresh=None, **kwargs):
@@ -120,6 +121,25 @@ def confusion_counts(
     "scikit-learn's confusion matrix of the arg-max predictions, every class a row and a column even when absent"
     probs = np.asarray(probs)
     return skm.confusion_matrix(np.asarray(targets).astype(int), probs.argmax(1), labels=range(probs.shape[1]))
+
+# %% ../nbs/07_metrics.ipynb #mt000011
+def prediction_metrics(
+    probs,     # (N, K) softmax rows, or (N, C) per-label sigmoids: `preds.npz`'s `probs`
+    targets,   # (N,) class indices, or (N, C) multi-hot: `preds.npz`'s `targets`
+)->dict:       # metric name (the Recorder's where it has one) -> value
+    "The metrics a run records of its described epoch, from its predictions: the Recorder's, `ece`, and `auprc` (two classes) or `mean_auprc` (multi-label)"
+    probs,targets = np.asarray(probs, dtype=np.float64),np.asarray(targets)
+    if targets.ndim == 2:   # as multi_label_metrics: sigmoids, a label predicted at ≥ 0.5
+        r = dict(mean_auroc=mean_auroc(probs, targets)[0], f1_score=skm.f1_score(targets, probs >= .5, average='macro', zero_division=0),
+                 mean_auprc=per_class_metrics(probs, targets)['auprc'].mean())
+    else:                   # as single_label_metrics: the arg-max class
+        t,yhat = targets.astype(int),probs.argmax(1)
+        r = dict(accuracy=(yhat == t).mean(), cohen_kappa_score=skm.cohen_kappa_score(t, yhat),
+                 f1_score=skm.f1_score(t, yhat, average='macro', zero_division=0),
+                 jaccard_score=skm.jaccard_score(t, yhat, average='macro', zero_division=0), auroc=single_label_auroc(probs, t))
+        if probs.shape[1] == 2: r['auprc'] = per_class_metrics(probs, t)['auprc'].iloc[1]   # the second class's, as the binary tables
+    r['ece'] = expected_calibration_error(probs, targets)
+    return {k: float(v) for k,v in r.items()}
 
 # %% ../nbs/07_metrics.ipynb #65c384f3
 def curve_summary(

@@ -9,7 +9,8 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 # %% auto #0
-__all__ = ['label_suspicion', 'noise_detection_auroc', 'noise_detection_precision', 'training_predictions', 'noise_detection']
+__all__ = ['label_suspicion', 'noise_detection_auroc', 'noise_detection_precision', 'soft_label_suspicion',
+           'training_predictions', 'noise_detection']
 
 # %% ../nbs/36_noise_detection.ipynb #nd000005
 def label_suspicion(
@@ -48,6 +49,28 @@ def noise_detection_precision(
     hits = m[above].sum() + (k - above.sum())*m[at].mean()   # the places left at the cut, filled at random among the ties
     return float(hits/k)
 
+# %% ../nbs/36_noise_detection.ipynb #nd000021
+def _xlogy(x, y): return np.where(x > 0, x*np.log(np.where(x > 0, y, 1.)), 0.)   # 0·log 0 = 0
+
+def soft_label_suspicion(
+    probs,        # (N, K) softmax rows, or (N, C) per-label probabilities
+    given,        # (N,) the given class indices, or (N, C) the given multi-hot labels
+    soft_labels,  # (K, K) CCL's soft-label matrix, row k the soft label of class k
+    eps:float=1e-7, # probabilities kept in [eps, 1 − eps] (no log of 0)
+)->np.ndarray:    # (N,) or (N, C), ≥ 0
+    "How far each prediction is from its given label's CCL soft label: `KL(P[y] || p)` (single-label), per label a Bernoulli KL to CCL's soft multi-hot target (multi-label)"
+    P,probs,given = np.asarray(soft_labels, dtype=np.float64),np.asarray(probs, dtype=np.float64),np.asarray(given)
+    if P.ndim != 2 or P.shape != (probs.shape[1],)*2: raise ValueError(f"a ({probs.shape[1]}, {probs.shape[1]}) soft-label matrix expected, got {P.shape}")
+    p = np.clip(probs, eps, 1 - eps)
+    if given.ndim == 2:
+        if given.shape != probs.shape: raise ValueError(f"multi-hot labels {given.shape} do not fit probabilities {probs.shape}")
+        R = P/np.diagonal(P)[:, None]   # each row scaled so that its own class gets 1, as multilabel_soft_targets
+        t = np.clip((given[:, :, None]*R[None]).max(1), 0, 1)
+        return _xlogy(t, t) + _xlogy(1 - t, 1 - t) - t*np.log(p) - (1 - t)*np.log(1 - p)
+    if given.ndim != 1 or len(given) != len(probs): raise ValueError(f"(N,) class indices with N = {len(probs)} expected, got shape {given.shape}")
+    t = P[given.astype(int)]
+    return (_xlogy(t, t) - t*np.log(p)).sum(1)
+
 # %% ../nbs/36_noise_detection.ipynb #nd000010
 def training_predictions(
     learn,     # a trained fastai `Learner`
@@ -61,7 +84,12 @@ def noise_detection(
     probs,   # (N, K) or (N, C): a model's probabilities for the training items
     given,   # the labels it was trained with (noisy)
     mask,    # where they differ from the clean labels
-)->dict:     # `noise_detection_auroc` and `noise_detection_precision`
-    "Both noise-detection numbers of a model's training-item probabilities"
+    soft_labels=None, # CCL's (K, K) soft-label matrix: the soft-label numbers too
+)->dict:     # `noise_detection_auroc` and `noise_detection_precision` (and `..._soft_label` with `soft_labels`)
+    "Both noise-detection numbers of a model's training-item probabilities; with CCL's soft labels, both again for `soft_label_suspicion`"
     s = label_suspicion(probs, given)
-    return dict(noise_detection_auroc=noise_detection_auroc(s, mask), noise_detection_precision=noise_detection_precision(s, mask))
+    r = dict(noise_detection_auroc=noise_detection_auroc(s, mask), noise_detection_precision=noise_detection_precision(s, mask))
+    if soft_labels is not None:
+        s = soft_label_suspicion(probs, given, soft_labels)
+        r.update(noise_detection_auroc_soft_label=noise_detection_auroc(s, mask), noise_detection_precision_soft_label=noise_detection_precision(s, mask))
+    return r

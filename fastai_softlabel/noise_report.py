@@ -90,7 +90,8 @@ def plot_realised_noise(
     return fig
 
 # %% ../nbs/38_noise_report.ipynb #nr000011
-NOISE_METRICS = ('ece', 'noise_detection_auroc', 'noise_detection_precision', 'cl_flagged_share', 'mean_auprc', 'auprc')   # the section's table, where the runs have them
+NOISE_METRICS = ('ece', 'noise_detection_auroc', 'noise_detection_precision', 'noise_detection_auroc_soft_label', 'noise_detection_precision_soft_label',
+                 'cl_flagged_share', 'mean_auprc', 'auprc')   # the section's table, where the runs have them
 
 def noise_section(
     out,            # the results folder
@@ -111,6 +112,8 @@ def noise_section(
              + ("; noise detection: how well each model's disbelief in the given training labels (1 − its probability for the given "
                 "label, after training) finds the labels the noise changed: AUROC (0.5 is chance) and the precision among as many "
                 "most-disbelieved labels as were changed (chance: the noise rate)" if noise else "")
+             + ("; ..._soft_label: CCL's noise detection by its soft labels, the distance of each prediction from its given label's soft label "
+                "(KL(P[y] ‖ p); multi-label: a Bernoulli KL per label)" if 'noise_detection_auroc_soft_label' in shown else "")
              + ("; cl_flagged_share: the share of training items confident learning left out" if 'cl_flagged_share' in shown else "")
              + (f"; AUPRC: {'the mean over labels of' if cfg['multi_label'] else 'the second class’s'} average precision" if {'mean_auprc', 'auprc'} & set(shown) else "")
              + ". At the last epoch, or the selected one where a selection split chose it.</p>", table(summary, shown)]

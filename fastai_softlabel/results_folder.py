@@ -10,10 +10,10 @@ from .arguments import CommandError, torchrun_world, RECORDED_NOT_OPTIONS, RECOR
 
 # %% auto #0
 __all__ = ['LOCK_FILE', 'DATA_FILES', 'read_results_config', 'lock_file', 'claim_folder', 'folder_in_use', 'in_use_message',
-           'check_out', 'run_id', 'write_run', 'run_status', 'planned_runs', 'write_atomic', 'build_tables',
-           'new_results_folder', 'shared_results_folder', 'claim_shard', 'device_name', 'data_fingerprint',
-           'applied_arguments', 'result_settings', 'resolved_config', 'settings_differences', 'config_differences',
-           'package_versions', 'print_tables', 'unfinished_runs', 'print_unfinished']
+           'check_out', 'run_id', 'write_run', 'run_status', 'planned_runs', 'write_atomic', 'metrics_from_predictions',
+           'build_tables', 'new_results_folder', 'shared_results_folder', 'claim_shard', 'device_name',
+           'data_fingerprint', 'applied_arguments', 'result_settings', 'resolved_config', 'settings_differences',
+           'config_differences', 'package_versions', 'print_tables', 'unfinished_runs', 'print_unfinished']
 
 # %% ../nbs/32_results_folder.ipynb #re000001
 # ---------------------------------------------------------------- the results folder, before any work
@@ -148,12 +148,33 @@ def write_atomic(path:Path, write):
 
 _NOT_METRICS = ('method', 'seed', 'corruption', 'seconds', 'diverged_epoch', 'described_epoch')   # numeric run columns that are no result
 
+def metrics_from_predictions(
+    run:Path,    # a run folder, `runs/<run>`
+    row:dict,    # its row, `row.json`
+)->dict:         # the row, with what its saved predictions give recomputed from them
+    "A run's row with every metric of its described epoch recomputed from `preds.npz`, and its noise detection from `noise.npz`'s probabilities (CCL: with `soft_labels.csv`)"
+    import numpy as np
+    from fastai_softlabel.metrics import prediction_metrics
+    from fastai_softlabel.noise_detection import noise_detection
+    r = dict(row)
+    if r.get('diverged_epoch') is not None: return r   # no number of a diverged run is shown
+    if (run/'preds.npz').is_file():
+        with np.load(run/'preds.npz') as p: m = prediction_metrics(p['probs'], p['targets'])
+        at = '_selected' if r.get('described') == 'selected' else ''   # the Recorder's columns of the described epoch
+        r.update({(k if k in ('ece', 'auprc', 'mean_auprc') else k + at): v for k,v in m.items()})
+    if (run/'noise.npz').is_file():
+        with np.load(run/'noise.npz') as z:
+            if 'probs' in z.files:   # the scored training probabilities (runs of older versions did not keep them)
+                P = np.loadtxt(run/'soft_labels.csv', delimiter=',', ndmin=2) if (run/'soft_labels.csv').is_file() else None
+                r.update(noise_detection(z['probs'], z['noisy'], z['mask'], soft_labels=P))
+    return r
+
 def build_tables(
     out,              # a results folder of `softlabel`
     write:bool=True,  # write the tables into `out` (False: only return them)
     dirs=None,        # the complete run folders, as the caller read them (default: `run_status(out)`)
 )->tuple:             # `(runs, summary)` DataFrames
-    "Rebuild runs.csv, runs.json, curves.csv, per_class.csv, confusion.csv (single-label) and summary.csv from the complete runs under `out/runs`; a diverged run is counted, its numbers left out"
+    "Rebuild runs.csv, runs.json, curves.csv, per_class.csv, confusion.csv (single-label) and summary.csv from the complete runs under `out/runs` (the described epoch's metrics from their predictions); a diverged run is counted, its numbers left out"
     import pandas as pd
     from fastai_softlabel.stats import summarize_runs
     from fastai_softlabel.metrics import run_summaries, first_non_finite_epoch
@@ -163,7 +184,7 @@ def build_tables(
     if not dirs: raise ValueError(f"{out} holds no finished run yet")
     summaries,main = ('_best', '_last', '_early_variance'),'mean_auroc' if cfg['multi_label'] else 'accuracy'   # (and `_best_minus_last`)
     def row(d):   # the run's row, its curve summaries recomputed from its curves (one definition, and one naming, for every folder)
-        c,r = pd.read_csv(d/'curves.csv'),json.loads((d/'row.json').read_text())
+        c,r = pd.read_csv(d/'curves.csv'),metrics_from_predictions(d, json.loads((d/'row.json').read_text()))
         if 'diverged_epoch' not in r: r['diverged_epoch'] = first_non_finite_epoch(c, ['train_loss', 'valid_loss', main])   # a run of an older version
         return {k: v for k,v in r.items() if not k.endswith(summaries)} | run_summaries(c.drop(columns=['epoch', 'method', 'seed', 'corruption'], errors='ignore'), n_first=min(5, len(c)))
     runs = pd.DataFrame([row(d) for d in dirs])
