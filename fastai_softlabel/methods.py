@@ -26,6 +26,7 @@ class Method:
     images_only:str=''   # why it cannot train on 1-D signals ('' : it can)
     unfit:str=''         # why it does not run on the task it lacks, for the refusal ('' : it is not defined there)
     cleans_labels:bool=False # trains k folds first and leaves out the label issues they reveal (confident learning), then builds as `build`
+    one_process:str=''   # why it cannot train under torchrun, for the refusal before any run ('' : it can)
 
 METHODS = {}   # name: `Method`, in the order of the comparison's tables
 
@@ -156,10 +157,13 @@ for m in [Method('baseline', ('single',), _nothing),
           *[Method(n, ('single',), partial(_robust_loss, n), beyond=('single',), unfit=f"{n} is defined on a softmax over classes; multi-hot labels have none")
             for n in ('gce', 'sce')],
           *[Method(n, ('single', 'multi'), partial(_robust_loss, n), beyond=('single', 'multi')) for n in ('bootstrap-soft', 'bootstrap-hard')],
-          Method('elr', ('single', 'multi'), _elr, beyond=('single', 'multi')),
-          Method('coteaching', ('single', 'multi'), _coteaching, ('forget_rate',), beyond=('single', 'multi')),
+          Method('elr', ('single', 'multi'), _elr, beyond=('single', 'multi'),
+                 one_process="keeps one target per training item, and each process sees only its share of the items"),
+          Method('coteaching', ('single', 'multi'), _coteaching, ('forget_rate',), beyond=('single', 'multi'),
+                 one_process="trains a peer network that DDP does not synchronise across the processes"),
           Method('cl', ('single',), _nothing, beyond=('single',), cleans_labels=True,
-                 unfit="cl (confident learning) is run here on class indices; cleanlab's multi-label filter ranks label sets otherwise")]: register(m)
+                 unfit="cl (confident learning) is run here on class indices; cleanlab's multi-label filter ranks label sets otherwise",
+                 one_process="trains its k folds in each process alone, so the processes could leave out different items")]: register(m)
 
 # %% ../nbs/29_methods.ipynb #me000005
 # the registry as it is here, under the names earlier code read from `fastai_softlabel.cli`

@@ -218,6 +218,8 @@ def prepare(args)->tuple:
     if len(set(methods)) < len(methods): raise ValueError(f"--methods has repeated names: {args.methods}")
     cut = [m for m in methods if METHODS[m].images_only] if signals else []
     if cut: raise ValueError(f"{cut[0]} {METHODS[cut[0]].images_only}: it does not fit 1-D signals")
+    alone = [m for m in methods if METHODS[m].one_process] if torchrun_world()[1] > 1 else []
+    if alone: raise ValueError(f"{alone[0]} {METHODS[alone[0]].one_process}: it trains in one process; run it without torchrun")
     ctx.methods = methods
     if any(METHODS[m].cleans_labels for m in methods):
         from fastai_softlabel.confident_learning import require_cleanlab, stratified_folds

@@ -390,9 +390,12 @@ def test_console_script_error_is_the_whole_of_stderr(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 @pytest.mark.parametrize('args,message', [(['--jobs', '2'], '--jobs runs independent runs in worker processes: under torchrun'),
-                                          (['--shard', '1/2'], '--shard gives a process a share of the runs: under torchrun')])
+                                          (['--shard', '1/2'], '--shard gives a process a share of the runs: under torchrun'),
+                                          (['--methods', 'baseline,elr'], 'elr keeps one target per training item, and each process sees only its share'),
+                                          (['--methods', 'coteaching'], 'coteaching trains a peer network that DDP does not synchronise'),
+                                          (['--methods', 'cl'], 'cl trains its k folds in each process alone')])
 def test_torchrun_refuses_jobs_and_shards(tmp_path, monkeypatch, capsys, args, message):
-    "A process that torchrun started (WORLD_SIZE > 1) refuses what would split the runs among processes, before joining a process group"
+    "A process that torchrun started (WORLD_SIZE > 1) refuses what would split the runs among processes, and the methods that train in one process, before joining a process group"
     from fastai_softlabel.cli import main
     monkeypatch.chdir(tmp_path); monkeypatch.setenv('WORLD_SIZE', '2'); monkeypatch.setenv('RANK', '0')
     with pytest.raises(SystemExit) as e: main([*args, '--out', 'res'])
