@@ -13,7 +13,7 @@ __all__ = ['NOISE_MODELS', 'NOISE_FILES', 'corrupt_single_label', 'corrupt_multi
            'realised_transition_matrix', 'label_flip_rates', 'symmetric_transition_matrix', 'pair_transition_matrix',
            'check_transition_matrix', 'scaled_transition_matrix', 'corrupt_with_matrix', 'random_projection_features',
            'corrupt_instance', 'corrupt_multi_label_asymmetric', 'add_label_noise', 'read_transition_matrix',
-           'read_label_rates']
+           'read_label_rates', 'read_item_features']
 
 # %% ../nbs/09_corruption.ipynb #306d47a2
 def _check_rate(rate, upto_one:bool=False):
@@ -196,7 +196,7 @@ def corrupt_multi_label_asymmetric(
 
 # %% ../nbs/09_corruption.ipynb #co000017
 NOISE_MODELS = dict(single=('symmetric', 'pair', 'matrix', 'instance'), multi=('symmetric', 'missing', 'asymmetric'))   # per task, the first the default
-NOISE_FILES = dict(matrix='a K×K transition matrix', missing='per-label rates', asymmetric='per-label rates')   # the models that read a file (required for matrix)
+NOISE_FILES = dict(matrix='a K×K transition matrix', instance="the items' features", missing='per-label rates', asymmetric='per-label rates')   # the models that read a file (required for matrix)
 
 def add_label_noise(
     labels,              # (N,) class indices or (N, C) multi-hot: the clean training labels
@@ -275,3 +275,17 @@ def read_label_rates(
                       pd.to_numeric(df['up'], errors='coerce').to_numpy(float) if 'up' in df else np.zeros(len(names))])
     if not np.isfinite(rates).all() or (rates < 0).any() or (rates > 1).any(): raise ValueError(f"{Path(path).name}: the rates must be numbers in [0, 1]")
     return rates
+
+def read_item_features(
+    path,         # a .npy: one row of numbers per item of the data, in the data's order (e.g. a model's embeddings)
+    n_items:int,  # the data's items
+)->np.ndarray:    # (n_items, S) float32
+    "The items' features of `instance` noise from a `.npy` file, checked: one finite row per item"
+    name = Path(path).name
+    try: f = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e: raise ValueError(f"{name}: not a .npy array of numbers ({e})") from None
+    if not isinstance(f, np.ndarray) or f.ndim != 2 or not (np.issubdtype(f.dtype, np.number) or f.dtype == bool): raise ValueError(
+        f"{name}: the features must be numbers, one row per item (N, S), got {getattr(f, 'dtype', type(f).__name__)} {getattr(f, 'shape', '')}")
+    if len(f) != n_items: raise ValueError(f"{name} has {len(f)} rows; the data has {n_items} items: one row per item, in the data's order")
+    if not np.isfinite(f).all(): raise ValueError(f"{name}: the features hold NaN or infinite values")
+    return f.astype(np.float32)

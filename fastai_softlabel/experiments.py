@@ -283,10 +283,11 @@ def training_label_noise(
     noise:str='symmetric', # a model of `corruption.NOISE_MODELS`
     noise_up:float|None=None, # asymmetric: negatives turn on at `noise_up`·r
 ):                    # `corruption.LabelNoise` of the training split's labels, in the order of `d`, or None
-    "The label noise of one run: the training split's labels under `noise` at rate r (`instance`: from a fixed random projection of the inputs)"
+    "The label noise of one run: the training split's labels under `noise` at rate r (`instance`: from `d['noise_features']`, else a fixed random projection of the inputs)"
     if rate == 0: return None
     train_idx = np.flatnonzero(d['split'] == 'train')
-    features = random_projection_features(d['signals' if 'signals' in d else 'images'][train_idx], seed=0) if noise == 'instance' else None
+    features = None if noise != 'instance' else d['noise_features'] if 'noise_features' in d else \
+        random_projection_features(d['signals' if 'signals' in d else 'images'][train_idx], seed=0)
     return add_label_noise(d['labels'][train_idx], noise, rate, len(d['names']), seed, matrix=d.get('noise_matrix'), features=features,
                            label_rates=d.get('noise_label_rates'), up_ratio=noise_up)
 

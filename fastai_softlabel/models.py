@@ -12,7 +12,7 @@ from fastai.vision.models.xresnet import xresnet34
 
 # %% auto #0
 __all__ = ['check_model_name', 'create_backbone', 'pretrained_weights', 'densenet121_stem2', 'resnet1d34', 'model_blocks',
-           'flowmixup_points']
+           'flowmixup_points', 'penultimate_features']
 
 # %% ../nbs/10_models.ipynb #0ffc0536
 def check_model_name(
@@ -152,3 +152,19 @@ def flowmixup_points(model:nn.Module, which=(3, 5))->list:
     if dense: return [dense[1], dense[3]] if len(dense) >= 4 else dense[-2:]
     if len(blocks) < max(which): raise ValueError(f"The model has {len(blocks)} recognised blocks, fewer than {max(which)}: name FlowMixup's modules yourself.")
     return [blocks[i-1] for i in which]
+
+# %% ../nbs/10_models.ipynb #mo000002
+def penultimate_features(
+    learn,       # a trained fastai `Learner`, e.g. `load_learner` of an export
+    items,       # items its `test_dl` takes (e.g. image or signal arrays), one per row
+    bs:int=64,   # batch size of the pass
+)->np.ndarray:   # (N, S) float32: the input of the model's last `nn.Linear`, per item
+    "What a trained model's classifier sees of each item: the input of its last linear layer, in a pass without augmentation"
+    linear = [m for m in learn.model.modules() if isinstance(m, nn.Linear)]
+    if not linear: raise ValueError(f"{type(learn.model).__name__} has no linear layer: there is no classifier input to take as the features")
+    feats = []
+    hook = linear[-1].register_forward_hook(lambda m, args, out: feats.append(args[0].detach().float().flatten(1).cpu()))
+    try:
+        with learn.no_bar() if hasattr(learn, 'no_bar') else contextlib.nullcontext(): learn.get_preds(dl=learn.dls.test_dl(list(items), bs=bs))
+    finally: hook.remove()
+    return torch.cat(feats).numpy()

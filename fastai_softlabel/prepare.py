@@ -11,7 +11,7 @@ from .methods import METHODS, method_names, default_methods, methods_taking
 from .arguments import (RECIPES, IMAGE_KINDS, APPLIES, DATA_ONLY, check_arguments, data_kind, describe_data, not_applied,
                                        refuse_unused, resolve_recipe, torchrun_world)
 from .results_folder import check_out
-from .corruption import NOISE_MODELS, read_transition_matrix, read_label_rates
+from .corruption import NOISE_MODELS, read_transition_matrix, read_label_rates, read_item_features
 
 # %% auto #0
 __all__ = ['prepare']
@@ -175,12 +175,28 @@ def _check_weights(args, kind:str):
         args.weights_file,args.weights_source = str(p.absolute()),f'file:{p.name}'
 
 # %% ../nbs/31_prepare.ipynb #pp000004
+def _instance_features(path, d:dict)->np.ndarray:
+    "The training items' features of --noise instance from --noise-file: a .npy with one row per item of the data, or a fastai export whose classifier's input they are"
+    train,name = d['split'] == 'train',Path(path).name
+    if Path(path).suffix.lower() != '.pkl': return read_item_features(path, len(d['labels']))[train]
+    import warnings
+    from fastai.learner import load_learner
+    from fastai_softlabel.models import penultimate_features
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')   # load_learner's warning on pickles: the user named the file
+            learn = load_learner(path, cpu=True)
+    except Exception as e: raise ValueError(f"--noise-file {name}: not a fastai export that load_learner reads ({type(e).__name__}: {e})") from None
+    try: return penultimate_features(learn, d['signals' if 'signals' in d else 'images'][train])
+    except Exception as e: raise ValueError(f"--noise-file {name}: the exported model computes no features of this data's training items ({type(e).__name__}: {e})") from None
+
 def _check_noise(args, d:dict, rates:list):
-    "The noise model's file or rates, read against the data's classes before any run (`d['noise_matrix']`, `d['noise_label_rates']`)"
+    "The noise model's file or rates, read against the data's classes before any run (`d['noise_matrix']`, `d['noise_features']`, `d['noise_label_rates']`)"
     if args.noise_file is not None and not Path(args.noise_file).is_file(): raise ValueError(f"--noise-file: no such file: {args.noise_file}")
     if args.noise == 'matrix':
         if args.noise_file is None: raise ValueError("--noise matrix needs --noise-file: a CSV transition matrix whose first row and column name the classes (true class per row)")
         d['noise_matrix'] = read_transition_matrix(args.noise_file, d['names'])
+    elif args.noise == 'instance' and args.noise_file is not None: d['noise_features'] = _instance_features(args.noise_file, d)
     elif args.noise_file is not None: d['noise_label_rates'] = read_label_rates(args.noise_file, d['names'])
     elif args.noise == 'asymmetric':
         if args.noise_up is None: raise ValueError("--noise asymmetric needs the rate at which negatives turn on: --noise-up (a multiple of each corruption rate) or per-label rates in --noise-file")

@@ -89,6 +89,7 @@ def inputs(tmp_path_factory):
     np.savez(d/'multi_rare.npz', images=im, labels=multi, label_names=np.array(['Effusion', 'Mass', 'Hernia']), split=np.where(np.arange(60) < 50, 'train', 'valid'))
     os.symlink(d/'nowhere'/'res', d/'dangling')
     pd.DataFrame([[.9, .2], [0, 1]], index=['benign', 'malignant'], columns=['benign', 'malignant']).to_csv(d/'M_rows.csv')   # a row sums to 1.1
+    np.save(d/'feat3.npy', np.zeros((3, 4))); (d/'text.pkl').write_text('not a pickle')   # --noise instance: 3 rows for 60 items; no export
     pd.DataFrame([[1, 0], [0, 1]], index=['benign', 'other'], columns=['benign', 'other']).to_csv(d/'M_names.csv')
     pd.DataFrame(dict(label=[f'class{i}' for i in range(8)], down=[.2, 1.5] + [.1]*6)).to_csv(d/'rates_bad.csv', index=False)   # the synthetic labels
     return d
@@ -285,7 +286,10 @@ CASES = [
     (['--noise', 'matrix', '--noise-file', 'missing.csv'], '--noise-file: no such file: missing.csv'),
     (['--data', 'named.npz', '--noise', 'matrix', '--noise-file', 'M_rows.csv', '--corruption', '0.2'], r"each row of M_rows.csv's matrix must sum to 1 .*rows \[0\] sum to \[1.1\]"),
     (['--data', 'named.npz', '--noise', 'matrix', '--noise-file', 'M_names.csv'], r"M_names.csv: the rows of the transition matrix must name the data's classes \['benign', 'malignant'\]"),
-    (['--noise', 'pair', '--noise-file', 'M_rows.csv'], '--noise-file is for --noise matrix, missing, asymmetric; --noise pair does not use it'),
+    (['--noise', 'pair', '--noise-file', 'M_rows.csv'], '--noise-file is for --noise matrix, instance, missing, asymmetric; --noise pair does not use it'),
+    (['--data', 'named.npz', '--noise', 'instance', '--noise-file', 'feat3.npy', '--corruption', '0.2'], "feat3.npy has 3 rows; the data has 60 items: one row per item"),
+    (['--data', 'named.npz', '--noise', 'instance', '--noise-file', 'text.pkl', '--corruption', '0.2'], "--noise-file text.pkl: not a fastai export that load_learner reads"),
+    (['--data', 'named.npz', '--noise', 'instance', '--noise-file', 'feat3.npy', '--corruption', '1'], r'corruption rates must be in \[0, 1\)'),
     ([*MULTI, '--noise', 'missing', '--noise-file', 'rates_bad.csv'], r'rates_bad.csv: the rates must be numbers in \[0, 1\]'),
     ([*MULTI, '--noise', 'asymmetric', '--corruption', '0.3'], '--noise asymmetric needs the rate at which negatives turn on: --noise-up'),
     ([*MULTI, '--noise', 'asymmetric', '--noise-up', '5', '--corruption', '0.3'], '--noise-up 5 × --corruption 0.3 is more than 1'),

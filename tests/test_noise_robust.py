@@ -224,3 +224,27 @@ def test_peer_optimizer_is_the_learners_kind_and_its_start_the_models_distributi
     assert (peer['0.1.weight'] == 0).all()
     for k,p in learn.model.named_parameters():
         if p.numel() > 16: assert not torch.equal(p, peer[k]) and torch.equal(p.flatten().sort().values, peer[k].flatten().sort().values), k
+
+def test_instance_noise_from_a_model_the_user_names(tmp_path, monkeypatch):
+    "--noise instance --noise-file export.pkl: the training labels' noise is drawn from the exported model's classifier inputs (noise.npz), not the random projection's"
+    from fastai_softlabel.cli import main
+    from fastai_softlabel.data import synthetic_class_images
+    from fastai_softlabel.corruption import add_label_noise, random_projection_features
+    from fastai_softlabel.models import penultimate_features
+    d = synthetic_class_images(n_per_class=20, size=16, n_classes=3, seed=0)
+    split = np.where(np.arange(60) % 5 == 0, 'valid', 'train'); train = split == 'train'
+    np.savez(tmp_path/'d.npz', images=d['images'], labels=d['labels'], split=split)
+    fast = ['--data', 'd.npz', '--methods', 'baseline', '--epochs', '1', '--bs', '16', '--backbone', 'resnet10t', '--progress', 'log', '--threads', '1']
+    monkeypatch.chdir(tmp_path)
+    for args in ([*fast, '--save-model', 'last', '--out', 'model'],
+                 [*fast, '--noise', 'instance', '--noise-file', 'model/runs/baseline_seed0_c0/export.pkl', '--corruption', '0.4', '--out', 'noisy']):
+        try: main(args)
+        except SystemExit as e: assert not e.code, e
+    z = np.load('noisy/runs/baseline_seed0_c0.4/noise.npz')
+    learn = load_learner('model/runs/baseline_seed0_c0/export.pkl', cpu=True)
+    features = penultimate_features(learn, d['images'][train])
+    expected = add_label_noise(d['labels'][train], 'instance', .4, 3, seed=0, features=features)
+    np.testing.assert_array_equal(z['noisy'], expected.noisy); np.testing.assert_array_equal(z['mask'], expected.mask)
+    projected = add_label_noise(d['labels'][train], 'instance', .4, 3, seed=0, features=random_projection_features(d['images'][train], seed=0))
+    assert (projected.noisy != expected.noisy).any()   # the file's features decided the noise
+    assert 'noise_file' in json.loads(Path('noisy/config.json').read_text())['settings']
