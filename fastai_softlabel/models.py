@@ -159,11 +159,12 @@ def penultimate_features(
     items,       # items its `test_dl` takes (e.g. image or signal arrays), one per row
     bs:int=64,   # batch size of the pass
 )->np.ndarray:   # (N, S) float32: the input of the model's last `nn.Linear`, per item
-    "What a trained model's classifier sees of each item: the input of its last linear layer, in a pass without augmentation"
-    linear = [m for m in learn.model.modules() if isinstance(m, nn.Linear)]
-    if not linear: raise ValueError(f"{type(learn.model).__name__} has no linear layer: there is no classifier input to take as the features")
+    "What a trained model's classifier sees of each item: the input of its classifier (`core.last_linear`), in a pass without augmentation"
+    from fastai_softlabel.core import last_linear
+    classifier = last_linear(learn.model)
+    if classifier is None: raise ValueError(f"{type(learn.model).__name__} has no linear layer: there is no classifier input to take as the features")
     feats = []
-    hook = linear[-1].register_forward_hook(lambda m, args, out: feats.append(args[0].detach().float().flatten(1).cpu()))
+    hook = classifier[1].register_forward_hook(lambda m, args, out: feats.append(args[0].detach().float().flatten(1).cpu()))
     try:
         with learn.no_bar() if hasattr(learn, 'no_bar') else contextlib.nullcontext(): learn.get_preds(dl=learn.dls.test_dl(list(items), bs=bs))
     finally: hook.remove()
