@@ -101,6 +101,7 @@ def command_parser()->argparse.ArgumentParser:
     p.add_argument('--lsr-eps', type=float, default=None, help="replaces ε of the lsr methods (default 0.1 for lsr-u1/a1, Proposition S1's ε for K for lsr-u5/a5)")
     p.add_argument('--points', default=None, help="comma-separated module names where manifold/flowmixup mix (default: the inputs of the 3rd and 5th residual blocks)")
     p.add_argument('--ccl-patience', type=int, default=None, help="CCL freezes its class dictionary after this many epochs without a drop of p_bar (recipe: paper 10, as CCL-Net; fast 30%% of --epochs, at least 2, so that it can fire in a short run)")
+    p.add_argument('--soft-labels', default=None, help="soft-labels: the K×K soft-label matrix it trains towards (row k the target of class k, CCL's KL term without CCL's head): a CCL run's runs/<run>/soft_labels.npz, or a CSV whose first row and column name the classes; read against the data's classes")
     p.add_argument('--forget-rate', type=float, default=None, help="coteaching: τ, the share of each batch dropped from epoch T_k - 1 on (T_k: 10, as the paper, or half of --epochs when fewer; default: the share of training items whose labels the run's --corruption changed, refused above 0.5; give it for data whose labels are noisy of themselves)")
     p.add_argument('--lr-ccl', type=float, default=None, help="CCL's head learning rate lr_CCL (recipe: fast 5e-3 single-label, 1.0 multi-label; paper 5e-4)")
     p.add_argument('--size', type=int, default=None, help="images: resize to this size (default: keep; CSV tables 64)")

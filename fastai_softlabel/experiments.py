@@ -17,6 +17,7 @@ from .corruption import add_label_noise, random_projection_features
 from .calibration import expected_calibration_error
 from .noise_detection import training_predictions, noise_detection
 from .confident_learning import stratified_folds, label_issues
+from .soft_label_prior import save_soft_labels
 from .metrics import single_label_metrics, multi_label_metrics, run_summaries, per_class_metrics, SingleLabelAUROC, confusion_counts, \
     first_non_finite_epoch, is_evaluated_column
 from .selection import SelectionMetrics
@@ -213,11 +214,12 @@ def method_setup(
     noise_share:float=0.,        # the share of training items whose labels the run's noise changed
     pretrained:bool=False,       # the backbone starts from trained weights
     epochs:int|None=None,        # the run's epochs
+    soft_labels=None,            # the K×K matrix the method soft-labels trains towards
 )->tuple:              # `(loss_func or None, callbacks)`
     "What a method name sets up (`fastai_softlabel.methods`): a loss function (`None`: the Learner's default) and callbacks"
     if method not in METHODS: raise ValueError(f"Unknown method {method!r}; choose from {', '.join(METHODS)}")
     return METHODS[method].build(MethodContext(model, train_labels, n_classes, lr_ccl, alpha, lsr_eps, points, head, ccl_patience,
-                                               forget_rate, noise_share, pretrained, epochs))
+                                               forget_rate, noise_share, pretrained, epochs, soft_labels))
 
 # %% ../nbs/17_experiments.ipynb #299d88d0
 class EpochLog(Callback):
@@ -328,7 +330,7 @@ def run_learner(d:dict, method:str, seed:int, corruption:float, args, prefix:str
                                  getattr(args, 'lsr_eps', None), getattr(args, 'points', None), getattr(args, 'head', None),
                                  getattr(args, 'ccl_patience', None), getattr(args, 'forget_rate', None),
                                  0. if noise is None else float(noise.mask.reshape(len(noise.mask), -1).any(1).mean()),   # items with a changed label
-                                 bool(getattr(args, 'weights_file', None)), getattr(args, 'epochs', None))
+                                 bool(getattr(args, 'weights_file', None)), getattr(args, 'epochs', None), d.get('soft_label_matrix'))
     if d['multi_label'] and getattr(args, 'weighted_bce', 'no') == 'yes':
         if loss_func is not None: raise ValueError(f"{method} sets its own loss; it cannot take --weighted-bce")
         loss_func = BCEWithLogitsLossFlat(weight=inverse_prevalence_weights(labels[train_idx]).to(dls.device), flatten=False)   # (C,) weights on (B, C) losses
@@ -422,6 +424,7 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
         P = learn.ccl.soft_labels.numpy()
         ax = learn.ccl.plot_soft_labels(); ax.figure.savefig(out/'soft_labels.png', dpi=100, bbox_inches='tight'); plt.close(ax.figure)
         np.savetxt(out/'soft_labels.csv', P, delimiter=',', fmt='%.6f')
+        save_soft_labels(out/'soft_labels.npz', P, [str(v) for v in learn.dls.vocab])   # exact, with its classes: --soft-labels reads it
         (out/'ccl_history.json').write_text(json.dumps(dict(history=learn.ccl.history, frozen_at=learn.ccl.frozen_at)))
         if 'similarity' in d:
             off = ~np.eye(k, dtype=bool)

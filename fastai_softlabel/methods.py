@@ -32,7 +32,8 @@ METHODS = {}   # name: `Method`, in the order of the comparison's tables
 
 # the method options: which group of methods takes each, in words (the options that apply: `fastai_softlabel.arguments`)
 OPTION_GROUPS = dict(head='the CCL methods', lr_ccl='the CCL methods', ccl_patience='the CCL methods', alpha='the mixing methods',
-                     points='the methods that mix at hidden states', lsr_eps='the label-smoothing methods', forget_rate='co-teaching')
+                     points='the methods that mix at hidden states', lsr_eps='the label-smoothing methods', forget_rate='co-teaching',
+                     soft_labels='training with a given soft-label matrix')
 
 def register(method:Method)->Method:
     "Add `method` to `METHODS` (a name taken, or an option no group knows, is refused)"
@@ -65,6 +66,7 @@ class MethodContext(NamedTuple):
     noise_share:float=0.        # the share of training items whose labels the run's noise changed
     pretrained:bool=False       # the backbone starts from trained weights (co-teaching's peer then too, with a classifier of its own)
     epochs:int|None=None        # the run's epochs (co-teaching's T_k: 10 as the paper, at most half of them)
+    soft_labels:object=None     # the K×K soft-label matrix of --soft-labels, in the data's class order
 
 def _nothing(c): return None,[]
 
@@ -116,6 +118,13 @@ def _robust_loss(name:str, c):
     hard = name == 'bootstrap-hard'
     return (rl.BootstrapBCELoss(hard=hard) if np.ndim(c.train_labels) == 2 else rl.BootstrapLoss(hard=hard)),[]
 
+def _soft_labels(c):
+    "Training towards the rows of a given soft-label matrix (`fastai_softlabel.soft_label_prior.SoftLabelCE`)"
+    import numpy as np
+    from fastai_softlabel.soft_label_prior import SoftLabelCE
+    if c.soft_labels is None: raise ValueError("the method soft-labels trains towards a given soft-label matrix: name its file with --soft-labels")
+    return SoftLabelCE(c.soft_labels, multi_label=np.ndim(c.train_labels) == 2),[]
+
 def _elr(c):
     from fastai_softlabel.elr import ELR
     return None,[ELR()]
@@ -157,6 +166,7 @@ for m in [Method('baseline', ('single',), _nothing),
           *[Method(n, ('single',), partial(_robust_loss, n), beyond=('single',), unfit=f"{n} is defined on a softmax over classes; multi-hot labels have none")
             for n in ('gce', 'sce')],
           *[Method(n, ('single', 'multi'), partial(_robust_loss, n), beyond=('single', 'multi')) for n in ('bootstrap-soft', 'bootstrap-hard')],
+          Method('soft-labels', ('single', 'multi'), _soft_labels, ('soft_labels',), beyond=('single', 'multi')),
           Method('elr', ('single', 'multi'), _elr, beyond=('single', 'multi'),
                  one_process="keeps one target per training item, and each process sees only its share of the items"),
           Method('coteaching', ('single', 'multi'), _coteaching, ('forget_rate',), beyond=('single', 'multi'),

@@ -190,6 +190,15 @@ def _instance_features(path, d:dict)->np.ndarray:
     try: return penultimate_features(learn, d['signals' if 'signals' in d else 'images'][train])
     except Exception as e: raise ValueError(f"--noise-file {name}: the exported model computes no features of this data's training items ({type(e).__name__}: {e})") from None
 
+def _check_soft_labels(args, d:dict, methods:list):
+    "The matrix of --soft-labels, read against the data's classes before any run (`d['soft_label_matrix']`), for the methods that train towards it"
+    takers = [m for m in methods if m in methods_taking('soft_labels')]
+    if not takers: return   # --soft-labels without them: refused as an option no method uses
+    if args.soft_labels is None: raise ValueError(f"{takers[0]} trains towards a given soft-label matrix: name its file with --soft-labels (e.g. a CCL run's runs/<run>/soft_labels.npz)")
+    if not Path(args.soft_labels).is_file(): raise ValueError(f"--soft-labels: no such file: {args.soft_labels}")
+    from fastai_softlabel.soft_label_prior import read_soft_labels
+    d['soft_label_matrix'] = read_soft_labels(args.soft_labels, d['names'])
+
 def _check_noise(args, d:dict, rates:list):
     "The noise model's file or rates, read against the data's classes before any run (`d['noise_matrix']`, `d['noise_features']`, `d['noise_label_rates']`)"
     if args.noise_file is not None and not Path(args.noise_file).is_file(): raise ValueError(f"--noise-file: no such file: {args.noise_file}")
@@ -248,6 +257,7 @@ def prepare(args)->tuple:
     args.noise = ctx.noise = noise
     refuse_unused(args, ctx)
     _check_noise(args, d, rates)
+    _check_soft_labels(args, d, methods)
     if args.alpha == 0 and 'cutmix' in methods: raise ValueError("--alpha 0 leaves CutMix without a Beta(α, α) to draw from: use α > 0")
     args.points = [s.strip() for s in args.points.split(',') if s.strip()] if isinstance(args.points, str) else args.points
     bs_given = args.bs is not None

@@ -4,7 +4,7 @@
 
 # %% ../nbs/32_results_folder.ipynb #re0000i
 from __future__ import annotations
-import hashlib, json, os, platform, shutil, sys, tempfile, time
+import hashlib, json, math, os, platform, shutil, sys, tempfile, time
 from pathlib import Path
 from .arguments import CommandError, torchrun_world, RECORDED_NOT_OPTIONS, RECORDED_AS_NONE
 
@@ -148,25 +148,33 @@ def write_atomic(path:Path, write):
 
 _NOT_METRICS = ('method', 'seed', 'corruption', 'seconds', 'diverged_epoch', 'described_epoch')   # numeric run columns that are no result
 
+def _agrees(a, b, tol:float=1e-5)->bool: return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= tol
+
 def metrics_from_predictions(
     run:Path,    # a run folder, `runs/<run>`
     row:dict,    # its row, `row.json`
-)->dict:         # the row, with what its saved predictions give recomputed from them
-    "A run's row with every metric of its described epoch recomputed from `preds.npz`, and its noise detection from `noise.npz`'s probabilities (CCL: with `soft_labels.csv`)"
+)->dict:         # the row, with what its saved predictions give and it lacks added
+    "A run's row with every metric of its described epoch recomputed from `preds.npz`, and its noise detection from `noise.npz`'s probabilities (CCL: with its soft labels): a metric the row lacks is added, one it has must agree (1e-5) or a `ValueError` names it"
     import numpy as np
     from fastai_softlabel.metrics import prediction_metrics
     from fastai_softlabel.noise_detection import noise_detection
     r = dict(row)
     if r.get('diverged_epoch') is not None: return r   # no number of a diverged run is shown
+    got = {}
     if (run/'preds.npz').is_file():
         with np.load(run/'preds.npz') as p: m = prediction_metrics(p['probs'], p['targets'])
         at = '_selected' if r.get('described') == 'selected' else ''   # the Recorder's columns of the described epoch
-        r.update({(k if k in ('ece', 'auprc', 'mean_auprc') else k + at): v for k,v in m.items()})
+        got |= {(k if k in ('ece', 'auprc', 'mean_auprc') else k + at): v for k,v in m.items()}
     if (run/'noise.npz').is_file():
         with np.load(run/'noise.npz') as z:
             if 'probs' in z.files:   # the scored training probabilities (runs of older versions did not keep them)
-                P = np.loadtxt(run/'soft_labels.csv', delimiter=',', ndmin=2) if (run/'soft_labels.csv').is_file() else None
-                r.update(noise_detection(z['probs'], z['noisy'], z['mask'], soft_labels=P))
+                P = (np.load(run/'soft_labels.npz')['soft_labels'] if (run/'soft_labels.npz').is_file() else
+                     np.loadtxt(run/'soft_labels.csv', delimiter=',', ndmin=2) if (run/'soft_labels.csv').is_file() else None)
+                got |= noise_detection(z['probs'], z['noisy'], z['mask'], soft_labels=P)
+    for k,v in got.items():
+        if r.get(k) is None: r[k] = v
+        elif not _agrees(float(r[k]), v): raise ValueError(
+            f"{run.name}: its {k} {float(r[k]):.6g} is not what its saved predictions give ({v:.6g}): the run's files do not belong together")
     return r
 
 def build_tables(
@@ -174,7 +182,7 @@ def build_tables(
     write:bool=True,  # write the tables into `out` (False: only return them)
     dirs=None,        # the complete run folders, as the caller read them (default: `run_status(out)`)
 )->tuple:             # `(runs, summary)` DataFrames
-    "Rebuild runs.csv, runs.json, curves.csv, per_class.csv, confusion.csv (single-label) and summary.csv from the complete runs under `out/runs` (the described epoch's metrics from their predictions); a diverged run is counted, its numbers left out"
+    "Rebuild runs.csv, runs.json, curves.csv, per_class.csv, confusion.csv (single-label) and summary.csv from the complete runs under `out/runs` (checked against, and completed from, their saved predictions); a diverged run is counted, its numbers left out"
     import pandas as pd
     from fastai_softlabel.stats import summarize_runs
     from fastai_softlabel.metrics import run_summaries, first_non_finite_epoch
@@ -280,12 +288,12 @@ def applied_arguments(args, left_out=())->dict:
     "The arguments that change a run's result and apply to its data and methods (`left_out`: those that do not)"
     return {k:v for k,v in sorted(vars(args).items()) if k not in _NOT_RESULTS + tuple(left_out)}
 
-DATA_FILES = ('data', 'images', 'mapping', 'splits', 'weights', 'noise_file')   # the files and folders a comparison reads: recorded by fingerprint
+DATA_FILES = ('data', 'images', 'mapping', 'splits', 'weights', 'noise_file', 'soft_labels')   # the files and folders a comparison reads: recorded by fingerprint
 
 def result_settings(args, versions:dict|None=None, left_out=())->dict:
-    "The arguments that change a run's result, the fingerprints of the data (image folder, mapping and split tables, the backbone's starting weights, the noise file) and the package versions: what `--resume` must find unchanged"
+    "The arguments that change a run's result, the fingerprints of the data (image folder, mapping and split tables, the backbone's starting weights, the noise file, the soft-label matrix) and the package versions: what `--resume` must find unchanged"
     fp = lambda k: data_fingerprint(getattr(args, 'weights_file' if k == 'weights' else k, None), exclude=args.out)
-    return dict(arguments=applied_arguments(args, tuple(left_out) + ('mapping', 'splits', 'noise_file')) | {'world_size': torchrun_world()[1]},   # torchrun: the batch is bs × world size
+    return dict(arguments=applied_arguments(args, tuple(left_out) + ('mapping', 'splits', 'noise_file', 'soft_labels')) | {'world_size': torchrun_world()[1]},   # torchrun: the batch is bs × world size
                 **{k: fp(k) for k in DATA_FILES}, versions=versions or {})
 
 def resolved_config(args, left_out=())->dict:

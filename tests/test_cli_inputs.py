@@ -297,6 +297,12 @@ CASES = [
     (['--noise', 'pair', '--noise-up', '0.1'], '--noise-up is for --noise asymmetric; --noise pair does not use it'),
     (['--corruption', '1', '--noise', 'pair'], r'corruption rates must be in \[0, 1\)'),
     ([*MULTI, '--methods', 'erm,gce'], r"method\(s\) \['gce'\] do not fit multi-label data \(gce is defined on a softmax over classes; multi-hot labels have none\)"),
+    # --soft-labels: the matrix the method soft-labels trains towards, read against the data's classes
+    (['--methods', 'baseline,soft-labels'], "soft-labels trains towards a given soft-label matrix: name its file with --soft-labels"),
+    (['--methods', 'soft-labels', '--soft-labels', 'nofile.npz'], '--soft-labels: no such file: nofile.npz'),
+    (['--data', 'named.npz', '--methods', 'soft-labels', '--soft-labels', 'M_rows.csv'], r"each row of M_rows.csv's soft-label matrix must sum to 1 \(within 0.0001\): rows \[0\] sum to \[1.1\]"),
+    (['--data', 'named.npz', '--methods', 'soft-labels', '--soft-labels', 'M_names.csv'], r"M_names.csv: the rows of the soft-label matrix must name the data's classes"),
+    (['--methods', 'baseline', '--soft-labels', 'M_rows.csv'], r'--soft-labels is for training with a given soft-label matrix \(soft-labels\); none of --methods baseline uses it'),
     (['--methods', 'baseline', '--forget-rate', '0.2'], '--forget-rate is for co-teaching \\(coteaching\\); none of --methods baseline uses it'),
     (['--methods', 'coteaching', '--forget-rate', '1'], '--forget-rate must be a finite number >= 0 and < 1, got 1'),
     ([*MULTI, '--methods', 'erm,cl'], r"method\(s\) \['cl'\] do not fit multi-label data \(cl \(confident learning\) is run here on class indices"),

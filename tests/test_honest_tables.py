@@ -43,8 +43,11 @@ def test_the_epoch_is_chosen_on_the_selection_split_and_described_throughout(tmp
     run = pd.read_csv(out/'runs.csv').iloc[0]
     assert run.selected_epoch == chosen and run.described_epoch == chosen and run.described == 'selected'
     assert run.accuracy_selected == pytest.approx(curves.accuracy[chosen])              # the evaluated split, at the selected epoch
-    for m in ('cohen_kappa_score', 'f1_score', 'jaccard_score', 'auroc'):   # the table's, from preds.npz: the Recorder's at that epoch
-        assert run[f'{m}_selected'] == pytest.approx(curves[m][chosen], abs=1e-6), m
+    from fastai_softlabel.metrics import prediction_metrics   # preds.npz holds that epoch's predictions: every metric of it, again
+    p = np.load(out/'runs'/'baseline_seed0_c0'/'preds.npz')
+    assert int(p['epoch']) == chosen
+    for m,v in prediction_metrics(p['probs'], p['targets']).items():
+        assert v == pytest.approx(run[m if m in ('ece', 'auprc') else f'{m}_selected'], abs=1e-6), m
     assert run.accuracy == pytest.approx(curves.accuracy.iloc[-1])                      # ... and at the last
     assert run.accuracy_best_on_eval == pytest.approx(curves.accuracy.max())            # the optimistic best, named as such
     assert 'accuracy_best' not in pd.read_csv(out/'runs.csv').columns
