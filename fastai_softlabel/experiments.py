@@ -424,7 +424,7 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
         P = learn.ccl.soft_labels.numpy()
         ax = learn.ccl.plot_soft_labels(); ax.figure.savefig(out/'soft_labels.png', dpi=100, bbox_inches='tight'); plt.close(ax.figure)
         np.savetxt(out/'soft_labels.csv', P, delimiter=',', fmt='%.6f')
-        save_soft_labels(out/'soft_labels.npz', P, [str(v) for v in learn.dls.vocab])   # exact, with its classes: --soft-labels reads it
+        if np.isfinite(P).all(): save_soft_labels(out/'soft_labels.npz', P, [str(v) for v in learn.dls.vocab])   # exact, with its classes: --soft-labels reads it (a diverged dictionary's is not kept)
         (out/'ccl_history.json').write_text(json.dumps(dict(history=learn.ccl.history, frozen_at=learn.ccl.frozen_at)))
         if 'similarity' in d:
             off = ~np.eye(k, dtype=bool)
