@@ -255,6 +255,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                          'fastai_softlabel/corruption.py'),
                                              'fastai_softlabel.corruption.scaled_transition_matrix': ( 'corruption.html#scaled_transition_matrix',
                                                                                                        'fastai_softlabel/corruption.py'),
+                                             'fastai_softlabel.corruption.standardised': ( 'corruption.html#standardised',
+                                                                                           'fastai_softlabel/corruption.py'),
                                              'fastai_softlabel.corruption.symmetric_transition_matrix': ( 'corruption.html#symmetric_transition_matrix',
                                                                                                           'fastai_softlabel/corruption.py')},
             'fastai_softlabel.coteaching': { 'fastai_softlabel.coteaching.CoTeaching': ( 'coteaching.html#coteaching',

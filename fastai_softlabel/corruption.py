@@ -13,7 +13,7 @@ __all__ = ['NOISE_MODELS', 'NOISE_FILES', 'corrupt_single_label', 'corrupt_multi
            'realised_transition_matrix', 'label_flip_rates', 'symmetric_transition_matrix', 'pair_transition_matrix',
            'check_transition_matrix', 'scaled_transition_matrix', 'corrupt_with_matrix', 'random_projection_features',
            'corrupt_instance', 'corrupt_multi_label_asymmetric', 'add_label_noise', 'read_transition_matrix',
-           'read_label_rates', 'read_item_features']
+           'read_label_rates', 'standardised', 'read_item_features']
 
 # %% ../nbs/09_corruption.ipynb #306d47a2
 def _check_rate(rate, upto_one:bool=False):
@@ -275,6 +275,14 @@ def read_label_rates(
                       pd.to_numeric(df['up'], errors='coerce').to_numpy(float) if 'up' in df else np.zeros(len(names))])
     if not np.isfinite(rates).all() or (rates < 0).any() or (rates > 1).any(): raise ValueError(f"{Path(path).name}: the rates must be numbers in [0, 1]")
     return rates
+
+def standardised(
+    f,            # (N, S) features, one row per item
+)->np.ndarray:    # (N, S) float32: each feature with mean 0 and standard deviation 1 over the items (a constant one: 0)
+    "Features centred and scaled over the items, as `random_projection_features` standardises the inputs: without it a large shared mean would decide every item's flips alike"
+    f = np.asarray(f, dtype=np.float64)
+    sd = f.std(0); sd[sd == 0] = 1
+    return ((f - f.mean(0))/sd).astype(np.float32)
 
 def read_item_features(
     path,         # a .npy: one row of numbers per item of the data, in the data's order (e.g. a model's embeddings)

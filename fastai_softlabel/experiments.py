@@ -18,6 +18,7 @@ from .calibration import expected_calibration_error
 from .noise_detection import training_predictions, noise_detection
 from .confident_learning import stratified_folds, label_issues
 from .soft_label_prior import save_soft_labels
+from .plots import soft_label_heatmap
 from .metrics import single_label_metrics, multi_label_metrics, run_summaries, per_class_metrics, SingleLabelAUROC, confusion_counts, \
     first_non_finite_epoch, is_evaluated_column
 from .selection import SelectionMetrics
@@ -248,16 +249,19 @@ def fit_schedule(learn:Learner, schedule:str, epochs:int, lr:float, wd:float|Non
     raise ValueError(f"Unknown schedule {schedule!r}: one_cycle, step or plateau")
 
 class BestModel(TrackerCallback):
-    "Keeps in memory the model's weights of the epoch with the best `monitor`: fastai's `SaveModelCallback`, without files and leaving the last epoch's model in place"
+    "Keeps in memory the model's weights (and CCL's soft labels) of the epoch with the best `monitor`: fastai's `SaveModelCallback`, without files and leaving the last epoch's model in place"
     order = TrackerCallback.order + 1
     def before_fit(self):
         "Reset: no best epoch yet"
-        super().before_fit(); self.state,self.best_epoch = None,None
+        super().before_fit(); self.state,self.best_epoch,self.soft_labels = None,None,None
     def after_epoch(self):
-        "Copy the weights of a new best epoch (on their device)"
+        "Copy the weights (and CCL's soft-label matrix, which lives outside the model) of a new best epoch"
         super().after_epoch()
         model = self.learn.model.module if isinstance(self.learn.model, nn.parallel.DistributedDataParallel) else self.learn.model   # under DDP: inside the wrapper
-        if self.new_best: self.state,self.best_epoch = {k: v.detach().clone() for k,v in model.state_dict().items()},self.epoch
+        if not self.new_best: return
+        self.state,self.best_epoch = {k: v.detach().clone() for k,v in model.state_dict().items()},self.epoch
+        ccl = getattr(self.learn, 'ccl', None)
+        self.soft_labels = ccl.soft_labels if ccl is not None and ccl.ccl_head is not None else None
 
 AUGMENTATIONS = ('none', 'flip', 'paper')
 
@@ -415,14 +419,15 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     keep = np.flatnonzero(d['split'] != 'unused')
     np.savez_compressed(out/'preds.npz', probs=probs.numpy(), targets=targs.numpy(), item=keep[np.asarray(learn.dls.valid_ds.items)], epoch=epoch)
     if issues is not None: row['cl_flagged_share'] = float(issues[1].mean())
-    if noise is not None: row.update(_noise_detected(learn, d, noise, out, issues))
+    ccl = 'ccl' in learn.cbs.attrgot('name')   # ccl, ccl+flowmixup: the soft labels of the described epoch
+    P = (best.soft_labels if chosen == 'selected' and best.soft_labels is not None else learn.ccl.soft_labels).numpy() if ccl else None
+    if noise is not None: row.update(_noise_detected(learn, d, noise, out, issues, P))
     if not d['multi_label']:   # the confusion matrix, long: one row per (true, predicted) class pair
         cm,names = confusion_counts(probs.numpy(), targs.numpy()),[str(v) for v in learn.dls.vocab]
         pd.DataFrame(dict(method=method, seed=seed, corruption=corruption, epoch=epoch, true=np.repeat(names, k), predicted=np.tile(names, k),
                           count=cm.reshape(-1))).to_csv(out/'confusion.csv', index=False)
-    if 'ccl' in learn.cbs.attrgot('name'):   # ccl, ccl+flowmixup
-        P = learn.ccl.soft_labels.numpy()
-        ax = learn.ccl.plot_soft_labels(); ax.figure.savefig(out/'soft_labels.png', dpi=100, bbox_inches='tight'); plt.close(ax.figure)
+    if ccl:
+        ax = soft_label_heatmap(P, [str(v) for v in learn.dls.vocab], learn.ccl.multi_label); ax.figure.savefig(out/'soft_labels.png', dpi=100, bbox_inches='tight'); plt.close(ax.figure)
         np.savetxt(out/'soft_labels.csv', P, delimiter=',', fmt='%.6f')
         if np.isfinite(P).all(): save_soft_labels(out/'soft_labels.npz', P, [str(v) for v in learn.dls.vocab])   # exact, with its classes: --soft-labels reads it (a diverged dictionary's is not kept)
         (out/'ccl_history.json').write_text(json.dumps(dict(history=learn.ccl.history, frozen_at=learn.ccl.frozen_at)))
@@ -433,7 +438,7 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     curves = curves.assign(epoch=range(len(values)), method=method, seed=seed, corruption=corruption)
     return row,curves
 
-def _noise_detected(learn:Learner, d:dict, noise, out:Path, issues=None)->dict:
+def _noise_detected(learn:Learner, d:dict, noise, out:Path, issues=None, soft_labels=None)->dict:
     "Write `noise.npz` (the training items, their clean and noisy labels, the mask, the realised noise, the scored probabilities; cl's flagged items); score how well the model's belief (cl: the out-of-fold one; CCL: also its soft labels) finds the changed labels"
     train_idx = np.flatnonzero(d['split'] == 'train')
     probs,given = training_predictions(learn) if issues is None else (issues[0],noise.noisy)
@@ -441,8 +446,7 @@ def _noise_detected(learn:Learner, d:dict, noise, out:Path, issues=None)->dict:
         "the training items' labels, in the order the model was scored, are not the noisy labels of noise.npz: the noise detection would score the wrong items")
     np.savez_compressed(out/'noise.npz', item=train_idx, clean=d['labels'][train_idx], noisy=noise.noisy, mask=noise.mask, realised=noise.realised,
                         probs=np.asarray(probs, dtype=np.float32), **({} if issues is None else dict(flagged=issues[1])))
-    P = learn.ccl.soft_labels.numpy() if issues is None and 'ccl' in learn.cbs.attrgot('name') else None
-    return noise_detection(probs, given, noise.mask, soft_labels=P)
+    return noise_detection(probs, given, noise.mask, soft_labels=soft_labels if issues is None else None)
 
 def check_ranks_agree(model:nn.Module):
     "Under DDP: every rank's trained model is bit for bit the same, or a `RuntimeError` (DDP averages the gradients; a difference means a result of no rank)"

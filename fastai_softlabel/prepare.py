@@ -11,7 +11,7 @@ from .methods import METHODS, method_names, default_methods, methods_taking
 from .arguments import (RECIPES, IMAGE_KINDS, APPLIES, DATA_ONLY, check_arguments, data_kind, describe_data, not_applied,
                                        refuse_unused, resolve_recipe, torchrun_world)
 from .results_folder import check_out
-from .corruption import NOISE_MODELS, read_transition_matrix, read_label_rates, read_item_features
+from .corruption import NOISE_MODELS, read_transition_matrix, read_label_rates, read_item_features, standardised
 
 # %% auto #0
 __all__ = ['prepare']
@@ -176,9 +176,9 @@ def _check_weights(args, kind:str):
 
 # %% ../nbs/31_prepare.ipynb #pp000004
 def _instance_features(path, d:dict)->np.ndarray:
-    "The training items' features of --noise instance from --noise-file: a .npy with one row per item of the data, or a fastai export whose classifier's input they are"
+    "The training items' features of --noise instance from --noise-file, standardised over them: a .npy with one row per item of the data, or a fastai export whose classifier's input they are"
     train,name = d['split'] == 'train',Path(path).name
-    if Path(path).suffix.lower() != '.pkl': return read_item_features(path, len(d['labels']))[train]
+    if Path(path).suffix.lower() != '.pkl': return standardised(read_item_features(path, len(d['labels']))[train])
     import warnings
     from fastai.learner import load_learner
     from fastai_softlabel.models import penultimate_features
@@ -187,7 +187,7 @@ def _instance_features(path, d:dict)->np.ndarray:
             warnings.simplefilter('ignore')   # load_learner's warning on pickles: the user named the file
             learn = load_learner(path, cpu=True)
     except Exception as e: raise ValueError(f"--noise-file {name}: not a fastai export that load_learner reads ({type(e).__name__}: {e})") from None
-    try: return penultimate_features(learn, d['signals' if 'signals' in d else 'images'][train])
+    try: return standardised(penultimate_features(learn, d['signals' if 'signals' in d else 'images'][train]))
     except Exception as e: raise ValueError(f"--noise-file {name}: the exported model computes no features of this data's training items ({type(e).__name__}: {e})") from None
 
 def _check_soft_labels(args, d:dict, methods:list):
@@ -196,8 +196,9 @@ def _check_soft_labels(args, d:dict, methods:list):
     if not takers: return   # --soft-labels without them: refused as an option no method uses
     if args.soft_labels is None: raise ValueError(f"{takers[0]} trains towards a given soft-label matrix: name its file with --soft-labels (e.g. a CCL run's runs/<run>/soft_labels.npz)")
     if not Path(args.soft_labels).is_file(): raise ValueError(f"--soft-labels: no such file: {args.soft_labels}")
-    from fastai_softlabel.soft_label_prior import read_soft_labels
-    d['soft_label_matrix'] = read_soft_labels(args.soft_labels, d['names'])
+    from fastai_softlabel.soft_label_prior import read_soft_labels, check_soft_label_matrix
+    d['soft_label_matrix'] = P = read_soft_labels(args.soft_labels, d['names'])
+    if d['multi_label']: check_soft_label_matrix(P, len(P), f"{Path(args.soft_labels).name}'s soft-label matrix", multi_label=True)
 
 def _check_noise(args, d:dict, rates:list):
     "The noise model's file or rates, read against the data's classes before any run (`d['noise_matrix']`, `d['noise_features']`, `d['noise_label_rates']`)"

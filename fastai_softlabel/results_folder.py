@@ -153,6 +153,7 @@ def _agrees(a, b, tol:float=1e-5)->bool: return (math.isnan(a) and math.isnan(b)
 def metrics_from_predictions(
     run:Path,    # a run folder, `runs/<run>`
     row:dict,    # its row, `row.json`
+    check:bool=True, # the recorded numbers must agree (False: under torchrun, where the Recorder scored each process's share)
 )->dict:         # the row, with what its saved predictions give and it lacks added
     "A run's row with every metric of its described epoch recomputed from `preds.npz`, and its noise detection from `noise.npz`'s probabilities (CCL: with its soft labels): a metric the row lacks is added, one it has must agree (1e-5) or a `ValueError` names it"
     import numpy as np
@@ -168,12 +169,11 @@ def metrics_from_predictions(
     if (run/'noise.npz').is_file():
         with np.load(run/'noise.npz') as z:
             if 'probs' in z.files:   # the scored training probabilities (runs of older versions did not keep them)
-                P = (np.load(run/'soft_labels.npz')['soft_labels'] if (run/'soft_labels.npz').is_file() else
-                     np.loadtxt(run/'soft_labels.csv', delimiter=',', ndmin=2) if (run/'soft_labels.csv').is_file() else None)
+                P = np.load(run/'soft_labels.npz')['soft_labels'] if (run/'soft_labels.npz').is_file() else None   # exact (the CSV is rounded)
                 got |= noise_detection(z['probs'], z['noisy'], z['mask'], soft_labels=P)
     for k,v in got.items():
         if r.get(k) is None: r[k] = v
-        elif not _agrees(float(r[k]), v): raise ValueError(
+        elif check and not _agrees(float(r[k]), v): raise ValueError(
             f"{run.name}: its {k} {float(r[k]):.6g} is not what its saved predictions give ({v:.6g}): the run's files do not belong together")
     return r
 
@@ -192,7 +192,7 @@ def build_tables(
     if not dirs: raise ValueError(f"{out} holds no finished run yet")
     summaries,main = ('_best', '_last', '_early_variance'),'mean_auroc' if cfg['multi_label'] else 'accuracy'   # (and `_best_minus_last`)
     def row(d):   # the run's row, its curve summaries recomputed from its curves (one definition, and one naming, for every folder)
-        c,r = pd.read_csv(d/'curves.csv'),metrics_from_predictions(d, json.loads((d/'row.json').read_text()))
+        c,r = pd.read_csv(d/'curves.csv'),metrics_from_predictions(d, json.loads((d/'row.json').read_text()), check=cfg.get('settings', {}).get('arguments', {}).get('world_size', 1) == 1)
         if 'diverged_epoch' not in r: r['diverged_epoch'] = first_non_finite_epoch(c, ['train_loss', 'valid_loss', main])   # a run of an older version
         return {k: v for k,v in r.items() if not k.endswith(summaries)} | run_summaries(c.drop(columns=['epoch', 'method', 'seed', 'corruption'], errors='ignore'), n_first=min(5, len(c)))
     runs = pd.DataFrame([row(d) for d in dirs])

@@ -19,14 +19,17 @@ def check_soft_label_matrix(
     P,                      # (K, K) soft labels, row k the soft label of class k
     n_classes:int|None=None, # K (default: P's rows)
     name:str='the soft-label matrix', # how messages name it
+    multi_label:bool=False,  # for multi-hot labels: the diagonal must be positive (CCL's soft multi-hot targets divide by it)
 )->np.ndarray:              # P as float64
-    "A soft-label matrix, checked: K×K, finite, in [0, 1], rows summing to 1 (within `SUM_TOLERANCE`)"
+    "A soft-label matrix, checked: K×K, finite, in [0, 1], rows summing to 1 (within `SUM_TOLERANCE`); for multi-label use, a positive diagonal"
     P = np.asarray(P, dtype=np.float64)
     k = P.shape[0] if n_classes is None and P.ndim == 2 else n_classes
     if P.ndim != 2 or P.shape != (k, k): raise ValueError(f"{name} must be {k}×{k} (one row and one column per class), got shape {P.shape}")
     if not np.isfinite(P).all() or (P < 0).any() or (P > 1).any(): raise ValueError(f"{name} must hold numbers in [0, 1]")
     bad = np.flatnonzero(np.abs(P.sum(1) - 1) > SUM_TOLERANCE)
     if len(bad): raise ValueError(f"each row of {name} must sum to 1 (within {SUM_TOLERANCE:g}): rows {bad.tolist()} sum to {P.sum(1)[bad].round(6).tolist()}")
+    if multi_label and (np.diagonal(P) <= 0).any(): raise ValueError(
+        f"{name} has a zero on its diagonal (rows {np.flatnonzero(np.diagonal(P) <= 0).tolist()}): multi-hot targets scale each row by its diagonal")
     return P
 
 # %% ../nbs/41_soft_label_prior.ipynb #sp000008
@@ -40,8 +43,8 @@ def soft_label_prior_loss(
 )->Tensor:
     "`KL(P[y] || softmax(z))` per item (class indices), or the mean over labels of `KL(Bernoulli(t) || Bernoulli(sigmoid(z)))` with CCL's soft multi-hot targets t"
     z,y,P = _plain(logits).float(),_plain(target),_plain(P).float()
-    if y.ndim == 2:
-        t = multilabel_soft_targets(P, y)
+    if y.ndim == 2:   # P[k, j]/P[k, k] above 1 where a diagonal is not its row's largest (never for CCL's P): kept at 1
+        t = multilabel_soft_targets(P, y).clamp(0, 1)
         entropy = -(torch.xlogy(t, t) + torch.xlogy(1 - t, 1 - t))
         per = (F.binary_cross_entropy_with_logits(z, t, reduction='none') - entropy).mean(-1)
     else:
@@ -58,7 +61,7 @@ class SoftLabelCE(Module):
         soft_labels,             # (K, K) soft labels, e.g. a CCL run's `learn.ccl.soft_labels` or `read_soft_labels`
         multi_label:bool=False,  # multi-hot targets: CCL's multi-label term, sigmoid outputs
         reduction:str='mean'):
-        P = torch.as_tensor(check_soft_label_matrix(np.asarray(soft_labels, dtype=np.float64)), dtype=torch.float32)
+        P = torch.as_tensor(check_soft_label_matrix(np.asarray(soft_labels, dtype=np.float64), multi_label=multi_label), dtype=torch.float32)
         self.register_buffer('P', P)
         self.multi_label,self.reduction,self.y_int = multi_label,reduction,not multi_label
     def forward(self, out:Tensor, target:Tensor)->Tensor:
@@ -89,15 +92,17 @@ def read_soft_labels(
     path,    # a `.npz` of `save_soft_labels`, or a CSV whose first row and column name the classes
     names,   # the data's class names, in the order of its class indices
 )->np.ndarray: # (K, K) in the data's class order, checked
-    "A saved soft-label matrix, rows and columns in the data's class order"
+    "A saved soft-label matrix, rows and columns in the data's class order, checked"
     p,names = Path(path),[str(n) for n in names]
     if p.suffix.lower() == '.npz':
         try:
             with np.load(p, allow_pickle=False) as z: P,got = z['soft_labels'],[str(n) for n in z['class_names']]
         except (KeyError, ValueError, OSError) as e: raise ValueError(f"{p.name}: not a soft-label file (soft_labels and class_names, as save_soft_labels writes): {e}") from None
-        if sorted(got) != sorted(names) or len(got) != len(P): raise ValueError(f"{p.name}: its classes {got} are not the data's {names}")
+        P = check_soft_label_matrix(P, len(got), f"{p.name}'s soft-label matrix")
+        if sorted(got) != sorted(names): raise ValueError(f"{p.name}: its classes {got} are not the data's {names}")
         order = [got.index(n) for n in names]
         P = np.asarray(P, dtype=np.float64)[np.ix_(order, order)]
+    elif p.suffix.lower() != '.csv': raise ValueError(f"{p.name}: a soft-label matrix is read from a .npz (as save_soft_labels and each CCL run write) or a .csv named by class")
     else:
         from fastai_softlabel.corruption import _class_named_csv
         try: P = _class_named_csv(p, names, 'the soft-label matrix').to_numpy(dtype=float)

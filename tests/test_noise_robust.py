@@ -229,7 +229,7 @@ def test_instance_noise_from_a_model_the_user_names(tmp_path, monkeypatch):
     "--noise instance --noise-file export.pkl: the training labels' noise is drawn from the exported model's classifier inputs (noise.npz), not the random projection's"
     from fastai_softlabel.cli import main
     from fastai_softlabel.data import synthetic_class_images
-    from fastai_softlabel.corruption import add_label_noise, random_projection_features
+    from fastai_softlabel.corruption import add_label_noise, random_projection_features, standardised
     from fastai_softlabel.models import penultimate_features
     d = synthetic_class_images(n_per_class=20, size=16, n_classes=3, seed=0)
     split = np.where(np.arange(60) % 5 == 0, 'valid', 'train'); train = split == 'train'
@@ -242,7 +242,7 @@ def test_instance_noise_from_a_model_the_user_names(tmp_path, monkeypatch):
         except SystemExit as e: assert not e.code, e
     z = np.load('noisy/runs/baseline_seed0_c0.4/noise.npz')
     learn = load_learner('model/runs/baseline_seed0_c0/export.pkl', cpu=True)
-    features = penultimate_features(learn, d['images'][train])
+    features = standardised(penultimate_features(learn, d['images'][train]))   # over the training items, as the random projection's inputs
     expected = add_label_noise(d['labels'][train], 'instance', .4, 3, seed=0, features=features)
     np.testing.assert_array_equal(z['noisy'], expected.noisy); np.testing.assert_array_equal(z['mask'], expected.mask)
     projected = add_label_noise(d['labels'][train], 'instance', .4, 3, seed=0, features=random_projection_features(d['images'][train], seed=0))

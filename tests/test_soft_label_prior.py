@@ -53,7 +53,7 @@ def test_the_command_reuses_a_ccl_runs_matrix(tmp_path, monkeypatch):
     fast = ['--epochs', '1', '--bs', '16', '--n-per-class', '12', '--size', '16', '--backbone', 'resnet10t', '--progress', 'log', '--threads', '1']
     monkeypatch.chdir(tmp_path)
     for args in ([*fast, '--methods', 'ccl', '--out', 'ccl'],
-                 [*fast, '--methods', 'baseline,soft-labels', '--soft-labels', 'ccl/runs/ccl_seed0_c0/soft_labels.npz', '--out', 'reuse']):
+                 [*fast, '--methods', 'baseline,soft-labels', '--soft-labels', 'ccl/runs/ccl_seed0_c0/soft_labels.npz', '--save-model', 'last', '--out', 'reuse']):
         try: main(args)
         except SystemExit as e: assert not e.code, e
     run = Path('ccl/runs/ccl_seed0_c0')
@@ -66,3 +66,19 @@ def test_the_command_reuses_a_ccl_runs_matrix(tmp_path, monkeypatch):
     assert reuse['settings']['soft_labels']['name'] == 'soft_labels.npz' and len(reuse['settings']['soft_labels']['sha256']) == 64
     rows = {r['method']: r for r in json.loads(Path('reuse/runs.json').read_text())}
     assert set(rows) == {'baseline', 'soft-labels'} and all(r['diverged_epoch'] is None for r in rows.values())
+    loss = load_learner('reuse/runs/soft-labels_seed0_c0/export.pkl').loss_func   # the run trained towards the file's matrix
+    assert isinstance(loss, SoftLabelCE) and torch.equal(loss.P, torch.tensor(z['soft_labels'], dtype=torch.float32))
+
+def test_the_selected_epochs_soft_labels_are_kept(dls):
+    "Under a selection split the described epoch is the best one: BestModel keeps CCL's soft labels of that epoch, not the last"
+    from fastai_softlabel.experiments import BestModel
+    class EachEpoch(Callback):
+        order = BestModel.order + 1
+        def before_fit(self): self.P = []
+        def after_epoch(self): self.P.append(self.learn.ccl.soft_labels)
+    set_seed(0)
+    learn = Learner(dls, tiny_cnn(dls.c), metrics=accuracy, cbs=[CCL(widths=(32, 16), lr_ccl=0.5)])
+    best,each = BestModel('valid_loss'),EachEpoch()
+    with learn.no_bar(), learn.no_logging(): learn.fit(4, 1e-2, cbs=[best, each])
+    assert best.best_epoch is not None and torch.equal(best.soft_labels, each.P[best.best_epoch])
+    assert not torch.equal(each.P[0], each.P[-1])   # the dictionary moved: an earlier epoch's matrix is another
