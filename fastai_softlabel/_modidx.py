@@ -1047,8 +1047,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                               'fastai_softlabel/soft_label_prior.py'),
                                                    'fastai_softlabel.soft_label_prior.SoftLabelCE.forward': ( 'soft_label_prior.html#softlabelce.forward',
                                                                                                               'fastai_softlabel/soft_label_prior.py'),
-                                                   'fastai_softlabel.soft_label_prior._plain': ( 'soft_label_prior.html#_plain',
-                                                                                                 'fastai_softlabel/soft_label_prior.py'),
                                                    'fastai_softlabel.soft_label_prior.check_soft_label_matrix': ( 'soft_label_prior.html#check_soft_label_matrix',
                                                                                                                   'fastai_softlabel/soft_label_prior.py'),
                                                    'fastai_softlabel.soft_label_prior.read_soft_labels': ( 'soft_label_prior.html#read_soft_labels',

@@ -135,10 +135,12 @@ def epochs_without_drop(
 def soft_label_kl(
     logits:Tensor,       # (B, K) classifier outputs z
     soft_targets:Tensor, # (B, K) target distributions p, e.g. `P[y]`
+    reduction:str='mean', # 'mean' over the batch, or 'none': (B,) one KL per item
 )->Tensor:
-    "Batch mean of `KL(p || softmax(logits))`, computed in float32"
+    "Batch mean (or per item) of `KL(p || softmax(logits))`, computed in float32"
     p = soft_targets.float()
-    return F.kl_div(F.log_softmax(logits.float(), dim=-1), p.detach() if p.requires_grad else p, reduction='batchmean')
+    log_q,p = F.log_softmax(logits.float(), dim=-1),p.detach() if p.requires_grad else p
+    return F.kl_div(log_q, p, reduction='batchmean') if reduction == 'mean' else F.kl_div(log_q, p, reduction='none').sum(-1)
 
 # %% ../nbs/01_losses.ipynb #6e45492b
 def multilabel_head_targets(
@@ -162,11 +164,13 @@ def multilabel_soft_targets(
 def binary_soft_label_kl(
     logits:Tensor,       # (B, K) per-label scores z
     soft_targets:Tensor, # (B, K) per-label target probabilities t, e.g. `multilabel_soft_targets`
+    reduction:str='mean', # 'mean' over items and labels, or 'none': (B,) each item's mean over its labels
 )->Tensor:
-    "Mean over items and labels of `KL(Bernoulli(t) || Bernoulli(sigmoid(z)))`, computed in float32"
+    "Mean over items and labels (or per item) of `KL(Bernoulli(t) || Bernoulli(sigmoid(z)))`, computed in float32"
     z,t = logits.float(),soft_targets.float().detach()
     entropy = -(torch.xlogy(t, t) + torch.xlogy(1-t, 1-t))
-    return (F.binary_cross_entropy_with_logits(z, t, reduction='none') - entropy).mean()
+    kl = F.binary_cross_entropy_with_logits(z, t, reduction='none') - entropy
+    return kl.mean() if reduction == 'mean' else kl.mean(-1)
 
 # %% ../nbs/01_losses.ipynb #e001fc23
 class LabelSmoothingCE(LabelSmoothingCrossEntropy):

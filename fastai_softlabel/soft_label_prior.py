@@ -6,7 +6,8 @@
 from __future__ import annotations
 from pathlib import Path
 from fastai.basics import *
-from .losses import multilabel_soft_targets
+from .losses import multilabel_soft_targets, soft_label_kl, binary_soft_label_kl
+from .robust_losses import _plain
 
 # %% auto #0
 __all__ = ['SUM_TOLERANCE', 'check_soft_label_matrix', 'soft_label_prior_loss', 'SoftLabelCE', 'save_soft_labels',
@@ -33,8 +34,6 @@ def check_soft_label_matrix(
     return P
 
 # %% ../nbs/41_soft_label_prior.ipynb #sp000008
-def _plain(t:Tensor)->Tensor: return t.as_subclass(Tensor) if isinstance(t, Tensor) else t   # fastai's typed tensors refuse to mix
-
 def soft_label_prior_loss(
     logits:Tensor,   # (B, K) scores
     target:Tensor,   # (B,) class indices, or (B, K) multi-hot labels
@@ -42,14 +41,10 @@ def soft_label_prior_loss(
     reduction:str='mean', # 'mean', 'sum' or 'none' (per item)
 )->Tensor:
     "`KL(P[y] || softmax(z))` per item (class indices), or the mean over labels of `KL(Bernoulli(t) || Bernoulli(sigmoid(z)))` with CCL's soft multi-hot targets t"
-    z,y,P = _plain(logits).float(),_plain(target),_plain(P).float()
+    z,y,P = _plain(logits),_plain(target),_plain(P).float()
     if y.ndim == 2:   # P[k, j]/P[k, k] above 1 where a diagonal is not its row's largest (never for CCL's P): kept at 1
-        t = multilabel_soft_targets(P, y).clamp(0, 1)
-        entropy = -(torch.xlogy(t, t) + torch.xlogy(1 - t, 1 - t))
-        per = (F.binary_cross_entropy_with_logits(z, t, reduction='none') - entropy).mean(-1)
-    else:
-        t = P[y.long()]
-        per = (torch.xlogy(t, t) - t*F.log_softmax(z, dim=-1)).sum(-1)
+        per = binary_soft_label_kl(z, multilabel_soft_targets(P, y).clamp(0, 1), reduction='none')
+    else: per = soft_label_kl(z, P[y.long()], reduction='none')   # CCL's own terms, one per item
     if reduction == 'mean': return per.mean()
     if reduction == 'sum': return per.sum()
     if reduction == 'none': return per
@@ -101,12 +96,11 @@ def read_soft_labels(
         P = check_soft_label_matrix(P, len(got), f"{p.name}'s soft-label matrix")
         if sorted(got) != sorted(names): raise ValueError(f"{p.name}: its classes {got} are not the data's {names}")
         order = [got.index(n) for n in names]
-        P = np.asarray(P, dtype=np.float64)[np.ix_(order, order)]
+        P = P[np.ix_(order, order)]
     elif p.suffix.lower() != '.csv': raise ValueError(f"{p.name}: a soft-label matrix is read from a .npz (as save_soft_labels and each CCL run write) or a .csv named by class")
     else:
         from fastai_softlabel.corruption import _class_named_csv
-        try: P = _class_named_csv(p, names, 'the soft-label matrix').to_numpy(dtype=float)
-        except (ValueError, TypeError) as e:
-            if 'name the data' in str(e): raise
-            raise ValueError(f"{p.name}: the soft-label matrix must hold numbers") from None
+        table = _class_named_csv(p, names, 'the soft-label matrix')   # its rows and columns named by the data's classes, in their order
+        try: P = table.to_numpy(dtype=float)
+        except (ValueError, TypeError): raise ValueError(f"{p.name}: the soft-label matrix must hold numbers") from None
     return check_soft_label_matrix(P, len(names), f"{p.name}'s soft-label matrix")

@@ -134,3 +134,8 @@ def browser(tmp_path_factory):
     yield driver
     driver.quit()
 
+def softlabel_here(*args):
+    "`softlabel args` in this process (`cli.main`, as the console script calls it), in the current folder; a non-zero exit fails the test"
+    from fastai_softlabel.cli import main
+    try: main(list(args))
+    except SystemExit as e: assert not e.code, e

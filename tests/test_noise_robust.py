@@ -227,7 +227,7 @@ def test_peer_optimizer_is_the_learners_kind_and_its_start_the_models_distributi
 
 def test_instance_noise_from_a_model_the_user_names(tmp_path, monkeypatch):
     "--noise instance --noise-file export.pkl: the training labels' noise is drawn from the exported model's classifier inputs (noise.npz), not the random projection's"
-    from fastai_softlabel.cli import main
+    from conftest import softlabel_here
     from fastai_softlabel.data import synthetic_class_images
     from fastai_softlabel.corruption import add_label_noise, random_projection_features, standardised
     from fastai_softlabel.models import penultimate_features
@@ -236,10 +236,8 @@ def test_instance_noise_from_a_model_the_user_names(tmp_path, monkeypatch):
     np.savez(tmp_path/'d.npz', images=d['images'], labels=d['labels'], split=split)
     fast = ['--data', 'd.npz', '--methods', 'baseline', '--epochs', '1', '--bs', '16', '--backbone', 'resnet10t', '--progress', 'log', '--threads', '1']
     monkeypatch.chdir(tmp_path)
-    for args in ([*fast, '--save-model', 'last', '--out', 'model'],
-                 [*fast, '--noise', 'instance', '--noise-file', 'model/runs/baseline_seed0_c0/export.pkl', '--corruption', '0.4', '--out', 'noisy']):
-        try: main(args)
-        except SystemExit as e: assert not e.code, e
+    softlabel_here(*fast, '--save-model', 'last', '--out', 'model')
+    softlabel_here(*fast, '--noise', 'instance', '--noise-file', 'model/runs/baseline_seed0_c0/export.pkl', '--corruption', '0.4', '--out', 'noisy')
     z = np.load('noisy/runs/baseline_seed0_c0.4/noise.npz')
     learn = load_learner('model/runs/baseline_seed0_c0/export.pkl', cpu=True)
     features = standardised(penultimate_features(learn, d['images'][train]))   # over the training items, as the random projection's inputs

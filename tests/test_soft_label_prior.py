@@ -4,7 +4,7 @@ matrix with its classes and trains the method soft-labels towards it."""
 import json, sys
 import numpy as np, pytest, torch
 from fastai.vision.all import *
-from conftest import tiny_cnn, make_dls, snapshot, assert_nested_equal, item_images
+from conftest import tiny_cnn, make_dls, snapshot, assert_nested_equal, item_images, softlabel_here
 from fastai_softlabel.ccl import CCL
 from fastai_softlabel.soft_label_prior import SoftLabelCE, soft_label_prior_loss, read_soft_labels
 
@@ -49,13 +49,10 @@ def test_in_a_learner(dls, tmp_path):
 
 def test_the_command_reuses_a_ccl_runs_matrix(tmp_path, monkeypatch):
     "A CCL run writes soft_labels.npz (its matrix, exact, with its classes); soft-labels trains towards it, fingerprinted in config.json"
-    from fastai_softlabel.cli import main
     fast = ['--epochs', '1', '--bs', '16', '--n-per-class', '12', '--size', '16', '--backbone', 'resnet10t', '--progress', 'log', '--threads', '1']
     monkeypatch.chdir(tmp_path)
-    for args in ([*fast, '--methods', 'ccl', '--out', 'ccl'],
-                 [*fast, '--methods', 'baseline,soft-labels', '--soft-labels', 'ccl/runs/ccl_seed0_c0/soft_labels.npz', '--save-model', 'last', '--out', 'reuse']):
-        try: main(args)
-        except SystemExit as e: assert not e.code, e
+    softlabel_here(*fast, '--methods', 'ccl', '--out', 'ccl')
+    softlabel_here(*fast, '--methods', 'baseline,soft-labels', '--soft-labels', 'ccl/runs/ccl_seed0_c0/soft_labels.npz', '--save-model', 'last', '--out', 'reuse')
     run = Path('ccl/runs/ccl_seed0_c0')
     z = np.load(run/'soft_labels.npz')
     np.testing.assert_allclose(z['soft_labels'], np.loadtxt(run/'soft_labels.csv', delimiter=','), atol=1e-6)
