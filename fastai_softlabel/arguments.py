@@ -58,7 +58,9 @@ NPZ_LAYOUTS = """\
   this project's layout: one array per field
     images       (N, H, W) or (N, H, W, C) uint8, C = 1, 3 or 4 (channels last); or
     signals      (N, leads, T) numbers (1-D signals: ECGs)
-    labels       (N,) class indices (single-label) or (N, C) multi-hot 0/1 (multi-label)
+    labels       (N,) class indices (single-label) or (N, C) multi-hot 0/1 (multi-label); or soft: (N, C) floats in [0, 1],
+                 per-finding probabilities (multi-label)
+    label_distributions  (N, K) floats, rows summing to 1: soft single-label targets (e.g. readers' shares), in place of labels
     class_names  (K,) or label_names (C,) strings, optional (without: --class-names, else 0, 1, ...)
     split        (N,) strings, optional: 'train', 'valid', 'test', ... (--train and --valid choose; without: random 80:20)
     lesion_id    or patient_id (N,), optional: one lesion's or patient's items stay in one split ('' or NaN: an item alone)

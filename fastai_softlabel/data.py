@@ -7,6 +7,7 @@ from __future__ import annotations
 from fastai.vision.all import *
 import PIL.Image
 from collections import Counter
+from .soft_targets import are_soft, soft_target_items
 
 # %% auto #0
 __all__ = ['IndexInto', 'ImageAt', 'to_channels', 'resize_images', 'resize_short_side', 'read_image', 'TensorImageAt',
@@ -175,12 +176,13 @@ def array_image_dls(
     splitter=None,            # a fastai splitter, overriding `valid_idx`/`valid_pct` (e.g. to leave a test split out of both)
     item_tfms=None,           # fastai's PIL item transforms, e.g. `RandomResizedCrop(224)` or `RandomCrop(224)` (the PIL path)
     size:int|None=None,       # resize the array once to `size` x `size` (the tensor path)
+    multi_label:bool|None=None, # (N, K) labels: False for class distributions (soft single-label targets); default: multi-label
     short_side:int|None=None, # the PIL path: resize the array once so that its short side is this, keeping the aspect ratio (and new images alike)
     channels:int=3,           # 3: RGB (grayscale repeated); 1: grayscale, for a backbone built with `in_chans=1`
     batch_tfms=None,          # fastai batch transforms, e.g. `aug_transforms()`
     **kwargs,                 # passed to `DataBlock.dataloaders` (bs, num_workers, device, ...)
 )->DataLoaders:
-    "Image `DataLoaders` from in-memory arrays: uint8 tensors to the model (or PIL images with `item_tfms`), with `CategoryBlock` or `MultiCategoryBlock` targets"
+    "Image `DataLoaders` from in-memory arrays: uint8 tensors to the model (or PIL images with `item_tfms`), with `CategoryBlock` or `MultiCategoryBlock` targets (soft targets: `soft_target_block`)"
     images,labels = np.asarray(images),np.asarray(labels)
     if len(images) != len(labels): raise ValueError(f"{len(images)} images but {len(labels)} labels")
     if images.dtype != np.uint8: raise ValueError(f"images must be uint8 arrays (got {images.dtype})")
@@ -198,8 +200,11 @@ def array_image_dls(
         if channels == 1: images = images[..., 0]
         xblock,get_x = ImageBlock(PILImageBW if channels == 1 else PILImage),ImageAt(images, channels, short_side)
     # the vocabulary as plain `str` (not numpy's `np.str_`): what `dls.vocab`, `learn.predict` and messages show
-    if labels.ndim == 2:
-        if not np.isin(labels, (0, 1)).all(): raise ValueError("multi-hot labels (N, K) must hold only 0 and 1")
+    if multi_label and labels.ndim != 2: raise ValueError(f"multi_label=True needs (N, K) labels, got shape {labels.shape}")
+    if are_soft(labels, multi_label):   # class distributions, or per-label probabilities: float targets (`fastai_softlabel.soft_targets`)
+        names = _unique_names(class_names if class_names is not None else np.arange(labels.shape[1]))
+        _,ys,yblock = soft_target_items(labels, names, multi_label is not False)
+    elif labels.ndim == 2:   # multi-hot 0/1
         names = _unique_names(class_names if class_names is not None else np.arange(labels.shape[1]))
         if len(names) != labels.shape[1]: raise ValueError(f"{len(names)} class names for {labels.shape[1]} label columns")
         ys = [[names[k] for k in np.flatnonzero(row)] for row in labels]

@@ -8,10 +8,11 @@ from fastai.vision.all import *
 from collections import Counter
 from .data import array_image_dls, ImageAt, IndexInto, _unique_names
 from .splits import StratifiedSplitter, ColumnSplitter, PatientSplitter
+from .soft_targets import are_soft, check_soft_targets, hard_labels
 
 # %% auto #0
-__all__ = ['GROUP_ARRAYS', 'NAME_ARRAYS', 'finding_labels', 'check_images', 'ham10000_dls', 'nih_dls', 'check_labels', 'read_npz',
-           'load_npz', 'npz_dls', 'npz_keys']
+__all__ = ['SOFT_TARGET_ARRAY', 'GROUP_ARRAYS', 'NAME_ARRAYS', 'finding_labels', 'check_images', 'ham10000_dls', 'nih_dls',
+           'check_labels', 'read_npz', 'read_targets', 'load_npz', 'npz_dls', 'npz_keys']
 
 # %% ../nbs/12_datasets.ipynb #5b748be2
 def _need_columns(df, cols, what):
@@ -97,7 +98,8 @@ def check_labels(
     single_ok = lab.ndim == 1 and np.issubdtype(lab.dtype, np.integer) and (lab >= 0).all()
     multi_ok = lab.ndim == 2 and np.issubdtype(lab.dtype, np.number) and np.isin(lab, (0, 1)).all()
     if not (single_ok or multi_ok): raise ValueError(
-        f"{what}: 'labels' must be (N,) non-negative integer class indices or (N, C) multi-hot 0/1 labels; got shape {lab.shape} and dtype {lab.dtype}")
+        f"{what}: 'labels' must be (N,) non-negative integer class indices or (N, C) multi-hot 0/1 labels "
+        f"(soft targets: '{SOFT_TARGET_ARRAY}' rows, or multi-label values between 0 and 1, as floats); got shape {lab.shape} and dtype {lab.dtype}")
     if not len(lab): raise ValueError(f"{what} holds no items")
     n_cls = lab.shape[1] if lab.ndim == 2 else int(lab.max()) + 1
     names = np.asarray(names).astype(str) if names is not None else np.arange(n_cls).astype(str)
@@ -136,8 +138,27 @@ def _check_split_array(split, n:int, what:str)->np.ndarray:
     if split.ndim != 1 or len(split) != n: raise ValueError(f"{what}: 'split' must have one value per item ({n}), got shape {split.shape}")
     return split.astype(str)
 
+SOFT_TARGET_ARRAY = 'label_distributions'   # a dataset file's single-label soft targets: (N, K) rows summing to 1
+
+def read_targets(
+    arrays:dict, # the arrays of a dataset `.npz` file
+    what:str,    # the file, named in errors
+)->tuple:        # `(labels, soft_targets)`: the hard labels, and the (N, K) float32 targets where the file's labels are soft (else None)
+    "A dataset file's labels: `labels` as they are, or soft targets (`label_distributions`, rows summing to 1; multi-label `labels` between 0 and 1) with the hard labels read from them"
+    if SOFT_TARGET_ARRAY in arrays:
+        if 'labels' in arrays: raise ValueError(f"{what} has both 'labels' and '{SOFT_TARGET_ARRAY}': give one (the hard label is read from a distribution: its arg-max)")
+        t = check_soft_targets(arrays[SOFT_TARGET_ARRAY], False, None, f"{what}: '{SOFT_TARGET_ARRAY}'")
+        return hard_labels(t, False),t
+    y = np.asarray(arrays['labels'])
+    if not (y.ndim == 2 and y.shape[1] > 1 and y.dtype.kind == 'f' and are_soft(y)): return y,None
+    t = check_soft_targets(y, True, None, f"{what}: 'labels'")
+    if np.isnan(t).any(): raise ValueError(
+        f"{what}: 'labels' has blank (NaN) entries, which the softlabel command does not leave out of training yet: fill them "
+        "(an unmentioned finding is 0, as CheXpert reads it), or train in Python with `MaskedBCEWithLogitsLoss` (`fastai_softlabel.uncertain_labels`)")
+    return hard_labels(t, True).astype(np.uint8),t
+
 def load_npz(path)->dict:
-    "The arrays of a dataset `.npz` file, checked: images, labels, names, and split/group arrays when present"
+    "The arrays of a dataset `.npz` file, checked: images, labels (or soft targets, `d['soft_targets']`), names, and split/group arrays when present"
     p = Path(path)
     d = read_npz(p)
     if 'images' not in d and {'train_images', 'train_labels'} <= set(d):   # MedMNIST: one array pair per split
@@ -145,19 +166,21 @@ def load_npz(path)->dict:
         d = dict(images=np.concatenate([d[f'{s}_images'] for s,_ in parts]), labels=np.concatenate([d[f'{s}_labels'] for s,_ in parts]),
                  split=np.concatenate([np.full(len(d[f'{s}_images']), v) for s,v in parts]),
                  item_names=np.array([f'{s}_images[{j}]' for s,_ in parts for j in range(len(d[f'{s}_images']))]))
-    for k in ('images', 'labels'):
-        if k not in d: raise ValueError(f"{p.name} has no '{k}' array; it has {sorted(d)}")
+    if 'images' not in d: raise ValueError(f"{p.name} has no 'images' array; it has {sorted(d)}")
+    if 'labels' not in d and SOFT_TARGET_ARRAY not in d: raise ValueError(f"{p.name} has no 'labels' array (nor '{SOFT_TARGET_ARRAY}'); it has {sorted(d)}")
     im = d['images']
     if im.dtype != np.uint8 or im.ndim not in (3, 4): raise ValueError(f"{p.name}: 'images' must be (N, H, W) or (N, H, W, 3) uint8, got {im.shape} {im.dtype}")
     if im.ndim == 4 and im.shape[1] in (1, 3, 4) and im.shape[-1] not in (1, 3, 4): raise ValueError(
         f"{p.name}: 'images' of shape {im.shape} look channels-first, (N, C, H, W); save them channels-last, (N, H, W, C): "
         "images.transpose(0, 2, 3, 1)")
     if im.ndim == 4 and im.shape[-1] not in (1, 3, 4): raise ValueError(f"{p.name}: 'images' must have 1, 3 or 4 channels last, got {im.shape}")
+    d['labels'],d['soft_targets'] = read_targets(d, p.name)
     if len(d['labels']) != len(im): raise ValueError(f"{p.name}: {len(im)} images but {len(d['labels'])} labels")
     d |= _item_names_and_groups(d, len(im), p.name)   # before `names` becomes the class names (the NIH subset's `names` name images)
     d['labels'],d['names'] = check_labels(d['labels'], d.get('class_names', d.get('label_names')), p.name)
     if 'split' in d: d['split'] = _check_split_array(d['split'], len(im), p.name)
     d['multi_label'] = d['labels'].ndim == 2
+    if d['soft_targets'] is None: del d['soft_targets']
     return d
 
 GROUP_ARRAYS = ('lesion_id', 'patient_id', 'groups')      # an item's lesion or patient: items of one stay in one split

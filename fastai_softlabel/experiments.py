@@ -18,6 +18,7 @@ from .calibration import expected_calibration_error
 from .noise_detection import training_predictions, noise_detection
 from .confident_learning import stratified_folds, label_issues
 from .soft_label_prior import save_soft_labels
+from .soft_targets import hard_labels, soft_target_metrics
 from .plots import soft_label_heatmap
 from .metrics import single_label_metrics, multi_label_metrics, run_summaries, per_class_metrics, SingleLabelAUROC, confusion_counts, \
     first_non_finite_epoch, is_evaluated_column
@@ -127,14 +128,17 @@ def signal_dataset(
             split = np.where(split == '', '(not in the table)', split)
         source = f"from {Path(splits).name} ({split_column})" if splits is not None else None
     else:
-        from fastai_softlabel.datasets import read_npz, _check_split_array, _item_names_and_groups
+        from fastai_softlabel.datasets import read_npz, read_targets, SOFT_TARGET_ARRAY, _check_split_array, _item_names_and_groups
         z = read_npz(p)
-        x,y = z.get('signals'),z.get('labels')
+        x = z.get('signals')
         if x is None: raise ValueError(f"{p.name} has no 'signals' array; it has {sorted(z)}")
         _check_signals(x, p.name)
-        if y is None or len(y) != len(x): raise ValueError(f"{p.name} needs 'labels' with one row per signal ({len(x)})")
+        if 'labels' not in z and SOFT_TARGET_ARRAY not in z: raise ValueError(f"{p.name} needs 'labels' (or '{SOFT_TARGET_ARRAY}') with one row per signal ({len(x)})")
+        y,soft = read_targets(z, p.name)   # soft targets: the hard labels read from them
+        if len(y) != len(x): raise ValueError(f"{p.name} needs 'labels' with one row per signal ({len(x)}), got {len(y)}")
         y,names = check_labels(y, z.get('label_names', z.get('class_names')), p.name)
         d = dict(signals=x.astype(np.float32), labels=y, names=np.asarray(names).astype(str)) | _item_names_and_groups(z, len(x), p.name)
+        if soft is not None: d['soft_targets'] = soft
         split,source = (None if 'split' not in z else _check_split_array(z['split'], len(x), p.name)),None
     d['multi_label'] = d['labels'].ndim == 2
     return _train_valid(d, split, valid, p.name, train, source=source)
@@ -304,6 +308,9 @@ def run_learner(d:dict, method:str, seed:int, corruption:float, args, prefix:str
     k = len(d['names'])
     noise = training_label_noise(d, corruption, seed, getattr(args, 'noise', None) or 'symmetric', getattr(args, 'noise_up', None))
     if noise is not None: labels[train_idx] = noise.noisy
+    soft = d.get('soft_targets')   # class distributions or per-label probabilities: trained on as they are (`prepare` refuses noise on them)
+    if soft is not None and noise is not None: raise ValueError("the label-noise models flip hard labels: soft targets take none")
+    targets = labels if soft is None else soft
     if leave_out is not None and len(leave_out): d = dict(d, split=np.where(np.isin(np.arange(len(labels)), leave_out), 'unused', d['split']))
     set_seed(seed)   # before the DataLoaders: fastai's DataLoader seeds its shuffling from Python's `random` when created
     keep = np.flatnonzero(d['split'] != 'unused')
@@ -311,7 +318,7 @@ def run_learner(d:dict, method:str, seed:int, corruption:float, args, prefix:str
     splitter = ColumnSplitter(split, more=('select',) if (split == 'select').any() else ())   # the selection split: the DataLoaders' third
     device = getattr(args, 'device', None)   # None: fastai's choice
     if 'signals' in d:   # per-lead normalisation with the training items' statistics, a 1-D ResNet-34
-        dls = signal_dls(d['signals'][keep], labels[keep], d['names'], splitter=splitter, bs=args.bs, num_workers=0,
+        dls = signal_dls(d['signals'][keep], targets[keep], d['names'], splitter=splitter, bs=args.bs, num_workers=0, multi_label=d['multi_label'],
                          reader=d.get('reader'), device=device)   # a WFDB folder's Learner reads new records as the training ones were
     else:   # tensors to the model, resized once; one channel keeps ImageNet's mean statistics
         chans,aug = getattr(args, 'in_chans', 3) or 3,getattr(args, 'aug', None) or 'none'
@@ -325,7 +332,7 @@ def run_learner(d:dict, method:str, seed:int, corruption:float, args, prefix:str
             crop,short = paper_crop(args.size, min(d['images'].shape[1:3]))
             tfms |= dict(item_tfms=[RandomCrop(crop)], short_side=short)
         else: tfms |= dict(size=args.size)
-        dls = array_image_dls(d['images'][keep], labels[keep], d['names'], splitter=splitter, bs=args.bs,
+        dls = array_image_dls(d['images'][keep], targets[keep], d['names'], splitter=splitter, bs=args.bs, multi_label=d['multi_label'],
                               num_workers=0, channels=chans, **tfms)
     set_seed(seed)   # the model's initial weights, whatever building the DataLoaders drew
     model = (resnet1d34(k, leads=d['signals'].shape[1]) if 'signals' in d else
@@ -345,7 +352,8 @@ def run_learner(d:dict, method:str, seed:int, corruption:float, args, prefix:str
     clip = getattr(args, 'clip', 0.) or 0.
     precision = getattr(args, 'precision', None) or 'fp32'
     cbs = cbs + ([GradientClip(clip)] if clip else []) + ([MixedPrecision(amp_mode=precision)] if precision != 'fp32' else [])
-    metrics = multi_label_metrics() if d['multi_label'] else single_label_metrics() + [SingleLabelAUROC()]
+    metrics = (soft_target_metrics(d['multi_label']) if soft is not None else   # soft targets: scored against their hard reading, and KL, TV
+               multi_label_metrics() if d['multi_label'] else single_label_metrics() + [SingleLabelAUROC()])
     bars = progress_bars(getattr(args, 'progress', 'auto'))   # bars or lines, not both
     learn = Learner(dls, model, loss_func=loss_func, opt_func=opt_func, metrics=metrics, cbs=cbs + ([] if bars else [EpochLog(prefix)]))
     return learn,noise
@@ -392,7 +400,7 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
            if num_distrib() > 1 else contextlib.nullcontext())   # launched by torchrun: fastai's DDP, each process with its batch
     with ctx, learn.no_logging(), ddp:
         fit_schedule(learn, getattr(args, 'schedule', 'one_cycle'), args.epochs, args.lr, getattr(args, 'wd', None),
-                     cbs=[SelectionMetrics(main), best] if select else None, monitor='select_loss' if select else 'valid_loss')
+                     cbs=[SelectionMetrics(main, multi_label=d['multi_label']), best] if select else None, monitor='select_loss' if select else 'valid_loss')
     if num_distrib() > 1: check_ranks_agree(learn.model)
     if not learn.recorder.losses: raise RuntimeError(f"{method} seed {seed}: not one training step ran (no full batch in the training split): there is no result to record")
     names,values = list(learn.recorder.metric_names[1:-1]),[list(v) for v in learn.recorder.values]
@@ -410,6 +418,8 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
         if best.state is not None: learn.model.load_state_dict(best.state); epoch,chosen = best.best_epoch,'selected'
     row.update(described_epoch=epoch, described=chosen)
     with learn.no_bar(): probs,targs = learn.get_preds()   # that epoch's model on the evaluated split
+    soft = {}
+    if 'soft_targets' in d: soft,targs = dict(soft_targets=targs.numpy()),hard_labels(targs, d['multi_label'])   # the tables: against the hard reading
     pc = per_class_metrics(probs.numpy(), targs.numpy(), list(learn.dls.vocab))   # the model's output order
     pc.insert(0, 'method', method); pc.insert(1, 'seed', seed); pc.insert(2, 'corruption', corruption); pc.insert(3, 'epoch', epoch)
     pc.to_csv(out/'per_class.csv', index=False)
@@ -417,7 +427,7 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     if d['multi_label']: row['mean_auprc'] = float(pc['auprc'].mean())
     elif k == 2: row['auprc'] = float(pc['auprc'].iloc[1])   # the second class's, as the binary tables show
     keep = np.flatnonzero(d['split'] != 'unused')
-    np.savez_compressed(out/'preds.npz', probs=probs.numpy(), targets=targs.numpy(), item=keep[np.asarray(learn.dls.valid_ds.items)], epoch=epoch)
+    np.savez_compressed(out/'preds.npz', probs=probs.numpy(), targets=targs.numpy(), item=keep[np.asarray(learn.dls.valid_ds.items)], epoch=epoch, **soft)
     if issues is not None: row['cl_flagged_share'] = float(issues[1].mean())
     ccl = 'ccl' in learn.cbs.attrgot('name')   # ccl, ccl+flowmixup: the soft labels of the described epoch
     P = (best.soft_labels if chosen == 'selected' and best.soft_labels is not None else learn.ccl.soft_labels).numpy() if ccl else None

@@ -27,6 +27,7 @@ class Method:
     unfit:str=''         # why it does not run on the task it lacks, for the refusal ('' : it is not defined there)
     cleans_labels:bool=False # trains k folds first and leaves out the label issues they reveal (confident learning), then builds as `build`
     one_process:str=''   # why it cannot train under torchrun, for the refusal before any run ('' : it can)
+    soft_targets:str=''  # what it does with soft targets (`fastai_softlabel.soft_targets`), in words ('' : not defined on them, refused)
 
 METHODS = {}   # name: `Method`, in the order of the comparison's tables
 
@@ -47,9 +48,9 @@ def method_names(task:str)->tuple:
     "The methods of a task ('single' or 'multi'), in the comparison's order"
     return tuple(n for n,m in METHODS.items() if task in m.tasks)
 
-def default_methods(task:str, signals:bool=False)->list:
-    "The methods run when `--methods` is not given: the papers' comparison for the task (on 1-D signals, those that fit them)"
-    return [n for n,m in METHODS.items() if task in m.tasks and task not in m.beyond and not (signals and m.images_only)]
+def default_methods(task:str, signals:bool=False, soft:bool=False)->list:
+    "The methods run when `--methods` is not given: the papers' comparison for the task (on 1-D signals, those that fit them; on soft targets, those defined there)"
+    return [n for n,m in METHODS.items() if task in m.tasks and task not in m.beyond and not (signals and m.images_only) and not (soft and not m.soft_targets)]
 
 def methods_taking(option:str)->tuple:
     "The methods that take the method option `option` (a key of `OPTION_GROUPS`)"
@@ -151,17 +152,18 @@ def _ccl_flowmixup(c):
     return None,[_ccl(c), FlowMixup(points, alpha=_alpha(c, 3.))]
 
 _LSR,_MIX,_CCL = ('lsr_eps',),('alpha',),('head', 'lr_ccl', 'ccl_patience')
-for m in [Method('baseline', ('single',), _nothing),
+_MIXED = "mixes soft targets as it mixes hard ones: mixing two targets and mixing their losses agree, the loss being linear in its target"
+for m in [Method('baseline', ('single',), _nothing, soft_targets='cross-entropy against the distributions'),
           *[Method(f'lsr-{k}{e}', ('single',), partial(_lsr, k == 'a', e), _LSR) for k in 'ua' for e in '15'],
           Method('ols', ('single',), _ols),
-          Method('erm', ('multi',), _nothing),
-          Method('mixup-a1', ('multi',), partial(_mixup, 1.), _MIX), Method('mixup-a3', ('multi',), partial(_mixup, 3.), _MIX),
-          Method('manifold', ('multi',), _manifold, _MIX + ('points',)),
-          Method('flowmixup', ('multi',), partial(_flowmixup, True), _MIX + ('points',)),
-          Method('flowmixup-noop', ('multi',), partial(_flowmixup, False), _MIX + ('points',)),
+          Method('erm', ('multi',), _nothing, soft_targets='BCE against the per-label probabilities'),
+          *[Method(f'mixup-a{a}', ('multi',), partial(_mixup, float(a)), _MIX, soft_targets=_MIXED) for a in (1, 3)],
+          Method('manifold', ('multi',), _manifold, _MIX + ('points',), soft_targets=_MIXED),
+          Method('flowmixup', ('multi',), partial(_flowmixup, True), _MIX + ('points',), soft_targets=_MIXED),
+          Method('flowmixup-noop', ('multi',), partial(_flowmixup, False), _MIX + ('points',), soft_targets=_MIXED),
           Method('ccl', ('single', 'multi'), lambda c: (None,[_ccl(c)]), _CCL, beyond=('multi',)),   # multi-label CCL: beyond the papers
           Method('ccl+flowmixup', ('multi',), _ccl_flowmixup, _CCL + _MIX + ('points',), beyond=('multi',)),
-          Method('cutmix', ('single',), _cutmix, _MIX, images_only='cuts and pastes image patches'),
+          Method('cutmix', ('single',), _cutmix, _MIX, images_only='cuts and pastes image patches', soft_targets=_MIXED),
           # the noise-robust baselines: not the papers' comparison, run when named
           *[Method(n, ('single',), partial(_robust_loss, n), beyond=('single',), unfit=f"{n} is defined on a softmax over classes; multi-hot labels have none")
             for n in ('gce', 'sce')],

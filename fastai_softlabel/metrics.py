@@ -126,6 +126,7 @@ def confusion_counts(
 def prediction_metrics(
     probs,     # (N, K) softmax rows, or (N, C) per-label sigmoids: `preds.npz`'s `probs`
     targets,   # (N,) class indices, or (N, C) multi-hot: `preds.npz`'s `targets`
+    soft_targets=None, # (N, K) soft targets the hard `targets` were read from (`preds.npz`'s `soft_targets`): adds `kl_to_target` and `tv_to_target`
 )->dict:       # metric name (the Recorder's where it has one) -> value
     "The metrics a run records of its described epoch, from its predictions: the Recorder's, `ece`, and `auprc` (two classes) or `mean_auprc` (multi-label)"
     probs,targets = np.asarray(probs, dtype=np.float64),np.asarray(targets)
@@ -139,6 +140,9 @@ def prediction_metrics(
                  jaccard_score=skm.jaccard_score(t, yhat, average='macro', zero_division=0), auroc=single_label_auroc(probs, t))
         if probs.shape[1] == 2: r['auprc'] = per_class_metrics(probs, t)['auprc'].iloc[1]   # the second class's, as the binary tables
     r['ece'] = expected_calibration_error(probs, targets)
+    if soft_targets is not None:
+        from fastai_softlabel.soft_targets import soft_target_kl, soft_target_tv
+        r |= dict(kl_to_target=soft_target_kl(probs, soft_targets, targets.ndim == 2), tv_to_target=soft_target_tv(probs, soft_targets, targets.ndim == 2))
     return {k: float(v) for k,v in r.items()}
 
 # %% ../nbs/07_metrics.ipynb #65c384f3
@@ -172,7 +176,7 @@ def recorder_curve(learn:Learner, metric:str)->list:
 def curve_summaries(
     curves:pd.DataFrame,   # one row per epoch, one column per metric
     n_first:int|None=None, # epochs of the early variance (default: all)
-    lower_is_better=('train_loss', 'valid_loss', 'select_loss', 'ce', 'kl', 'head_ce', 'l_cc'), # columns whose best is their minimum (CCL's loss terms too)
+    lower_is_better=('train_loss', 'valid_loss', 'select_loss', 'ce', 'kl', 'head_ce', 'l_cc', 'kl_to_target', 'tv_to_target'), # columns whose best is their minimum (CCL's loss terms, the distances to soft targets too)
     skip=('epoch', 'seed', 'corruption', 'time', 'p_bar'), # columns that are no metric to summarise (p̄ has no "best")
 )->dict:                   # `<column>_best`, `<column>_last`, `<column>_best_minus_last`, `<column>_early_variance`
     "`curve_summary` of every numeric column of `curves`; NaN for a column with a missing epoch"

@@ -190,6 +190,16 @@ def _instance_features(path, d:dict)->np.ndarray:
     try: return standardised(penultimate_features(learn, d['signals' if 'signals' in d else 'images'][train]))
     except Exception as e: raise ValueError(f"--noise-file {name}: the exported model computes no features of this data's training items ({type(e).__name__}: {e})") from None
 
+def _check_soft_targets(args, d:dict, kind:str, methods:list, rates:list):
+    "Data whose labels are soft targets train only with the methods defined on them, and without label noise (its models flip hard labels)"
+    what = f"{describe_data(args, kind)} holds soft targets ({'per-label probabilities' if d['multi_label'] else 'class distributions'})"
+    hard_only = [m for m in methods if not METHODS[m].soft_targets]
+    if hard_only:
+        ok = [n for n in method_names('multi' if d['multi_label'] else 'single') if METHODS[n].soft_targets]
+        raise ValueError(f"{what}, and {hard_only[0]} is defined on hard labels only here: choose from {', '.join(ok)}")
+    noisy = [r for r in rates if r > 0]
+    if noisy: raise ValueError(f"{what}: the label-noise models flip hard labels, and none is defined on soft targets; give --corruption 0, not {noisy[0]:g}")
+
 def _check_soft_labels(args, d:dict, methods:list):
     "The matrix of --soft-labels, read against the data's classes before any run (`d['soft_label_matrix']`), for the methods that train towards it"
     takers = [m for m in methods if m in methods_taking('soft_labels')]
@@ -236,7 +246,8 @@ def prepare(args)->tuple:
         from fastai_softlabel.data import to_channels
         to_channels(d['images'][:1], args.in_chans or 3)
     task,signals = 'multi' if d['multi_label'] else 'single',kind in ('signals', 'wfdb')
-    allowed,default = method_names(task),default_methods(task, signals)
+    soft = 'soft_targets' in d   # class distributions, or per-label probabilities (`fastai_softlabel.soft_targets`)
+    allowed,default = method_names(task),default_methods(task, signals, soft)
     methods = default if args.methods is None else [m.strip() for m in args.methods.split(',') if m.strip()]
     wrong = [m for m in methods if m not in allowed]
     why = ''.join(f" ({METHODS[m].unfit})" for m in wrong if m in METHODS and METHODS[m].unfit)
@@ -246,6 +257,7 @@ def prepare(args)->tuple:
     if cut: raise ValueError(f"{cut[0]} {METHODS[cut[0]].images_only}: it does not fit 1-D signals")
     alone = [m for m in methods if METHODS[m].one_process] if torchrun_world()[1] > 1 else []
     if alone: raise ValueError(f"{alone[0]} {METHODS[alone[0]].one_process}: it trains in one process; run it without torchrun")
+    if soft: _check_soft_targets(args, d, kind, methods, rates)
     ctx.methods = methods
     if any(METHODS[m].cleans_labels for m in methods):
         from fastai_softlabel.confident_learning import require_cleanlab, stratified_folds

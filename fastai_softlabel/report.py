@@ -219,14 +219,17 @@ def read_class_table(
     return pd.read_csv(path, dtype={c: str for c in names if c in cols}, keep_default_na=False,
                        na_values={c: ['', 'nan', 'NaN'] for c in cols if c not in names})
 
+_SOFT_TARGET_COLUMNS = ('kl_to_target', 'tv_to_target')   # runs on soft targets: how far the predictions are from them (others lack the columns)
+
 def table_metrics(multi_label:bool)->list:
-    "The metrics of the printed and reported comparison table"
+    "The metrics of the printed and reported comparison table (a table shows those its runs have)"
     return (['mean_auroc', 'f1_score'] if multi_label else
-            ['accuracy', 'auroc', 'cohen_kappa_score', 'f1_score', 'jaccard_score', 'p_bar', 'spearman_vs_true_similarity'])
+            ['accuracy', 'auroc', 'cohen_kappa_score', 'f1_score', 'jaccard_score', 'p_bar', 'spearman_vs_true_similarity']) + list(_SOFT_TARGET_COLUMNS)
 
 def selected_metrics(multi_label:bool)->list:
     "The metrics of the table at the epoch chosen on the selection split: the evaluated split's, at that epoch"
-    return [f'{m}_selected' for m in (['mean_auroc', 'f1_score'] if multi_label else ['accuracy', 'auroc', 'cohen_kappa_score', 'f1_score', 'jaccard_score'])]
+    return [f'{m}_selected' for m in (['mean_auroc', 'f1_score'] if multi_label else ['accuracy', 'auroc', 'cohen_kappa_score', 'f1_score', 'jaccard_score'])
+            + list(_SOFT_TARGET_COLUMNS)]
 
 def selection_sentence(cfg:dict)->str:
     "Where a results folder's runs chose their epoch, in words"

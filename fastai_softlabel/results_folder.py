@@ -163,7 +163,7 @@ def metrics_from_predictions(
     if r.get('diverged_epoch') is not None: return r   # no number of a diverged run is shown
     got = {}
     if (run/'preds.npz').is_file():
-        with np.load(run/'preds.npz') as p: m = prediction_metrics(p['probs'], p['targets'])
+        with np.load(run/'preds.npz') as p: m = prediction_metrics(p['probs'], p['targets'], p['soft_targets'] if 'soft_targets' in p.files else None)
         at = '_selected' if r.get('described') == 'selected' else ''   # the Recorder's columns of the described epoch
         got |= {(k if k in ('ece', 'auprc', 'mean_auprc') else k + at): v for k,v in m.items()}
     if (run/'noise.npz').is_file():

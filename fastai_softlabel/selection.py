@@ -7,6 +7,7 @@ from __future__ import annotations
 from fastai.basics import *
 from fastai.distributed import DistributedDL
 from .metrics import mean_auroc
+from .soft_targets import hard_labels
 from .splits import PatientSplitter, StratifiedSplitter
 
 # %% auto #0
@@ -57,12 +58,15 @@ def with_selection(
 # %% ../nbs/24_selection.ipynb #se000007
 def selection_score(
     preds:Tensor,  # the model's raw outputs (logits), (N, K)
-    targs:Tensor,  # (N,) class indices, or (N, K) multi-hot
+    targs:Tensor,  # (N,) class indices, (N, K) multi-hot, or (N, K) soft targets
+    multi_label:bool|None=None, # (N, K) targets: per-label (True) or class distributions (False); None: (N, K) is multi-label
 )->float:          # accuracy (single-label) or mean AUROC over the scorable labels (multi-label): NaN when the outputs are not finite
-    "The main metric of a comparison from a model's raw outputs: the arg-max and the AUROC are the same on logits as on probabilities"
+    "The main metric of a comparison from a model's raw outputs (the arg-max and the AUROC are the same on logits as on probabilities), against the hard reading of soft targets"
     preds = preds.float()
     if not torch.isfinite(preds).all(): return float('nan')
-    if targs.ndim == 2: return mean_auroc(preds.cpu().numpy(), targs.cpu().numpy())[0]
+    multi = targs.ndim == 2 if multi_label is None else multi_label
+    if targs.ndim == 2: targs = hard_labels(targs, multi)   # soft targets: what a clinician reads (0/1 multi-hot: unchanged)
+    if multi: return mean_auroc(preds.cpu().numpy(), targs.cpu().numpy())[0]
     return (preds.argmax(1) == targs).float().mean().item()
 
 class SelectionMetrics(Callback):
@@ -71,6 +75,7 @@ class SelectionMetrics(Callback):
     def __init__(self,
         metric:str='accuracy', # the column's name: `select_<metric>` (`selection_score`: accuracy, or mean AUROC for multi-label targets)
         dl_idx:int=2,          # the selection split's loader in `learn.dls`
+        multi_label:bool|None=None, # (N, K) targets per label (True) or class distributions (False); None: (N, K) is multi-label
     ): store_attr(); self._trained = self._logged = False
 
     @property
@@ -111,7 +116,7 @@ class SelectionMetrics(Callback):
         for b in dl:
             preds.append(model(*b[:dl.n_inp]).float()); targs.append(b[dl.n_inp])
         preds,targs = torch.cat(preds),torch.cat(targs)
-        scores = torch.stack([self.learn.loss_func(preds, targs).float().detach(), preds.new_tensor(selection_score(preds, targs))])
+        scores = torch.stack([self.learn.loss_func(preds, targs).float().detach(), preds.new_tensor(selection_score(preds, targs, self.multi_label))])
         if num_distrib() > 1:
             import torch.distributed as dist
             dist.broadcast(scores, 0)   # the same decisions (best epoch, lr plateau) on every rank

@@ -7,6 +7,7 @@ from __future__ import annotations
 from fastai.basics import *
 from fastai.data.block import MultiCategoryBlock, TransformBlock
 from .data import IndexInto, _no_rows, _state_without, _unique_names
+from .soft_targets import are_soft, soft_target_items
 
 # %% auto #0
 __all__ = ['ECG_CONDITIONS', 'TensorSignal', 'SignalAt', 'NormalizeLeads', 'lead_stats', 'signal_dls', 'synthetic_ecg']
@@ -88,6 +89,7 @@ def signal_dls(
     splitter=None,          # a fastai splitter (see `fastai_softlabel.splits`); default a seeded random 80:20 split
     normalize:bool=True,    # per-lead normalisation with the training items' statistics
     seed:int=42,
+    multi_label:bool|None=None, # (N, C) labels: False for class distributions (soft single-label targets); default: multi-label
     reader=None,            # reads a new recording from a file for `predict`/`test_dl` (e.g. `fastai_softlabel.ecg.WFDBRecord`); `.npy` files always work
     **kwargs,               # passed to `DataBlock.dataloaders` (bs, num_workers, device, ...)
 )->DataLoaders:
@@ -96,6 +98,7 @@ def signal_dls(
     if signals.ndim != 3: raise ValueError(f"signals must have shape (N, leads, T), got {signals.shape}")
     if labels.ndim not in (1, 2) or len(labels) != len(signals): raise ValueError(
         f"labels must be (N, C) multi-hot or (N,) class indices with N = {len(signals)}, got {labels.shape}")
+    soft = are_soft(labels, multi_label)   # class distributions, or per-label probabilities: float targets (`fastai_softlabel.soft_targets`)
     n_classes = labels.shape[1] if labels.ndim == 2 else int(labels.max()) + 1
     names = np.asarray(label_names if label_names is not None else np.arange(n_classes)).astype(str)
     if labels.ndim == 1 and (labels.min() < 0 or labels.max() >= len(names)): raise ValueError(
@@ -107,8 +110,9 @@ def signal_dls(
         mean,std = lead_stats(signals, list(train_idx))
         batch_tfms = [NormalizeLeads(mean, std)]
     names = _unique_names(names, 'label')
-    y_block,targets = ((MultiCategoryBlock(vocab=names), [[names[j] for j in np.flatnonzero(r)] for r in labels]) if labels.ndim == 2
-                       else (CategoryBlock(vocab=names, sort=False), [names[j] for j in labels]))   # output k is label_names[k]
+    if soft: _,targets,y_block = soft_target_items(labels, names, multi_label is not False)
+    else: y_block,targets = ((MultiCategoryBlock(vocab=names), [[names[j] for j in np.flatnonzero(r)] for r in labels]) if labels.ndim == 2
+                             else (CategoryBlock(vocab=names, sort=False), [names[j] for j in labels]))   # output k is label_names[k]
     block = DataBlock(blocks=(TransformBlock(), y_block), get_x=SignalAt(signals, reader), get_y=IndexInto(targets),
                       splitter=splitter, batch_tfms=batch_tfms)
     return block.dataloaders(list(range(len(signals))), **kwargs)

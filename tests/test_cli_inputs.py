@@ -89,6 +89,15 @@ def inputs(tmp_path_factory):
     np.savez(d/'multi_rare.npz', images=im, labels=multi, label_names=np.array(['Effusion', 'Mass', 'Hernia']), split=np.where(np.arange(60) < 50, 'train', 'valid'))
     os.symlink(d/'nowhere'/'res', d/'dangling')
     pd.DataFrame([[.9, .2], [0, 1]], index=['benign', 'malignant'], columns=['benign', 'malignant']).to_csv(d/'M_rows.csv')   # a row sums to 1.1
+    # soft targets: readers' shares per class; per-finding probabilities, one with a blank and one with CheXpert's −1
+    dist = (np.full((60, 3), .1) + .7*np.eye(3)[np.arange(60) % 3]).astype(np.float32)
+    np.savez(d/'soft.npz', images=im, label_distributions=dist)
+    np.savez(d/'soft_both.npz', images=im, label_distributions=dist, labels=np.arange(60) % 3)
+    np.savez(d/'soft_rows.npz', images=im, label_distributions=dist*.9)
+    probs = (.8*np.eye(3)[np.arange(60) % 3] + .1).astype(np.float32)
+    np.savez(d/'msoft.npz', images=im, labels=probs)
+    np.savez(d/'mblank.npz', images=im, labels=np.where(np.arange(60)[:, None] == 3, np.nan, probs))
+    np.savez(d/'muncertain.npz', images=im, labels=np.where(np.arange(60)[:, None] == 3, -1., multi.astype(float)))
     np.save(d/'feat3.npy', np.zeros((3, 4))); (d/'text.pkl').write_text('not a pickle')   # --noise instance: 3 rows for 60 items; no export
     pd.DataFrame([[1, 0], [0, 1]], index=['benign', 'other'], columns=['benign', 'other']).to_csv(d/'M_names.csv')
     pd.DataFrame(dict(label=[f'class{i}' for i in range(8)], down=[.2, 1.5] + [.1]*6)).to_csv(d/'rates_bad.csv', index=False)   # the synthetic labels
@@ -303,6 +312,14 @@ CASES = [
     (['--data', 'named.npz', '--methods', 'soft-labels', '--soft-labels', 'M_rows.csv'], r"each row of M_rows.csv's soft-label matrix must sum to 1 \(within 0.0001\): rows \[0\] sum to \[1.1\]"),
     (['--data', 'named.npz', '--methods', 'soft-labels', '--soft-labels', 'M_names.csv'], r"M_names.csv: the rows of the soft-label matrix must name the data's classes"),
     (['--methods', 'baseline', '--soft-labels', 'M_rows.csv'], r'--soft-labels is for training with a given soft-label matrix \(soft-labels\); none of --methods baseline uses it'),
+    # soft targets: checked as read; only the methods and the noise defined on them
+    (['--data', 'soft.npz', '--methods', 'lsr-u1'], r"soft.npz \(images\) holds soft targets \(class distributions\), and lsr-u1 is defined on hard labels only here: choose from baseline, cutmix"),
+    (['--data', 'msoft.npz', '--methods', 'ccl'], r"holds soft targets \(per-label probabilities\), and ccl is defined on hard labels only here: choose from erm, "),
+    (['--data', 'soft.npz', '--methods', 'baseline', '--corruption', '0.2'], r"none is defined on soft targets; give --corruption 0, not 0.2"),
+    (['--data', 'soft_both.npz'], r"soft_both.npz has both 'labels' and 'label_distributions': give one"),
+    (['--data', 'soft_rows.npz'], r"each row of soft_rows.npz: 'label_distributions' must sum to 1 \(within 0.0001\): 60 row\(s\) do not, e.g. row 0 sums to 0.9"),
+    (['--data', 'mblank.npz'], r"mblank.npz: 'labels' has blank \(NaN\) entries, which the softlabel command does not leave out of training yet"),
+    (['--data', 'muncertain.npz'], r"muncertain.npz: 'labels' hold −1, CheXpert's uncertain finding: turn it into a target with an uncertainty policy"),
     (['--methods', 'baseline', '--forget-rate', '0.2'], '--forget-rate is for co-teaching \\(coteaching\\); none of --methods baseline uses it'),
     (['--methods', 'coteaching', '--forget-rate', '1'], '--forget-rate must be a finite number >= 0 and < 1, got 1'),
     ([*MULTI, '--methods', 'erm,cl'], r"method\(s\) \['cl'\] do not fit multi-label data \(cl \(confident learning\) is run here on class indices"),
