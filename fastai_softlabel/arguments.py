@@ -59,7 +59,7 @@ NPZ_LAYOUTS = """\
     images       (N, H, W) or (N, H, W, C) uint8, C = 1, 3 or 4 (channels last); or
     signals      (N, leads, T) numbers (1-D signals: ECGs)
     labels       (N,) class indices (single-label) or (N, C) multi-hot 0/1 (multi-label); or soft: (N, C) floats in [0, 1],
-                 per-finding probabilities (multi-label)
+                 per-finding probabilities (multi-label); or CheXpert's 1, 0, -1 (uncertain), blank (see --uncertain)
     label_distributions  (N, K) floats, rows summing to 1: soft single-label targets (e.g. readers' shares), in place of labels
     class_names  (K,) or label_names (C,) strings, optional (without: --class-names, else 0, 1, ...)
     split        (N,) strings, optional: 'train', 'valid', 'test', ... (--train and --valid choose; without: random 80:20)
@@ -98,6 +98,9 @@ def command_parser()->argparse.ArgumentParser:
     p.add_argument('--schedule', choices=['one_cycle', 'step', 'plateau'], default=None, help="lr schedule: one-cycle; ×0.1 at 50%% and 75%% of the epochs; ÷10 on a validation-loss plateau")
     p.add_argument('--clip', type=float, default=None, help="gradient clipping max-norm, 0 for none (recipe: paper single-label 5.0)")
     p.add_argument('--weighted-bce', choices=['yes', 'no'], default=None, help="multi-label data: BCE weighted by inverse label prevalence (recipe: paper yes)")
+    p.add_argument('--uncertain', default=None, help="multi-label data coded as CheXpert's (1, 0, -1 uncertain, blank unmentioned): how uncertain findings train, "
+                   "required when the data has them: ignore (left out of the loss and of every metric), zeros, ones (read as negative, positive), "
+                   "zeros-lsr, ones-lsr (Pham et al.: a value drawn once from U(0, 0.3), U(0.55, 0.85)). Blank findings are negatives")
     p.add_argument('--head', default=None, help="CCL head widths, comma-separated (default 1024,1024,512: the paper's three fc layers)")
     p.add_argument('--alpha', type=float, default=None, help="replaces α of Beta(α, α) of the mixing methods (mixup-a1, mixup-a3, manifold, flowmixup*, cutmix)")
     p.add_argument('--lsr-eps', type=float, default=None, help="replaces ε of the lsr methods (default 0.1 for lsr-u1/a1, Proposition S1's ε for K for lsr-u5/a5)")
@@ -223,6 +226,9 @@ def check_arguments(args)->tuple:
     if args.save_model == 'last' and args.select is not None: raise ValueError(
         "--save-model last with --select would export the last epoch's model, while the run's tables, per-class metrics and confusion "
         "matrix describe the epoch chosen on the selection split: --save-model best exports that one")
+    if args.uncertain is not None:   # the policies' one home: `fastai_softlabel.uncertain_labels` (imported here, after --help)
+        from fastai_softlabel.uncertain_labels import UNCERTAIN_POLICIES
+        if args.uncertain not in UNCERTAIN_POLICIES: raise ValueError(f"--uncertain must be one of {', '.join(UNCERTAIN_POLICIES)}, got {args.uncertain!r}")
     if args.valid is not None: args.valid = args.valid.strip()
     if args.train is not None: args.train = ','.join(sorted({t.strip() for t in args.train.split(',') if t.strip()}))   # a set of values
     return rates,seeds
@@ -261,6 +267,7 @@ APPLIES = {
     'valid':        (lambda c: c.split, "data with a split of its own: a .npz with a split array, or a WFDB folder with --splits"),
     'train':        (lambda c: c.split, "data with a split of its own: a .npz with a split array, or a WFDB folder with --splits"),
     'weighted_bce': (lambda c: c.multi, "multi-label data"),
+    'uncertain':    (lambda c: getattr(c, 'uncertain', False), "multi-label data with uncertain (−1) findings"),
     'noise_file':   (lambda c: getattr(c, 'noise', None) in NOISE_FILES, f"--noise {', '.join(NOISE_FILES)}"),
     'noise_up':     (lambda c: getattr(c, 'noise', None) == 'asymmetric', "--noise asymmetric"),
     'class_names':  (lambda c: c.kind in ('images', 'signals'), "a .npz file given as --data (tables, WFDB folders and the synthetic data name their classes)"),

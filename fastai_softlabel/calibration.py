@@ -38,13 +38,14 @@ def binned_calibration_error(bins:pd.DataFrame)->float:
 
 def expected_calibration_error(
     probs,          # (N, K) softmax rows (single-label) or (N, C) per-label probabilities (multi-label)
-    targets,        # (N,) class indices or (N, C) multi-hot labels
+    targets,        # (N,) class indices or (N, C) multi-hot labels (NaN: an entry left out)
     n_bins:int=15,  # M
 )->float:
     "ECE with M equal-width bins: of the top-class confidence (single-label), or per label averaged over the labels (multi-label)"
     probs,targets = np.asarray(probs, dtype=np.float64),np.asarray(targets)
     if targets.ndim == 2:
         if targets.shape != probs.shape: raise ValueError(f"multi-hot targets {targets.shape} do not fit probabilities {probs.shape}")
-        return float(np.mean([binned_calibration_error(reliability_bins(probs[:, j], targets[:, j], n_bins)) for j in range(probs.shape[1])]))
+        keep = ~np.isnan(targets.astype(np.float64))   # each label over its kept entries
+        return float(np.mean([binned_calibration_error(reliability_bins(probs[keep[:, j], j], targets[keep[:, j], j], n_bins)) for j in range(probs.shape[1])]))
     if len(targets) != len(probs): raise ValueError(f"{len(targets)} targets for {len(probs)} predictions")
     return binned_calibration_error(reliability_bins(probs.max(1), probs.argmax(1) == targets, n_bins))

@@ -147,7 +147,7 @@ class CCL(Callback):
         "Refuse targets that are not one class index per item, hook this training batch's forward pass"
         self._remove_hooks()
         self._ours = False
-        try: check_batch_targets(self.learn.yb, self.multi_label, self.ccl_head.dictionary.shape[0], 'CCL')
+        try: check_batch_targets(self.learn.yb, self.multi_label, self.ccl_head.dictionary.shape[0], 'CCL', soft=True)
         except ValueError as e: refuse_fit(self.learn, str(e))
         name,module,how,_ = self._where
         grab = WeakHook(self._grab_input) if how == 'input' else WeakHook(self._grab_output)
@@ -155,7 +155,7 @@ class CCL(Callback):
                                                                   (module, 'pre' if how == 'input' else 'post', grab)])
 
     def after_loss(self):
-        "Add the soft-label KL to the backbone's loss (softmax: `KL(P[y] || softmax(pred))`; multi-label: a Bernoulli KL per label), mixed along FlowMixup's flow"
+        "Add the soft-label KL to the backbone's loss (softmax: `KL(P[y] || softmax(pred))`, for class distributions t the expected soft label `tP`; multi-label: a Bernoulli KL per label), mixed along FlowMixup's flow"
         if self._feats is None: refuse_fit(self.learn,
             f"Module `{self._where[0]}` did not run in the forward pass: name one that does with CCL(features=...).")
         fm,k = self._mixer(),self.ccl_head.dictionary.shape[0]
@@ -166,7 +166,7 @@ class CCL(Callback):
         self._terms = self.ccl_head.dictionary_terms()
         y = self._target()
         with torch.no_grad(): P = F.softmax(self._terms[1], dim=1)   # `soft_label_matrix`: softmax(-f_d) = softmax(2cos), a constant here
-        soft,kl_of = (multilabel_soft_targets(P, y),binary_soft_label_kl) if self.multi_label else (P[y],soft_label_kl)
+        soft,kl_of = (multilabel_soft_targets(P, y),binary_soft_label_kl) if self.multi_label else (P[y] if y.ndim == 1 else y@P,soft_label_kl)
         kl = kl_of(pred, fm.mix_targets(soft) if fm is not None else soft)
         scale = accumulation_scale(self.learn)
         self.learn.loss_grad = self.learn.loss_grad + (kl if scale == 1 else kl*scale)
@@ -306,8 +306,8 @@ class CCL(Callback):
     def _check_learner(self)->int:
         "Raise a clear error for anything CCL cannot train with, before any work; return K"
         refuse_fastai_mixing(self.learn, 'CCL')
-        refuse_second(self.learn, self, CCL, "This Learner has two CCL callbacks: each would train its own head and log its own "
-                      "columns. Use one CCL (remove the other with learn.remove_cb).")
+        refuse_second(self.learn, self, CCL, "This Learner has two CCL callbacks: each would train its own head and log its own columns. Use one CCL (remove the other with learn.remove_cb).")
+        if self.multi_label: refuse_soft_multi_label(self.learn.dls, 'CCL', "its multi-label form scales each positive label's soft label")
         model = plain_model(self.learn.model)
         if self.features is not None: named_module(model, self.features, 'CCL features module')
         k_data = getattr(self.learn.dls, 'c', None)
@@ -365,9 +365,9 @@ class CCL(Callback):
 
     # ---------------------------------------------------------------- the head's batch and backward
     def _target(self)->Tensor:
-        "The batch's targets: class indices, or multi-hot rows as floats"
+        "The batch's targets: class indices, class distributions (soft targets) or multi-hot rows, as floats but the indices"
         y = self.learn.yb[0].as_subclass(Tensor)
-        return y.float() if self.multi_label else y.long()
+        return y.float() if self.multi_label or y.ndim == 2 else y.long()
 
     def _mixer(self):
         "The Learner's `FlowMixup` (or `Mixup`, `ManifoldMixup`), or None"
@@ -386,7 +386,7 @@ class CCL(Callback):
             if len(feats) > len(y): feats = feats[:len(y)]
             return (feats,*multilabel_head_targets(y)[::-1]) if multi else (feats,y,None)   # items without a positive label: not kept
         # every row mixed: the targets mixed as the rows were (multi-label: the items' spread positives, renormalised)
-        one = y/y.sum(1, keepdim=True).clamp_min(1) if multi else self._one_hot(y)
+        one = y/y.sum(1, keepdim=True).clamp_min(1) if multi else self._one_hot(y) if y.ndim == 1 else y
         mixed = mix_along_flow(one, *flow_components(len(y), ops, feats.device))
         if not multi: return feats,mixed,None
         mass = mixed.sum(1, keepdim=True)

@@ -103,6 +103,7 @@ def main(argv=None):
             lock = (new_results_folder if args.shard is None else lambda o, c: shared_results_folder(o, c, settings))(out, dict(
                 settings=settings, methods=methods, corruption=rates, seeds=seeds, multi_label=bool(d['multi_label']),
                 targets='soft' if 'soft_targets' in d else 'hard',   # soft: trained on distributions or per-label probabilities, scored on their hard reading
+                **({'uncertain': d['uncertain_counts']} if 'uncertain_counts' in d else {}),   # CheXpert-coded findings: how many were −1 and blank
                 classes=[str(n) for n in d['names']], items={s: int((d['split'] == s).sum()) for s in ('train', 'valid', 'select') if s != 'select' or args.select},
                 split=dict(source=d['split_source'], counts=d['split_counts'], **d['split_used'], checks=d['data_checks']),
                 command=['softlabel', *argv], versions=package_versions(),

@@ -11,8 +11,8 @@ from fastai.basics import *
 __all__ = ['PRIVATE_TORCH', 'stateful_callbacks', 'callback_state_file', 'named_module', 'undistributed_dl', 'one_batch_inputs',
            'plain_model', 'WeakHook', 'hooks_for_next_forward', 'remove_hooks', 'probe_forward', 'last_linear',
            'find_features', 'refuse_fastai_mixing', 'distributed_world', 'broadcast_module_', 'all_reduce_mean_',
-           'all_gather_rows', 'is_multilabel', 'check_batch_targets', 'no_training_batch_message', 'refuse_fit',
-           'is_training_forward', 'refuse_second', 'TrainingBatches']
+           'all_gather_rows', 'is_multilabel', 'check_batch_targets', 'refuse_soft_multi_label',
+           'no_training_batch_message', 'refuse_fit', 'is_training_forward', 'refuse_second', 'TrainingBatches']
 
 # %% ../nbs/00_core.ipynb #4f940ebb
 def stateful_callbacks(learn:Learner) -> L:
@@ -285,19 +285,34 @@ def check_batch_targets(
     multi:bool,          # multi-label data: multi-hot vectors; else one integer class index per item
     n_classes:int|None,  # the width of a multi-hot vector (`dls.c`), or None: any width
     who:str,             # the callback that needs the targets, named in the error
+    soft:bool=False,     # single-label data may also come as (batch, n_classes) float class distributions (`fastai_softlabel.soft_targets`)
 )->Tensor:               # the batch's one target tensor
-    "The target tensor of `yb`, or a `ValueError` saying what `who` got and what it needs"
+    "The target tensor of `yb`, or a `ValueError` saying what `who` got and what it needs (from the shape and dtype: nothing is read from the device)"
     y = yb[0] if len(yb) == 1 else None
     if not isinstance(y, Tensor): ok = False
     elif multi: ok = y.ndim == 2 and n_classes in (None, y.shape[1])
+    elif soft and y.ndim == 2: ok = y.is_floating_point() and n_classes in (None, y.shape[1])
     else: ok = y.ndim == 1 and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
     if ok: return y
     need = (f"multi-hot vectors of shape (batch, {n_classes or 'n_classes'}) for multi-label data (MultiCategoryBlock)" if multi
-            else "one integer class index per item for single-label data (CategoryBlock)")
+            else "one integer class index per item for single-label data (CategoryBlock)" +
+                 (f", or class distributions of shape (batch, {n_classes or 'n_classes'}) (soft_target_block)" if soft else ''))
     if len(yb) != 1: got = f"{len(yb)} target tensors per batch"
     elif not isinstance(y, Tensor): got = f"targets of type {type(y).__name__}"
     else: got = f"targets of shape {tuple(y.shape)} and dtype {y.dtype}"
     raise ValueError(f"{who} got {got}; it needs {need}.")
+
+def refuse_soft_multi_label(
+    dls,       # the Learner's `DataLoaders`
+    who:str,   # the callback or method that needs multi-hot labels, named in the error
+    why:str,   # what of multi-hot labels it needs
+):
+    "A `ValueError` when multi-label `dls` carry per-label probabilities or entries left out (`fastai_softlabel.soft_targets.SoftMultiCategorize`) for `who`, which is defined on multi-hot labels"
+    from fastai_softlabel.soft_targets import SoftMultiCategorize
+    tls = getattr(getattr(dls, 'train_ds', None), 'tls', None) or []
+    if any(isinstance(t, SoftMultiCategorize) for tl in tls for t in tl.tfms.fs): raise ValueError(
+        f"{who} is defined on multi-hot labels ({why}); these DataLoaders carry per-label probabilities or entries left out "
+        f"(soft_target_block): train {who} on 0/1 labels")
 
 # %% ../nbs/00_core.ipynb #rf000002
 def no_training_batch_message(

@@ -9,6 +9,7 @@ from collections import Counter
 from .data import array_image_dls, ImageAt, IndexInto, _unique_names
 from .splits import StratifiedSplitter, ColumnSplitter, PatientSplitter
 from .soft_targets import are_soft, check_soft_targets, hard_labels
+from .uncertain_labels import uncertain_entries
 
 # %% auto #0
 __all__ = ['SOFT_TARGET_ARRAY', 'GROUP_ARRAYS', 'NAME_ARRAYS', 'finding_labels', 'check_images', 'ham10000_dls', 'nih_dls',
@@ -143,19 +144,20 @@ SOFT_TARGET_ARRAY = 'label_distributions'   # a dataset file's single-label soft
 def read_targets(
     arrays:dict, # the arrays of a dataset `.npz` file
     what:str,    # the file, named in errors
-)->tuple:        # `(labels, soft_targets)`: the hard labels, and the (N, K) float32 targets where the file's labels are soft (else None)
-    "A dataset file's labels: `labels` as they are, or soft targets (`label_distributions`, rows summing to 1; multi-label `labels` between 0 and 1) with the hard labels read from them"
+)->tuple:        # `(labels, soft_targets, coded)`: the hard labels; (N, K) float32 soft targets (else None); CheXpert-coded findings (else None)
+    "A dataset file's labels: hard as they are; soft (`label_distributions`, rows summing to 1; multi-label `labels` between 0 and 1), with the hard labels read from them; or multi-label findings coded 1, 0, −1 (uncertain), blank (unmentioned), whose targets an uncertainty policy makes (the hard labels meanwhile: the positives)"
     if SOFT_TARGET_ARRAY in arrays:
         if 'labels' in arrays: raise ValueError(f"{what} has both 'labels' and '{SOFT_TARGET_ARRAY}': give one (the hard label is read from a distribution: its arg-max)")
         t = check_soft_targets(arrays[SOFT_TARGET_ARRAY], False, None, f"{what}: '{SOFT_TARGET_ARRAY}'")
-        return hard_labels(t, False),t
+        return hard_labels(t, False),t,None
     y = np.asarray(arrays['labels'])
-    if not (y.ndim == 2 and y.shape[1] > 1 and y.dtype.kind == 'f' and are_soft(y)): return y,None
+    if not (y.ndim == 2 and y.shape[1] > 1 and np.issubdtype(y.dtype, np.number) and y.dtype != bool and are_soft(y)): return y,None,None
+    f = y.astype(np.float64)
+    if (np.isnan(f) | (f == -1)).any():   # CheXpert's coding: −1 uncertain, blank unmentioned
+        uncertain_entries(f, f"{what}: 'labels'")   # 1, 0, −1 and blank only
+        return (f == 1).astype(np.uint8),None,f
     t = check_soft_targets(y, True, None, f"{what}: 'labels'")
-    if np.isnan(t).any(): raise ValueError(
-        f"{what}: 'labels' has blank (NaN) entries, which the softlabel command does not leave out of training yet: fill them "
-        "(an unmentioned finding is 0, as CheXpert reads it), or train in Python with `MaskedBCEWithLogitsLoss` (`fastai_softlabel.uncertain_labels`)")
-    return hard_labels(t, True).astype(np.uint8),t
+    return hard_labels(t, True).astype(np.uint8),t,None
 
 def load_npz(path)->dict:
     "The arrays of a dataset `.npz` file, checked: images, labels (or soft targets, `d['soft_targets']`), names, and split/group arrays when present"
@@ -174,13 +176,14 @@ def load_npz(path)->dict:
         f"{p.name}: 'images' of shape {im.shape} look channels-first, (N, C, H, W); save them channels-last, (N, H, W, C): "
         "images.transpose(0, 2, 3, 1)")
     if im.ndim == 4 and im.shape[-1] not in (1, 3, 4): raise ValueError(f"{p.name}: 'images' must have 1, 3 or 4 channels last, got {im.shape}")
-    d['labels'],d['soft_targets'] = read_targets(d, p.name)
+    d['labels'],d['soft_targets'],d['coded_labels'] = read_targets(d, p.name)
     if len(d['labels']) != len(im): raise ValueError(f"{p.name}: {len(im)} images but {len(d['labels'])} labels")
     d |= _item_names_and_groups(d, len(im), p.name)   # before `names` becomes the class names (the NIH subset's `names` name images)
     d['labels'],d['names'] = check_labels(d['labels'], d.get('class_names', d.get('label_names')), p.name)
     if 'split' in d: d['split'] = _check_split_array(d['split'], len(im), p.name)
     d['multi_label'] = d['labels'].ndim == 2
-    if d['soft_targets'] is None: del d['soft_targets']
+    for k in ('soft_targets', 'coded_labels'):
+        if d[k] is None: del d[k]
     return d
 
 GROUP_ARRAYS = ('lesion_id', 'patient_id', 'groups')      # an item's lesion or patient: items of one stay in one split

@@ -19,6 +19,7 @@ from .noise_detection import training_predictions, noise_detection
 from .confident_learning import stratified_folds, label_issues
 from .soft_label_prior import save_soft_labels
 from .soft_targets import hard_labels, soft_target_metrics
+from .uncertain_labels import MaskedBCEWithLogitsLoss
 from .plots import soft_label_heatmap
 from .metrics import single_label_metrics, multi_label_metrics, run_summaries, per_class_metrics, SingleLabelAUROC, confusion_counts, \
     first_non_finite_epoch, is_evaluated_column
@@ -134,11 +135,11 @@ def signal_dataset(
         if x is None: raise ValueError(f"{p.name} has no 'signals' array; it has {sorted(z)}")
         _check_signals(x, p.name)
         if 'labels' not in z and SOFT_TARGET_ARRAY not in z: raise ValueError(f"{p.name} needs 'labels' (or '{SOFT_TARGET_ARRAY}') with one row per signal ({len(x)})")
-        y,soft = read_targets(z, p.name)   # soft targets: the hard labels read from them
+        y,soft,coded = read_targets(z, p.name)   # soft targets: the hard labels read from them
         if len(y) != len(x): raise ValueError(f"{p.name} needs 'labels' with one row per signal ({len(x)}), got {len(y)}")
         y,names = check_labels(y, z.get('label_names', z.get('class_names')), p.name)
         d = dict(signals=x.astype(np.float32), labels=y, names=np.asarray(names).astype(str)) | _item_names_and_groups(z, len(x), p.name)
-        if soft is not None: d['soft_targets'] = soft
+        d |= {k: v for k,v in dict(soft_targets=soft, coded_labels=coded).items() if v is not None}
         split,source = (None if 'split' not in z else _check_split_array(z['split'], len(x), p.name)),None
     d['multi_label'] = d['labels'].ndim == 2
     return _train_valid(d, split, valid, p.name, train, source=source)
@@ -342,9 +343,13 @@ def run_learner(d:dict, method:str, seed:int, corruption:float, args, prefix:str
                                  getattr(args, 'ccl_patience', None), getattr(args, 'forget_rate', None),
                                  0. if noise is None else float(noise.mask.reshape(len(noise.mask), -1).any(1).mean()),   # items with a changed label
                                  bool(getattr(args, 'weights_file', None)), getattr(args, 'epochs', None), d.get('soft_label_matrix'))
+    masked = soft is not None and bool(np.isnan(soft).any())   # --uncertain ignore: entries left out of the loss and the metrics
     if d['multi_label'] and getattr(args, 'weighted_bce', 'no') == 'yes':
         if loss_func is not None: raise ValueError(f"{method} sets its own loss; it cannot take --weighted-bce")
-        loss_func = BCEWithLogitsLossFlat(weight=inverse_prevalence_weights(labels[train_idx]).to(dls.device), flatten=False)   # (C,) weights on (B, C) losses
+        if masked:   # the prevalence among each label's kept entries; the weights on the kept entries' losses
+            w = inverse_prevalence_weights(np.where(np.isnan(soft[train_idx]), np.nan, soft[train_idx] >= .5)).to(dls.device)
+            loss_func = MaskedBCEWithLogitsLoss(weight=w)
+        else: loss_func = BCEWithLogitsLossFlat(weight=inverse_prevalence_weights(labels[train_idx]).to(dls.device), flatten=False)   # (C,) weights on (B, C) losses
     opt,wd = getattr(args, 'opt', 'adam'),getattr(args, 'wd', None)
     # SGD with L2 weight decay (as PyTorch's); Adam with the paper's (0.9, 0.999) for the paper recipe, fastai's defaults otherwise
     opt_func = (partial(SGD, mom=0.9, decouple_wd=False) if opt == 'sgd' else
@@ -352,7 +357,7 @@ def run_learner(d:dict, method:str, seed:int, corruption:float, args, prefix:str
     clip = getattr(args, 'clip', 0.) or 0.
     precision = getattr(args, 'precision', None) or 'fp32'
     cbs = cbs + ([GradientClip(clip)] if clip else []) + ([MixedPrecision(amp_mode=precision)] if precision != 'fp32' else [])
-    metrics = (soft_target_metrics(d['multi_label']) if soft is not None else   # soft targets: scored against their hard reading, and KL, TV
+    metrics = (soft_target_metrics(d['multi_label'], masked) if soft is not None else   # soft targets: scored against their hard reading, and KL, TV
                multi_label_metrics() if d['multi_label'] else single_label_metrics() + [SingleLabelAUROC()])
     bars = progress_bars(getattr(args, 'progress', 'auto'))   # bars or lines, not both
     learn = Learner(dls, model, loss_func=loss_func, opt_func=opt_func, metrics=metrics, cbs=cbs + ([] if bars else [EpochLog(prefix)]))

@@ -245,10 +245,11 @@ def soft_bce_with_logits(
     return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), weight=None if weight is None else weight.to(logits.device).float())
 
 def inverse_prevalence_weights(
-    labels, # (N, C) multi-hot training labels
+    labels, # (N, C) multi-hot training labels (NaN: an entry left out, not counted)
 )->Tensor:  # (C,) weights with mean 1
     "Per-class weights proportional to 1/prevalence (classes without positives get the largest finite weight)"
-    prev = torch.as_tensor(np.asarray(labels), dtype=torch.float32).mean(0)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.float32)
+    prev = y.nanmean(0) if y.isnan().any() else y.mean(0)   # (decided once, on the host, before training)
     pos = prev > 0
     if not pos.any(): return torch.ones_like(prev)
     w = torch.zeros_like(prev)

@@ -11,8 +11,8 @@ from typing import Callable, NamedTuple
 
 # %% auto #0
 __all__ = ['METHODS', 'OPTION_GROUPS', 'SINGLE_METHODS', 'MULTI_METHODS', 'BEYOND_THE_PAPERS', 'CCL_METHODS', 'MIXING_METHODS',
-           'POINT_METHODS', 'LSR_METHODS', 'Method', 'register', 'method_names', 'default_methods', 'methods_taking',
-           'MethodContext']
+           'POINT_METHODS', 'LSR_METHODS', 'Method', 'register', 'method_names', 'on_soft_targets', 'default_methods',
+           'methods_taking', 'MethodContext']
 
 # %% ../nbs/29_methods.ipynb #me000002
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Method:
     cleans_labels:bool=False # trains k folds first and leaves out the label issues they reveal (confident learning), then builds as `build`
     one_process:str=''   # why it cannot train under torchrun, for the refusal before any run ('' : it can)
     soft_targets:str=''  # what it does with soft targets (`fastai_softlabel.soft_targets`), in words ('' : not defined on them, refused)
+    soft_tasks:tuple=('single', 'multi') # the tasks where `soft_targets` holds
 
 METHODS = {}   # name: `Method`, in the order of the comparison's tables
 
@@ -48,9 +49,14 @@ def method_names(task:str)->tuple:
     "The methods of a task ('single' or 'multi'), in the comparison's order"
     return tuple(n for n,m in METHODS.items() if task in m.tasks)
 
+def on_soft_targets(name:str, task:str)->bool:
+    "Whether the method `name` is defined on soft targets of a task ('single': class distributions; 'multi': per-label probabilities)"
+    m = METHODS[name]
+    return bool(m.soft_targets) and task in m.soft_tasks and task in m.tasks
+
 def default_methods(task:str, signals:bool=False, soft:bool=False)->list:
     "The methods run when `--methods` is not given: the papers' comparison for the task (on 1-D signals, those that fit them; on soft targets, those defined there)"
-    return [n for n,m in METHODS.items() if task in m.tasks and task not in m.beyond and not (signals and m.images_only) and not (soft and not m.soft_targets)]
+    return [n for n,m in METHODS.items() if task in m.tasks and task not in m.beyond and not (signals and m.images_only) and not (soft and not on_soft_targets(n, task))]
 
 def methods_taking(option:str)->tuple:
     "The methods that take the method option `option` (a key of `OPTION_GROUPS`)"
@@ -161,7 +167,9 @@ for m in [Method('baseline', ('single',), _nothing, soft_targets='cross-entropy 
           Method('manifold', ('multi',), _manifold, _MIX + ('points',), soft_targets=_MIXED),
           Method('flowmixup', ('multi',), partial(_flowmixup, True), _MIX + ('points',), soft_targets=_MIXED),
           Method('flowmixup-noop', ('multi',), partial(_flowmixup, False), _MIX + ('points',), soft_targets=_MIXED),
-          Method('ccl', ('single', 'multi'), lambda c: (None,[_ccl(c)]), _CCL, beyond=('multi',)),   # multi-label CCL: beyond the papers
+          Method('ccl', ('single', 'multi'), lambda c: (None,[_ccl(c)]), _CCL, beyond=('multi',),   # multi-label CCL: beyond the papers
+                 soft_targets="the head learns from the expected head loss under each item's distribution, the backbone's KL is towards its expected soft label t·P",
+                 soft_tasks=('single',)),
           Method('ccl+flowmixup', ('multi',), _ccl_flowmixup, _CCL + _MIX + ('points',), beyond=('multi',)),
           Method('cutmix', ('single',), _cutmix, _MIX, images_only='cuts and pastes image patches', soft_targets=_MIXED),
           # the noise-robust baselines: not the papers' comparison, run when named

@@ -94,22 +94,24 @@ class SingleLabelAUROC(AccumMetric):
 # %% ../nbs/07_metrics.ipynb #pc000002
 def per_class_metrics(
     probs,                 # (N, C) probabilities (softmax rows for single-label data, sigmoids for multi-label)
-    targets,               # (N,) class indices, or (N, C) multi-hot
+    targets,               # (N,) class indices, or (N, C) multi-hot (NaN: an entry left out, counted nowhere)
     names=None,            # C class names (default 0..C-1)
     thresh:float=0.5,      # multi-label: a class is predicted when its probability is at least this
 )->pd.DataFrame:           # one row per class: `class`, `positives`, `auroc`, `auprc`, `f1`, `sensitivity`, `specificity`
     "Each class's number of positives, one-vs-rest AUROC, AUPRC (scikit-learn's average precision), F1, sensitivity and specificity"
     probs,targets = np.asarray(probs, dtype=np.float64),np.asarray(targets)
     n,c = probs.shape
-    onehot = targets.astype(bool) if targets.ndim == 2 else np.eye(c, dtype=bool)[targets]
+    keep = ~np.isnan(targets) if targets.ndim == 2 and targets.dtype.kind == 'f' else np.ones(probs.shape, dtype=bool)   # multi-label entries left out
+    onehot = np.where(keep, targets, 0).astype(bool) if targets.ndim == 2 else np.eye(c, dtype=bool)[targets]
     if onehot.shape != probs.shape: raise ValueError(f"targets {targets.shape} do not fit probabilities {probs.shape}")
     pred = probs >= thresh if targets.ndim == 2 else np.eye(c, dtype=bool)[probs.argmax(1)]
-    tp,fp,fn,tn = (pred & onehot).sum(0),(pred & ~onehot).sum(0),(~pred & onehot).sum(0),(~pred & ~onehot).sum(0)
+    tp,fp,fn,tn = ((a & b & keep).sum(0) for a,b in ((pred, onehot), (pred, ~onehot), (~pred, onehot), (~pred, ~onehot)))
     ratio = lambda a, b: np.where(b > 0, a/np.maximum(b, 1), np.nan)   # NaN where undefined (0/0)
     f1 = np.where(onehot.sum(0) > 0, ratio(2*tp, 2*tp + fp + fn), np.nan)   # a class the split lacks: undefined, even when predicted
-    defined = [0 < onehot[:, k].sum() < n and np.isfinite(probs[:, k]).all() for k in range(c)]
-    auroc = [roc_auc_score(onehot[:, k], probs[:, k]) if ok else np.nan for k,ok in enumerate(defined)]
-    auprc = [skm.average_precision_score(onehot[:, k], probs[:, k]) if ok else np.nan for k,ok in enumerate(defined)]
+    kept = [keep[:, k] for k in range(c)]
+    defined = [0 < onehot[i, k].sum() < i.sum() and np.isfinite(probs[i, k]).all() for k,i in enumerate(kept)]
+    auroc = [roc_auc_score(onehot[i, k], probs[i, k]) if ok else np.nan for k,(i,ok) in enumerate(zip(kept, defined))]
+    auprc = [skm.average_precision_score(onehot[i, k], probs[i, k]) if ok else np.nan for k,(i,ok) in enumerate(zip(kept, defined))]
     names = np.arange(c) if names is None else np.asarray(names)
     return pd.DataFrame({'class': [str(x) for x in names], 'positives': onehot.sum(0), 'auroc': auroc, 'auprc': auprc, 'f1': f1,
                          'sensitivity': ratio(tp, tp + fn), 'specificity': ratio(tn, tn + fp)})
@@ -126,11 +128,13 @@ def confusion_counts(
 def prediction_metrics(
     probs,     # (N, K) softmax rows, or (N, C) per-label sigmoids: `preds.npz`'s `probs`
     targets,   # (N,) class indices, or (N, C) multi-hot: `preds.npz`'s `targets`
-    soft_targets=None, # (N, K) soft targets the hard `targets` were read from (`preds.npz`'s `soft_targets`): adds `kl_to_target` and `tv_to_target`
 )->dict:       # metric name (the Recorder's where it has one) -> value
     "The metrics a run records of its described epoch, from its predictions: the Recorder's, `ece`, and `auprc` (two classes) or `mean_auprc` (multi-label)"
     probs,targets = np.asarray(probs, dtype=np.float64),np.asarray(targets)
-    if targets.ndim == 2:   # as multi_label_metrics: sigmoids, a label predicted at ≥ 0.5
+    if targets.ndim == 2 and np.isnan(targets).any():   # entries left out (--uncertain ignore): each label on its kept entries
+        from fastai_softlabel.uncertain_labels import masked_mean_auroc, masked_macro_f1
+        r = dict(mean_auroc=masked_mean_auroc(probs, targets), f1_score=masked_macro_f1(probs, targets), mean_auprc=per_class_metrics(probs, targets)['auprc'].mean())
+    elif targets.ndim == 2:   # as multi_label_metrics: sigmoids, a label predicted at ≥ 0.5
         r = dict(mean_auroc=mean_auroc(probs, targets)[0], f1_score=skm.f1_score(targets, probs >= .5, average='macro', zero_division=0),
                  mean_auprc=per_class_metrics(probs, targets)['auprc'].mean())
     else:                   # as single_label_metrics: the arg-max class
@@ -140,9 +144,6 @@ def prediction_metrics(
                  jaccard_score=skm.jaccard_score(t, yhat, average='macro', zero_division=0), auroc=single_label_auroc(probs, t))
         if probs.shape[1] == 2: r['auprc'] = per_class_metrics(probs, t)['auprc'].iloc[1]   # the second class's, as the binary tables
     r['ece'] = expected_calibration_error(probs, targets)
-    if soft_targets is not None:
-        from fastai_softlabel.soft_targets import soft_target_kl, soft_target_tv
-        r |= dict(kl_to_target=soft_target_kl(probs, soft_targets, targets.ndim == 2), tv_to_target=soft_target_tv(probs, soft_targets, targets.ndim == 2))
     return {k: float(v) for k,v in r.items()}
 
 # %% ../nbs/07_metrics.ipynb #65c384f3

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math, os
 from pathlib import Path
 from types import SimpleNamespace
-from .methods import METHODS, method_names, default_methods, methods_taking
+from .methods import METHODS, method_names, default_methods, methods_taking, on_soft_targets
 from .arguments import (RECIPES, IMAGE_KINDS, APPLIES, DATA_ONLY, check_arguments, data_kind, describe_data, not_applied,
                                        refuse_unused, resolve_recipe, torchrun_world)
 from .results_folder import check_out
@@ -190,13 +190,37 @@ def _instance_features(path, d:dict)->np.ndarray:
     try: return standardised(penultimate_features(learn, d['signals' if 'signals' in d else 'images'][train]))
     except Exception as e: raise ValueError(f"--noise-file {name}: the exported model computes no features of this data's training items ({type(e).__name__}: {e})") from None
 
+def _apply_uncertainty(args, d:dict, kind:str)->bool:
+    "The targets of CheXpert-coded findings (`d['coded_labels']`) by the --uncertain policy, required when the data has uncertain (−1) entries: whether it has any"
+    coded = d.pop('coded_labels', None)
+    if coded is None: return False
+    import numpy as np
+    from fastai_softlabel.uncertain_labels import UNCERTAIN_POLICIES, uncertain_entries, apply_uncertainty_policy
+    from fastai_softlabel.soft_targets import are_soft
+    uncertain,unmentioned = uncertain_entries(coded)
+    if uncertain.any() and args.uncertain is None: raise ValueError(
+        f"{describe_data(args, kind)} has {int(uncertain.sum())} uncertain (−1) finding(s) in {int(uncertain.any(1).sum())} item(s): say how they train "
+        f"with --uncertain {{{','.join(UNCERTAIN_POLICIES)}}} (ignore leaves them out of the loss and of every metric)")
+    t = apply_uncertainty_policy(coded, args.uncertain or 'zeros', seed=0)   # drawn once for the data (-lsr): every run trains on the same targets
+    d['uncertain_counts'] = dict(uncertain=int(uncertain.sum()), unmentioned=int(unmentioned.sum()))
+    d['labels'] = (np.nan_to_num(t, nan=0.) >= .5).astype(np.uint8)   # the hard reading (an entry left out: negative), for splits and coverage checks
+    if are_soft(t): d['soft_targets'] = t   # ones/zeros give 0/1: the hard fast path
+    return bool(uncertain.any())
+
 def _check_soft_targets(args, d:dict, kind:str, methods:list, rates:list):
     "Data whose labels are soft targets train only with the methods defined on them, and without label noise (its models flip hard labels)"
-    what = f"{describe_data(args, kind)} holds soft targets ({'per-label probabilities' if d['multi_label'] else 'class distributions'})"
-    hard_only = [m for m in methods if not METHODS[m].soft_targets]
+    what = (f"--uncertain {args.uncertain} makes soft targets of {describe_data(args, kind)}'s uncertain findings" if 'uncertain_counts' in d else
+            f"{describe_data(args, kind)} holds soft targets ({'per-label probabilities' if d['multi_label'] else 'class distributions'})")
+    task = 'multi' if d['multi_label'] else 'single'
+    hard_only = [m for m in methods if not on_soft_targets(m, task)]
     if hard_only:
-        ok = [n for n in method_names('multi' if d['multi_label'] else 'single') if METHODS[n].soft_targets]
+        ok = [n for n in method_names(task) if on_soft_targets(n, task)]
         raise ValueError(f"{what}, and {hard_only[0]} is defined on hard labels only here: choose from {', '.join(ok)}")
+    import numpy as np
+    mixing = [m for m in methods if m in methods_taking('alpha')]
+    if mixing and np.isnan(d['soft_targets']).any(): raise ValueError(
+        f"--uncertain ignore leaves findings out of the targets, and {mixing[0]} mixes two items' targets: a finding left out of one of them has "
+        "no mixed target; choose erm, or another --uncertain policy")
     noisy = [r for r in rates if r > 0]
     if noisy: raise ValueError(f"{what}: the label-noise models flip hard labels, and none is defined on soft targets; give --corruption 0, not {noisy[0]:g}")
 
@@ -238,6 +262,7 @@ def prepare(args)->tuple:
     else: args.backbone = check_model_name(args.backbone or 'resnet18')
     _check_weights(args, kind)
     d = _load_data(args, kind)
+    ctx.uncertain = _apply_uncertainty(args, d, kind)
     if args.class_names is not None: _apply_class_names(args, d, kind)
     if args.select is not None: _select(args, d, kind)
     checks = _check_label_coverage(args, d, kind)

@@ -163,7 +163,12 @@ def metrics_from_predictions(
     if r.get('diverged_epoch') is not None: return r   # no number of a diverged run is shown
     got = {}
     if (run/'preds.npz').is_file():
-        with np.load(run/'preds.npz') as p: m = prediction_metrics(p['probs'], p['targets'], p['soft_targets'] if 'soft_targets' in p.files else None)
+        with np.load(run/'preds.npz') as p:
+            m = prediction_metrics(p['probs'], p['targets'])
+            if 'soft_targets' in p.files:   # a run on soft targets: how far its predictions are from them
+                from fastai_softlabel.soft_targets import soft_target_kl, soft_target_tv
+                ml = p['targets'].ndim == 2
+                m |= dict(kl_to_target=soft_target_kl(p['probs'], p['soft_targets'], ml), tv_to_target=soft_target_tv(p['probs'], p['soft_targets'], ml))
         at = '_selected' if r.get('described') == 'selected' else ''   # the Recorder's columns of the described epoch
         got |= {(k if k in ('ece', 'auprc', 'mean_auprc') else k + at): v for k,v in m.items()}
     if (run/'noise.npz').is_file():

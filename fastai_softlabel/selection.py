@@ -8,6 +8,7 @@ from fastai.basics import *
 from fastai.distributed import DistributedDL
 from .metrics import mean_auroc
 from .soft_targets import hard_labels
+from .uncertain_labels import masked_mean_auroc
 from .splits import PatientSplitter, StratifiedSplitter
 
 # %% auto #0
@@ -66,6 +67,7 @@ def selection_score(
     if not torch.isfinite(preds).all(): return float('nan')
     multi = targs.ndim == 2 if multi_label is None else multi_label
     if targs.ndim == 2: targs = hard_labels(targs, multi)   # soft targets: what a clinician reads (0/1 multi-hot: unchanged)
+    if multi and torch.isnan(targs).any(): return masked_mean_auroc(preds.cpu().numpy(), targs.cpu().numpy())   # entries left out (--uncertain ignore)
     if multi: return mean_auroc(preds.cpu().numpy(), targs.cpu().numpy())[0]
     return (preds.argmax(1) == targs).float().mean().item()
 

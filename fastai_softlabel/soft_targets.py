@@ -8,7 +8,7 @@ from fastai.basics import *
 from fastai.data.all import *
 from fastai.metrics import ActivationType
 from .soft_label_prior import SUM_TOLERANCE
-from .uncertain_labels import MaskedBCEWithLogitsLoss
+from .uncertain_labels import MaskedBCEWithLogitsLoss, masked_mean_auroc, masked_macro_f1
 
 # %% auto #0
 __all__ = ['check_soft_targets', 'hard_labels', 'SoftTargetCrossEntropy', 'TensorSoftTargets', 'SoftCategorize',
@@ -193,8 +193,14 @@ def soft_target_distances(multi_label:bool)->list:
 # %% ../nbs/43_soft_targets.ipynb #st000024
 def soft_target_metrics(
     multi_label:bool, # per-label probabilities rather than class distributions
+    masked:bool=False, # multi-label targets with entries left out (NaN): each label scored on its kept entries
 )->list:
-    "The command's metrics on soft targets: its usual ones against the hard reading (`HardLabelMetric`), then `kl_to_target` and `tv_to_target`"
+    "The command's metrics on soft targets: its usual ones against the hard reading (`HardLabelMetric`; with `masked`, `masked_mean_auroc` and `masked_macro_f1`), then `kl_to_target` and `tv_to_target`"
     from fastai_softlabel.metrics import single_label_metrics, multi_label_metrics, SingleLabelAUROC
+    if masked:
+        if not multi_label: raise ValueError("entries left out (NaN) are multi-label findings; a class distribution has none")
+        on = dict(activation=ActivationType.Sigmoid, flatten=False, to_np=True)
+        usual = [AccumMetric(masked_mean_auroc, name='mean_auroc', **on), AccumMetric(masked_macro_f1, name='f1_score', **on)]
+        return usual + soft_target_distances(True)
     usual = multi_label_metrics() if multi_label else single_label_metrics() + [SingleLabelAUROC()]
     return [HardLabelMetric(m, multi_label) for m in usual] + soft_target_distances(multi_label)

@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 # %% auto #0
 __all__ = ['UNCERTAIN_POLICIES', 'LSR_RANGES', 'uncertain_entries', 'apply_uncertainty_policy', 'masked_bce_with_logits',
-           'MaskedBCEWithLogitsLoss', 'masked_mean_auroc']
+           'MaskedBCEWithLogitsLoss', 'masked_mean_auroc', 'masked_macro_f1']
 
 # %% ../nbs/42_uncertain_labels.ipynb #un000005
 UNCERTAIN_POLICIES = ('ignore', 'zeros', 'ones', 'zeros-lsr', 'ones-lsr')
@@ -46,11 +46,13 @@ def masked_bce_with_logits(
     logits:Tensor,   # (B, C) scores
     targets:Tensor,  # (B, C) targets in [0, 1]; NaN: left out
     reduction:str='mean', # 'mean' over the kept entries, 'sum', or 'none' (per item: the mean of its kept entries, 0 without any)
+    weight:Tensor|None=None, # (C,) per-label weights, e.g. `inverse_prevalence_weights`, as `F.binary_cross_entropy_with_logits` takes them
 )->Tensor:
     "Binary cross-entropy over the entries whose target is a number: NaN targets give no loss and no gradient"
     z,t = logits.float(),targets.float()
     keep = ~torch.isnan(t)
-    per = F.binary_cross_entropy_with_logits(z, torch.where(keep, t, torch.zeros_like(t)), reduction='none')*keep
+    per = F.binary_cross_entropy_with_logits(z, torch.where(keep, t, torch.zeros_like(t)), reduction='none',
+                                             weight=None if weight is None else weight.to(z.device).float())*keep
     if reduction == 'mean': return per.sum()/keep.sum().clamp_min(1)
     if reduction == 'sum': return per.sum()
     if reduction == 'none': return per.sum(-1)/keep.sum(-1).clamp_min(1)
@@ -58,10 +60,10 @@ def masked_bce_with_logits(
 
 class MaskedBCEWithLogitsLoss(Module):
     "`masked_bce_with_logits` as a fastai loss for multi-label targets with left-out (NaN) entries"
-    def __init__(self, thresh:float=0.5, reduction:str='mean'): store_attr()
+    def __init__(self, thresh:float=0.5, reduction:str='mean', weight:Tensor|None=None): store_attr()
     def forward(self, out:Tensor, targets:Tensor)->Tensor:
         "`masked_bce_with_logits` of the logits and targets"
-        return masked_bce_with_logits(out.as_subclass(Tensor), targets.as_subclass(Tensor), self.reduction)
+        return masked_bce_with_logits(out.as_subclass(Tensor), targets.as_subclass(Tensor), self.reduction, self.weight)
     def activation(self, out:Tensor)->Tensor:
         "Probabilities, for `get_preds`"
         return torch.sigmoid(out)
@@ -73,11 +75,23 @@ def masked_mean_auroc(
     probs,    # (N, C) probabilities or scores
     targets,  # (N, C) targets; NaN: left out; a label's AUROC against its kept entries rounded (≥ 0.5: positive)
 )->float:     # NaN when no label has both classes among its kept entries
-    "Mean over labels of the AUROC on each label's kept entries (labels without both classes left out)"
+    "Mean over labels of the AUROC on each label's kept entries (labels without both classes, or with scores that are not numbers, left out)"
     p,t = np.asarray(probs, dtype=np.float64),np.asarray(targets, dtype=np.float64)
     scores = []
     for c in range(t.shape[1]):
         keep = ~np.isnan(t[:, c])
         pos = t[keep, c] >= .5
-        if 0 < pos.sum() < keep.sum(): scores.append(roc_auc_score(pos, p[keep, c]))
+        if 0 < pos.sum() < keep.sum() and np.isfinite(p[keep, c]).all(): scores.append(roc_auc_score(pos, p[keep, c]))
     return float(np.mean(scores)) if scores else float('nan')
+
+def masked_macro_f1(
+    probs,    # (N, C) probabilities
+    targets,  # (N, C) targets; NaN: left out; kept entries rounded (≥ 0.5: positive)
+    thresh:float=0.5, # a label is predicted present at this probability or more
+)->float:
+    "Mean over labels of the F1 on each label's kept entries; a label with no positive, predicted or true, scores 0 (scikit-learn's macro F1 with `zero_division=0`)"
+    p,t = np.asarray(probs, dtype=np.float64),np.asarray(targets, dtype=np.float64)
+    keep = ~np.isnan(t)
+    pos,pred = (np.nan_to_num(t) >= .5) & keep,(p >= thresh) & keep
+    tp,fp,fn = (pos & pred).sum(0),(~pos & pred).sum(0),(pos & ~pred).sum(0)
+    return float(np.mean(np.where(2*tp + fp + fn > 0, 2*tp/np.maximum(2*tp + fp + fn, 1), 0.)))

@@ -6,7 +6,7 @@ import numpy as np, pandas as pd, pytest, torch
 from fastai.vision.all import *
 from conftest import tiny_cnn, snapshot, assert_nested_equal, item_images, softlabel_here
 from fastai_softlabel.data import array_image_dls, synthetic_class_images, synthetic_multilabel_images
-from fastai_softlabel.methods import METHODS
+from fastai_softlabel.methods import METHODS, on_soft_targets
 from fastai_softlabel.signals import signal_dls
 from fastai_softlabel.soft_targets import SoftTargetCrossEntropy, soft_target_kl, soft_target_tv, hard_labels
 
@@ -49,9 +49,8 @@ def test_every_method_defined_on_soft_targets_trains_on_them(tmp_path, monkeypat
     probs = np.clip(.8*d['labels'] + rng.uniform(0, .2, d['labels'].shape), 0, 1).astype(np.float32)   # per-finding confidences
     np.savez(tmp_path/'msoft.npz', images=d['images'], labels=probs, class_names=d['class_names'], split=np.where(rng.random(96) < .75, 'train', 'valid'))
     monkeypatch.chdir(tmp_path)
-    single = [n for n,m in METHODS.items() if m.soft_targets and 'single' in m.tasks]
-    multi = [n for n,m in METHODS.items() if m.soft_targets and 'multi' in m.tasks]
-    assert 'baseline' in single and {'erm', 'flowmixup'} <= set(multi)
+    single,multi = ([n for n in METHODS if on_soft_targets(n, task)] for task in ('single', 'multi'))
+    assert {'baseline', 'ccl'} <= set(single) and {'erm', 'flowmixup'} <= set(multi) and 'ccl' not in multi
     one = [*FAST[:1], '1', *FAST[2:]]
     softlabel_here('--data', 'soft.npz', '--methods', ','.join(single), *one, '--out', 'single')
     softlabel_here('--data', 'msoft.npz', '--methods', ','.join(multi), *one, '--backbone', 'resnet18', '--out', 'multi')
@@ -101,3 +100,104 @@ def test_signals_take_soft_targets():
     ml = signal_dls(x, np.clip(dist*1.5, 0, 1), ['a', 'b', 'c'], bs=4, device='cpu')
     assert type(ml.loss_func).__name__ == 'BCEWithLogitsLossFlat'
     with pytest.raises(ValueError, match='must sum to 1'): signal_dls(x, dist*.5, ['a', 'b', 'c'], multi_label=False, bs=4)
+
+def _coded(folder):
+    "coded.npz: multi-hot findings coded as CheXpert codes them (1, 0, −1 uncertain, blank unmentioned), with a split"
+    d = synthetic_multilabel_images(n_items=96, size=16, n_labels=6)
+    rng = np.random.default_rng(0)
+    y = d['labels'].astype(float)
+    y[rng.random(y.shape) < .1] = -1
+    y[(y == 0) & (rng.random(y.shape) < .3)] = np.nan
+    np.savez(folder/'coded.npz', images=d['images'], labels=y, class_names=d['class_names'], split=np.where(rng.random(96) < .75, 'train', 'valid'))
+    return y
+
+def _check_policy_run(out, coded, policy, methods):
+    "Each run trained on the policy's targets (preds.npz: the evaluated items'), was scored with the entries it left out left out, and recorded the policy"
+    from fastai_softlabel.uncertain_labels import apply_uncertainty_policy, masked_mean_auroc
+    expected = apply_uncertainty_policy(coded, policy, seed=0)
+    cfg = json.loads(Path(out, 'config.json').read_text())
+    assert cfg['settings']['arguments']['uncertain'] == policy and cfg['uncertain'] == dict(uncertain=int((coded == -1).sum()), unmentioned=int(np.isnan(coded).sum()))
+    assert cfg['targets'] == ('hard' if policy in ('zeros', 'ones') else 'soft')
+    rows = {r['method']: r for r in json.loads(Path(out, 'runs.json').read_text())}
+    assert set(rows) == set(methods)
+    for m,r in rows.items():
+        p = np.load(Path(out, 'runs', f'{m}_seed0_c0', 'preds.npz'))
+        t = expected[p['item']]
+        if policy in ('zeros', 'ones'): np.testing.assert_array_equal(p['targets'], t)   # 0/1: the hard fast path
+        else: np.testing.assert_array_equal(p['soft_targets'], t)
+        assert r['diverged_epoch'] is None
+        assert r['mean_auroc'] == pytest.approx(masked_mean_auroc(p['probs'], np.where(np.isnan(t), np.nan, t >= .5)), abs=1e-6), (policy, m)
+
+def test_uncertain_findings_through_the_command(tmp_path, monkeypatch):
+    "--uncertain: ignore leaves entries out of loss and metrics (also with --weighted-bce), ones-lsr trains soft targets through mixing, zeros is the hard path (CCL)"
+    coded = _coded(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    one = [*FAST[:1], '1', *FAST[2:]]
+    for policy,methods,extra in (('ignore', ['erm'], ['--weighted-bce', 'yes']), ('ones-lsr', ['erm', 'flowmixup'], ['--backbone', 'resnet18']),
+                                 ('zeros', ['erm', 'ccl'], [])):
+        softlabel_here('--data', 'coded.npz', '--uncertain', policy, '--methods', ','.join(methods), *one, *extra, '--out', policy)
+        _check_policy_run(policy, coded, policy, methods)
+
+@pytest.mark.slow
+def test_every_multi_label_method_on_each_uncertainty_policy(tmp_path, monkeypatch):
+    "Every multi-label method trains one epoch under each policy where it is defined: all of them under zeros and ones (0/1 targets), those defined on soft targets under the -lsr policies, erm under ignore"
+    from fastai_softlabel.methods import method_names
+    coded = _coded(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    soft = [n for n in method_names('multi') if on_soft_targets(n, 'multi')]
+    matrix = tmp_path/'P.npz'
+    from fastai_softlabel.soft_label_prior import save_soft_labels
+    save_soft_labels(matrix, np.full((6, 6), .04) + .76*np.eye(6), [f'label{k}' for k in range(6)])
+    for policy,methods in (('zeros', list(method_names('multi'))), ('ones', list(method_names('multi'))), ('zeros-lsr', soft), ('ones-lsr', soft), ('ignore', ['erm'])):
+        extra = ['--soft-labels', str(matrix)] if 'soft-labels' in methods else []
+        softlabel_here('--data', 'coded.npz', '--uncertain', policy, '--methods', ','.join(methods), *FAST[:1], '1', *FAST[2:], '--backbone', 'resnet18', *extra, '--out', policy)
+        _check_policy_run(policy, coded, policy, methods)
+
+class KLSpy(Callback):
+    "The training loss just before and just after CCL's `after_loss` (order 51): their difference is the KL term CCL added"
+    run_valid = False
+    def __init__(self, order): self.order = order
+    def before_fit(self): self.seen = []
+    def after_loss(self): self.seen.append((self.learn.loss.detach().clone(), self.learn.pred.detach().clone(), self.learn.yb[0].clone()))
+
+def _ccl_learner(labels, **kw):
+    from fastai_softlabel.ccl import CCL
+    d = synthetic_class_images(n_per_class=16, size=16, n_classes=4)
+    set_seed(0)   # the DataLoaders' shuffling, then the weights
+    dls = array_image_dls(d['images'], labels(d['labels']), d['class_names'], bs=16, device='cpu', seed=0, **kw)
+    set_seed(0)
+    return Learner(dls, tiny_cnn(4), cbs=[CCL(widths=(32, 16), lr_ccl=0.05)])
+
+def test_ccl_on_class_distributions():
+    "CCL on soft single-label targets: one-hot rows train as class indices do; its KL is towards the expected soft label t·P; its head's CE is the expected head loss"
+    from fastai_softlabel.losses import soft_label_kl, ccl_head_loss
+    fits = []
+    for labels,kw in ((lambda y: y, {}), (lambda y: np.eye(4, dtype=np.float32)[y], dict(multi_label=False))):
+        learn = _ccl_learner(labels, **kw)   # made and fitted in turn: the head is drawn from the seed at the fit's start
+        with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
+        fits.append(learn)
+    hard,onehot = fits
+    assert_nested_equal(snapshot(onehot.model.state_dict()), snapshot(hard.model.state_dict()))
+    assert_nested_equal(snapshot(onehot.ccl.ccl_head.state_dict()), snapshot(hard.ccl.ccl_head.state_dict()))
+    votes = _ccl_learner(lambda y: np.random.default_rng(0).dirichlet(np.ones(4), len(y)).astype(np.float32), multi_label=False)
+    with votes.no_bar(), votes.no_logging(): votes.fit(1, 1e-2)
+    votes.ccl.freeze_dictionary()
+    P = votes.ccl.soft_labels.clone()
+    before,after = KLSpy(50),KLSpy(52)
+    with votes.no_bar(), votes.no_logging(): votes.fit(1, 1e-2, cbs=[before, after])
+    assert len(before.seen) == len(votes.dls.train)
+    for (l0,pred,t),(l1,_,_) in zip(before.seen, after.seen):
+        assert t.ndim == 2 and t.is_floating_point()
+        torch.testing.assert_close(l1 - l0, soft_label_kl(pred, t.as_subclass(Tensor)@P), rtol=1e-5, atol=1e-6)
+    # the head's CE on a distribution is the expected CE over its classes: sum_k t_k CE(e, k)
+    torch.manual_seed(0)
+    e,dic,t = torch.randn(5, 8),torch.randn(4, 8),torch.softmax(torch.randn(5, 4), 1)
+    per_class = torch.stack([ccl_head_loss(e, dic, torch.full((5,), k), weight=torch.eye(5)[i])[1] for i in range(5) for k in range(4)]).view(5, 4)
+    torch.testing.assert_close(ccl_head_loss(e, dic, t)[1], (t*per_class).sum(1).mean())
+
+def test_ccl_refuses_multi_label_soft_targets():
+    "CCL's multi-label form scales multi-hot positives: per-label probabilities are refused when the Learner is made, before any work"
+    from fastai_softlabel.ccl import CCL
+    d = synthetic_multilabel_images(n_items=64, size=16, n_labels=6)
+    dls = array_image_dls(d['images'], np.clip(.8*d['labels'] + .1, 0, 1), d['class_names'], bs=16, device='cpu')
+    with pytest.raises(ValueError, match="CCL is defined on multi-hot labels \\(its multi-label form scales"): Learner(dls, tiny_cnn(6), cbs=[CCL()])
