@@ -92,6 +92,7 @@ def check_labels(
     labels,       # (N,) class indices, (N, 1) class indices (as MedMNIST ships them) or (N, C) multi-hot 0/1
     names=None,   # class or label names (default 0..C-1)
     what:str='',  # the file, named in errors
+    n_columns:int|None=None, # single-label labels read from soft targets: their number of columns, the classes (names 0..n-1 by default, one per column)
 )->tuple:         # `(labels, names)`: (N,) or (N, C) labels, and names as strings
     "Labels of a dataset file checked against their names, with an error that says what is wrong"
     lab = np.asarray(labels)
@@ -102,11 +103,12 @@ def check_labels(
         f"{what}: 'labels' must be (N,) non-negative integer class indices or (N, C) multi-hot 0/1 labels "
         f"(soft targets: '{SOFT_TARGET_ARRAY}' rows, or multi-label values between 0 and 1, as floats); got shape {lab.shape} and dtype {lab.dtype}")
     if not len(lab): raise ValueError(f"{what} holds no items")
-    n_cls = lab.shape[1] if lab.ndim == 2 else int(lab.max()) + 1
+    n_cls = lab.shape[1] if lab.ndim == 2 else n_columns if n_columns is not None else int(lab.max()) + 1
     names = np.asarray(names).astype(str) if names is not None else np.arange(n_cls).astype(str)
     if names.ndim != 1: raise ValueError(f"{what}: the class names must be one name per class, got shape {names.shape}")
     try: _unique_names(names)
     except ValueError as e: raise ValueError(f"{what}: {e}") from None
+    if n_columns is not None and n_columns != len(names): raise ValueError(f"{what}: {n_columns} columns of soft targets but {len(names)} class names")
     if lab.ndim == 1 and n_cls > len(names): raise ValueError(f"{what}: label {n_cls - 1} is outside the {len(names)} class names {names.tolist()}")
     if lab.ndim == 2 and n_cls != len(names): raise ValueError(f"{what}: {n_cls} label columns but {len(names)} label names")
     return lab,names
@@ -179,7 +181,8 @@ def load_npz(path)->dict:
     d['labels'],d['soft_targets'],d['coded_labels'] = read_targets(d, p.name)
     if len(d['labels']) != len(im): raise ValueError(f"{p.name}: {len(im)} images but {len(d['labels'])} labels")
     d |= _item_names_and_groups(d, len(im), p.name)   # before `names` becomes the class names (the NIH subset's `names` name images)
-    d['labels'],d['names'] = check_labels(d['labels'], d.get('class_names', d.get('label_names')), p.name)
+    d['labels'],d['names'] = check_labels(d['labels'], d.get('class_names', d.get('label_names')), p.name,
+                                          None if d['soft_targets'] is None or d['labels'].ndim == 2 else d['soft_targets'].shape[1])
     if 'split' in d: d['split'] = _check_split_array(d['split'], len(im), p.name)
     d['multi_label'] = d['labels'].ndim == 2
     for k in ('soft_targets', 'coded_labels'):

@@ -137,7 +137,7 @@ def signal_dataset(
         if 'labels' not in z and SOFT_TARGET_ARRAY not in z: raise ValueError(f"{p.name} needs 'labels' (or '{SOFT_TARGET_ARRAY}') with one row per signal ({len(x)})")
         y,soft,coded = read_targets(z, p.name)   # soft targets: the hard labels read from them
         if len(y) != len(x): raise ValueError(f"{p.name} needs 'labels' with one row per signal ({len(x)}), got {len(y)}")
-        y,names = check_labels(y, z.get('label_names', z.get('class_names')), p.name)
+        y,names = check_labels(y, z.get('label_names', z.get('class_names')), p.name, None if soft is None or y.ndim == 2 else soft.shape[1])
         d = dict(signals=x.astype(np.float32), labels=y, names=np.asarray(names).astype(str)) | _item_names_and_groups(z, len(x), p.name)
         d |= {k: v for k,v in dict(soft_targets=soft, coded_labels=coded).items() if v is not None}
         split,source = (None if 'split' not in z else _check_split_array(z['split'], len(x), p.name)),None
@@ -221,11 +221,12 @@ def method_setup(
     pretrained:bool=False,       # the backbone starts from trained weights
     epochs:int|None=None,        # the run's epochs
     soft_labels=None,            # the K×K matrix the method soft-labels trains towards
+    train_targets=None,          # the training items' soft targets (None: hard labels)
 )->tuple:              # `(loss_func or None, callbacks)`
     "What a method name sets up (`fastai_softlabel.methods`): a loss function (`None`: the Learner's default) and callbacks"
     if method not in METHODS: raise ValueError(f"Unknown method {method!r}; choose from {', '.join(METHODS)}")
     return METHODS[method].build(MethodContext(model, train_labels, n_classes, lr_ccl, alpha, lsr_eps, points, head, ccl_patience,
-                                               forget_rate, noise_share, pretrained, epochs, soft_labels))
+                                               forget_rate, noise_share, pretrained, epochs, soft_labels, train_targets))
 
 # %% ../nbs/17_experiments.ipynb #299d88d0
 class EpochLog(Callback):
@@ -342,7 +343,8 @@ def run_learner(d:dict, method:str, seed:int, corruption:float, args, prefix:str
                                  getattr(args, 'lsr_eps', None), getattr(args, 'points', None), getattr(args, 'head', None),
                                  getattr(args, 'ccl_patience', None), getattr(args, 'forget_rate', None),
                                  0. if noise is None else float(noise.mask.reshape(len(noise.mask), -1).any(1).mean()),   # items with a changed label
-                                 bool(getattr(args, 'weights_file', None)), getattr(args, 'epochs', None), d.get('soft_label_matrix'))
+                                 bool(getattr(args, 'weights_file', None)), getattr(args, 'epochs', None), d.get('soft_label_matrix'),
+                                 None if soft is None else soft[train_idx])
     masked = soft is not None and bool(np.isnan(soft).any())   # --uncertain ignore: entries left out of the loss and the metrics
     if d['multi_label'] and getattr(args, 'weighted_bce', 'no') == 'yes':
         if loss_func is not None: raise ValueError(f"{method} sets its own loss; it cannot take --weighted-bce")

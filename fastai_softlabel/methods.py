@@ -29,6 +29,7 @@ class Method:
     one_process:str=''   # why it cannot train under torchrun, for the refusal before any run ('' : it can)
     soft_targets:str=''  # what it does with soft targets (`fastai_softlabel.soft_targets`), in words ('' : not defined on them, refused)
     soft_tasks:tuple=('single', 'multi') # the tasks where `soft_targets` holds
+    left_out:str=''      # what it does with multi-label entries left out of the targets (NaN, `--uncertain ignore`), in words ('' : refused)
 
 METHODS = {}   # name: `Method`, in the order of the comparison's tables
 
@@ -74,13 +75,17 @@ class MethodContext(NamedTuple):
     pretrained:bool=False       # the backbone starts from trained weights (co-teaching's peer then too, with a classifier of its own)
     epochs:int|None=None        # the run's epochs (co-teaching's T_k: 10 as the paper, at most half of them)
     soft_labels:object=None     # the K×K soft-label matrix of --soft-labels, in the data's class order
+    train_targets:object=None   # the training items' soft targets (None: hard labels), e.g. for lsr-a*'s u(k) on class distributions
 
 def _nothing(c): return None,[]
 
 def _lsr(prior:bool, eps:str, c):
-    "Label smoothing with a uniform (u) or a-priori (a) u(k); ε 0.1 ('1'), or Proposition S1's ε for K ('5')"
+    "Label smoothing with a uniform (u) or a-priori (a) u(k); ε 0.1 ('1'), or Proposition S1's ε for K ('5'); on class distributions t, `(1-ε)t + εu` with the a-priori u their mean"
     from fastai_softlabel.losses import LabelSmoothingCEFlat, class_prior, equidistant_smoothing_eps
     e = c.lsr_eps if c.lsr_eps is not None else (0.1 if eps == '1' else equidistant_smoothing_eps(c.n_classes))
+    if c.train_targets is not None:
+        from fastai_softlabel.soft_targets import SoftTargetCrossEntropy
+        return SoftTargetCrossEntropy(e, c.train_targets.mean(0) if prior else None),[]
     return LabelSmoothingCEFlat(e, class_prior(c.train_labels, c.n_classes) if prior else None),[]
 
 def _ols(c):
@@ -159,10 +164,15 @@ def _ccl_flowmixup(c):
 
 _LSR,_MIX,_CCL = ('lsr_eps',),('alpha',),('head', 'lr_ccl', 'ccl_patience')
 _MIXED = "mixes soft targets as it mixes hard ones: mixing two targets and mixing their losses agree, the loss being linear in its target"
+_SMOOTHED = "label smoothing on top of each class distribution t: (1-ε)t + εu, lsr-a*'s u the training items' mean distribution"
+_ROBUST = dict(gce="the expected GCE over the class distribution, sum_k t_k (1 - p_k^q)/q",
+               sce="cross entropy against the distribution, and the reverse cross entropy of its definition, -sum_k p_k log t_k (log clipped at A)",
+               bootstrap="the target mixes the class distribution (or the per-label probabilities) with the prediction")
+_OWN_LOSS = "the Learner's loss against the soft targets, plus its regularizer on its own running targets (predictions only)"
 for m in [Method('baseline', ('single',), _nothing, soft_targets='cross-entropy against the distributions'),
-          *[Method(f'lsr-{k}{e}', ('single',), partial(_lsr, k == 'a', e), _LSR) for k in 'ua' for e in '15'],
+          *[Method(f'lsr-{k}{e}', ('single',), partial(_lsr, k == 'a', e), _LSR, soft_targets=_SMOOTHED) for k in 'ua' for e in '15'],
           Method('ols', ('single',), _ols),
-          Method('erm', ('multi',), _nothing, soft_targets='BCE against the per-label probabilities'),
+          Method('erm', ('multi',), _nothing, soft_targets='BCE against the per-label probabilities', left_out='masked BCE: no loss and no gradient there'),
           *[Method(f'mixup-a{a}', ('multi',), partial(_mixup, float(a)), _MIX, soft_targets=_MIXED) for a in (1, 3)],
           Method('manifold', ('multi',), _manifold, _MIX + ('points',), soft_targets=_MIXED),
           Method('flowmixup', ('multi',), partial(_flowmixup, True), _MIX + ('points',), soft_targets=_MIXED),
@@ -173,14 +183,19 @@ for m in [Method('baseline', ('single',), _nothing, soft_targets='cross-entropy 
           Method('ccl+flowmixup', ('multi',), _ccl_flowmixup, _CCL + _MIX + ('points',), beyond=('multi',)),
           Method('cutmix', ('single',), _cutmix, _MIX, images_only='cuts and pastes image patches', soft_targets=_MIXED),
           # the noise-robust baselines: not the papers' comparison, run when named
-          *[Method(n, ('single',), partial(_robust_loss, n), beyond=('single',), unfit=f"{n} is defined on a softmax over classes; multi-hot labels have none")
-            for n in ('gce', 'sce')],
-          *[Method(n, ('single', 'multi'), partial(_robust_loss, n), beyond=('single', 'multi')) for n in ('bootstrap-soft', 'bootstrap-hard')],
-          Method('soft-labels', ('single', 'multi'), _soft_labels, ('soft_labels',), beyond=('single', 'multi')),
+          *[Method(n, ('single',), partial(_robust_loss, n), beyond=('single',), unfit=f"{n} is defined on a softmax over classes; multi-hot labels have none",
+                   soft_targets=_ROBUST[n]) for n in ('gce', 'sce')],
+          *[Method(n, ('single', 'multi'), partial(_robust_loss, n), beyond=('single', 'multi'), soft_targets=_ROBUST['bootstrap'])
+            for n in ('bootstrap-soft', 'bootstrap-hard')],
+          Method('soft-labels', ('single', 'multi'), _soft_labels, ('soft_labels',), beyond=('single', 'multi'),
+                 soft_targets="towards the expected soft label tP of each class distribution t", soft_tasks=('single',)),
           Method('elr', ('single', 'multi'), _elr, beyond=('single', 'multi'),
-                 one_process="keeps one target per training item, and each process sees only its share of the items"),
+                 one_process="keeps one target per training item, and each process sees only its share of the items",
+                 soft_targets=_OWN_LOSS, left_out="the Learner's masked BCE; its regularizer reads predictions only"),
           Method('coteaching', ('single', 'multi'), _coteaching, ('forget_rate',), beyond=('single', 'multi'),
-                 one_process="trains a peer network that DDP does not synchronise across the processes"),
+                 one_process="trains a peer network that DDP does not synchronise across the processes",
+                 soft_targets="keeps each batch's small-loss items by their loss against the soft targets",
+                 left_out="ranks items by their masked BCE, the mean over their kept entries"),
           Method('cl', ('single',), _nothing, beyond=('single',), cleans_labels=True,
                  unfit="cl (confident learning) is run here on class indices; cleanlab's multi-label filter ranks label sets otherwise",
                  one_process="trains its k folds in each process alone, so the processes could leave out different items")]: register(m)

@@ -207,6 +207,11 @@ def _apply_uncertainty(args, d:dict, kind:str)->bool:
     if are_soft(t): d['soft_targets'] = t   # ones/zeros give 0/1: the hard fast path
     return bool(uncertain.any())
 
+def _has_left_out(d:dict)->bool:
+    "Whether the data's targets leave entries out (NaN: `--uncertain ignore`)"
+    import numpy as np
+    return 'soft_targets' in d and bool(np.isnan(d['soft_targets']).any())
+
 def _check_soft_targets(args, d:dict, kind:str, methods:list, rates:list):
     "Data whose labels are soft targets train only with the methods defined on them, and without label noise (its models flip hard labels)"
     what = (f"--uncertain {args.uncertain} makes soft targets of {describe_data(args, kind)}'s uncertain findings" if 'uncertain_counts' in d else
@@ -216,11 +221,11 @@ def _check_soft_targets(args, d:dict, kind:str, methods:list, rates:list):
     if hard_only:
         ok = [n for n in method_names(task) if on_soft_targets(n, task)]
         raise ValueError(f"{what}, and {hard_only[0]} is defined on hard labels only here: choose from {', '.join(ok)}")
-    import numpy as np
-    mixing = [m for m in methods if m in methods_taking('alpha')]
-    if mixing and np.isnan(d['soft_targets']).any(): raise ValueError(
-        f"--uncertain ignore leaves findings out of the targets, and {mixing[0]} mixes two items' targets: a finding left out of one of them has "
-        "no mixed target; choose erm, or another --uncertain policy")
+    cannot = [m for m in methods if not METHODS[m].left_out] if _has_left_out(d) else []
+    if cannot:
+        why = ": it mixes two items' targets, and a finding left out of one of them has no mixed target" if cannot[0] in methods_taking('alpha') else ''
+        raise ValueError(f"--uncertain ignore leaves findings out of the targets, and {cannot[0]} is not defined with entries left out{why}; "
+                         f"choose from {', '.join(n for n in method_names('multi') if METHODS[n].left_out)}, or another --uncertain policy")
     noisy = [r for r in rates if r > 0]
     if noisy: raise ValueError(f"{what}: the label-noise models flip hard labels, and none is defined on soft targets; give --corruption 0, not {noisy[0]:g}")
 
@@ -273,6 +278,7 @@ def prepare(args)->tuple:
     task,signals = 'multi' if d['multi_label'] else 'single',kind in ('signals', 'wfdb')
     soft = 'soft_targets' in d   # class distributions, or per-label probabilities (`fastai_softlabel.soft_targets`)
     allowed,default = method_names(task),default_methods(task, signals, soft)
+    if _has_left_out(d): default = [m for m in default if METHODS[m].left_out]
     methods = default if args.methods is None else [m.strip() for m in args.methods.split(',') if m.strip()]
     wrong = [m for m in methods if m not in allowed]
     why = ''.join(f" ({METHODS[m].unfit})" for m in wrong if m in METHODS and METHODS[m].unfit)

@@ -26,6 +26,11 @@ def _class_indices(target:Tensor, what:str)->Tensor:
     if target.ndim != 1: raise ValueError(f"{what} takes (B,) class indices (single-label data), got a target of shape {tuple(target.shape)}")
     return _plain(target).long()
 
+def _soft_rows(target:Tensor, like:Tensor)->Tensor|None:
+    "Class distributions given as (B, K) targets (soft targets, `fastai_softlabel.soft_targets`) in `like`'s dtype, or None for class indices (multi-hot labels, `TensorMultiCategory`, are left to `_class_indices` to refuse)"
+    t = _plain(target)
+    return t.to(like.dtype) if t.ndim == 2 and t.shape == like.shape and not isinstance(target, TensorMultiCategory) else None
+
 def given_class_probability(
     logits:Tensor, # (B, K)
     target:Tensor, # (B,) class indices
@@ -36,36 +41,43 @@ def given_class_probability(
 # %% ../nbs/34_robust_losses.ipynb #rl000007
 def gce_loss(
     logits:Tensor,      # (B, K) scores
-    target:Tensor,      # (B,) class indices
+    target:Tensor,      # (B,) class indices, or (B, K) class distributions
     q:float=0.7,        # q in (0, 1]
     reduction:str='mean',
 )->Tensor:
-    "Generalized cross entropy `(1 - p_y**q)/q` (Zhang & Sabuncu 2018, Eq. 6)"
+    "Generalized cross entropy `(1 - p_y**q)/q` (Zhang & Sabuncu 2018, Eq. 6); for a class distribution t its expectation `sum_k t_k (1 - p_k**q)/q`"
     if not 0 < q <= 1: raise ValueError(f"q must be in (0, 1], got {q}")
-    logp = F.log_softmax(_plain(logits).float(), dim=-1).gather(1, _class_indices(target, 'GCE')[:, None])[:, 0]
+    logp = F.log_softmax(_plain(logits).float(), dim=-1)
+    t = _soft_rows(target, logp)
+    if t is not None: return _reduce(((1 - torch.exp(q*logp))/q*t).sum(-1), reduction)
+    logp = logp.gather(1, _class_indices(target, 'GCE')[:, None])[:, 0]
     return _reduce((1 - torch.exp(q*logp))/q, reduction)   # p**q in log space: finite gradients when p underflows to 0
 
 # %% ../nbs/34_robust_losses.ipynb #rl000010
 def reverse_cross_entropy(
     logits:Tensor,      # (B, K) scores
-    target:Tensor,      # (B,) class indices
+    target:Tensor,      # (B,) class indices, or (B, K) class distributions
     A:float=-4.,        # log 0 clipped to A (< 0)
     reduction:str='mean',
 )->Tensor:
-    "Reverse cross entropy `-sum_k p_k log t_k` with log 0 := A: `-A(1 - p_y)` (Wang et al. 2019, Eq. 4)"
+    "Reverse cross entropy `-sum_k p_k log t_k` with log t clipped below at A: `-A(1 - p_y)` for a class index (Wang et al. 2019, Eq. 4)"
     if not A < 0: raise ValueError(f"A, the clipped log 0, must be negative, got {A}")
+    t = _soft_rows(target, logits.float())
+    if t is not None: return _reduce(-(F.softmax(_plain(logits).float(), dim=-1)*torch.log(t).clamp_min(A)).sum(-1), reduction)
     return _reduce(-A*(1 - given_class_probability(logits, _class_indices(target, 'RCE'))), reduction)
 
 def sce_loss(
     logits:Tensor,      # (B, K) scores
-    target:Tensor,      # (B,) class indices
+    target:Tensor,      # (B,) class indices, or (B, K) class distributions
     alpha:float=0.1,    # α, the weight of cross entropy
     beta:float=1.,      # β, the weight of reverse cross entropy
     A:float=-4.,        # log 0 clipped to A
     reduction:str='mean',
 )->Tensor:
     "Symmetric cross entropy `alpha*CE + beta*RCE` (Wang et al. 2019, Eq. 5)"
-    ce = F.cross_entropy(_plain(logits).float(), _class_indices(target, 'SCE'), reduction='none')
+    t = _soft_rows(target, logits.float())
+    ce = (-(t*F.log_softmax(_plain(logits).float(), dim=-1)).sum(-1) if t is not None else
+          F.cross_entropy(_plain(logits).float(), _class_indices(target, 'SCE'), reduction='none'))
     return _reduce(alpha*ce + beta*reverse_cross_entropy(logits, target, A, 'none'), reduction)
 
 # %% ../nbs/34_robust_losses.ipynb #rl000013
@@ -75,7 +87,7 @@ def _one_hot(idx:Tensor, like:Tensor)->Tensor:
 
 def bootstrap_loss(
     logits:Tensor,      # (B, K) scores
-    target:Tensor,      # (B,) class indices
+    target:Tensor,      # (B,) class indices, or (B, K) class distributions
     beta:float=0.95,    # β, the weight of the given label
     hard:bool=False,    # hard bootstrapping: the predicted class instead of the predicted distribution
     reduction:str='mean',
@@ -83,7 +95,8 @@ def bootstrap_loss(
     "Bootstrapping (Reed et al. 2015): cross entropy against `beta*onehot(y) + (1-beta)*p` (soft) or `+ (1-beta)*onehot(argmax p)` (hard)"
     if not 0 <= beta <= 1: raise ValueError(f"beta must be in [0, 1], got {beta}")
     logp = F.log_softmax(_plain(logits).float(), dim=-1)
-    t = _one_hot(_class_indices(target, 'Bootstrapping'), logp)
+    t = _soft_rows(target, logp)
+    if t is None: t = _one_hot(_class_indices(target, 'Bootstrapping'), logp)
     own = _one_hot(logp.detach().argmax(-1), logp) if hard else logp.exp()
     return _reduce(-((beta*t + (1 - beta)*own)*logp).sum(-1), reduction)
 

@@ -36,22 +36,23 @@ def check_soft_label_matrix(
 # %% ../nbs/41_soft_label_prior.ipynb #sp000008
 def soft_label_prior_loss(
     logits:Tensor,   # (B, K) scores
-    target:Tensor,   # (B,) class indices, or (B, K) multi-hot labels
+    target:Tensor,   # (B,) class indices, (B, K) multi-hot labels, or (B, K) class distributions (with `multi_label=False`)
     P:Tensor,        # (K, K) soft labels, row k the soft label of class k
     reduction:str='mean', # 'mean', 'sum' or 'none' (per item)
+    multi_label:bool|None=None, # (B, K) targets are multi-hot labels (True) or class distributions (False); None: multi-hot
 )->Tensor:
-    "`KL(P[y] || softmax(z))` per item (class indices), or the mean over labels of `KL(Bernoulli(t) || Bernoulli(sigmoid(z)))` with CCL's soft multi-hot targets t"
+    "`KL(P[y] || softmax(z))` per item (class indices; class distributions t: the expected soft label `tP`), or the mean over labels of `KL(Bernoulli(t) || Bernoulli(sigmoid(z)))` with CCL's soft multi-hot targets t"
     z,y,P = _plain(logits),_plain(target),_plain(P).float()
-    if y.ndim == 2:   # P[k, j]/P[k, k] above 1 where a diagonal is not its row's largest (never for CCL's P): kept at 1
+    if (y.ndim == 2) if multi_label is None else multi_label:   # P[k, j]/P[k, k] above 1 where a diagonal is not its row's largest (never for CCL's P): kept at 1
         per = binary_soft_label_kl(z, multilabel_soft_targets(P, y).clamp(0, 1), reduction='none')
-    else: per = soft_label_kl(z, P[y.long()], reduction='none')   # CCL's own terms, one per item
+    else: per = soft_label_kl(z, P[y.long()] if y.ndim == 1 else y.float()@P, reduction='none')   # CCL's own terms, one per item
     if reduction == 'mean': return per.mean()
     if reduction == 'sum': return per.sum()
     if reduction == 'none': return per
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 class SoftLabelCE(Module):
-    "Train towards a fixed soft-label matrix: the target of an item of class y is row `P[y]` (CCL's KL term without its head; P = I: cross-entropy)"
+    "Train towards a fixed soft-label matrix: the target of an item of class y is row `P[y]`, of a class distribution t `tP` (CCL's KL term without its head; P = I: cross-entropy)"
     def __init__(self,
         soft_labels,             # (K, K) soft labels, e.g. a CCL run's `learn.ccl.soft_labels` or `read_soft_labels`
         multi_label:bool=False,  # multi-hot targets: CCL's multi-label term, sigmoid outputs
@@ -62,9 +63,11 @@ class SoftLabelCE(Module):
     def forward(self, out:Tensor, target:Tensor)->Tensor:
         "`soft_label_prior_loss` of the logits and the targets"
         if self.P.device != out.device: self.P = self.P.to(out.device)
-        if (target.ndim == 2) != self.multi_label: raise ValueError(
-            f"SoftLabelCE(multi_label={self.multi_label}) takes {'(B, K) multi-hot labels' if self.multi_label else '(B,) class indices'}, got a target of shape {tuple(target.shape)}")
-        return soft_label_prior_loss(out, target, self.P, self.reduction)
+        if self.multi_label and target.ndim != 2: raise ValueError(
+            f"SoftLabelCE(multi_label=True) takes (B, K) multi-hot labels, got a target of shape {tuple(target.shape)}")
+        if not self.multi_label and isinstance(target, TensorMultiCategory): raise ValueError(
+            "SoftLabelCE(multi_label=False) takes (B,) class indices or (B, K) class distributions; these are multi-hot labels: use multi_label=True")
+        return soft_label_prior_loss(out, target, self.P, self.reduction, self.multi_label)
     def activation(self, out:Tensor)->Tensor:
         "Probabilities, for `get_preds`"
         return torch.sigmoid(out) if self.multi_label else F.softmax(out, dim=-1)

@@ -61,12 +61,23 @@ def hard_labels(
 
 # %% ../nbs/43_soft_targets.ipynb #st000012
 class SoftTargetCrossEntropy(Module):
-    "Cross-entropy against class distributions, `-sum_k t_k log softmax(z)_k` per item (PyTorch's probability targets): with one-hot rows, cross-entropy itself"
-    def __init__(self, reduction:str='mean'): store_attr()
+    "Cross-entropy against class distributions, `-sum_k t_k log softmax(z)_k` per item: with one-hot rows, cross-entropy itself; with `eps`, label smoothing on top of them"
+    def __init__(self,
+        eps:float=0.,         # ε of label smoothing on top of the distributions, `(1-ε)t + εu` (LSR; 0: none)
+        prior=None,           # (K,) u of the smoothing (None: uniform)
+        reduction:str='mean', # 'mean', 'sum' or 'none'
+    ):
+        if not 0 <= eps < 1: raise ValueError(f"eps must be in [0, 1), got {eps}")
+        store_attr('eps,reduction')
+        self.register_buffer('prior', None if prior is None else torch.as_tensor(np.asarray(prior), dtype=torch.float32))
     def forward(self, out:Tensor, targ:Tensor)->Tensor:
         "The cross-entropy of the logits `out` (B, K) against the distributions `targ` (B, K)"
         z = out.as_subclass(Tensor)
-        per = -(targ.as_subclass(Tensor).to(z.dtype)*F.log_softmax(z, dim=-1)).sum(-1)   # one-hot rows: −log p_y exactly
+        t = targ.as_subclass(Tensor).to(z.dtype)
+        if self.eps:   # a number the user set (decided on the host, not from the data)
+            u = self.prior.to(t) if getattr(self, 'prior', None) is not None else torch.full_like(t[:1], 1/t.shape[-1])
+            t = (1 - self.eps)*t + self.eps*u
+        per = -(t*F.log_softmax(z, dim=-1)).sum(-1)   # one-hot rows: −log p_y exactly
         if self.reduction == 'none': return per
         if self.reduction not in ('mean', 'sum'): raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {self.reduction!r}")
         # reduced by the class-index cross-entropy's own reduction (its nll_loss), so that one-hot rows give its loss to the bit

@@ -313,7 +313,7 @@ CASES = [
     (['--data', 'named.npz', '--methods', 'soft-labels', '--soft-labels', 'M_names.csv'], r"M_names.csv: the rows of the soft-label matrix must name the data's classes"),
     (['--methods', 'baseline', '--soft-labels', 'M_rows.csv'], r'--soft-labels is for training with a given soft-label matrix \(soft-labels\); none of --methods baseline uses it'),
     # soft targets: checked as read; only the methods and the noise defined on them
-    (['--data', 'soft.npz', '--methods', 'lsr-u1'], r"soft.npz \(images\) holds soft targets \(class distributions\), and lsr-u1 is defined on hard labels only here: choose from baseline, ccl, cutmix"),
+    (['--data', 'soft.npz', '--methods', 'ols'], r"soft.npz \(images\) holds soft targets \(class distributions\), and ols is defined on hard labels only here: choose from baseline, lsr-u1, lsr-u5, lsr-a1, lsr-a5, ccl, cutmix, gce, sce, bootstrap-soft, bootstrap-hard, soft-labels, elr, coteaching"),
     (['--data', 'msoft.npz', '--methods', 'ccl'], r"holds soft targets \(per-label probabilities\), and ccl is defined on hard labels only here: choose from erm, "),
     (['--data', 'soft.npz', '--methods', 'baseline', '--corruption', '0.2'], r"none is defined on soft targets; give --corruption 0, not 0.2"),
     (['--data', 'soft_both.npz'], r"soft_both.npz has both 'labels' and 'label_distributions': give one"),
@@ -322,7 +322,7 @@ CASES = [
     # CheXpert-coded findings: --uncertain required where a −1 is, and only there
     (['--data', 'muncertain.npz'], r"muncertain.npz \(images\) has 3 uncertain \(−1\) finding\(s\) in 1 item\(s\): say how they train with --uncertain \{ignore,zeros,ones,zeros-lsr,ones-lsr\}"),
     (['--data', 'muncertain.npz', '--uncertain', 'maybe'], r"--uncertain must be one of ignore, zeros, ones, zeros-lsr, ones-lsr, got 'maybe'"),
-    (['--data', 'muncertain.npz', '--uncertain', 'ignore', '--methods', 'erm,flowmixup'], r"--uncertain ignore leaves findings out of the targets, and flowmixup mixes two items' targets"),
+    (['--data', 'muncertain.npz', '--uncertain', 'ignore', '--methods', 'erm,flowmixup'], r"--uncertain ignore leaves findings out of the targets, and flowmixup is not defined with entries left out: it mixes two items' targets, and a finding left out of one of them has no mixed target; choose from erm, elr, coteaching"),
     (['--data', 'msoft.npz', '--uncertain', 'ones'], r"--uncertain is for multi-label data with uncertain \(−1\) findings; msoft.npz \(images\) does not use it"),
     (['--methods', 'baseline', '--forget-rate', '0.2'], '--forget-rate is for co-teaching \\(coteaching\\); none of --methods baseline uses it'),
     (['--methods', 'coteaching', '--forget-rate', '1'], '--forget-rate must be a finite number >= 0 and < 1, got 1'),

@@ -50,9 +50,11 @@ def test_every_method_defined_on_soft_targets_trains_on_them(tmp_path, monkeypat
     np.savez(tmp_path/'msoft.npz', images=d['images'], labels=probs, class_names=d['class_names'], split=np.where(rng.random(96) < .75, 'train', 'valid'))
     monkeypatch.chdir(tmp_path)
     single,multi = ([n for n in METHODS if on_soft_targets(n, task)] for task in ('single', 'multi'))
-    assert {'baseline', 'ccl'} <= set(single) and {'erm', 'flowmixup'} <= set(multi) and 'ccl' not in multi
+    assert {'baseline', 'ccl', 'lsr-a1', 'gce', 'soft-labels'} <= set(single) and {'erm', 'flowmixup', 'elr'} <= set(multi) and 'ccl' not in multi
     one = [*FAST[:1], '1', *FAST[2:]]
-    softlabel_here('--data', 'soft.npz', '--methods', ','.join(single), *one, '--out', 'single')
+    from fastai_softlabel.soft_label_prior import save_soft_labels
+    save_soft_labels('P.npz', np.full((3, 3), .1) + .7*np.eye(3), [f'class{k}' for k in range(3)])   # for soft-labels
+    softlabel_here('--data', 'soft.npz', '--methods', ','.join(single), '--soft-labels', 'P.npz', *one, '--out', 'single')
     softlabel_here('--data', 'msoft.npz', '--methods', ','.join(multi), *one, '--backbone', 'resnet18', '--out', 'multi')
     for out,methods,file,ml in (('single', single, 'soft.npz', False), ('multi', multi, 'msoft.npz', True)):
         rows = {r['method']: r for r in json.loads(Path(out, 'runs.json').read_text())}
@@ -129,11 +131,11 @@ def _check_policy_run(out, coded, policy, methods):
         assert r['mean_auroc'] == pytest.approx(masked_mean_auroc(p['probs'], np.where(np.isnan(t), np.nan, t >= .5)), abs=1e-6), (policy, m)
 
 def test_uncertain_findings_through_the_command(tmp_path, monkeypatch):
-    "--uncertain: ignore leaves entries out of loss and metrics (also with --weighted-bce), ones-lsr trains soft targets through mixing, zeros is the hard path (CCL)"
+    "--uncertain: ignore leaves entries out of loss and metrics (also with --weighted-bce, and in co-teaching's small-loss ranking), ones-lsr trains soft targets through mixing, zeros is the hard path (CCL)"
     coded = _coded(tmp_path)
     monkeypatch.chdir(tmp_path)
     one = [*FAST[:1], '1', *FAST[2:]]
-    for policy,methods,extra in (('ignore', ['erm'], ['--weighted-bce', 'yes']), ('ones-lsr', ['erm', 'flowmixup'], ['--backbone', 'resnet18']),
+    for policy,methods,extra in (('ignore', ['erm', 'coteaching'], ['--weighted-bce', 'yes']), ('ones-lsr', ['erm', 'flowmixup'], ['--backbone', 'resnet18']),
                                  ('zeros', ['erm', 'ccl'], [])):
         softlabel_here('--data', 'coded.npz', '--uncertain', policy, '--methods', ','.join(methods), *one, *extra, '--out', policy)
         _check_policy_run(policy, coded, policy, methods)
@@ -148,7 +150,8 @@ def test_every_multi_label_method_on_each_uncertainty_policy(tmp_path, monkeypat
     matrix = tmp_path/'P.npz'
     from fastai_softlabel.soft_label_prior import save_soft_labels
     save_soft_labels(matrix, np.full((6, 6), .04) + .76*np.eye(6), [f'label{k}' for k in range(6)])
-    for policy,methods in (('zeros', list(method_names('multi'))), ('ones', list(method_names('multi'))), ('zeros-lsr', soft), ('ones-lsr', soft), ('ignore', ['erm'])):
+    for policy,methods in (('zeros', list(method_names('multi'))), ('ones', list(method_names('multi'))), ('zeros-lsr', soft), ('ones-lsr', soft),
+                            ('ignore', [n for n in METHODS if METHODS[n].left_out])):
         extra = ['--soft-labels', str(matrix)] if 'soft-labels' in methods else []
         softlabel_here('--data', 'coded.npz', '--uncertain', policy, '--methods', ','.join(methods), *FAST[:1], '1', *FAST[2:], '--backbone', 'resnet18', *extra, '--out', policy)
         _check_policy_run(policy, coded, policy, methods)
