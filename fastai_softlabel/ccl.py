@@ -147,7 +147,7 @@ class CCL(Callback):
         "Refuse targets that are not one class index per item, hook this training batch's forward pass"
         self._remove_hooks()
         self._ours = False
-        try: check_batch_targets(self.learn.yb, self.multi_label, self.ccl_head.dictionary.shape[0], 'CCL', soft=True)
+        try: check_batch_targets(self.learn.yb, self.multi_label, self.ccl_head.dictionary.shape[0], 'CCL', soft=carried_soft_targets(self.learn.dls) == 'single')
         except ValueError as e: refuse_fit(self.learn, str(e))
         name,module,how,_ = self._where
         grab = WeakHook(self._grab_input) if how == 'input' else WeakHook(self._grab_output)

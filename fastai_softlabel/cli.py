@@ -113,6 +113,8 @@ def main(argv=None):
                 **({} if args.shard is None else dict(shards=int(args.shard.split('/')[1])))))
         if args.shard is not None: shard_lock = claim_shard(out, args.shard)
         print(f"data: {args.data or f'synthetic ({args.task}-label)'}: {split_summary(d)}", flush=True)
+        if 'uncertain_counts' in d: print(f"uncertain findings: {d['uncertain_counts']['uncertain']}, read by --uncertain {args.uncertain} in every split, the evaluated one too"
+                                          + ("; left out of every metric" if args.uncertain == 'ignore' else ": the scores of other policies are against other labels"), flush=True)
         if args.select is None: print("epochs: each run is scored at its last epoch; the tables' best epochs are chosen on the evaluated split, "
                                       "so they are optimistic" + (", and --schedule plateau lowers the lr on its loss" if args.schedule == 'plateau' else '')
                                       + ": --select chooses on a split of their own", flush=True)

@@ -11,8 +11,9 @@ from fastai.basics import *
 __all__ = ['PRIVATE_TORCH', 'stateful_callbacks', 'callback_state_file', 'named_module', 'undistributed_dl', 'one_batch_inputs',
            'plain_model', 'WeakHook', 'hooks_for_next_forward', 'remove_hooks', 'probe_forward', 'last_linear',
            'find_features', 'refuse_fastai_mixing', 'distributed_world', 'broadcast_module_', 'all_reduce_mean_',
-           'all_gather_rows', 'is_multilabel', 'check_batch_targets', 'refuse_soft_multi_label',
-           'no_training_batch_message', 'refuse_fit', 'is_training_forward', 'refuse_second', 'TrainingBatches']
+           'all_gather_rows', 'TensorSoftTargets', 'is_multilabel', 'check_batch_targets', 'carried_soft_targets',
+           'refuse_soft_multi_label', 'no_training_batch_message', 'refuse_fit', 'is_training_forward', 'refuse_second',
+           'TrainingBatches']
 
 # %% ../nbs/00_core.ipynb #4f940ebb
 def stateful_callbacks(learn:Learner) -> L:
@@ -269,15 +270,18 @@ def all_gather_rows(
     return torch.cat([o[:k] for o,k in zip(out, ns)])
 
 # %% ../nbs/00_core.ipynb #1186170e
-from fastai.data.transforms import MultiCategorize, OneHotEncode
+from fastai.data.transforms import MultiCategorize, OneHotEncode, EncodedMultiCategorize
+
+class TensorSoftTargets(TensorBase):
+    "A batch of class distributions, (B, K): soft single-label targets (`fastai_softlabel.soft_targets`). fastai's `CastToTensor` makes it a plain tensor before callbacks and losses see it: they learn that targets are soft from the `DataLoaders` (`carried_soft_targets`) or their own arguments"
 
 def is_multilabel(dls, loss_func)->bool:
-    "Whether `dls`/`loss_func` are set up for multi-label targets (BCE-type loss, `MultiCategorize`/`OneHotEncode`)"
+    "Whether `dls`/`loss_func` are set up for multi-label targets (BCE-type loss, `MultiCategorize`/`OneHotEncode`/`EncodedMultiCategorize`)"
     lf = getattr(loss_func, 'func', loss_func)
     if isinstance(lf, (nn.BCEWithLogitsLoss, nn.BCELoss, nn.MultiLabelSoftMarginLoss)): return True
     tls = getattr(getattr(dls, 'train_ds', None), 'tls', None)
     if not tls: return False
-    return any(isinstance(t, (MultiCategorize, OneHotEncode)) for tl in tls for t in tl.tfms.fs)
+    return any(isinstance(t, (MultiCategorize, OneHotEncode, EncodedMultiCategorize)) for tl in tls for t in tl.tfms.fs)   # (per-label probabilities too)
 
 # %% ../nbs/00_core.ipynb #cbt00002
 def check_batch_targets(
@@ -285,7 +289,7 @@ def check_batch_targets(
     multi:bool,          # multi-label data: multi-hot vectors; else one integer class index per item
     n_classes:int|None,  # the width of a multi-hot vector (`dls.c`), or None: any width
     who:str,             # the callback that needs the targets, named in the error
-    soft:bool=False,     # single-label data may also come as (batch, n_classes) float class distributions (`fastai_softlabel.soft_targets`)
+    soft:bool=False,     # the DataLoaders carry class distributions (`carried_soft_targets`): (batch, n_classes) floats are accepted
 )->Tensor:               # the batch's one target tensor
     "The target tensor of `yb`, or a `ValueError` saying what `who` got and what it needs (from the shape and dtype: nothing is read from the device)"
     y = yb[0] if len(yb) == 1 else None
@@ -302,15 +306,18 @@ def check_batch_targets(
     else: got = f"targets of shape {tuple(y.shape)} and dtype {y.dtype}"
     raise ValueError(f"{who} got {got}; it needs {need}.")
 
+def carried_soft_targets(dls)->str|None:
+    "Which soft targets `dls` carry (the `soft_targets` of their target transform, `fastai_softlabel.soft_targets`): 'single' (class distributions), 'multi' (per-label probabilities, or entries left out), or None"
+    tls = getattr(getattr(dls, 'train_ds', None), 'tls', None) or []
+    return next((k for tl in tls for t in tl.tfms.fs if (k := getattr(t, 'soft_targets', None)) in ('single', 'multi')), None)
+
 def refuse_soft_multi_label(
     dls,       # the Learner's `DataLoaders`
     who:str,   # the callback or method that needs multi-hot labels, named in the error
     why:str,   # what of multi-hot labels it needs
 ):
     "A `ValueError` when multi-label `dls` carry per-label probabilities or entries left out (`fastai_softlabel.soft_targets.SoftMultiCategorize`) for `who`, which is defined on multi-hot labels"
-    from fastai_softlabel.soft_targets import SoftMultiCategorize
-    tls = getattr(getattr(dls, 'train_ds', None), 'tls', None) or []
-    if any(isinstance(t, SoftMultiCategorize) for tl in tls for t in tl.tfms.fs): raise ValueError(
+    if carried_soft_targets(dls) == 'multi': raise ValueError(
         f"{who} is defined on multi-hot labels ({why}); these DataLoaders carry per-label probabilities or entries left out "
         f"(soft_target_block): train {who} on 0/1 labels")
 

@@ -8,7 +8,9 @@ from fastai.vision.all import *
 from collections import Counter
 from .data import array_image_dls, ImageAt, IndexInto, _unique_names
 from .splits import StratifiedSplitter, ColumnSplitter, PatientSplitter
+import warnings
 from .soft_targets import are_soft, check_soft_targets, hard_labels
+from .soft_label_prior import SUM_TOLERANCE
 from .uncertain_labels import uncertain_entries
 
 # %% auto #0
@@ -156,9 +158,17 @@ def read_targets(
     if not (y.ndim == 2 and y.shape[1] > 1 and np.issubdtype(y.dtype, np.number) and y.dtype != bool and are_soft(y)): return y,None,None
     f = y.astype(np.float64)
     if (np.isnan(f) | (f == -1)).any():   # CheXpert's coding: −1 uncertain, blank unmentioned
-        uncertain_entries(f, f"{what}: 'labels'")   # 1, 0, −1 and blank only
+        try: uncertain_entries(f, f"{what}: 'labels'")   # 1, 0, −1 and blank only
+        except ValueError as e: raise ValueError(f"{e}. Blank and −1 are CheXpert's codes among 0/1 findings; per-label probabilities with blanks "
+                                                 "are not read: fill the blanks") from None
         return (f == 1).astype(np.uint8),None,f
+    if (f > 1).any() and (f == np.round(f)).all(): raise ValueError(
+        f"{what}: 'labels' hold whole numbers above 1 ({int(f.max())}): for readers' votes per class, save each item's shares "
+        f"(rows summing to 1) as '{SOFT_TARGET_ARRAY}'; multi-label 'labels' are 0/1 or probabilities in [0, 1]")
     t = check_soft_targets(y, True, None, f"{what}: 'labels'")
+    if np.abs(t.sum(1) - 1).max() <= SUM_TOLERANCE: warnings.warn(
+        f"{what}: every row of the multi-label 'labels' sums to 1; if they are class distributions (one class per item), save them "
+        f"as '{SOFT_TARGET_ARRAY}': as 'labels' they train as per-label probabilities")
     return hard_labels(t, True).astype(np.uint8),t,None
 
 def load_npz(path)->dict:

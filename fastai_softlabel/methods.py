@@ -125,17 +125,19 @@ def _robust_loss(name:str, c):
     "A noise-robust loss with its paper's defaults (`fastai_softlabel.robust_losses`); bootstrapping per label for multi-hot labels"
     import numpy as np
     from fastai_softlabel import robust_losses as rl
-    if name == 'gce': return rl.GCELoss(),[]
-    if name == 'sce': return rl.SCELoss(),[]
+    soft = c.train_targets is not None   # class distributions (per-label probabilities: BCE takes them as they are)
+    if name == 'gce': return rl.GCELoss(soft=soft),[]
+    if name == 'sce': return rl.SCELoss(soft=soft),[]
     hard = name == 'bootstrap-hard'
-    return (rl.BootstrapBCELoss(hard=hard) if np.ndim(c.train_labels) == 2 else rl.BootstrapLoss(hard=hard)),[]
+    return (rl.BootstrapBCELoss(hard=hard) if np.ndim(c.train_labels) == 2 else rl.BootstrapLoss(hard=hard, soft=soft)),[]
 
 def _soft_labels(c):
     "Training towards the rows of a given soft-label matrix (`fastai_softlabel.soft_label_prior.SoftLabelCE`)"
     import numpy as np
     from fastai_softlabel.soft_label_prior import SoftLabelCE
     if c.soft_labels is None: raise ValueError("the method soft-labels trains towards a given soft-label matrix: name its file with --soft-labels")
-    return SoftLabelCE(c.soft_labels, multi_label=np.ndim(c.train_labels) == 2),[]
+    multi = np.ndim(c.train_labels) == 2
+    return SoftLabelCE(c.soft_labels, multi_label=multi, soft=c.train_targets is not None and not multi),[]
 
 def _elr(c):
     from fastai_softlabel.elr import ELR

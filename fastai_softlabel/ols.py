@@ -5,7 +5,7 @@
 # %% ../nbs/19_ols.ipynb #ol000002
 from __future__ import annotations
 from fastai.basics import *
-from .core import refuse_fastai_mixing, is_multilabel, all_reduce_mean_
+from .core import refuse_fastai_mixing, is_multilabel, all_reduce_mean_, carried_soft_targets
 from .flowmixup import FlowMixup
 
 # %% auto #0
@@ -60,6 +60,8 @@ class OnlineLabelSmoothing(Callback):
             "OnlineLabelSmoothing learns soft labels from un-mixed predictions: it does not combine with FlowMixup/Mixup.")
         if is_multilabel(self.learn.dls, self.learn.loss_func): raise ValueError(
             "OnlineLabelSmoothing needs single-label targets (CategoryBlock with cross-entropy).")
+        if carried_soft_targets(self.learn.dls): raise ValueError(
+            "OnlineLabelSmoothing learns each class's soft label from the items of that class: it needs class indices (CategoryBlock), not class distributions")
         k = self.learn.dls.c
         if self.soft_matrix is None: self.soft_matrix = torch.full((k, k), 1/k)
         elif len(self.soft_matrix) != k: raise ValueError(f"OnlineLabelSmoothing has soft labels for {len(self.soft_matrix)} classes, the data {k}.")

@@ -120,8 +120,13 @@ def bootstrap_bce(
 
 # %% ../nbs/34_robust_losses.ipynb #rl000016
 class _ClassLoss(Module):
-    "A single-label loss of the logits and class indices, as fastai's `CrossEntropyLossFlat` is used"
+    "A single-label loss of the logits and class indices (with `soft`, also class distributions), as fastai's `CrossEntropyLossFlat` is used"
     y_int = True
+    def _targets(self, target:Tensor)->Tensor:
+        "The targets, refusing (B, K) ones unless the loss was made for class distributions (`soft=True`)"
+        if target.ndim == 2 and not getattr(self, 'soft', False): raise ValueError(
+            f"{type(self).__name__} takes (B,) class indices; for (B, K) class distributions (soft targets) make it with soft=True")
+        return target
     def activation(self, out:Tensor)->Tensor:
         "Probabilities, for `get_preds`"
         return F.softmax(out, dim=-1)
@@ -131,31 +136,31 @@ class _ClassLoss(Module):
 
 class GCELoss(_ClassLoss):
     "Generalized cross entropy (`gce_loss`) as a fastai loss"
-    def __init__(self, q:float=0.7, reduction:str='mean'):
+    def __init__(self, q:float=0.7, reduction:str='mean', soft:bool=False):
         if not 0 < q <= 1: raise ValueError(f"q must be in (0, 1], got {q}")
         store_attr()
     def forward(self, out:Tensor, target:Tensor)->Tensor:
-        "`gce_loss` of the logits and class indices"
-        return gce_loss(out, target, self.q, self.reduction)
+        "`gce_loss` of the logits and class indices (or distributions)"
+        return gce_loss(out, self._targets(target), self.q, self.reduction)
 
 class SCELoss(_ClassLoss):
     "Symmetric cross entropy (`sce_loss`) as a fastai loss"
-    def __init__(self, alpha:float=0.1, beta:float=1., A:float=-4., reduction:str='mean'):
+    def __init__(self, alpha:float=0.1, beta:float=1., A:float=-4., reduction:str='mean', soft:bool=False):
         if not A < 0: raise ValueError(f"A, the clipped log 0, must be negative, got {A}")
         store_attr()
     def forward(self, out:Tensor, target:Tensor)->Tensor:
-        "`sce_loss` of the logits and class indices"
-        return sce_loss(out, target, self.alpha, self.beta, self.A, self.reduction)
+        "`sce_loss` of the logits and class indices (or distributions)"
+        return sce_loss(out, self._targets(target), self.alpha, self.beta, self.A, self.reduction)
 
 class BootstrapLoss(_ClassLoss):
     "Soft or hard bootstrapping (`bootstrap_loss`) as a fastai loss; `beta` defaults to the paper's 0.95 (soft) or 0.8 (hard)"
-    def __init__(self, beta:float|None=None, hard:bool=False, reduction:str='mean'):
+    def __init__(self, beta:float|None=None, hard:bool=False, reduction:str='mean', soft:bool=False):
         beta = ifnone(beta, 0.8 if hard else 0.95)
         if not 0 <= beta <= 1: raise ValueError(f"beta must be in [0, 1], got {beta}")
         store_attr()
     def forward(self, out:Tensor, target:Tensor)->Tensor:
-        "`bootstrap_loss` of the logits and class indices"
-        return bootstrap_loss(out, target, self.beta, self.hard, self.reduction)
+        "`bootstrap_loss` of the logits and class indices (or distributions)"
+        return bootstrap_loss(out, self._targets(target), self.beta, self.hard, self.reduction)
 
 class BootstrapBCELoss(Module):
     "Bootstrapping per label (`bootstrap_bce`) as a fastai loss for multi-hot targets"

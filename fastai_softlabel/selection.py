@@ -8,6 +8,7 @@ from fastai.basics import *
 from fastai.distributed import DistributedDL
 from .metrics import mean_auroc
 from .soft_targets import hard_labels
+from .core import TensorSoftTargets
 from .uncertain_labels import masked_mean_auroc
 from .splits import PatientSplitter, StratifiedSplitter
 
@@ -60,12 +61,12 @@ def with_selection(
 def selection_score(
     preds:Tensor,  # the model's raw outputs (logits), (N, K)
     targs:Tensor,  # (N,) class indices, (N, K) multi-hot, or (N, K) soft targets
-    multi_label:bool|None=None, # (N, K) targets: per-label (True) or class distributions (False); None: (N, K) is multi-label
+    multi_label:bool|None=None, # (N, K) targets: per-label (True) or class distributions (False); None: `TensorSoftTargets` are distributions, other (N, K) multi-label
 )->float:          # accuracy (single-label) or mean AUROC over the scorable labels (multi-label): NaN when the outputs are not finite
     "The main metric of a comparison from a model's raw outputs (the arg-max and the AUROC are the same on logits as on probabilities), against the hard reading of soft targets"
     preds = preds.float()
     if not torch.isfinite(preds).all(): return float('nan')
-    multi = targs.ndim == 2 if multi_label is None else multi_label
+    multi = targs.ndim == 2 and not isinstance(targs, TensorSoftTargets) if multi_label is None else multi_label
     if targs.ndim == 2: targs = hard_labels(targs, multi)   # soft targets: what a clinician reads (0/1 multi-hot: unchanged)
     if multi and torch.isnan(targs).any(): return masked_mean_auroc(preds.cpu().numpy(), targs.cpu().numpy())   # entries left out (--uncertain ignore)
     if multi: return mean_auroc(preds.cpu().numpy(), targs.cpu().numpy())[0]

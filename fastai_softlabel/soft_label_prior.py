@@ -56,17 +56,20 @@ class SoftLabelCE(Module):
     def __init__(self,
         soft_labels,             # (K, K) soft labels, e.g. a CCL run's `learn.ccl.soft_labels` or `read_soft_labels`
         multi_label:bool=False,  # multi-hot targets: CCL's multi-label term, sigmoid outputs
-        reduction:str='mean'):
+        reduction:str='mean',
+        soft:bool=False,         # single-label: (B, K) targets are class distributions (soft targets), trained towards tP
+    ):
         P = torch.as_tensor(check_soft_label_matrix(np.asarray(soft_labels, dtype=np.float64), multi_label=multi_label), dtype=torch.float32)
         self.register_buffer('P', P)
-        self.multi_label,self.reduction,self.y_int = multi_label,reduction,not multi_label
+        self.multi_label,self.reduction,self.soft,self.y_int = multi_label,reduction,soft,not multi_label
     def forward(self, out:Tensor, target:Tensor)->Tensor:
         "`soft_label_prior_loss` of the logits and the targets"
         if self.P.device != out.device: self.P = self.P.to(out.device)
         if self.multi_label and target.ndim != 2: raise ValueError(
             f"SoftLabelCE(multi_label=True) takes (B, K) multi-hot labels, got a target of shape {tuple(target.shape)}")
-        if not self.multi_label and isinstance(target, TensorMultiCategory): raise ValueError(
-            "SoftLabelCE(multi_label=False) takes (B,) class indices or (B, K) class distributions; these are multi-hot labels: use multi_label=True")
+        if not self.multi_label and target.ndim == 2 and not getattr(self, 'soft', False): raise ValueError(
+            "SoftLabelCE(multi_label=False) takes (B,) class indices: for (B, K) class distributions make it with soft=True, "
+            "for (B, K) multi-hot labels with multi_label=True")
         return soft_label_prior_loss(out, target, self.P, self.reduction, self.multi_label)
     def activation(self, out:Tensor)->Tensor:
         "Probabilities, for `get_preds`"

@@ -8,12 +8,13 @@ from fastai.basics import *
 from fastai.data.all import *
 from fastai.metrics import ActivationType
 from .soft_label_prior import SUM_TOLERANCE
+from .core import TensorSoftTargets
 from .uncertain_labels import MaskedBCEWithLogitsLoss, masked_mean_auroc, masked_macro_f1
 
 # %% auto #0
-__all__ = ['check_soft_targets', 'hard_labels', 'SoftTargetCrossEntropy', 'TensorSoftTargets', 'SoftCategorize',
-           'SoftMultiCategorize', 'soft_target_block', 'are_soft', 'soft_target_items', 'HardLabelMetric',
-           'soft_target_kl', 'soft_target_tv', 'soft_target_distances', 'soft_target_metrics']
+__all__ = ['PROB_CLIP', 'check_soft_targets', 'hard_labels', 'SoftTargetCrossEntropy', 'SoftCategorize', 'SoftMultiCategorize',
+           'soft_target_block', 'are_soft', 'soft_target_items', 'HardLabelMetric', 'soft_target_kl', 'soft_target_tv',
+           'soft_target_distances', 'soft_target_metrics']
 
 # %% ../nbs/43_soft_targets.ipynb #st000006
 def check_soft_targets(
@@ -89,21 +90,20 @@ class SoftTargetCrossEntropy(Module):
         "The predicted class, for `predict`"
         return out.argmax(dim=-1)
 
-class TensorSoftTargets(TensorBase):
-    "A batch of class distributions, (B, K)"
-
 class SoftCategorize(DisplayedTransform):
     "Class distributions kept as float targets (`TensorSoftTargets`), decoded to the arg-max class"
-    order = 1
+    order,soft_targets = 1,'single'   # (`core.carried_soft_targets` reads `soft_targets`)
     def __init__(self, vocab):
         super().__init__()
         self.vocab = CategoryMap(list(vocab), sort=False)
         self.c,self.loss_func = len(self.vocab),SoftTargetCrossEntropy()
     def encodes(self, o): return TensorSoftTargets(tensor(np.asarray(o, dtype=np.float32)))
-    def decodes(self, o:TensorSoftTargets): return Category(self.vocab[int(o.argmax())])
+    def decodes(self, o:TensorSoftTargets):   # a distribution: its arg-max class; a predicted class index (`predict`): that class
+        return Category(self.vocab[int(o.argmax()) if o.ndim else int(o)])
 
 class SoftMultiCategorize(EncodedMultiCategorize):
     "Per-label probabilities kept as float targets (fastai's `EncodedMultiCategorize`), decoded to the labels at 0.5 or more; with `masked`, NaN entries are left out of the loss"
+    soft_targets = 'multi'   # (`core.carried_soft_targets` reads it)
     def __init__(self, vocab, masked:bool=False):
         super().__init__(list(vocab))
         if masked: self.loss_func = MaskedBCEWithLogitsLoss()   # fastai's BCE would turn a NaN target into a NaN loss
@@ -169,6 +169,8 @@ class HardLabelMetric(Metric):
         "The wrapped metric's name: the Recorder column is the one the metric has on hard labels"
         return self.metric.name
 
+PROB_CLIP = 1e-7   # predicted probabilities are clipped to [PROB_CLIP, 1 - PROB_CLIP] for the KL, as scikit-learn's log loss clips them
+
 def _kl(p:Tensor, t:Tensor)->Tensor: return torch.xlogy(t, t) - torch.xlogy(t, p)   # t log(t/p), 0 where t = 0
 
 def soft_target_kl(
@@ -176,8 +178,8 @@ def soft_target_kl(
     targets,          # (N, K) soft targets; multi-label NaN: left out
     multi_label:bool, # Bernoulli KL per label, averaged over the kept labels
 )->float:             # the mean over items
-    "KL(target ‖ prediction), averaged over items: of the class distributions, or of each label's Bernoulli"
-    p,t = torch.as_tensor(probs).double(),torch.as_tensor(targets).double()
+    "KL(target ‖ prediction), averaged over items: of the class distributions, or of each label's Bernoulli; the probabilities clipped to `PROB_CLIP` (a float32 probability of exactly 0 or 1 would make one item's KL, and the mean, infinite)"
+    p,t = torch.as_tensor(probs).double().clamp(PROB_CLIP, 1 - PROB_CLIP),torch.as_tensor(targets).double()
     if not multi_label: return float(_kl(p, t).sum(1).mean())
     keep = ~torch.isnan(t)
     t0 = torch.where(keep, t, torch.zeros_like(t))

@@ -89,7 +89,8 @@ def test_a_soft_target_learner_in_fastais_life_cycle(tmp_path):
     back = load_learner(tmp_path/'export.pkl')
     item = item_images(dls, dls.valid_ds.items[:1])[0]
     with back.no_bar(), learn.no_bar(): got,mine = back.predict(item),learn.predict(item)
-    assert got[0] == mine[0] and str(got[0]) in d['class_names'] and int(got[1]) == int(mine[2].argmax())
+    assert got[0] == mine[0] and int(got[1]) == int(mine[2].argmax()) == int(got[2].argmax())
+    assert str(got[0]) == d['class_names'][int(got[1])]   # the predicted class's name, not the first class's
 
 def test_signals_take_soft_targets():
     "signal_dls carries class distributions as floats (cross-entropy against them) and per-label probabilities (BCE)"
