@@ -173,7 +173,7 @@ _ROBUST = dict(gce="the expected GCE over the class distribution, sum_k t_k (1 -
 _OWN_LOSS = "the Learner's loss against the soft targets, plus its regularizer on its own running targets (predictions only)"
 for m in [Method('baseline', ('single',), _nothing, soft_targets='cross-entropy against the distributions'),
           *[Method(f'lsr-{k}{e}', ('single',), partial(_lsr, k == 'a', e), _LSR, soft_targets=_SMOOTHED) for k in 'ua' for e in '15'],
-          Method('ols', ('single',), _ols),
+          Method('ols', ('single',), _ols, soft_targets="the Learner's loss against the distribution, its soft term towards the expected soft label tS; an item adds to the row of its predicted class k with weight t_k"),
           Method('erm', ('multi',), _nothing, soft_targets='BCE against the per-label probabilities', left_out='masked BCE: no loss and no gradient there'),
           *[Method(f'mixup-a{a}', ('multi',), partial(_mixup, float(a)), _MIX, soft_targets=_MIXED) for a in (1, 3)],
           Method('manifold', ('multi',), _manifold, _MIX + ('points',), soft_targets=_MIXED),

@@ -5,7 +5,7 @@
 # %% ../nbs/19_ols.ipynb #ol000002
 from __future__ import annotations
 from fastai.basics import *
-from .core import refuse_fastai_mixing, is_multilabel, all_reduce_mean_, carried_soft_targets
+from .core import refuse_fastai_mixing, is_multilabel, all_reduce_mean_, carried_soft_targets, check_batch_targets
 from .flowmixup import FlowMixup
 
 # %% auto #0
@@ -14,11 +14,12 @@ __all__ = ['ols_soft_ce', 'ols_loss', 'ols_accumulate', 'ols_next_matrix', 'Onli
 # %% ../nbs/19_ols.ipynb #ol000005
 def ols_soft_ce(
     logits:Tensor,       # (B, K) classifier outputs z
-    target:Tensor,       # (B,) class indices y
+    target:Tensor,       # (B,) class indices y, or (B, K) class distributions t (soft targets)
     soft_matrix:Tensor,  # (K, K) S: row y is the soft label of class y
 )->Tensor:
-    "Batch mean of `-sum_k S[y, k] log softmax(z)_k`, in float32"
-    return -(soft_matrix.to(logits.device).float()[target]*F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+    "Batch mean of `-sum_k S[y, k] log softmax(z)_k` (a class distribution t: towards the expected soft label `tS`), in float32"
+    S = soft_matrix.to(logits.device).float()
+    return -((S[target] if target.ndim == 1 else target.float()@S)*F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
 
 def ols_loss(logits:Tensor, target:Tensor, soft_matrix:Tensor, alpha:float=0.5)->Tensor:
     "OLS's loss: `alpha * CE(z, y) + (1 - alpha) * ols_soft_ce(z, y, S)`"
@@ -28,10 +29,16 @@ def ols_accumulate(
     sums:Tensor,     # (K, K) running sums of softmax outputs, per true class (updated in place)
     counts:Tensor,   # (K,) running numbers of correctly classified items, per true class (updated in place)
     logits:Tensor,   # (B, K) classifier outputs
-    target:Tensor,   # (B,) class indices
+    target:Tensor,   # (B,) class indices, or (B, K) class distributions
 ):
-    "Add the softmax outputs of the correctly classified items to their true class's row (a mask, no host synchronisation)"
+    "Add the softmax outputs of the correctly classified items to their true class's row (a mask, no host synchronisation); an item of a class distribution t predicted as class k adds to row k with weight t_k"
     with torch.no_grad():
+        if target.ndim == 2:   # the item counts for its predicted class by its target's share there (one-hot t: the hard rule)
+            pred = logits.argmax(-1)[:, None] == torch.arange(logits.shape[-1], device=logits.device)
+            w = torch.where(pred, target.float(), 0.).to(sums.dtype)
+            p = torch.where(w.sum(1, keepdim=True) > 0, F.softmax(logits.float(), dim=-1).to(sums.dtype), 0.)   # a NaN of an item that adds nothing stays out
+            sums.add_(w.T@p); counts.add_(w.sum(0))
+            return
         ok = logits.argmax(-1) == target   # every item is added, the wrong ones as zeros (not times 0: an overflow's NaN stays out)
         sums.index_add_(0, target, torch.where(ok[:, None], F.softmax(logits.float(), dim=-1).to(sums.dtype), 0.))
         counts.index_add_(0, target, ok.to(counts.dtype))
@@ -60,8 +67,7 @@ class OnlineLabelSmoothing(Callback):
             "OnlineLabelSmoothing learns soft labels from un-mixed predictions: it does not combine with FlowMixup/Mixup.")
         if is_multilabel(self.learn.dls, self.learn.loss_func): raise ValueError(
             "OnlineLabelSmoothing needs single-label targets (CategoryBlock with cross-entropy).")
-        if carried_soft_targets(self.learn.dls): raise ValueError(
-            "OnlineLabelSmoothing learns each class's soft label from the items of that class: it needs class indices (CategoryBlock), not class distributions")
+        self._distributions = carried_soft_targets(self.learn.dls) == 'single'   # class distributions (soft targets): (B, K) targets
         k = self.learn.dls.c
         if self.soft_matrix is None: self.soft_matrix = torch.full((k, k), 1/k)
         elif len(self.soft_matrix) != k: raise ValueError(f"OnlineLabelSmoothing has soft labels for {len(self.soft_matrix)} classes, the data {k}.")
@@ -74,7 +80,9 @@ class OnlineLabelSmoothing(Callback):
 
     def after_loss(self):
         "Mix the Learner's loss (the hard term) with the soft term; add this batch's correct predictions to the sums"
-        y = self.learn.yb[0].as_subclass(Tensor).long()
+        check_batch_targets(self.learn.yb, False, len(self.soft_matrix), 'OnlineLabelSmoothing', soft=self._distributions)   # from shapes: no host synchronisation
+        y = self.learn.yb[0].as_subclass(Tensor)
+        y = y.float() if y.ndim == 2 else y.long()
         pred = self.learn.pred.as_subclass(Tensor) if isinstance(self.learn.pred, Tensor) else self.learn.pred
         soft = ols_soft_ce(pred, y, self._soft)
         self.learn.loss_grad = self.alpha*self.learn.loss_grad + (1 - self.alpha)*soft
