@@ -626,6 +626,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                           'fastai_softlabel/losses.py'),
                                          'fastai_softlabel.losses.equidistant_smoothing_eps': ( 'losses.html#equidistant_smoothing_eps',
                                                                                                 'fastai_softlabel/losses.py'),
+                                         'fastai_softlabel.losses.expected_soft_label': ( 'losses.html#expected_soft_label',
+                                                                                          'fastai_softlabel/losses.py'),
                                          'fastai_softlabel.losses.inverse_prevalence_weights': ( 'losses.html#inverse_prevalence_weights',
                                                                                                  'fastai_softlabel/losses.py'),
                                          'fastai_softlabel.losses.multilabel_head_targets': ( 'losses.html#multilabel_head_targets',

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math, numbers
 from collections import Counter
 from fastai.basics import *
-from .losses import multilabel_head_targets, multilabel_soft_targets, binary_soft_label_kl, soft_label_kl, epochs_without_drop
+from .losses import multilabel_head_targets, multilabel_soft_targets, binary_soft_label_kl, soft_label_kl, epochs_without_drop, expected_soft_label
 from .core import *
 from .lockstep import Lockstep, accumulation_scale, scheduled_peak_lr, default_head_opt
 from .flowmixup import FlowMixup, flow_components, mix_along_flow
@@ -166,7 +166,7 @@ class CCL(Callback):
         self._terms = self.ccl_head.dictionary_terms()
         y = self._target()
         with torch.no_grad(): P = F.softmax(self._terms[1], dim=1)   # `soft_label_matrix`: softmax(-f_d) = softmax(2cos), a constant here
-        soft,kl_of = (multilabel_soft_targets(P, y),binary_soft_label_kl) if self.multi_label else (P[y] if y.ndim == 1 else y@P,soft_label_kl)
+        soft,kl_of = (multilabel_soft_targets(P, y),binary_soft_label_kl) if self.multi_label else (P[y] if y.ndim == 1 else expected_soft_label(y, P),soft_label_kl)
         kl = kl_of(pred, fm.mix_targets(soft) if fm is not None else soft)
         scale = accumulation_scale(self.learn)
         self.learn.loss_grad = self.learn.loss_grad + (kl if scale == 1 else kl*scale)

@@ -11,7 +11,7 @@ from fastai.losses import BaseLoss, LabelSmoothingCrossEntropy
 # %% auto #0
 __all__ = ['normalized_sq_distance', 'unit_rows', 'unit_sq_distance', 'class_orthogonality_loss', 'ccl_head_loss',
            'dictionary_terms', 'ccl_loss_from_terms', 'soft_label_matrix', 'equidistant_smoothing_eps',
-           'smoothed_targets', 'epochs_without_drop', 'soft_label_kl', 'multilabel_head_targets',
+           'smoothed_targets', 'epochs_without_drop', 'soft_label_kl', 'expected_soft_label', 'multilabel_head_targets',
            'multilabel_soft_targets', 'binary_soft_label_kl', 'LabelSmoothingCE', 'LabelSmoothingCEFlat', 'class_prior',
            'soft_target_cross_entropy', 'soft_bce_with_logits', 'inverse_prevalence_weights']
 
@@ -141,6 +141,13 @@ def soft_label_kl(
     p = soft_targets.float()
     log_q,p = F.log_softmax(logits.float(), dim=-1),p.detach() if p.requires_grad else p
     return F.kl_div(log_q, p, reduction='batchmean') if reduction == 'mean' else F.kl_div(log_q, p, reduction='none').sum(-1)
+
+def expected_soft_label(
+    targets:Tensor, # (B, K) class distributions t (soft targets)
+    P:Tensor,       # (K, K) soft labels, row k the soft label of class k
+)->Tensor:          # (B, K) `tP`
+    "The soft label of a class distribution: the rows of P weighted by t (one-hot t: the row `P[y]`, exactly); element-wise in float32, so that autocast does not take it to half precision"
+    return (targets.float()[:, :, None]*P.float()).sum(1)
 
 # %% ../nbs/01_losses.ipynb #6e45492b
 def multilabel_head_targets(

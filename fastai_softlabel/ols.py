@@ -5,8 +5,9 @@
 # %% ../nbs/19_ols.ipynb #ol000002
 from __future__ import annotations
 from fastai.basics import *
-from .core import refuse_fastai_mixing, is_multilabel, all_reduce_mean_, carried_soft_targets, check_batch_targets
+from .core import refuse_fastai_mixing, is_multilabel, all_reduce_mean_, carried_soft_targets, check_batch_targets, refuse_fit
 from .flowmixup import FlowMixup
+from .losses import expected_soft_label
 
 # %% auto #0
 __all__ = ['ols_soft_ce', 'ols_loss', 'ols_accumulate', 'ols_next_matrix', 'OnlineLabelSmoothing']
@@ -19,7 +20,7 @@ def ols_soft_ce(
 )->Tensor:
     "Batch mean of `-sum_k S[y, k] log softmax(z)_k` (a class distribution t: towards the expected soft label `tS`), in float32"
     S = soft_matrix.to(logits.device).float()
-    return -((S[target] if target.ndim == 1 else target.float()@S)*F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+    return -((S[target] if target.ndim == 1 else expected_soft_label(target, S))*F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
 
 def ols_loss(logits:Tensor, target:Tensor, soft_matrix:Tensor, alpha:float=0.5)->Tensor:
     "OLS's loss: `alpha * CE(z, y) + (1 - alpha) * ols_soft_ce(z, y, S)`"
@@ -33,20 +34,20 @@ def ols_accumulate(
 ):
     "Add the softmax outputs of the correctly classified items to their true class's row (a mask, no host synchronisation); an item of a class distribution t predicted as class k adds to row k with weight t_k"
     with torch.no_grad():
+        pred = logits.argmax(-1)
         if target.ndim == 2:   # the item counts for its predicted class by its target's share there (one-hot t: the hard rule)
-            pred = logits.argmax(-1)[:, None] == torch.arange(logits.shape[-1], device=logits.device)
-            w = torch.where(pred, target.float(), 0.).to(sums.dtype)
-            p = torch.where(w.sum(1, keepdim=True) > 0, F.softmax(logits.float(), dim=-1).to(sums.dtype), 0.)   # a NaN of an item that adds nothing stays out
-            sums.add_(w.T@p); counts.add_(w.sum(0))
+            w = target.float().gather(1, pred[:, None])[:, 0].to(sums.dtype)
+            sums.index_add_(0, pred, torch.where(w[:, None] > 0, w[:, None]*F.softmax(logits.float(), dim=-1).to(sums.dtype), 0.))
+            counts.index_add_(0, pred, w)
             return
-        ok = logits.argmax(-1) == target   # every item is added, the wrong ones as zeros (not times 0: an overflow's NaN stays out)
+        ok = pred == target   # every item is added, the wrong ones as zeros (not times 0: an overflow's NaN stays out)
         sums.index_add_(0, target, torch.where(ok[:, None], F.softmax(logits.float(), dim=-1).to(sums.dtype), 0.))
         counts.index_add_(0, target, ok.to(counts.dtype))
 
 def ols_next_matrix(prev:Tensor, sums:Tensor, counts:Tensor)->Tensor:
     "S^t: the mean softmax output of each class's correctly classified items; rows of classes with none stay as in `prev`"
-    seen = counts > 0
-    return torch.where(seen[:, None], sums/counts.clamp_min(1)[:, None], prev.to(sums.device))
+    seen = counts > 0   # counts may be fractional: target shares, or means over DDP's processes
+    return torch.where(seen[:, None], sums/torch.where(seen, counts, 1)[:, None], prev.to(sums.device))
 
 # %% ../nbs/19_ols.ipynb #ol000010
 class OnlineLabelSmoothing(Callback):
@@ -80,7 +81,8 @@ class OnlineLabelSmoothing(Callback):
 
     def after_loss(self):
         "Mix the Learner's loss (the hard term) with the soft term; add this batch's correct predictions to the sums"
-        check_batch_targets(self.learn.yb, False, len(self.soft_matrix), 'OnlineLabelSmoothing', soft=self._distributions)   # from shapes: no host synchronisation
+        try: check_batch_targets(self.learn.yb, False, len(self.soft_matrix), 'OnlineLabelSmoothing', soft=self._distributions)   # from shapes: no host synchronisation
+        except ValueError as e: refuse_fit(self.learn, str(e))
         y = self.learn.yb[0].as_subclass(Tensor)
         y = y.float() if y.ndim == 2 else y.long()
         pred = self.learn.pred.as_subclass(Tensor) if isinstance(self.learn.pred, Tensor) else self.learn.pred

@@ -6,7 +6,7 @@
 from __future__ import annotations
 from pathlib import Path
 from fastai.basics import *
-from .losses import multilabel_soft_targets, soft_label_kl, binary_soft_label_kl
+from .losses import multilabel_soft_targets, soft_label_kl, binary_soft_label_kl, expected_soft_label
 from .robust_losses import _plain
 
 # %% auto #0
@@ -45,7 +45,7 @@ def soft_label_prior_loss(
     z,y,P = _plain(logits),_plain(target),_plain(P).float()
     if (y.ndim == 2) if multi_label is None else multi_label:   # P[k, j]/P[k, k] above 1 where a diagonal is not its row's largest (never for CCL's P): kept at 1
         per = binary_soft_label_kl(z, multilabel_soft_targets(P, y).clamp(0, 1), reduction='none')
-    else: per = soft_label_kl(z, P[y.long()] if y.ndim == 1 else y.float()@P, reduction='none')   # CCL's own terms, one per item
+    else: per = soft_label_kl(z, P[y.long()] if y.ndim == 1 else expected_soft_label(y, P), reduction='none')   # CCL's own terms, one per item
     if reduction == 'mean': return per.mean()
     if reduction == 'sum': return per.sum()
     if reduction == 'none': return per
