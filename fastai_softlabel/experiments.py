@@ -390,8 +390,8 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     "Train and evaluate one configuration, writing its per-class metrics (CCL's soft labels; with `args.save_model` 'last' or 'best', the trained Learner as `export.pkl`) into the folder `out`; return its row of results and its curves"
     prefix = f"[{method} seed {seed} corruption {corruption:g}]"
     issues = confident_learning_pass(d, seed, corruption, args, prefix) if METHODS[method].cleans_labels else None   # cl: folds first
-    learn,noise = run_learner(d, method, seed, corruption, args, prefix,
-                              leave_out=None if issues is None else np.flatnonzero(d['split'] == 'train')[issues[1]])
+    leave_out = None if issues is None else np.flatnonzero(d['split'] == 'train')[issues[1]]   # cl: the training items it flagged
+    learn,noise = run_learner(d, method, seed, corruption, args, prefix, leave_out=leave_out)
     frac = 0. if noise is None else noise.fraction
     learn.path = Path(out)
     k = len(d['names'])
@@ -433,7 +433,7 @@ def run_one(d:dict, method:str, seed:int, corruption:float, args, out:Path)->tup
     row['ece'] = expected_calibration_error(probs.numpy(), targs.numpy())
     if d['multi_label']: row['mean_auprc'] = float(pc['auprc'].mean())
     elif k == 2: row['auprc'] = float(pc['auprc'].iloc[1])   # the second class's, as the binary tables show
-    keep = np.flatnonzero(d['split'] != 'unused')
+    keep = np.setdiff1d(np.flatnonzero(d['split'] != 'unused'), [] if leave_out is None else leave_out)   # the items the DataLoaders hold, as run_learner kept them
     np.savez_compressed(out/'preds.npz', probs=probs.numpy(), targets=targs.numpy(), item=keep[np.asarray(learn.dls.valid_ds.items)], epoch=epoch, **soft)
     if issues is not None: row['cl_flagged_share'] = float(issues[1].mean())
     ccl = 'ccl' in learn.cbs.attrgot('name')   # ccl, ccl+flowmixup: the soft labels of the described epoch

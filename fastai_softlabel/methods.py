@@ -199,6 +199,8 @@ for m in [Method('baseline', ('single',), _nothing, soft_targets='cross-entropy 
                  soft_targets="keeps each batch's small-loss items by their loss against the soft targets",
                  left_out="ranks items by their masked BCE, the mean over their kept entries"),
           Method('cl', ('single',), _nothing, beyond=('single',), cleans_labels=True,
+                 soft_targets="cleanlab on the hard reading (arg-max) of the distributions, with the out-of-fold probabilities of the baseline trained on "
+                              "them; the baseline retrained on the distributions of the items kept",
                  unfit="cl (confident learning) is run here on class indices; cleanlab's multi-label filter ranks label sets otherwise",
                  one_process="trains its k folds in each process alone, so the processes could leave out different items")]: register(m)
 

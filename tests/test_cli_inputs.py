@@ -313,7 +313,7 @@ CASES = [
     (['--data', 'named.npz', '--methods', 'soft-labels', '--soft-labels', 'M_names.csv'], r"M_names.csv: the rows of the soft-label matrix must name the data's classes"),
     (['--methods', 'baseline', '--soft-labels', 'M_rows.csv'], r'--soft-labels is for training with a given soft-label matrix \(soft-labels\); none of --methods baseline uses it'),
     # soft targets: checked as read; only the methods and the noise defined on them
-    (['--data', 'soft.npz', '--methods', 'cl'], r"soft.npz \(images\) holds soft targets \(class distributions\), and cl is defined on hard labels only here: choose from baseline, lsr-u1, lsr-u5, lsr-a1, lsr-a5, ols, ccl, cutmix, gce, sce, bootstrap-soft, bootstrap-hard, soft-labels, elr, coteaching"),
+    (['--data', 'msoft.npz', '--methods', 'soft-labels', '--soft-labels', 'M_rows.csv'], r"msoft.npz \(images\) holds soft targets \(per-label probabilities\), and soft-labels is defined on hard labels only here: choose from erm, mixup-a1, mixup-a3, manifold, flowmixup, flowmixup-noop, bootstrap-soft, bootstrap-hard, elr, coteaching"),
     (['--data', 'msoft.npz', '--methods', 'ccl'], r"holds soft targets \(per-label probabilities\), and ccl is defined on hard labels only here: choose from erm, "),
     (['--data', 'soft.npz', '--methods', 'baseline', '--corruption', '0.2'], r"none is defined on soft targets; give --corruption 0, not 0.2"),
     (['--data', 'soft_both.npz'], r"soft_both.npz has both 'labels' and 'label_distributions': give one"),

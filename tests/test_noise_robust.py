@@ -1,6 +1,7 @@
 """The noise-robust baselines in fastai's life cycle: ELR's per-item targets under shuffling, gradient accumulation,
 bf16 autocast, lr_find, fine_tune, save/load, export/predict and interrupted fits; the robust losses as a Learner's
 loss through the same steps."""
+import json
 import numpy as np, pytest, torch
 from fastai.vision.all import *
 from conftest import tiny_cnn, make_dls, snapshot, assert_nested_equal, no_hooks, StopAfterBatches, CPUAutocast, item_images
@@ -246,3 +247,15 @@ def test_instance_noise_from_a_model_the_user_names(tmp_path, monkeypatch):
     projected = add_label_noise(d['labels'][train], 'instance', .4, 3, seed=0, features=random_projection_features(d['images'][train], seed=0))
     assert (projected.noisy != expected.noisy).any()   # the file's features decided the noise
     assert 'noise_file' in json.loads(Path('noisy/config.json').read_text())['settings']
+
+def test_a_cl_runs_saved_predictions_name_their_items(tmp_path, monkeypatch):
+    "cl trains without the items it flags: preds.npz's item ids still name the evaluated items (their labels are the targets scored)"
+    from conftest import softlabel_here
+    from fastai_softlabel.experiments import synthetic_dataset
+    monkeypatch.chdir(tmp_path)
+    softlabel_here('--methods', 'cl', '--corruption', '0.4', '--epochs', '1', '--bs', '16', '--n-per-class', '12', '--size', '16',
+                   '--backbone', 'resnet10t', '--progress', 'log', '--threads', '1', '--out', 'cl')
+    row = json.loads(Path('cl/runs.json').read_text())[0]
+    assert row['cl_flagged_share'] > 0   # items were left out of training
+    p = np.load('cl/runs/cl_seed0_c0.4/preds.npz')
+    np.testing.assert_array_equal(p['targets'], synthetic_dataset('single', 12)['labels'][p['item']])
