@@ -203,7 +203,7 @@ def array_image_dls(
     if multi_label and labels.ndim != 2: raise ValueError(f"multi_label=True needs (N, K) labels, got shape {labels.shape}")
     if are_soft(labels, multi_label):   # class distributions, or per-label probabilities: float targets (`fastai_softlabel.soft_targets`)
         names = _unique_names(class_names if class_names is not None else np.arange(labels.shape[1]))
-        _,ys,yblock = soft_target_items(labels, names, multi_label is not False)
+        ys,yblock = soft_target_items(labels, names, multi_label is not False)
     elif labels.ndim == 2:   # multi-hot 0/1
         names = _unique_names(class_names if class_names is not None else np.arange(labels.shape[1]))
         if len(names) != labels.shape[1]: raise ValueError(f"{len(names)} class names for {labels.shape[1]} label columns")

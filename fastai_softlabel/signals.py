@@ -110,7 +110,7 @@ def signal_dls(
         mean,std = lead_stats(signals, list(train_idx))
         batch_tfms = [NormalizeLeads(mean, std)]
     names = _unique_names(names, 'label')
-    if soft: _,targets,y_block = soft_target_items(labels, names, multi_label is not False)
+    if soft: targets,y_block = soft_target_items(labels, names, multi_label is not False)
     else: y_block,targets = ((MultiCategoryBlock(vocab=names), [[names[j] for j in np.flatnonzero(r)] for r in labels]) if labels.ndim == 2
                              else (CategoryBlock(vocab=names, sort=False), [names[j] for j in labels]))   # output k is label_names[k]
     block = DataBlock(blocks=(TransformBlock(), y_block), get_x=SignalAt(signals, reader), get_y=IndexInto(targets),

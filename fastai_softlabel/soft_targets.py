@@ -132,11 +132,11 @@ def soft_target_items(
     names,            # the K class or label names (None: 0..K-1)
     multi_label:bool, # per-label probabilities rather than class distributions
     what:str='the labels', # how messages name them
-)->tuple:             # `(names, targets, block)`: the names as strings, one (K,) float32 row per item, and its `soft_target_block`
+)->tuple:             # `(targets, block)`: one (K,) float32 row per item, and its `soft_target_block`
     "What a `DataBlock` needs for soft targets, checked by `check_soft_targets` (the names as they are: the caller checks them)"
     names = [str(n) for n in (np.arange(np.shape(labels)[1]) if names is None else names)]
     t = check_soft_targets(labels, multi_label, names, what)
-    return names,list(t),soft_target_block(names, multi_label, masked=bool(np.isnan(t).any()))
+    return list(t),soft_target_block(names, multi_label, masked=bool(np.isnan(t).any()))
 
 # %% ../nbs/43_soft_targets.ipynb #st000019
 class _HardTargetsView:
